@@ -1,0 +1,21 @@
+# ctdiff: "Diffuse Until You Fake It" as a workflow.
+# snakemake --cores all                      the embedded phantom demo (config/config.yaml)
+# snakemake --cores all --configfile config/lidc.yaml   a real LIDC-IDRI download
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        f"{R}/figures/figure1.png",
+        f"{R}/report.md",
+        f"{R}/report.html",
+    default_target: True

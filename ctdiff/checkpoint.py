@@ -1,0 +1,83 @@
+"""Self-describing checkpoints: weights, EMA, optimizer, step, config and package version in one file.
+
+``load_for_sampling`` rebuilds the network from the file alone, so sampling needs no config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ctdiff import __version__
+from ctdiff.diffusion.schedule import Schedule, make_schedule
+from ctdiff.io import atomic_path
+from ctdiff.model.unet import UNet3D
+
+FORMAT = "ctdiff-checkpoint/1"
+
+
+def build_model(model_cfg: dict[str, Any], *, grad_checkpointing: bool = False) -> UNet3D:
+    """The residual 3D U-Net described by a ``model`` config section (a plain dict)."""
+    return UNet3D(
+        channels=tuple(model_cfg["channels"]),
+        res_blocks=model_cfg["res_blocks"],
+        attention=model_cfg["attention"],
+        groups=model_cfg["groups"],
+        grad_checkpointing=grad_checkpointing,
+    )
+
+
+def build_schedule(diffusion_cfg: dict[str, Any]) -> Schedule:
+    """The noise schedule described by a ``diffusion`` config section (a plain dict)."""
+    return make_schedule(
+        timesteps=diffusion_cfg["timesteps"],
+        beta_schedule=diffusion_cfg["beta_schedule"],
+        beta_start=diffusion_cfg["beta_start"],
+        beta_end=diffusion_cfg["beta_end"],
+    )
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write a checkpoint atomically, stamped with the format and package version."""
+    payload = {"format": FORMAT, "version": __version__, **payload}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Read and check a checkpoint; a missing, truncated or foreign file raises ``ValueError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); is it truncated?") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"checkpoint {path} is not a {FORMAT} file (found {found!r})")
+    missing = [k for k in ("config", "ema", "step") if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}")
+    return ckpt
+
+
+def load_for_sampling(path: Path, device: str | torch.device = "cpu") -> tuple[UNet3D, Schedule, dict[str, Any]]:
+    """Rebuild the EMA network and the schedule from a checkpoint.
+
+    Returns ``(model in eval mode on device, schedule, checkpoint metadata without tensors)``.
+    """
+    ckpt = read_checkpoint(path)
+    cfg = ckpt["config"]
+    model = build_model(cfg["model"])
+    try:
+        model.load_state_dict(ckpt["ema"], strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"checkpoint {path} (ctdiff {ckpt['version']}) does not match its model config {cfg['model']}: {err}"
+        ) from err
+    model.to(device).eval()
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "ema", "optimizer", "rng")}
+    return model, build_schedule(cfg["diffusion"]), meta

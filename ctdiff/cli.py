@@ -1,0 +1,98 @@
+"""Command line: ``ctdiff train`` (what the workflow's train rule launches) and ``ctdiff sample``.
+
+``ctdiff sample --checkpoint results/train/model.pt -n 10 --sampler ddim --steps 50 --out DIR`` draws
+volumes outside Snakemake; sample ``i`` is the same volume the workflow writes as ``samples/{i:04d}``
+for the same seed and sampler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ctdiff.config import from_dict
+
+
+def _train(args: argparse.Namespace) -> None:
+    from ctdiff.data.split import read_ids
+    from ctdiff.train import train
+
+    settings = json.loads(args.settings)
+    cfg = from_dict(settings)
+    files = [Path(args.volumes) / f"{item}.nii.gz" for item in read_ids(args.train_list)]
+    train(
+        files,
+        Path(args.out),
+        Path(args.log_csv),
+        Path(args.state),
+        model_cfg=cfg.model,
+        diffusion_cfg=cfg.diffusion,
+        train_cfg=cfg.train,
+        size=cfg.preprocess.size,
+        extra_config={"spacing_mm": cfg.preprocess.spacing_mm, "hu_window": list(cfg.preprocess.hu_window)},
+        progress=not args.no_progress,
+    )
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from ctdiff.generate import generate
+
+    out = Path(args.out)
+    generate(
+        Path(args.checkpoint),
+        [out / f"{i:04d}.nii.gz" for i in range(args.n)],
+        Path(args.cache) if args.cache else out / ".cache",
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctdiff", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train the diffusion model on preprocessed volumes")
+    t.add_argument("--train-list", required=True, help="file with one training item id per line")
+    t.add_argument("--volumes", required=True, help="folder holding <item>.nii.gz preprocessed volumes")
+    t.add_argument("--settings", required=True, help="JSON with the model, diffusion, train, preprocess sections")
+    t.add_argument("--state", required=True, help="folder for resumable checkpoints")
+    t.add_argument("--out", required=True, help="final checkpoint")
+    t.add_argument("--log-csv", required=True, help="loss log")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_train)
+
+    s = sub.add_parser("sample", help="draw synthetic volumes from a checkpoint")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("-n", type=int, required=True, help="number of volumes")
+    s.add_argument("--out", required=True, help="output folder; sample i is <out>/<i:04d>.nii.gz")
+    s.add_argument("--sampler", default="ddpm", help="ddpm (all T steps) or ddim")
+    s.add_argument("--steps", type=int, default=None, help="sampler steps (ddim); default T")
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    s.add_argument("--cache", default=None, help="folder of finished samples (default <out>/.cache)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ValueError as err:
+        print(f"ctdiff {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Typed configuration: the validated config dict becomes frozen dataclasses, once, at the edge.
+
+The schema (``workflow/schemas/config.schema.yaml``) rejects unknown keys and wrong types and fills
+defaults; :func:`from_dict` adds the checks that span several keys and names the offending key.
+Nothing downstream reads raw config keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["phantom", "dicom"] = "phantom"
+    root: str | None = None
+    n_patients: int = 16
+    seed: int = 0
+    phantom_matrix: int = 512
+    series: Literal["largest", "all"] = "largest"
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    size: int = 128
+    spacing_mm: float | None = 3.0
+    hu_window: tuple[float, float] = (-1000.0, 400.0)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    test: float = 0.2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    channels: tuple[int, ...] = (64, 128, 256, 512)
+    res_blocks: int = 2
+    attention: bool = False
+    groups: int = 32
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    timesteps: int = 1000
+    beta_schedule: Literal["linear"] = "linear"
+    beta_start: float = 1.0e-4
+    beta_end: float = 0.02
+    objective: Literal["eps"] = "eps"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1_000_000
+    batch_size: int = 2
+    lr: float = 1.0e-5
+    ema_decay: float = 0.9999
+    precision: Literal["fp32", "bf16"] = "fp32"
+    grad_checkpointing: bool = False
+    grad_clip: float | None = 1.0
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    n: int = 500
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    steps: int | None = None
+    eta: float = 0.0
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    med3d_weights: str | None = None
+    med3d_depth: int = 50
+    normalise: Literal["none", "zscore"] = "none"
+    msssim_window: int = 7
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FigureConfig:
+    real: int = 0
+    synthetic: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    results: str = "results"
+    data: DataConfig = DataConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    figure: FigureConfig = FigureConfig()
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "preprocess": PreprocessConfig,
+    "split": SplitConfig,
+    "model": ModelConfig,
+    "diffusion": DiffusionConfig,
+    "train": TrainConfig,
+    "sample": SampleConfig,
+    "evaluate": EvaluateConfig,
+    "figure": FigureConfig,
+}
+
+
+def _section(name: str, cls: type, values: dict[str, Any]):
+    known = cls.__dataclass_fields__
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"config: unknown key {name}.{unknown[0]} (allowed: {', '.join(known)})")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**values)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from a (schema-validated) dict and check cross-key constraints.
+
+    Raises ``ValueError`` naming the offending key.
+    """
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"results"})
+    if unknown:
+        raise ValueError(f"config: unknown key {unknown[0]!r} (allowed: results, {', '.join(_SECTIONS)})")
+    sections = {name: _section(name, cls, dict(raw.get(name) or {})) for name, cls in _SECTIONS.items()}
+    cfg = Config(results=str(raw.get("results", "results")), **sections)
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: Config) -> None:
+    if cfg.data.source == "dicom" and not cfg.data.root:
+        raise ValueError("config: data.root must name the DICOM tree when data.source is 'dicom'")
+    lo, hi = cfg.preprocess.hu_window
+    if not lo < hi:
+        raise ValueError(f"config: preprocess.hu_window must be [low, high] with low < high, got {[lo, hi]}")
+    factor = 2 ** (len(cfg.model.channels) - 1)
+    if cfg.preprocess.size % factor:
+        raise ValueError(
+            f"config: preprocess.size={cfg.preprocess.size} must be divisible by {factor} "
+            f"(2^(levels-1) for model.channels={list(cfg.model.channels)})"
+        )
+    for c in cfg.model.channels:
+        g = min(cfg.model.groups, c)
+        if c % g:
+            raise ValueError(f"config: model.groups={cfg.model.groups} does not divide model.channels entry {c}")
+    if not cfg.diffusion.beta_start < cfg.diffusion.beta_end:
+        raise ValueError("config: diffusion.beta_start must be smaller than diffusion.beta_end")
+    if cfg.split.test >= 1 and cfg.split.test != int(cfg.split.test):
+        raise ValueError(f"config: split.test={cfg.split.test} must be a fraction < 1 or a whole count")
+    steps, T = cfg.sample.steps, cfg.diffusion.timesteps
+    if steps is not None and not 1 <= steps <= T:
+        raise ValueError(f"config: sample.steps={steps} must lie in 1..{T} (diffusion.timesteps)")
+    if cfg.sample.sampler == "ddpm" and steps not in (None, T):
+        raise ValueError(f"config: sample.steps={steps}: the ddpm sampler runs all {T} steps (use null or ddim)")
+    if cfg.figure.synthetic >= cfg.sample.n:
+        raise ValueError(f"config: figure.synthetic={cfg.figure.synthetic} must be below sample.n={cfg.sample.n}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-dict view of a config or one of its sections (lists for tuples), e.g. for checkpoints."""
+
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(asdict(cfg))

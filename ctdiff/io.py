@@ -1,0 +1,54 @@
+"""Atomic file output and volume I/O shared by every stage.
+
+An output is never visible half-written: each writer writes a temporary file in the destination folder
+and renames it into place (``os.replace`` is atomic on one filesystem).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` (same suffixes, so format detection works); rename on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    tmp = path.with_name(f".{stem}.{os.getpid()}.tmp{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_volume(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    """Save a volume as NIfTI (array axes = voxel axes i, j, k of ``affine``), atomically."""
+    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+
+
+def load_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Load a NIfTI volume as (float32 array, 4×4 affine)."""
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj, dtype=np.float32), img.affine

@@ -1,0 +1,130 @@
+"""The run's report: metrics beside the paper's, Figure 1, the learning curve, QC summary and config.
+
+Two renderings of the same content: ``report.md`` for terminals and diffs, and a self-contained
+``report.html`` (images embedded as base64) for a browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from ctdiff.io import atomic_path  # noqa: E402
+
+PAPER = {"fid": 9.70, "msssim_nearest_real": 0.266}
+
+
+def metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Rows (metric, this run, paper, note) of the metrics table."""
+    net = metrics.get("feature_network", {})
+    fid_note = "" if net.get("pretrained") else "seeded random feature network: not comparable to the paper"
+    if metrics.get("fid_rank_deficient"):
+        fid_note = "; ".join(filter(None, [fid_note, "fewer volumes than feature dimensions: covariance rank-deficient"]))
+    paired, diversity = metrics["msssim_nearest_real"], metrics["msssim_diversity"]
+    return [
+        ("FID (Med3D features)", f"{metrics['fid']:.3f}", f"{PAPER['fid']:.2f}", fid_note),
+        ("MS-SSIM, synthetic vs nearest real (higher = closer)",
+         f"{paired['mean']:.3f} ± {paired['std']:.3f}", f"{PAPER['msssim_nearest_real']:.3f}", "paper's protocol"),
+        ("MS-SSIM, synthetic vs synthetic (lower = more diverse)",
+         f"{diversity['mean']:.3f} ± {diversity['std']:.3f}", "—", "diversity, as WDM-3D reports it"),
+    ]
+
+
+def qc_summary(inventory_tsv: Path) -> pd.DataFrame:
+    """Series found per decision and reason, from the discovery inventory."""
+    table = pd.read_csv(inventory_tsv, sep="\t", keep_default_na=False)
+    return table.groupby(["decision", "reason"], dropna=False).size().reset_index(name="series")
+
+
+def learning_curve_png(log_csv: Path) -> bytes:
+    """PNG bytes of the training loss against the step (log scale)."""
+    log = pd.read_csv(log_csv)
+    fig, ax = plt.subplots(figsize=(5.0, 3.0), constrained_layout=True)
+    ax.plot(log["step"], log["loss"])
+    ax.set_xlabel("step")
+    ax.set_ylabel("ε-MSE loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _markdown_table(header: list[str], rows: list[tuple]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[tuple]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(
+    metrics_json: Path,
+    figure_png: Path,
+    log_csv: Path,
+    inventory_tsv: Path,
+    config: dict[str, Any],
+    out_md: Path,
+    out_html: Path,
+) -> None:
+    """Write ``report.md`` and the self-contained ``report.html``."""
+    metrics = json.loads(Path(metrics_json).read_text())
+    rows = metrics_rows(metrics)
+    qc = qc_summary(inventory_tsv)
+    qc_rows = list(qc.itertuples(index=False, name=None))
+    header = ["metric", "this run", "paper", "note"]
+    provenance = {k: metrics[k] for k in ("n_real", "n_synthetic", "volume_shape", "feature_network") if k in metrics}
+    provenance.update(metrics.get("provenance", {}))
+    config_yaml = yaml.safe_dump(config, sort_keys=False)
+    provenance_yaml = yaml.safe_dump(provenance, sort_keys=False)
+
+    md = "\n\n".join([
+        "# ctdiff report",
+        "## Metrics\n\n" + _markdown_table(header, rows),
+        "## Figure 1\n\n![Figure 1: real (a) and synthetic (b)](figures/figure1.png)",
+        "## Data QC (DICOM series found)\n\n" + _markdown_table(["decision", "reason", "series"], qc_rows),
+        "## Provenance\n\n```yaml\n" + provenance_yaml + "```",
+        "## Config\n\n```yaml\n" + config_yaml + "```",
+    ]) + "\n"
+    with atomic_path(Path(out_md)) as tmp:
+        tmp.write_text(md)
+
+    figure_b64 = base64.b64encode(Path(figure_png).read_bytes()).decode()
+    curve_b64 = base64.b64encode(learning_curve_png(log_csv)).decode()
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>ctdiff report</title>
+<style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}
+pre{{background:#f6f6f6;padding:.6rem;overflow:auto}}</style></head><body>
+<h1>ctdiff report</h1>
+<h2>Metrics</h2>
+<div id="metrics">{_html_table(header, rows)}</div>
+<h2>Figure 1</h2>
+<img id="figure1" alt="Figure 1: axial, coronal and sagittal slices, real (a) and synthetic (b)"
+ src="data:image/png;base64,{figure_b64}" style="max-width:100%">
+<h2>Learning curve</h2>
+<img id="learning-curve" alt="training loss" src="data:image/png;base64,{curve_b64}" style="max-width:100%">
+<h2>Data QC</h2>
+{_html_table(["decision", "reason", "series"], qc_rows)}
+<h2>Provenance</h2><pre>{html.escape(provenance_yaml)}</pre>
+<h2>Config</h2><pre>{html.escape(config_yaml)}</pre>
+</body></html>
+"""
+    with atomic_path(Path(out_html)) as tmp:
+        tmp.write_text(page)

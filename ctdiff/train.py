@@ -1,0 +1,233 @@
+"""Training stage: the paper's ε-prediction DDPM on preprocessed volumes, with Accelerate, EMA and resume.
+
+Read top to bottom: check the data, build model/EMA/optimizer, resume from the state folder when it holds
+a compatible checkpoint, then a plain loop. Decisions:
+
+* Data order and noise are pure functions of ``(train.seed, step, process rank)``: the global batch of step
+  ``k`` is the first ``batch_size`` entries of a permutation drawn from ``(seed, k)``, split across processes.
+  A resumed run therefore sees exactly the batches and noise the uninterrupted run would have seen.
+* Resumable state lives in ``state_dir`` (not a declared output, so Snakemake never deletes it when a job
+  fails). It is resumed only when model, diffusion, data and optimisation settings match; ``train.steps``
+  may grow, so a finished run can be extended.
+* SIGTERM (what SLURM sends before preemption) finishes the current step, writes a checkpoint and exits
+  with status 143; the rerun continues from there.
+* A non-finite loss stops the run before anything is saved, so the last good checkpoint stays intact.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm import tqdm
+
+from ctdiff.checkpoint import build_model, build_schedule, read_checkpoint, save_checkpoint
+from ctdiff.config import DiffusionConfig, ModelConfig, TrainConfig, to_dict
+from ctdiff.diffusion.schedule import training_loss
+from ctdiff.io import atomic_path, load_volume
+
+LOG_COLUMNS = ("step", "loss", "lr", "elapsed_s")
+
+
+def load_training_set(files: Sequence[Path], size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Load and check the training volumes.
+
+    Returns ``([N, 1, size, size, size]`` float32 in [-1, 1], the first volume's 4×4 affine``)``; the affine
+    is stored in the checkpoint so that samples share the training data's orientation and spacing.
+
+    Refuses (``ValueError`` naming the file) a volume of the wrong shape, with non-finite values or
+    values outside [0, 1].
+    """
+    if not files:
+        raise ValueError("training set is empty: the split left no training volume")
+    volumes, affines = [], []
+    for path in files:
+        array, affine = load_volume(path)
+        if array.shape != (size, size, size):
+            raise ValueError(f"training volume {path} has shape {array.shape}, expected {(size,) * 3}")
+        if not np.isfinite(array).all():
+            raise ValueError(f"training volume {path} holds NaN or infinite values")
+        lo, hi = float(array.min()), float(array.max())
+        if lo < -1e-4 or hi > 1 + 1e-4:
+            raise ValueError(f"training volume {path} has values in [{lo:.4g}, {hi:.4g}], expected [0, 1]")
+        volumes.append(torch.from_numpy(array))
+        affines.append(affine)
+    return torch.stack(volumes)[:, None].mul_(2).sub_(1), affines[0]
+
+
+def batch_indices(n: int, batch_size: int, *, seed: int, step: int) -> np.ndarray:
+    """Indices of the global batch of ``step``: the head of a permutation drawn from ``(seed, step)``."""
+    return np.random.default_rng([seed, step]).permutation(n)[:batch_size]
+
+
+def noise_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """CPU generator for the timesteps and noise of one process at one step."""
+    state = np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def _resume_key(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The settings a checkpoint must share with this run to be resumed (``steps`` may change)."""
+    keep = {k: v for k, v in cfg["train"].items() if k not in ("steps", "checkpoint_every", "log_every")}
+    return {**cfg, "train": keep}
+
+
+class _Stop:
+    """Remembers a SIGTERM so the loop can checkpoint at a step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(
+    files: Sequence[Path],
+    out_model: Path,
+    out_log: Path,
+    state_dir: Path,
+    *,
+    model_cfg: ModelConfig,
+    diffusion_cfg: DiffusionConfig,
+    train_cfg: TrainConfig,
+    size: int,
+    extra_config: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> None:
+    """Train the U-Net on ``files`` and write the self-describing checkpoint and the loss log.
+
+    ``extra_config`` (e.g. the preprocessing section) is stored in the checkpoint so that samples can be
+    written with the same affine convention as the training data.
+    """
+    accelerator = Accelerator(mixed_precision="bf16" if train_cfg.precision == "bf16" else "no")
+    n_proc, rank = accelerator.num_processes, accelerator.process_index
+    if train_cfg.batch_size % n_proc:
+        raise ValueError(f"train.batch_size={train_cfg.batch_size} is not divisible by {n_proc} processes")
+    local_batch = train_cfg.batch_size // n_proc
+
+    data, affine = load_training_set(files, size)
+    if len(data) < train_cfg.batch_size:
+        raise ValueError(f"training set holds {len(data)} volumes, fewer than train.batch_size={train_cfg.batch_size}")
+
+    cfg = {
+        "model": to_dict(model_cfg),
+        "diffusion": to_dict(diffusion_cfg),
+        "train": to_dict(train_cfg),
+        "data": {
+            "size": size,
+            "files": [Path(f).name for f in files],
+            "affine": np.asarray(affine, dtype=float).tolist(),
+            **(extra_config or {}),
+        },
+    }
+    schedule = build_schedule(cfg["diffusion"])
+    model = build_model(cfg["model"], grad_checkpointing=train_cfg.grad_checkpointing)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
+
+    state_path = Path(state_dir) / "state.pt"
+    start, log_rows = 0, []
+    if state_path.exists():
+        state = read_checkpoint(state_path)
+        if _resume_key(state["config"]) == _resume_key(cfg):
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            start, log_rows = int(state["step"]), list(state["log"])
+            accelerator.print(f"resuming from step {start} ({state_path})")
+        else:
+            accelerator.print(f"ignoring {state_path}: it was written with other settings; starting afresh")
+
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema.to(accelerator.device)
+    data = data.to(accelerator.device)
+
+    def save(step: int, path: Path) -> None:
+        accelerator.wait_for_everyone()  # sync point: every process has finished the step
+        if accelerator.is_main_process:
+            payload = {
+                "step": step,
+                "config": cfg,
+                "model": accelerator.unwrap_model(model).state_dict(),
+                "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "log": log_rows,
+            }
+            save_checkpoint(path, payload)
+
+    stop = _Stop()
+    t0 = time.perf_counter() - (log_rows[-1]["elapsed_s"] if log_rows else 0.0)
+    running, n_running, bar = 0.0, 0, None
+    if progress and accelerator.is_local_main_process:
+        bar = tqdm(total=train_cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    model.train()
+    try:
+        for step in range(start, train_cfg.steps):
+            idx = batch_indices(len(data), train_cfg.batch_size, seed=train_cfg.seed, step=step)
+            x0 = data[idx[rank * local_batch : (rank + 1) * local_batch]]
+            with accelerator.autocast():
+                loss = training_loss(schedule, model, x0, generator=noise_generator(train_cfg.seed, step, rank))
+            accelerator.backward(loss)
+            if train_cfg.grad_clip is not None:
+                accelerator.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for p_ema, p in zip(ema.parameters(), accelerator.unwrap_model(model).parameters()):
+                    p_ema.lerp_(p.detach(), 1.0 - train_cfg.ema_decay)
+            running += loss.detach().float()
+            n_running += 1
+
+            done = step + 1
+            if done % train_cfg.log_every == 0 or done == train_cfg.steps:
+                mean = accelerator.reduce(running, reduction="mean").item() / n_running  # sync point
+                if not np.isfinite(mean):
+                    raise FloatingPointError(
+                        f"training loss became {mean} at step {done}; last good checkpoint left in {state_dir}"
+                    )
+                log_rows.append({"step": done, "loss": mean, "lr": train_cfg.lr,
+                                 "elapsed_s": round(time.perf_counter() - t0, 3)})
+                running, n_running = 0.0, 0
+                if bar is not None:
+                    bar.set_postfix(loss=f"{mean:.4f}")
+            if bar is not None:
+                bar.update(1)
+            if done % train_cfg.checkpoint_every == 0 or stop.requested:
+                save(done, state_path)
+            if stop.requested:
+                accelerator.print(f"SIGTERM: checkpoint written at step {done}; rerun to resume")
+                raise SystemExit(143)
+    finally:
+        stop.restore()
+        if bar is not None:
+            bar.close()
+
+    save(train_cfg.steps, state_path)
+    save(train_cfg.steps, Path(out_model))
+    if accelerator.is_main_process:
+        write_log(out_log, log_rows)
+    accelerator.end_training()
+
+
+def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write the loss log as CSV (columns ``step, loss, lr, elapsed_s``), atomically."""
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+__all__ = ["train", "load_training_set", "batch_indices", "noise_generator", "write_log"]

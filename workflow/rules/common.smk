@@ -1,0 +1,44 @@
+# Config validation, the item list (one item per converted scan) and path helpers.
+import json
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+from ctdiff.config import from_dict, to_dict
+
+min_version("9.0")
+
+validate(config, "../schemas/config.schema.yaml")
+try:
+    CFG = from_dict(config)
+except ValueError as err:
+    raise WorkflowError(str(err)) from None
+
+R = CFG.results
+DICOM_ROOT = f"{R}/dicom" if CFG.data.source == "phantom" else CFG.data.root
+ENV = "../../envs/ctdiff.yaml"
+SAMPLES = [f"{R}/samples/{i:04d}.nii.gz" for i in range(CFG.sample.n)]
+
+
+def section(name):
+    """A config section as a plain dict: rule params, so a change reruns exactly the rules that use it."""
+    return to_dict(getattr(CFG, name))
+
+
+def items():
+    """Item ids chosen by the discover checkpoint (one per patient, or per CT series with series: all)."""
+    with open(checkpoints.discover.get().output.series) as fh:
+        return sorted(json.load(fh))
+
+
+def preprocessed(wildcards=None):
+    return [f"{R}/preprocessed/{item}.nii.gz" for item in items()]
+
+
+def accelerate_args(wildcards, threads, resources):
+    """`accelerate launch` options: one process per GPU of the job, or one CPU process."""
+    gpus = int(resources.get("gpu", 0))
+    if gpus == 0:
+        return f"--cpu --num_processes 1 --num_cpu_threads_per_process {threads}"
+    multi = "--multi_gpu " if gpus > 1 else ""
+    return f"{multi}--num_processes {gpus} --num_cpu_threads_per_process {threads}"

@@ -1,0 +1,24 @@
+# FID on Med3D features and both MS-SSIM protocols, synthetic vs held-out real volumes.
+
+
+rule evaluate:
+    input:
+        test=f"{R}/splits/test.txt",
+        real=preprocessed,
+        synthetic=SAMPLES,
+        model=f"{R}/train/model.pt",
+    output:
+        report(f"{R}/metrics/metrics.json", caption="../report/metrics.rst", category="Metrics"),
+    params:
+        evaluate=section("evaluate"),
+        volumes=f"{R}/preprocessed",
+        sample=section("sample"),
+    threads: workflow.cores
+    resources:
+        gpu=0,
+    log:
+        f"{R}/logs/evaluate.log",
+    conda:
+        ENV
+    script:
+        "../scripts/evaluate.py"

@@ -1,0 +1,38 @@
+# Figure 1 (real vs synthetic, three views) and the report (Markdown + self-contained HTML).
+
+
+rule figure:
+    input:
+        test=f"{R}/splits/test.txt",
+        real=preprocessed,
+        synthetic=SAMPLES,
+    output:
+        report(f"{R}/figures/figure1.png", caption="../report/figure1.rst", category="Figure 1"),
+    params:
+        figure=section("figure"),
+        volumes=f"{R}/preprocessed",
+    log:
+        f"{R}/logs/figure.log",
+    conda:
+        ENV
+    script:
+        "../scripts/figure.py"
+
+
+rule report:
+    input:
+        metrics=f"{R}/metrics/metrics.json",
+        figure=f"{R}/figures/figure1.png",
+        log=f"{R}/train/log.csv",
+        inventory=f"{R}/qc/inventory.tsv",
+    output:
+        md=f"{R}/report.md",
+        html=f"{R}/report.html",
+    params:
+        config=lambda wildcards: to_dict(CFG),
+    log:
+        f"{R}/logs/report.log",
+    conda:
+        ENV
+    script:
+        "../scripts/report.py"

@@ -1,0 +1,29 @@
+# Residual 3D U-Net DDPM, launched with Accelerate: one process per GPU of the job (CPU when none).
+# Resumable state lives in {results}/train_state/, never a declared output.
+
+
+rule train:
+    input:
+        train=f"{R}/splits/train.txt",
+        volumes=preprocessed,
+    output:
+        model=f"{R}/train/model.pt",
+        log=report(f"{R}/train/log.csv", caption="../report/learning_curve.rst", category="Training"),
+    params:
+        launch=accelerate_args,
+        volumes=f"{R}/preprocessed",
+        state=f"{R}/train_state",
+        settings=lambda wildcards: json.dumps(
+            {name: section(name) for name in ("model", "diffusion", "train", "preprocess")}
+        ),
+    threads: workflow.cores
+    resources:
+        gpu=0,
+    log:
+        f"{R}/logs/train.log",
+    conda:
+        ENV
+    shell:
+        "accelerate launch {params.launch} -m ctdiff.cli train"
+        " --train-list {input.train} --volumes {params.volumes} --state {params.state}"
+        " --settings {params.settings:q} --out {output.model} --log-csv {output.log} > {log} 2>&1"

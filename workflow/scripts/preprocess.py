@@ -1,0 +1,15 @@
+"""Resample one item to size^3, clip the HU window and scale to [0, 1]."""
+import sys
+from pathlib import Path
+
+from ctdiff.data.preprocess import preprocess
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+p = snakemake.params.preprocess
+preprocess(
+    Path(snakemake.input[0]),
+    Path(snakemake.output[0]),
+    size=p["size"],
+    spacing_mm=p["spacing_mm"],
+    hu_window=tuple(p["hu_window"]),
+)

@@ -1,0 +1,16 @@
+"""Write the Markdown and self-contained HTML reports."""
+import sys
+from pathlib import Path
+
+from ctdiff.report import write_report
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+write_report(
+    Path(snakemake.input.metrics),
+    Path(snakemake.input.figure),
+    Path(snakemake.input.log),
+    Path(snakemake.input.inventory),
+    snakemake.params.config,
+    Path(snakemake.output.md),
+    Path(snakemake.output.html),
+)
