@@ -22,7 +22,7 @@ checkpoint discover:
         inventory=f"{R}/qc/inventory.tsv",
         series=f"{R}/discover/series.json",
     params:
-        root=DICOM_ROOT,
+        root=lambda wildcards, input: input[0] if CFG.data.source == "phantom" else CFG.data.root,
         series=CFG.data.series,
     log:
         f"{R}/logs/discover.log",

@@ -1,0 +1,169 @@
+"""Reverse-process samplers: pure per-step updates and one short loop.
+
+``ddpm_step`` is ancestral sampling (Ho et al. 2020, Algorithm 2, written through the predicted ``x0``
+and the posterior of eq. 6–7); ``ddim_step`` is Song et al. 2021 ("Denoising Diffusion Implicit
+Models") eq. 12 with σ from eq. 16. Both take ``t`` as a plain int, tensors as ``[B, ...]``
+(``[B, C, D, H, W]`` for volumes), and do no random draws of their own: the noise is an argument.
+
+Clipping: the predicted ``x0`` is clamped to the data range ``[-1, 1]``; DDIM then re-derives ``ε``
+from the clamped ``x0``. Without that, the clamped ``x0`` and the unclamped ``ε`` disagree and
+deterministic DDIM returns noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ctdiff.diffusion.schedule import Schedule, eps_from_x0, predict_x0, q_posterior
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+def _check_t(s: Schedule, t: int) -> None:
+    if not 0 <= t < s.timesteps:
+        raise ValueError(f"t must be in [0, {s.timesteps - 1}], got {t}")
+
+
+def _batch_t(t: int, x: Tensor) -> Tensor:
+    """The int ``t`` as a ``[B]`` int64 tensor on ``x``'s device."""
+    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+
+
+def ddpm_step(
+    s: Schedule, eps: Tensor, t: int, x_t: Tensor, noise: Tensor | None, *, clip: bool = True
+) -> Tensor:
+    """One ancestral step ``x_t → x_{t−1}`` (Ho et al. Algorithm 2, line 4).
+
+    1. ``x̂0 = (x_t − √(1 − ᾱ_t) · ε) / √ᾱ_t``  (eq. 15), clamped to ``[-1, 1]`` if ``clip``;
+    2. ``μ̃_t = coef1_t · x̂0 + coef2_t · x_t``  (eq. 7);
+    3. ``x_{t−1} = μ̃_t + σ_t · z`` with ``σ_t² = β̃_t`` (eq. 7, the "fixed small" variance) and
+       ``z = noise``; at ``t = 0`` no noise is added and ``noise`` may be ``None``.
+
+    ``eps``, ``x_t``, ``noise``: ``[B, ...]`` → ``[B, ...]``.
+    """
+    _check_t(s, t)
+    tb = _batch_t(t, x_t)
+    x0 = predict_x0(s, x_t, tb, eps)
+    if clip:
+        x0 = x0.clamp(-1.0, 1.0)
+    mean, _, _ = q_posterior(s, x0, x_t, tb)
+    if t == 0:
+        return mean
+    if noise is None:
+        raise ValueError(f"ddpm_step needs noise at t={t} > 0")
+    return mean + math.sqrt(s.posterior_variance[t]) * noise
+
+
+def ddim_step(
+    s: Schedule,
+    eps: Tensor,
+    t: int,
+    t_prev: int,
+    x_t: Tensor,
+    noise: Tensor | None,
+    *,
+    eta: float = 0.0,
+    clip: bool = True,
+) -> Tensor:
+    """One DDIM step ``x_t → x_{t_prev}`` (Song et al. eq. 12), ``t_prev < t``; ``t_prev = −1`` means
+    ``ᾱ_prev = 1`` (the step lands on ``x0``).
+
+    1. ``x̂0 = (x_t − √(1 − ᾱ_t) · ε) / √ᾱ_t``; if ``clip``: clamp to ``[-1, 1]`` and re-derive
+       ``ε = (x_t − √ᾱ_t · x̂0) / √(1 − ᾱ_t)`` so that ``x̂0`` and ``ε`` stay consistent;
+    2. ``σ = η · √((1 − ᾱ_prev)/(1 − ᾱ_t)) · √(1 − ᾱ_t/ᾱ_prev)``  (eq. 16; η = 1 is DDPM-like);
+    3. ``x_prev = √ᾱ_prev · x̂0 + √(1 − ᾱ_prev − σ²) · ε + σ · z``  (eq. 12).
+
+    ``noise`` (``z``) is used only when ``σ > 0`` and may be ``None`` otherwise.
+    ``eps``, ``x_t``, ``noise``: ``[B, ...]`` → ``[B, ...]``.
+    """
+    _check_t(s, t)
+    if not -1 <= t_prev < t:
+        raise ValueError(f"t_prev must be in [-1, {t - 1}] for t={t}, got {t_prev}")
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    tb = _batch_t(t, x_t)
+    x0 = predict_x0(s, x_t, tb, eps)
+    if clip:
+        x0 = x0.clamp(-1.0, 1.0)
+        eps = eps_from_x0(s, x_t, tb, x0)
+
+    a_t = s.alphas_cumprod[t]
+    a_prev = s.alphas_cumprod[t_prev] if t_prev >= 0 else 1.0
+    sigma = eta * math.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
+    x_prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1.0 - a_prev - sigma**2, 0.0)) * eps
+    if sigma == 0.0:
+        return x_prev
+    if noise is None:
+        raise ValueError(f"ddim_step needs noise when sigma > 0 (eta={eta}, t={t}, t_prev={t_prev})")
+    return x_prev + sigma * noise
+
+
+def timestep_sequence(sampler: str, steps: int, T: int) -> list[int]:
+    """The descending timesteps a sampler visits.
+
+    ``ddpm``: all of ``T−1, …, 0`` (``steps`` must equal ``T``). ``ddim``: ``steps`` distinct values
+    evenly spaced from ``T−1`` down to ``0``, rounded (``steps = 1`` gives ``[T−1]``).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        raise ValueError(f"steps must be an integer in [1, {T}], got {steps!r}")
+    if sampler == "ddpm":
+        if steps != T:
+            raise ValueError(f"the ddpm sampler visits every timestep: steps must be {T}, got {steps}")
+        return list(range(T - 1, -1, -1))
+    # Spacing (T−1)/(steps−1) >= 1, so the rounded values are distinct.
+    return [int(v) for v in np.round(np.linspace(T - 1, 0, steps))]
+
+
+def _randn(shape: tuple[int, ...], generators: Sequence[torch.Generator], device, dtype) -> Tensor:
+    """``[B, *shape]`` standard normal noise, element ``b`` drawn on the CPU from ``generators[b]``."""
+    draws = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
+    return torch.stack(draws).to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    s: Schedule,
+    shape: tuple[int, ...],
+    generators: Sequence[torch.Generator],
+    *,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    eta: float = 0.0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> Tensor:
+    """Draw ``B = len(generators)`` samples of per-sample ``shape`` (``(C, D, H, W)``) → ``[B, *shape]``.
+
+    Every random number of element ``b`` (``x_T`` and each step's noise) comes from ``generators[b]``
+    (CPU generators), so a sample depends on its generator alone, not on the rest of the batch.
+    ``steps=None`` means every timestep. The model is called as ``model(x_t, t)`` with ``x_t`` in
+    ``dtype`` and ``t`` ``[B]`` int64; the chain itself is kept in float32. The result is clamped to
+    ``[-1, 1]``, the range the model was trained on. Put the model in eval mode before calling.
+    """
+    if len(generators) == 0:
+        raise ValueError("need at least one generator (one per sample)")
+    timesteps = timestep_sequence(sampler, s.timesteps if steps is None else steps, s.timesteps)
+    state = torch.float32
+
+    x = _randn(tuple(shape), generators, device, state)  # x_T ~ N(0, I)
+    for i, t in enumerate(tqdm(timesteps, disable=not progress, desc=f"{sampler} sampling")):
+        t_batch = torch.full((len(generators),), t, dtype=torch.long, device=device)
+        eps = model(x.to(dtype), t_batch).to(state)
+        if sampler == "ddpm":
+            noise = _randn(tuple(shape), generators, device, state) if t > 0 else None
+            x = ddpm_step(s, eps, t, x, noise)
+        else:
+            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+            noise = _randn(tuple(shape), generators, device, state) if eta > 0 else None
+            x = ddim_step(s, eps, t, t_prev, x, noise, eta=eta)
+    return x.clamp(-1.0, 1.0)
