@@ -3,7 +3,7 @@
 Read top to bottom: check the data, build model/EMA/optimizer, resume from the state folder when it holds
 a compatible checkpoint, then a plain loop. Decisions:
 
-* Data order and noise are pure functions of ``(train.seed, step, process rank)``: the global batch of step
+* Initial weights, data order and noise are pure functions of ``(train.seed, step, process rank)``: the global batch of step
   ``k`` is the first ``batch_size`` entries of a permutation drawn from ``(seed, k)``, split across processes.
   A resumed run therefore sees exactly the batches and noise the uninterrupted run would have seen.
 * Resumable state lives in ``state_dir`` (not a declared output, so Snakemake never deletes it when a job
@@ -134,7 +134,9 @@ def train(
         },
     }
     schedule = build_schedule(cfg["diffusion"])
-    model = build_model(cfg["model"], grad_checkpointing=train_cfg.grad_checkpointing)
+    with torch.random.fork_rng(devices=[]):  # initial weights depend on train.seed alone
+        torch.manual_seed(train_cfg.seed)
+        model = build_model(cfg["model"], grad_checkpointing=train_cfg.grad_checkpointing)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
 

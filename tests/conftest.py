@@ -1,0 +1,35 @@
+"""Shared tiny fixtures: a handful of 8³ volumes in [0, 1] and a matching tiny model configuration."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctdiff.config import DiffusionConfig, ModelConfig, TrainConfig
+from ctdiff.io import save_volume
+
+SIZE = 8
+TINY_MODEL = ModelConfig(channels=(4, 8), res_blocks=1, attention=False, groups=2)
+TINY_DIFFUSION = DiffusionConfig(timesteps=20)
+AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])
+AFFINE[:3, 3] = [-120.0, -100.0, -50.0]
+
+
+def write_volumes(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = folder / f"V{i:02d}.nii.gz"
+        save_volume(path, rng.random((SIZE,) * 3, dtype=np.float32), AFFINE)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def volumes(tmp_path):
+    return write_volumes(tmp_path / "volumes", 4)
+
+
+def tiny_train_config(**overrides) -> TrainConfig:
+    values = dict(steps=6, batch_size=2, lr=1e-3, ema_decay=0.9, checkpoint_every=2, log_every=1, seed=0)
+    values.update(overrides)
+    return TrainConfig(**values)

@@ -1,0 +1,87 @@
+"""Training stage at tiny size: self-describing checkpoint, exact resume, refusal of bad data."""
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import AFFINE, SIZE, TINY_DIFFUSION, TINY_MODEL, tiny_train_config, write_volumes
+from ctdiff.checkpoint import load_for_sampling, read_checkpoint
+from ctdiff.io import save_volume
+from ctdiff.train import batch_indices, train
+
+
+def run(files, out, train_cfg, state=None):
+    train(
+        files, out / "model.pt", out / "log.csv", state or out / "state",
+        model_cfg=TINY_MODEL, diffusion_cfg=TINY_DIFFUSION, train_cfg=train_cfg, size=SIZE,
+        extra_config={"spacing_mm": 3.0}, progress=False,
+    )
+
+
+def test_checkpoint_describes_itself(volumes, tmp_path):
+    run(volumes, tmp_path, tiny_train_config())
+    ckpt = read_checkpoint(tmp_path / "model.pt")
+    assert ckpt["step"] == 6
+    assert ckpt["config"]["model"]["channels"] == [4, 8]
+    assert ckpt["config"]["data"]["size"] == SIZE
+    assert np.allclose(ckpt["config"]["data"]["affine"], AFFINE)
+    assert {"model", "ema", "optimizer", "version", "format"} <= set(ckpt)
+    model, schedule, meta = load_for_sampling(tmp_path / "model.pt")
+    assert schedule.timesteps == 20 and meta["step"] == 6
+    for name, p in model.state_dict().items():
+        assert torch.equal(p, ckpt["ema"][name])
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))
+    assert all(math.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_resume_matches_uninterrupted_run(volumes, tmp_path):
+    run(volumes, tmp_path / "straight", tiny_train_config(steps=6))
+    # Same state folder: a 4-step run, then extended to 6 steps, resumes at step 4.
+    state = tmp_path / "state"
+    run(volumes, tmp_path / "first", tiny_train_config(steps=4), state=state)
+    run(volumes, tmp_path / "second", tiny_train_config(steps=6), state=state)
+    a = read_checkpoint(tmp_path / "straight" / "model.pt")
+    b = read_checkpoint(tmp_path / "second" / "model.pt")
+    for key in ("model", "ema"):
+        for name in a[key]:
+            torch.testing.assert_close(a[key][name], b[key][name], rtol=1e-5, atol=1e-6)
+    log_a = list(csv.DictReader(open(tmp_path / "straight" / "log.csv")))
+    log_b = list(csv.DictReader(open(tmp_path / "second" / "log.csv")))
+    assert [r["step"] for r in log_a] == [r["step"] for r in log_b]
+    assert np.allclose([float(r["loss"]) for r in log_a], [float(r["loss"]) for r in log_b], rtol=1e-4)
+
+
+def test_state_from_other_settings_is_not_resumed(volumes, tmp_path):
+    state = tmp_path / "state"
+    run(volumes, tmp_path / "a", tiny_train_config(steps=4, lr=1e-2), state=state)
+    run(volumes, tmp_path / "b", tiny_train_config(steps=4), state=state)
+    run(volumes, tmp_path / "c", tiny_train_config(steps=4))
+    b, c = read_checkpoint(tmp_path / "b" / "model.pt"), read_checkpoint(tmp_path / "c" / "model.pt")
+    for name in b["model"]:
+        torch.testing.assert_close(b["model"][name], c["model"][name])
+
+
+def test_batches_are_deterministic_and_distinct():
+    a = batch_indices(10, 4, seed=0, step=3)
+    assert np.array_equal(a, batch_indices(10, 4, seed=0, step=3))
+    assert len(set(a)) == 4
+    assert not np.array_equal(a, batch_indices(10, 4, seed=0, step=4))
+
+
+def test_bad_training_data_is_named(tmp_path):
+    files = write_volumes(tmp_path / "ok", 3)
+    wrong_shape = tmp_path / "bad_shape.nii.gz"
+    save_volume(wrong_shape, np.zeros((SIZE, SIZE, SIZE + 1), np.float32), AFFINE)
+    with pytest.raises(ValueError, match="bad_shape.nii.gz has shape"):
+        run(files + [wrong_shape], tmp_path, tiny_train_config())
+    hu = tmp_path / "in_hu.nii.gz"
+    save_volume(hu, np.full((SIZE,) * 3, -1000.0, np.float32), AFFINE)
+    with pytest.raises(ValueError, match="in_hu.nii.gz has values"):
+        run(files + [hu], tmp_path, tiny_train_config())
+    with pytest.raises(ValueError, match="empty"):
+        run([], tmp_path, tiny_train_config())
+    with pytest.raises(ValueError, match="fewer than train.batch_size"):
+        run(files, tmp_path, tiny_train_config(batch_size=4))
