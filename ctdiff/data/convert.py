@@ -1,0 +1,289 @@
+"""Convert one chosen DICOM series to an int16 HU NIfTI volume with dicom2nifti.
+
+The series (files listed by :func:`ctdiff.data.discover.discover`) is checked before conversion, because
+dicom2nifti silently drops duplicate, non-imaging or localizer slices and would otherwise hide a broken
+scan:
+
+- every file belongs to the series and has ``ImagePositionPatient``, ``ImageOrientationPatient``,
+  ``PixelSpacing``, ``RescaleSlope`` and ``RescaleIntercept`` (without the last two dicom2nifti
+  "succeeds" with raw stored values instead of HU);
+- all slices share one orientation and one in-plane grid;
+- slices are sorted by their position along the slice normal ``n = row_cosine x column_cosine``
+  (``ImagePositionPatient . n``, mm), never by file name or ``InstanceNumber``;
+- no two slices share a position, the spacing between neighbours is uniform (a gap means missing
+  slices) and the stack runs along ``n`` (no gantry tilt).
+
+dicom2nifti (``dicom_array_to_nifti`` with ``reorient_nifti=True``) returns float64 HU in LAS array
+order; its affine takes the slice step from the first and last ``ImagePositionPatient`` (never from
+``SliceThickness``). The result is checked against the geometry computed here from the DICOM tags (slice
+count and the world position of every corner voxel), padding below -1024 HU (e.g. GE's -2000 stored ->
+-3024 HU) is clamped to -1024 HU, and the volume is saved as int16 HU with the dicom2nifti affine (NIfTI
+RAS+ world, mm) as both qform and sform.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import dicom2nifti.settings as d2n_settings
+import nibabel as nib
+import numpy as np
+import pydicom
+from dicom2nifti.convert_dicom import dicom_array_to_nifti
+from dicom2nifti.exceptions import ConversionError, ConversionValidationError
+
+from ctdiff.io import atomic_path
+
+#: HU below this is scanner padding, not tissue (air is -1000 HU); clamped before saving.
+PADDING_FLOOR_HU = -1024
+
+#: Slices closer than this along the normal (mm) occupy the same position.
+DUPLICATE_TOLERANCE_MM = 1e-3
+
+#: A neighbour spacing may differ from the median by ``ATOL + RTOL * median`` mm (dicom2nifti's own
+#: increment check uses the same tolerances); a missing slice doubles the spacing.
+SPACING_ATOL_MM = 0.1
+SPACING_RTOL = 0.05
+
+QC_COLUMNS = [
+    "item",
+    "patient",
+    "series_uid",
+    "n_slices",
+    "spacing_x_mm",
+    "spacing_y_mm",
+    "spacing_z_mm",
+    "shape",
+    "hu_min",
+    "hu_max",
+    "n_padding_clamped",
+    "decision",
+    "reason",
+]
+
+#: dicom2nifti's settings are module globals shared by the whole process: these values are set for the
+#: duration of one conversion and restored afterwards. Resampling stays off: a stack that would need it
+#: is refused instead.
+_D2N_SETTINGS = {
+    "validate_slicecount": True,
+    "validate_orientation": True,
+    "validate_orthogonal": True,
+    "validate_slice_increment": True,
+    "validate_instance_number": False,
+    "resample": False,
+}
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+@contextmanager
+def _dicom2nifti_settings():
+    """Apply :data:`_D2N_SETTINGS` to dicom2nifti's process-global settings, then restore them."""
+    saved = {key: getattr(d2n_settings, key) for key in _D2N_SETTINGS}
+    try:
+        for key, value in _D2N_SETTINGS.items():
+            setattr(d2n_settings, key, value)
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(d2n_settings, key, value)
+
+
+def _present(ds: pydicom.Dataset, keyword: str) -> bool:
+    """Whether ``ds`` has ``keyword`` with a non-empty value."""
+    value = ds.get(keyword, None)
+    if value is None:
+        return False
+    try:
+        return len(value) > 0
+    except TypeError:  # numbers have no length
+        return True
+
+
+def _sorted_stack(item: str, datasets: list[pydicom.Dataset], series_uid: str):
+    """Check the slices of one series and sort them along the slice normal.
+
+    Returns ``(sorted_datasets, index_to_lps)``: ``index_to_lps`` is the ``[3, 4]`` matrix mapping
+    DICOM voxel indices ``(column, row, slice, 1)`` of the sorted stack to LPS millimetres, with the
+    mean slice step taken from the first and last ``ImagePositionPatient``.
+    Raises ValueError naming ``item`` and the first failed check.
+    """
+
+    def fail(reason: str) -> ValueError:
+        return ValueError(f"{item}: {reason}")
+
+    n = len(datasets)
+    wrong = [ds for ds in datasets if str(ds.get("SeriesInstanceUID", "")) != series_uid]
+    if wrong:
+        raise fail(f"{len(wrong)} file(s) do not belong to series {series_uid}")
+    for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+                "RescaleSlope", "RescaleIntercept", "PixelData"):
+        missing = sum(1 for ds in datasets if not _present(ds, tag))
+        if missing:
+            raise fail(f"missing {tag} in {missing} of {n} file(s)")
+
+    iop = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in datasets])
+    if not np.allclose(iop, iop[0], atol=1e-4):
+        raise fail("ImageOrientationPatient varies between slices")
+    grids = {(int(ds.Rows), int(ds.Columns), *(round(float(v), 4) for v in ds.PixelSpacing))
+             for ds in datasets}
+    if len(grids) > 1:
+        raise fail(f"Rows/Columns/PixelSpacing vary between slices: {sorted(grids)}")
+
+    row_cos, col_cos = iop[0, :3], iop[0, 3:]
+    normal = np.cross(row_cos, col_cos)
+    ipp = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    pos = ipp @ normal
+    order = np.argsort(pos, kind="stable")
+    pos, ipp = pos[order], ipp[order]
+    datasets = [datasets[i] for i in order]
+
+    gaps = np.diff(pos)
+    dup = gaps <= DUPLICATE_TOLERANCE_MM
+    if dup.any():
+        where = ", ".join(f"{p:.3f}" for p in pos[1:][dup][:5])
+        raise fail(f"duplicate slice position(s): {int(dup.sum())} file(s) repeat a position "
+                   f"along the slice normal (at {where} mm)")
+    median = float(np.median(gaps))
+    if np.any(np.abs(gaps - median) > SPACING_ATOL_MM + SPACING_RTOL * median):
+        raise fail(f"missing slice(s): spacing between slices varies from {gaps.min():.3f} to "
+                   f"{gaps.max():.3f} mm (median {median:.3f} mm)")
+    steps = np.diff(ipp, axis=0)
+    drift = np.linalg.norm(steps - np.outer(steps @ normal, normal), axis=1)
+    if np.any(drift > SPACING_ATOL_MM / 10 + 0.01 * median):
+        raise fail(f"slice positions drift in-plane by up to {drift.max():.3f} mm per slice "
+                   "(gantry tilt or sheared stack)")
+
+    row_spacing, col_spacing = (float(v) for v in datasets[0].PixelSpacing)
+    step = (ipp[-1] - ipp[0]) / (n - 1)
+    index_to_lps = np.column_stack([row_cos * col_spacing, col_cos * row_spacing, step, ipp[0]])
+    return datasets, index_to_lps
+
+
+def _corners(shape: tuple[int, int, int]) -> np.ndarray:
+    """The 8 corner voxel indices of a volume, homogeneous, ``[4, 8]``."""
+    ijk = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(3, -1)
+    return np.vstack([ijk, np.ones((1, 8))])
+
+
+def _check_geometry(item: str, img: nib.Nifti1Image, index_to_lps: np.ndarray,
+                    stack_shape: tuple[int, int, int]) -> None:
+    """Check dicom2nifti's output against the DICOM geometry.
+
+    ``stack_shape`` is ``(columns, rows, n_slices)``; the output must hold the same voxel counts and its
+    corner voxels must sit at the same world positions (RAS mm, within 0.01 mm).
+    """
+    if sorted(img.shape) != sorted(stack_shape) or len(img.shape) != 3:
+        raise ValueError(f"{item}: dicom2nifti returned shape {img.shape}, expected the "
+                         f"{stack_shape[2]} slices of {stack_shape[0]}x{stack_shape[1]} pixels")
+    ours = _LPS_TO_RAS @ index_to_lps @ _corners(stack_shape)
+    theirs = (img.affine @ _corners(img.shape))[:3]
+    ours = ours[:, np.lexsort(np.round(ours, 2)[::-1])]
+    theirs = theirs[:, np.lexsort(np.round(theirs, 2)[::-1])]
+    if not np.allclose(ours, theirs, atol=1e-2):
+        raise ValueError(f"{item}: dicom2nifti's affine disagrees with ImagePositionPatient / "
+                         "ImageOrientationPatient / PixelSpacing")
+
+
+def _to_int16_hu(data) -> tuple[np.ndarray, int]:
+    """Round HU to int16 slice by slice, clamping padding below :data:`PADDING_FLOOR_HU`.
+
+    ``data`` is a ``[X, Y, Z]`` array-like of HU; returns the int16 ``[X, Y, Z]`` array and the number
+    of clamped voxels.
+    """
+    out = np.empty(data.shape, dtype=np.int16)
+    n_clamped = 0
+    for k in range(data.shape[2]):
+        plane = np.rint(np.asarray(data[:, :, k], dtype=np.float64))
+        n_clamped += int(np.count_nonzero(plane < PADDING_FLOOR_HU))
+        out[:, :, k] = np.clip(plane, PADDING_FLOOR_HU, np.iinfo(np.int16).max)
+    return out, n_clamped
+
+
+def _write_qc(path: Path, row: dict) -> None:
+    """Write the one-row QC table (tab-separated, :data:`QC_COLUMNS`) atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=QC_COLUMNS, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerow(row)
+
+
+def convert_item(root: Path, series_json: Path, item: str, out_nifti: Path, out_qc: Path) -> dict:
+    """Convert the series of one item to an int16 HU NIfTI.
+
+    Args:
+        root: the DICOM tree root that the paths in ``series_json`` are relative to.
+        series_json: the table written by :func:`ctdiff.data.discover.discover`.
+        item: item id (a key of the table; the PatientID in ``series='largest'`` mode).
+        out_nifti: written: int16 HU volume ``[X, Y, Z]`` in dicom2nifti's LAS array order, affine in
+            NIfTI RAS+ mm (scanner geometry; z step from ``ImagePositionPatient``), qform = sform.
+        out_qc: written: one-row TSV with :data:`QC_COLUMNS`.
+
+    Returns:
+        The QC row as a dict.
+
+    Raises:
+        ValueError: ``"{item}: {reason}"`` when the series fails a check or dicom2nifti refuses it.
+    """
+    table = json.loads(Path(series_json).read_text(encoding="utf-8"))
+    if item not in table:
+        raise ValueError(f"{item}: not an item of {series_json}")
+    entry = table[item]
+    datasets = []
+    for name in entry["files"]:
+        try:
+            datasets.append(pydicom.dcmread(Path(root) / name, force=False))
+        except Exception as err:  # noqa: BLE001 - any unreadable file fails the item, by name
+            raise ValueError(f"{item}: cannot read {name}: {type(err).__name__}: {err}") from err
+    if len(datasets) < 2:
+        raise ValueError(f"{item}: only {len(datasets)} file(s), not a volume")
+    datasets, index_to_lps = _sorted_stack(item, datasets, entry["series_uid"])
+    stack_shape = (int(datasets[0].Columns), int(datasets[0].Rows), len(datasets))
+
+    out_nifti = Path(out_nifti)
+    out_nifti.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_nifti.parent, prefix=".convert-") as tmp_dir, \
+            _dicom2nifti_settings():
+        try:
+            result = dicom_array_to_nifti(datasets, os.path.join(tmp_dir, "d2n.nii"),
+                                          reorient_nifti=True)
+        except (ConversionError, ConversionValidationError, ValueError, IndexError,
+                AttributeError, KeyError, TypeError) as err:
+            raise ValueError(f"{item}: dicom2nifti refused the series: "
+                             f"{type(err).__name__}: {err}") from err
+        converted = result["NII"]
+        _check_geometry(item, converted, index_to_lps, stack_shape)
+        hu, n_clamped = _to_int16_hu(converted.dataobj)
+        affine = np.asarray(converted.affine, dtype=np.float64)
+
+    img = nib.Nifti1Image(hu, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    img.set_data_dtype(np.int16)
+    with atomic_path(out_nifti) as tmp:
+        nib.save(img, tmp)
+
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    row = {
+        "item": item,
+        "patient": entry["patient"],
+        "series_uid": entry["series_uid"],
+        "n_slices": len(datasets),
+        "spacing_x_mm": round(float(spacing[0]), 4),
+        "spacing_y_mm": round(float(spacing[1]), 4),
+        "spacing_z_mm": round(float(spacing[2]), 4),
+        "shape": "x".join(str(s) for s in hu.shape),
+        "hu_min": int(hu.min()),
+        "hu_max": int(hu.max()),
+        "n_padding_clamped": n_clamped,
+        "decision": "converted",
+        "reason": "",
+    }
+    _write_qc(out_qc, row)
+    return row

@@ -1,0 +1,305 @@
+"""Find the CT series to convert in a tree of DICOM files.
+
+The tree may be any LIDC-IDRI download layout (``LIDC-IDRI-0001/<study>/<series>/*.dcm``, the NBIA
+retriever's layout, the embedded phantom cohort, ...). Folder and file names are never parsed: every
+file's header is read and files are grouped by ``SeriesInstanceUID``.
+
+A series is usable when it is ``Modality == 'CT'``, every file has ``ImagePositionPatient`` and
+``ImageOrientationPatient``, no file is a ``LOCALIZER`` and it has at least :data:`MIN_SLICES` distinct
+slice positions. Per patient, ``series='largest'`` keeps the usable series with the most slice positions
+(the item id is the ``PatientID``); ``series='all'`` keeps every usable series as its own item
+``f'{patient}_{k}'`` (``k = 0`` is the largest).
+
+Outputs (both written atomically):
+
+- inventory TSV, one row per series: every series found, chosen or rejected, with the reason;
+- series JSON, ``{item_id: {patient, series_uid, study_uid, n_files, n_positions, folder, files}}`` with
+  ``files`` relative to ``root``, sorted.
+
+Only ``PatientID`` (the LIDC identifier) and UIDs are written; no name, birth date or other identifying
+attribute is read at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pydicom
+
+from ctdiff.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: Fewest distinct slice positions a CT series needs to count as a volume.
+MIN_SLICES = 10
+
+#: Positions along the slice normal closer than this (mm) count as the same slice.
+POSITION_TOLERANCE_MM = 1e-3
+
+#: Header attributes read from each file (pixel data is never read here).
+_TAGS = [
+    "PatientID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "ImageType",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+]
+
+#: Item ids become file names in the pipeline, so a PatientID must be a plain token.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
+
+INVENTORY_COLUMNS = [
+    "patient",
+    "series_uid",
+    "study_uid",
+    "modality",
+    "n_files",
+    "n_positions",
+    "folder",
+    "image_type",
+    "decision",
+    "reason",
+    "item",
+]
+
+
+@dataclass
+class _Series:
+    """Header facts of one series, gathered file by file."""
+
+    uid: str
+    files: list[str] = field(default_factory=list)
+    patients: set[str] = field(default_factory=set)
+    study_uid: str = ""
+    modality: str = ""
+    image_type: str = ""
+    n_missing_position: int = 0
+    n_missing_orientation: int = 0
+    n_localizer: int = 0
+    positions: list[float] = field(default_factory=list)
+
+    def add(self, rel_path: str, ds: pydicom.Dataset) -> None:
+        """Record one file's header (``rel_path`` relative to the tree root)."""
+        self.files.append(rel_path)
+        self.patients.add(str(ds.get("PatientID", "") or ""))
+        if len(self.files) == 1:  # the first file (in walk order) fixes series-level attributes
+            self.study_uid = str(ds.get("StudyInstanceUID", "") or "")
+            self.modality = str(ds.get("Modality", "") or "")
+            image_type = ds.get("ImageType", None)
+            self.image_type = "\\".join(str(v) for v in image_type) if image_type else ""
+        image_type = ds.get("ImageType", None)
+        if image_type and "LOCALIZER" in [str(v).upper() for v in image_type]:
+            self.n_localizer += 1
+        ipp = ds.get("ImagePositionPatient", None)
+        iop = ds.get("ImageOrientationPatient", None)
+        if ipp is None or len(ipp) != 3:
+            self.n_missing_position += 1
+        if iop is None or len(iop) != 6:
+            self.n_missing_orientation += 1
+        if ipp is not None and len(ipp) == 3 and iop is not None and len(iop) == 6:
+            normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
+            self.positions.append(float(np.dot(np.asarray(ipp, float), normal)))
+
+    @property
+    def patient(self) -> str:
+        """The series' PatientID ('' when missing; several joined by '|' when the files disagree)."""
+        return "|".join(sorted(self.patients))
+
+    @property
+    def n_positions(self) -> int:
+        """Distinct slice positions along the slice normal (mm, merged within the tolerance)."""
+        if not self.positions:
+            return 0
+        pos = np.sort(np.asarray(self.positions))
+        return int(1 + np.count_nonzero(np.diff(pos) > POSITION_TOLERANCE_MM))
+
+    @property
+    def folder(self) -> str:
+        """Folder(s) holding the files, relative to the root ('; '-joined when several)."""
+        return "; ".join(sorted({os.path.dirname(f) or "." for f in self.files}))
+
+    def rejection(self) -> str:
+        """Why this series cannot be used as a CT volume, or '' when it can."""
+        if len(self.patients) > 1:
+            return f"files disagree on PatientID ({len(self.patients)} values)"
+        if not self.patient:
+            return "missing PatientID"
+        if not _SAFE_ID.match(self.patient):
+            return f"PatientID {self.patient!r} is not usable as a file name"
+        if self.modality != "CT":
+            return f"modality {self.modality or 'missing'} is not CT"
+        if self.n_missing_position:
+            return f"missing ImagePositionPatient in {self.n_missing_position} file(s)"
+        if self.n_missing_orientation:
+            return f"missing ImageOrientationPatient in {self.n_missing_orientation} file(s)"
+        if self.n_localizer:
+            return "localizer"
+        if self.n_positions < MIN_SLICES:
+            return f"only {self.n_positions} slice{'' if self.n_positions == 1 else 's'}"
+        return ""
+
+
+def _read_header(path: str) -> pydicom.Dataset | None:
+    """Header of one file with only :data:`_TAGS`, or None if it is not a readable DICOM file."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, force=False, specific_tags=_TAGS)
+    except Exception:  # noqa: BLE001 - anything unreadable is "not a DICOM file" for this walk
+        return None
+
+
+def _scan(root: Path) -> tuple[dict[str, _Series], int]:
+    """Walk ``root`` (sorted, not following links) and group DICOM files by SeriesInstanceUID.
+
+    Returns the series by UID and the number of files skipped (not DICOM, unreadable, or without a
+    SeriesInstanceUID such as a DICOMDIR).
+    """
+    series: dict[str, _Series] = {}
+    n_skipped = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            ds = _read_header(path)
+            uid = str(ds.get("SeriesInstanceUID", "") or "") if ds is not None else ""
+            if not uid:
+                n_skipped += 1
+                continue
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            series.setdefault(uid, _Series(uid)).add(rel, ds)
+    return series, n_skipped
+
+
+def _choose(
+    series: dict[str, _Series], mode: Literal["largest", "all"]
+) -> tuple[dict[str, _Series], dict[str, tuple[str, str]]]:
+    """Decide every series.
+
+    Returns ``items`` ({item_id: series}) and ``decisions`` ({series_uid: (decision, reason)}).
+    """
+    decisions: dict[str, tuple[str, str]] = {}
+    usable: dict[str, list[_Series]] = defaultdict(list)
+    for uid, s in series.items():
+        reason = s.rejection()
+        if reason:
+            decisions[uid] = ("rejected", reason)
+        else:
+            usable[s.patient].append(s)
+
+    items: dict[str, _Series] = {}
+    for patient, group in sorted(usable.items()):
+        group.sort(key=lambda s: (-s.n_positions, -len(s.files), s.uid))
+        if mode == "largest":
+            items[patient] = group[0]
+            decisions[group[0].uid] = ("chosen", "")
+            for s in group[1:]:
+                decisions[s.uid] = ("rejected", "smaller CT series of the same patient")
+        else:
+            for k, s in enumerate(group):
+                items[f"{patient}_{k}"] = s
+                decisions[s.uid] = ("chosen", "")
+    return items, decisions
+
+
+def discover(
+    root: Path,
+    inventory_tsv: Path,
+    series_json: Path,
+    *,
+    series: Literal["largest", "all"] = "largest",
+) -> list[str]:
+    """Inventory every DICOM series under ``root`` and choose the CT volumes to convert.
+
+    Args:
+        root: top folder of the DICOM tree (any layout; walked recursively).
+        inventory_tsv: written: one row per series with :data:`INVENTORY_COLUMNS`.
+        series_json: written: ``{item_id: {patient, series_uid, study_uid, n_files, n_positions,
+            folder, files}}``, ``files`` relative to ``root`` and sorted.
+        series: ``'largest'`` (one item per patient, id = PatientID) or ``'all'`` (one item per usable
+            CT series, id ``f'{patient}_{k}'``).
+
+    Returns:
+        The sorted item ids.
+
+    Raises:
+        ValueError: ``series`` is not an allowed value, or no usable CT series exists under ``root``
+            (the inventory is still written, to show why).
+    """
+    if series not in ("largest", "all"):
+        raise ValueError(f"series must be 'largest' or 'all', got {series!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"DICOM root {root} is not a folder")
+
+    found, n_skipped = _scan(root)
+    items, decisions = _choose(found, series)
+    item_of = {s.uid: item for item, s in items.items()}
+    log.info(
+        "%d series in %d DICOM files under %s; %d files skipped (not DICOM or no series); %d items",
+        len(found),
+        sum(len(s.files) for s in found.values()),
+        root,
+        n_skipped,
+        len(items),
+    )
+
+    rows = []
+    for s in sorted(found.values(), key=lambda s: (s.patient, s.uid)):
+        decision, reason = decisions[s.uid]
+        rows.append(
+            {
+                "patient": s.patient,
+                "series_uid": s.uid,
+                "study_uid": s.study_uid,
+                "modality": s.modality,
+                "n_files": len(s.files),
+                "n_positions": s.n_positions,
+                "folder": s.folder,
+                "image_type": s.image_type,
+                "decision": decision,
+                "reason": reason,
+                "item": item_of.get(s.uid, ""),
+            }
+        )
+
+    def write_tsv(fh) -> None:
+        writer = csv.DictWriter(fh, fieldnames=INVENTORY_COLUMNS, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    with atomic_path(inventory_tsv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        write_tsv(fh)
+
+    if not items:
+        raise ValueError(
+            f"no usable CT series under {root}: {len(found)} series in "
+            f"{sum(len(s.files) for s in found.values())} DICOM files ({n_skipped} other files "
+            f"skipped), none is CT with positions, orientations and >= {MIN_SLICES} slices; "
+            f"see {inventory_tsv} for the reason per series"
+        )
+
+    table = {
+        item: {
+            "patient": s.patient,
+            "series_uid": s.uid,
+            "study_uid": s.study_uid,
+            "n_files": len(s.files),
+            "n_positions": s.n_positions,
+            "folder": s.folder,
+            "files": sorted(s.files),
+        }
+        for item, s in sorted(items.items())
+    }
+    with atomic_path(series_json) as tmp:
+        tmp.write_text(json.dumps(table, indent=1), encoding="utf-8")
+    return sorted(items)

@@ -1,0 +1,141 @@
+"""Bring one HU volume to the model's input: canonical orientation, size^3 voxels, values in [0, 1].
+
+Steps, in this order (SimpleITK, physical coordinates in mm):
+
+1. read the NIfTI as float32 HU and reorder its axes to RAS (``DICOMOrient(image, 'RAS')``: array index
+   ``i`` runs toward the patient's Right, ``j`` toward Anterior, ``k`` toward Superior). This only
+   permutes and flips axes; nothing is interpolated.
+2. clamp to the HU window ``[lo, hi]`` (default [-1000, 400]). Scanner padding (e.g. -3024 HU) becomes
+   ``lo`` here, before any filter, so it cannot bleed into the body.
+3. anti-alias: along each axis that is downsampled, a Gaussian of standard deviation
+   ``sigma_mm = (s_out - s_in) / 2`` (``s_in`` / ``s_out`` the input / output spacing of that axis, mm;
+   the same rule as scikit-image's ``resize``, i.e. half an input voxel per unit of downsampling factor
+   above 1). Axes that are not downsampled are not smoothed.
+4. resample with linear interpolation onto a ``size^3`` grid whose axes are exactly the RAS axes and
+   whose centre is the physical centre of the input volume:
+
+   - ``spacing_mm`` given: isotropic ``spacing_mm`` voxels, i.e. a centred crop/pad of a cube of side
+     ``size * spacing_mm``; points outside the scan are air (-1000 HU, clamped to the window);
+   - ``spacing_mm=None``: the paper's plain resize of the whole scan, spacing ``extent / size`` per axis
+     (``extent = n_voxels * s_in``, anisotropic).
+5. scale linearly, ``(HU - lo) / (hi - lo)``, to float32 in [0, 1].
+
+Output convention (shared with the sample stage): a NIfTI whose data array, as nibabel returns it, is
+``[X, Y, Z]`` = ``[R, A, S]`` (``nib.aff2axcodes(affine) == ('R', 'A', 'S')``) with the affine
+``diag(spacing) + translation`` in NIfTI RAS+ mm, so the output overlays the input in a viewer. The model
+sees this array as ``[D, H, W]``; axial slices are ``array[:, :, k]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from ctdiff.io import atomic_path
+
+#: HU of air, the value of every output voxel outside the scanned volume (before windowing).
+AIR_HU = -1000.0
+
+#: Direction cosines (ITK, LPS world) of RAS array axes: i -> -x_LPS, j -> -y_LPS, k -> +z.
+_RAS_DIRECTION = np.diag([-1.0, -1.0, 1.0])
+
+
+def anti_alias_sigma_mm(spacing_in: np.ndarray, spacing_out: np.ndarray) -> np.ndarray:
+    """Per-axis Gaussian sigma (mm) applied before resampling from ``spacing_in`` to ``spacing_out``.
+
+    ``sigma = max(0, (s_out - s_in) / 2)``: zero on axes that keep or refine their spacing.
+    """
+    return np.maximum(0.0, (np.asarray(spacing_out, float) - np.asarray(spacing_in, float)) / 2.0)
+
+
+def _smooth(image: sitk.Image, sigma_mm: np.ndarray) -> sitk.Image:
+    """Separable Gaussian (recursive IIR, sigma in mm), only along axes with ``sigma_mm > 0``."""
+    for axis, sigma in enumerate(sigma_mm):
+        if sigma > 0:
+            image = sitk.RecursiveGaussian(image, sigma=float(sigma), normalizeAcrossScale=False,
+                                           order=sitk.RecursiveGaussianImageFilter.ZeroOrder,
+                                           direction=axis)
+    return image
+
+
+def output_grid(image: sitk.Image, size: int, spacing_mm: float | None):
+    """The output grid for an RAS-ordered ``image``: ``(origin_lps, spacing)``, both ``[3]`` mm.
+
+    The grid has ``size`` voxels per axis along the exact RAS axes, centred on the physical centre of
+    ``image`` (the midpoint of its first and last voxel centres).
+    """
+    n_in = np.array(image.GetSize(), float)
+    s_in = np.array(image.GetSpacing(), float)
+    if spacing_mm is None:
+        spacing = n_in * s_in / size
+    else:
+        spacing = np.full(3, float(spacing_mm))
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint(((n_in - 1) / 2).tolist()))
+    origin = centre - _RAS_DIRECTION @ (spacing * (size - 1) / 2)
+    return origin, spacing
+
+
+def preprocess(
+    in_nifti: Path,
+    out_nifti: Path,
+    *,
+    size: int,
+    spacing_mm: float | None,
+    hu_window: tuple[float, float] = (-1000.0, 400.0),
+) -> None:
+    """Orient, window, anti-alias, resample and scale one HU volume (see the module docstring).
+
+    Args:
+        in_nifti: HU volume, any orientation and spacing (e.g. the convert stage's int16 output).
+        out_nifti: written: float32 ``[size, size, size]`` array ``[X, Y, Z]`` in RAS order, values in
+            [0, 1], affine ``diag(spacing)`` plus translation (NIfTI RAS+ mm), qform = sform.
+        size: voxels per output axis (>= 2).
+        spacing_mm: isotropic output spacing (mm) with centred crop/pad, or None for the plain resize of
+            the whole volume (spacing ``extent / size`` per axis).
+        hu_window: ``(lo, hi)`` HU mapped to 0 and 1.
+
+    Raises:
+        ValueError: bad arguments, or an input that is not a 3-D volume.
+    """
+    if not isinstance(size, (int, np.integer)) or size < 2:
+        raise ValueError(f"size must be an integer >= 2, got {size!r}")
+    if spacing_mm is not None and not spacing_mm > 0:
+        raise ValueError(f"spacing_mm must be > 0 or None (plain resize), got {spacing_mm!r}")
+    lo, hi = (float(v) for v in hu_window)
+    if not lo < hi:
+        raise ValueError(f"hu_window must be (lo, hi) with lo < hi, got {hu_window!r}")
+    if not str(out_nifti).endswith((".nii", ".nii.gz")):
+        raise ValueError(f"out_nifti must end in .nii or .nii.gz: {out_nifti}")
+
+    image = sitk.ReadImage(str(in_nifti), sitk.sitkFloat32)
+    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
+        raise ValueError(f"{in_nifti}: expected a 3-D volume, got size {image.GetSize()}")
+    image = sitk.DICOMOrient(image, "RAS")
+    image = sitk.Clamp(image, sitk.sitkFloat32, lo, hi)
+
+    origin, spacing = output_grid(image, int(size), spacing_mm)
+    image = _smooth(image, anti_alias_sigma_mm(image.GetSpacing(), spacing))
+    fill = float(np.clip(AIR_HU, lo, hi))
+    resampled = sitk.Resample(
+        image, [int(size)] * 3, sitk.Transform(), sitk.sitkLinear, origin.tolist(),
+        spacing.tolist(), _RAS_DIRECTION.flatten().tolist(), fill, sitk.sitkFloat32,
+    )
+
+    # SimpleITK arrays are [k, j, i]; nibabel's are [i, j, k] = [X, Y, Z].
+    hu = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
+    scaled = np.clip((hu - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    affine = np.eye(4)
+    affine[:3, :3] = lps_to_ras @ _RAS_DIRECTION @ np.diag(spacing)
+    affine[:3, 3] = lps_to_ras @ origin
+    out = nib.Nifti1Image(np.ascontiguousarray(scaled), affine)
+    out.set_qform(affine, code=1)
+    out.set_sform(affine, code=1)
+    out.header.set_xyzt_units("mm")
+    out.set_data_dtype(np.float32)
+    with atomic_path(out_nifti) as tmp:
+        nib.save(out, tmp)

@@ -1,0 +1,184 @@
+"""Tests for ctdiff.data.convert on small series built from pydicom's real CT slice (CT_small.dcm)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut
+from pydicom.uid import generate_uid
+
+from ctdiff.data.convert import convert_item
+
+COLS = 120  # CT_small is 128x128; a narrower image catches swapped row/column axes
+ROW_SPACING, COL_SPACING = 0.6, 0.8  # PixelSpacing = [between rows, between columns] (mm)
+
+
+def write_series(folder: Path, z: list[float], *, iop=(1, 0, 0, 0, 1, 0), thickness=5.0,
+                 patient="LIDC-IDRI-0001", pad_slice: int | None = None) -> tuple[str, list[str]]:
+    """Write one CT series with slice k at position ``z[k]`` along its normal; return (uid, files).
+
+    Files are named so that file-name order is the reverse of position order, and InstanceNumber runs
+    backwards too; ``SliceThickness`` is deliberately unrelated to the real spacing.
+    """
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    folder.mkdir(parents=True, exist_ok=True)
+    uid, files = generate_uid(), []
+    row, col = np.array(iop[:3], float), np.array(iop[3:], float)
+    normal = np.cross(row, col)
+    origin = np.array([-40.0, -50.0, 0.0])
+    for k, zk in enumerate(z):
+        ds = copy.deepcopy(base)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PatientID = patient
+        ds.InstanceNumber = len(z) - k
+        ds.ImageOrientationPatient = [float(v) for v in iop]
+        ds.ImagePositionPatient = [round(float(v), 6) for v in origin + zk * normal]
+        ds.PixelSpacing = [ROW_SPACING, COL_SPACING]
+        ds.SliceThickness = thickness
+        pixels = base.pixel_array[:, :COLS].astype(np.int16) + 7 * k  # slices differ
+        if pad_slice == k:
+            pixels[:10, :10] = -1000  # stored -1000 -> -2024 HU, below the padding floor
+        ds.Columns = COLS
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+        name = f"{len(z) - 1 - k:03d}.dcm"
+        ds.save_as(folder / name, enforce_file_format=True)
+        files.append(f"{folder.name}/{name}")
+    return uid, sorted(files)
+
+
+def series_table(tmp_path: Path, uid: str, files: list[str], item="LIDC-IDRI-0001") -> Path:
+    """The discover-stage JSON for one item."""
+    path = tmp_path / "series.json"
+    path.write_text(json.dumps({item: {"patient": item, "series_uid": uid, "files": files}}))
+    return path
+
+
+def expected_from_dicom(folder: Path, img: nib.Nifti1Image) -> np.ndarray:
+    """HU of every output voxel looked up in the DICOM slices through the output affine.
+
+    Each voxel's RAS position is turned into LPS, matched to the slice at that position along the
+    normal and to the (row, column) pixel there; values come from pydicom's own modality LUT.
+    """
+    slices = [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
+    iop = np.array(slices[0].ImageOrientationPatient, float)
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    ipp = np.array([s.ImagePositionPatient for s in slices], float)
+    hu = np.stack([apply_modality_lut(s.pixel_array, s) for s in slices])
+    ijk = np.indices(img.shape).reshape(3, -1)
+    ras = img.affine[:3, :3] @ ijk + img.affine[:3, 3:]
+    lps = ras * np.array([[-1.0], [-1.0], [1.0]])
+    s = np.abs((lps.T @ normal)[:, None] - (ipp @ normal)[None, :]).argmin(axis=1)
+    rel = lps.T - ipp[s]
+    c = np.rint(rel @ row / COL_SPACING).astype(int)
+    r = np.rint(rel @ col / ROW_SPACING).astype(int)
+    assert np.allclose(rel @ normal, 0, atol=1e-3)
+    assert c.min() == 0 and c.max() == COLS - 1 and r.min() == 0 and r.max() == 127
+    return hu[s, r, c].reshape(img.shape)
+
+
+@pytest.mark.parametrize("iop", [(1, 0, 0, 0, 1, 0), (-1, 0, 0, 0, 1, 0)], ids=["axial", "x-flipped"])
+def test_values_and_geometry_follow_dicom(tmp_path, iop):
+    dz = 2.5
+    z = [dz * k for k in range(12)]
+    uid, files = write_series(tmp_path / "s", z, iop=iop, thickness=5.0, pad_slice=3)
+    out, qc = tmp_path / "nifti" / "p.nii.gz", tmp_path / "qc" / "p.tsv"
+
+    row = convert_item(tmp_path, series_table(tmp_path, uid, files), "LIDC-IDRI-0001", out, qc)
+
+    img = nib.load(out)
+    data = np.asarray(img.dataobj)
+    assert img.get_data_dtype() == np.int16 and data.dtype == np.int16
+    assert nib.aff2axcodes(img.affine) == ("L", "A", "S")  # dicom2nifti's reorientation
+    assert img.shape == (COLS, 128, 12)
+    assert np.allclose(img.header.get_zooms(), (COL_SPACING, ROW_SPACING, dz), atol=1e-4)
+    assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
+
+    expected = expected_from_dicom(tmp_path / "s", img)
+    clamped = expected < -1024
+    assert clamped.sum() == 100
+    assert np.array_equal(data[~clamped], expected[~clamped])
+    assert np.all(data[clamped] == -1024)
+
+    # The first stored pixel of the lowest slice sits at ImagePositionPatient (LPS -> RAS).
+    first = pydicom.dcmread(tmp_path / "s" / "011.dcm")
+    target = np.array(first.ImagePositionPatient, float) * [-1, -1, 1]
+    voxel = np.rint(np.linalg.solve(img.affine[:3, :3], target - img.affine[:3, 3])).astype(int)
+    assert np.allclose(img.affine[:3, :3] @ voxel + img.affine[:3, 3], target, atol=1e-3)
+    assert data[tuple(voxel)] == apply_modality_lut(first.pixel_array, first)[0, 0]
+
+    with open(qc, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    assert len(rows) == 1 and rows[0]["decision"] == "converted" and rows[0]["reason"] == ""
+    assert float(rows[0]["spacing_z_mm"]) == pytest.approx(dz)
+    assert int(rows[0]["n_slices"]) == 12 and rows[0]["shape"] == f"{COLS}x128x12"
+    assert row["hu_min"] == -1024 and row["n_padding_clamped"] == 100
+    assert not list(out.parent.glob("*tmp*")) and not list(out.parent.glob(".convert-*"))
+
+
+def test_missing_slice_is_refused(tmp_path):
+    z = [2.0 * k for k in range(12) if k != 6]
+    uid, files = write_series(tmp_path / "s", z)
+    with pytest.raises(ValueError, match=r"LIDC-IDRI-0001: missing slice\(s\): spacing .* varies"):
+        convert_item(tmp_path, series_table(tmp_path, uid, files), "LIDC-IDRI-0001",
+                     tmp_path / "p.nii.gz", tmp_path / "p.tsv")
+    assert not (tmp_path / "p.nii.gz").exists() and not (tmp_path / "p.tsv").exists()
+
+
+def test_duplicate_position_is_refused(tmp_path):
+    z = [2.0 * k for k in range(12)] + [8.0]
+    uid, files = write_series(tmp_path / "s", z)
+    with pytest.raises(ValueError, match=r"LIDC-IDRI-0001: duplicate slice position"):
+        convert_item(tmp_path, series_table(tmp_path, uid, files), "LIDC-IDRI-0001",
+                     tmp_path / "p.nii.gz", tmp_path / "p.tsv")
+
+
+def test_missing_rescale_is_refused(tmp_path):
+    uid, files = write_series(tmp_path / "s", [2.0 * k for k in range(12)])
+    victim = tmp_path / files[4]
+    ds = pydicom.dcmread(victim)
+    del ds.RescaleIntercept
+    ds.save_as(victim)
+    with pytest.raises(ValueError, match="missing RescaleIntercept in 1 of 12"):
+        convert_item(tmp_path, series_table(tmp_path, uid, files), "LIDC-IDRI-0001",
+                     tmp_path / "p.nii.gz", tmp_path / "p.tsv")
+
+
+def test_foreign_file_and_unknown_item_are_refused(tmp_path):
+    uid, files = write_series(tmp_path / "a", [2.0 * k for k in range(12)])
+    _, other = write_series(tmp_path / "b", [2.0 * k for k in range(12)])
+    table = series_table(tmp_path, uid, files + other[:1])
+    with pytest.raises(ValueError, match="1 file\\(s\\) do not belong to series"):
+        convert_item(tmp_path, table, "LIDC-IDRI-0001", tmp_path / "p.nii.gz", tmp_path / "p.tsv")
+    with pytest.raises(ValueError, match="LIDC-IDRI-0002: not an item"):
+        convert_item(tmp_path, table, "LIDC-IDRI-0002", tmp_path / "p.nii.gz", tmp_path / "p.tsv")
+
+
+def test_unreadable_file_is_named(tmp_path):
+    uid, files = write_series(tmp_path / "s", [2.0 * k for k in range(12)])
+    (tmp_path / files[2]).write_bytes(b"not a DICOM file")
+    with pytest.raises(ValueError, match=f"LIDC-IDRI-0001: cannot read {files[2]}"):
+        convert_item(tmp_path, series_table(tmp_path, uid, files), "LIDC-IDRI-0001",
+                     tmp_path / "p.nii.gz", tmp_path / "p.tsv")
+
+
+def test_dicom2nifti_settings_are_restored(tmp_path):
+    import dicom2nifti.settings as settings
+
+    settings.disable_validate_slice_increment()
+    try:
+        uid, files = write_series(tmp_path / "s", [2.0 * k for k in range(12)])
+        convert_item(tmp_path, series_table(tmp_path, uid, files), "LIDC-IDRI-0001",
+                     tmp_path / "p.nii.gz", tmp_path / "p.tsv")
+        assert settings.validate_slice_increment is False
+    finally:
+        settings.enable_validate_slice_increment()
