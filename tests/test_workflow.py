@@ -1,0 +1,109 @@
+"""The workflow as a user drives it: lint, dry-run, a tiny end-to-end run, and rerun-only-stale."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "tiny.yaml"
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # accelerate of this env
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def planned_rules(proc: subprocess.CompletedProcess) -> set[str]:
+    """Rule names in the job-stats table of a dry run."""
+    table = proc.stdout + proc.stderr
+    return set(re.findall(r"^(\w+)\s+\d+\s*$", table, flags=re.M)) - {"total"}
+
+
+def test_lint_is_clean(tmp_path):
+    proc = snakemake(tmp_path, "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dry_run_of_the_default_config(tmp_path):
+    proc = snakemake(tmp_path, "-n", "--cores", "2")
+    assert {"phantom", "discover", "split", "train", "sample", "evaluate", "figure", "report", "all"} <= planned_rules(proc)
+
+
+def test_bad_config_names_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  learning_rate: 0.1\n")
+    proc = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    assert "learning_rate" in proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    snakemake(work, "--cores", "2", "--configfile", str(TINY))
+    return work / "results"
+
+
+def test_end_to_end_outputs(run_dir):
+    inventory = pd.read_csv(run_dir / "qc" / "inventory.tsv", sep="\t", keep_default_na=False)
+    chosen = inventory[inventory.decision == "chosen"]
+    assert len(chosen) == 4 and (chosen.modality == "CT").all()
+    assert (inventory.decision == "rejected").any(), "the phantom's distractor series must be rejected"
+
+    items = sorted(chosen.patient)
+    for item in items:
+        hu = nib.load(run_dir / "nifti" / f"{item}.nii.gz")
+        assert hu.get_data_dtype() == np.int16
+        pre = nib.load(run_dir / "preprocessed" / f"{item}.nii.gz")
+        data = np.asarray(pre.dataobj)
+        assert data.dtype == np.float32 and data.shape == (16, 16, 16)
+        assert data.min() >= 0.0 and data.max() <= 1.0 and data.max() > 0.5
+        assert np.allclose(pre.header.get_zooms(), 24.0)
+
+    train = (run_dir / "splits" / "train.txt").read_text().split()
+    test = (run_dir / "splits" / "test.txt").read_text().split()
+    assert sorted(train + test) == items and len(test) == 1
+
+    log = pd.read_csv(run_dir / "train" / "log.csv")
+    assert list(log.step) == [1, 2, 3, 4] and np.isfinite(log.loss).all()
+    for i in range(2):
+        img = nib.load(run_dir / "samples" / f"{i:04d}.nii.gz")
+        data = np.asarray(img.dataobj)
+        assert data.dtype == np.float32 and data.shape == (16, 16, 16)
+        assert 0.0 <= data.min() and data.max() <= 1.0
+
+    metrics = json.loads((run_dir / "metrics" / "metrics.json").read_text())
+    assert np.isfinite(metrics["fid"]) and metrics["n_real"] == 1 and metrics["n_synthetic"] == 2
+    assert 0.0 <= metrics["msssim_nearest_real"]["mean"] <= 1.0
+    assert metrics["provenance"]["checkpoint_step"] == 4
+    assert (run_dir / "figures" / "figure1.png").stat().st_size > 10_000
+    assert "9.70" in (run_dir / "report.md").read_text()
+    assert "data:image/png;base64" in (run_dir / "report.html").read_text()
+    assert not list(run_dir.rglob(".*.tmp*")), "no temporary file may be left behind"
+
+
+def test_nothing_reruns_when_nothing_changed(run_dir):
+    proc = snakemake(run_dir.parent, "-n", "--cores", "2", "--configfile", str(TINY))
+    assert planned_rules(proc) == set(), proc.stdout
+
+
+def test_changed_preprocessing_reruns_only_what_follows(run_dir, tmp_path):
+    change = tmp_path / "change.yaml"
+    change.write_text("preprocess:\n  spacing_mm: 20.0\n")
+    proc = snakemake(run_dir.parent, "-n", "--cores", "2", "--configfile", str(TINY), str(change))
+    rules = planned_rules(proc)
+    assert {"preprocess", "train", "sample", "evaluate", "figure", "report"} <= rules
+    assert not rules & {"phantom", "discover", "convert", "split"}, rules
