@@ -22,7 +22,7 @@ import torch
 
 from ctdiff.checkpoint import load_for_sampling
 from ctdiff.diffusion.samplers import sample
-from ctdiff.io import atomic_path, save_volume
+from ctdiff.io import atomic_path, file_sha256, save_volume
 
 
 def sample_generator(seed: int, index: int) -> torch.Generator:
@@ -37,14 +37,6 @@ def sample_affine(reference: np.ndarray, size: int) -> np.ndarray:
     centre = np.full(3, (size - 1) / 2.0)
     affine[:3, 3] = -affine[:3, :3] @ centre
     return affine
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def generate(
@@ -67,7 +59,7 @@ def generate(
     size = int(data["size"])
     affine = sample_affine(np.asarray(data["affine"]), size)
 
-    settings = {"checkpoint_sha256": _file_sha256(Path(checkpoint)), "sampler": sampler, "steps": steps,
+    settings = {"checkpoint_sha256": file_sha256(Path(checkpoint)), "sampler": sampler, "steps": steps,
                 "eta": eta, "seed": seed}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / key

@@ -6,6 +6,7 @@ and renames it into place (``os.replace`` is atomic on one filesystem).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -39,11 +40,24 @@ def write_json(path: Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_volume(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
-    """Save a volume as NIfTI (array axes = voxel axes i, j, k of ``affine``), atomically."""
-    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
+    """Save a volume as NIfTI, atomically: array axes = voxel axes i, j, k of ``affine`` (mm, scanner
+    space, qform and sform both set), stored with the array's own dtype."""
+    array = np.ascontiguousarray(array)
+    img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
+    img.header.set_xyzt_units("mm")
+    img.set_data_dtype(array.dtype)
     with atomic_path(path) as tmp:
         nib.save(img, tmp)
 

@@ -37,7 +37,7 @@ import pydicom
 from dicom2nifti.convert_dicom import dicom_array_to_nifti
 from dicom2nifti.exceptions import ConversionError, ConversionValidationError
 
-from ctdiff.io import atomic_path
+from ctdiff.io import atomic_path, save_volume
 
 #: HU below this is scanner padding, not tissue (air is -1000 HU); clamped before saving.
 PADDING_FLOOR_HU = -1024
@@ -261,13 +261,7 @@ def convert_item(root: Path, series_json: Path, item: str, out_nifti: Path, out_
         hu, n_clamped = _to_int16_hu(converted.dataobj)
         affine = np.asarray(converted.affine, dtype=np.float64)
 
-    img = nib.Nifti1Image(hu, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm")
-    img.set_data_dtype(np.int16)
-    with atomic_path(out_nifti) as tmp:
-        nib.save(img, tmp)
+    save_volume(out_nifti, hu.astype(np.int16, copy=False), affine)
 
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     row = {

@@ -30,11 +30,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from ctdiff.io import atomic_path
+from ctdiff.io import save_volume
 
 #: HU of air, the value of every output voxel outside the scanned volume (before windowing).
 AIR_HU = -1000.0
@@ -132,10 +131,4 @@ def preprocess(
     affine = np.eye(4)
     affine[:3, :3] = lps_to_ras @ _RAS_DIRECTION @ np.diag(spacing)
     affine[:3, 3] = lps_to_ras @ origin
-    out = nib.Nifti1Image(np.ascontiguousarray(scaled), affine)
-    out.set_qform(affine, code=1)
-    out.set_sform(affine, code=1)
-    out.header.set_xyzt_units("mm")
-    out.set_data_dtype(np.float32)
-    with atomic_path(out_nifti) as tmp:
-        nib.save(out, tmp)
+    save_volume(out_nifti, scaled.astype(np.float32, copy=False), affine)

@@ -22,7 +22,6 @@ on load and every other key must match exactly (names as in MedicalNet without D
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -31,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ctdiff.io import file_sha256
 
 # depth -> (block kind, blocks per layer, shortcut type of the published MedicalNet weights)
 _CONFIGS: dict[int, tuple[str, tuple[int, int, int, int], str]] = {
@@ -165,14 +166,6 @@ def _seeded_init(model: Med3DResNet, seed: int) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _state_dict_from_file(path: Path) -> dict[str, Tensor]:
     """Read a MedicalNet checkpoint: ``{'state_dict': {...}, ...}`` or a bare state dict; strip ``module.``."""
     try:
@@ -229,7 +222,7 @@ def load_med3d(depth: int, weights: Path | None, *, seed: int = 0) -> tuple[Med3
                 f"missing keys: {sorted(result.missing_keys)}; "
                 f"unexpected keys: {sorted(result.unexpected_keys)}"
             )
-        info["weights"], info["sha256"] = str(weights), _sha256(weights)
+        info["weights"], info["sha256"] = str(weights), file_sha256(weights)
     return model.eval(), info
 
 
