@@ -2,7 +2,10 @@
 # snakemake --cores all                      the embedded phantom demo (config/config.yaml)
 # snakemake --cores all --configfile config/lidc.yaml   a real LIDC-IDRI download
 
-configfile: "config/config.yaml"
+import os
+
+# The embedded default, found next to this Snakefile whatever the working directory (--directory).
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "workflow/rules/common.smk"

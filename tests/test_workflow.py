@@ -60,7 +60,7 @@ def run_dir(tmp_path_factory):
 def test_end_to_end_outputs(run_dir):
     inventory = pd.read_csv(run_dir / "qc" / "inventory.tsv", sep="\t", keep_default_na=False)
     chosen = inventory[inventory.decision == "chosen"]
-    assert len(chosen) == 4 and (chosen.modality == "CT").all()
+    assert len(chosen) == 5 and (chosen.modality == "CT").all()
     assert (inventory.decision == "rejected").any(), "the phantom's distractor series must be rejected"
 
     items = sorted(chosen.patient)
@@ -75,7 +75,7 @@ def test_end_to_end_outputs(run_dir):
 
     train = (run_dir / "splits" / "train.txt").read_text().split()
     test = (run_dir / "splits" / "test.txt").read_text().split()
-    assert sorted(train + test) == items and len(test) == 1
+    assert sorted(train + test) == items and len(test) == 2
 
     log = pd.read_csv(run_dir / "train" / "log.csv")
     assert list(log.step) == [1, 2, 3, 4] and np.isfinite(log.loss).all()
@@ -86,7 +86,7 @@ def test_end_to_end_outputs(run_dir):
         assert 0.0 <= data.min() and data.max() <= 1.0
 
     metrics = json.loads((run_dir / "metrics" / "metrics.json").read_text())
-    assert np.isfinite(metrics["fid"]) and metrics["n_real"] == 1 and metrics["n_synthetic"] == 2
+    assert np.isfinite(metrics["fid"]) and metrics["n_real"] == 2 and metrics["n_synthetic"] == 2
     assert 0.0 <= metrics["msssim_nearest_real"]["mean"] <= 1.0
     assert metrics["provenance"]["checkpoint_step"] == 4
     assert (run_dir / "figures" / "figure1.png").stat().st_size > 10_000
