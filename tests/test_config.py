@@ -21,7 +21,7 @@ def test_default_config_is_valid_and_typed():
     validate(raw, SCHEMA)
     cfg = from_dict(raw)
     assert isinstance(cfg, Config)
-    assert cfg.preprocess.size == 32 and cfg.model.channels == (16, 32, 64)
+    assert cfg.preprocess.size == 24 and cfg.model.channels == (16, 32, 64)
     assert cfg.preprocess.hu_window == (-1000, 400)
     assert to_dict(cfg)["model"]["channels"] == [16, 32, 64]
 
