@@ -107,3 +107,10 @@ def test_changed_preprocessing_reruns_only_what_follows(run_dir, tmp_path):
     rules = planned_rules(proc)
     assert {"preprocess", "train", "sample", "evaluate", "figure", "report"} <= rules
     assert not rules & {"phantom", "discover", "convert", "split"}, rules
+
+
+def test_snakemake_report_holds_figure_and_metrics(run_dir):
+    out = run_dir / "snakemake_report.html"
+    snakemake(run_dir.parent, "--configfile", str(TINY), "--report", str(out))
+    page = out.read_text(errors="replace")
+    assert "figure1.png" in page and "metrics.json" in page

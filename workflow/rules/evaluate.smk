@@ -13,7 +13,7 @@ rule evaluate:
         evaluate=section("evaluate"),
         volumes=f"{R}/preprocessed",
         sample=section("sample"),
-    threads: workflow.cores
+    threads: 8  # capped at --cores; profiles may set their own
     resources:
         gpu=0,
     log:

@@ -9,7 +9,7 @@ rule sample:
     params:
         sample=section("sample"),
         cache=f"{R}/sample_cache",
-    threads: workflow.cores
+    threads: 8  # capped at --cores; profiles may set their own
     resources:
         gpu=0,
     log:

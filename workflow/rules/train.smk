@@ -16,7 +16,7 @@ rule train:
         settings=lambda wildcards: json.dumps(
             {name: section(name) for name in ("model", "diffusion", "train", "preprocess")}
         ),
-    threads: workflow.cores
+    threads: 8  # capped at --cores; profiles may set their own
     resources:
         gpu=0,
     log:
