@@ -148,7 +148,7 @@ def test_missing_rescale_is_refused(tmp_path):
     ds = pydicom.dcmread(victim)
     del ds.RescaleIntercept
     ds.save_as(victim)
-    with pytest.raises(ValueError, match="missing RescaleIntercept in 1 of 12"):
+    with pytest.raises(ValueError, match="missing RescaleIntercept: in 1 of 12"):
         convert_item(tmp_path, series_table(tmp_path, uid, files), "LIDC-IDRI-0001",
                      tmp_path / "p.nii.gz", tmp_path / "p.tsv")
 
@@ -159,14 +159,14 @@ def test_foreign_file_and_unknown_item_are_refused(tmp_path):
     table = series_table(tmp_path, uid, files + other[:1])
     with pytest.raises(ValueError, match="1 file\\(s\\) do not belong to series"):
         convert_item(tmp_path, table, "LIDC-IDRI-0001", tmp_path / "p.nii.gz", tmp_path / "p.tsv")
-    with pytest.raises(ValueError, match="LIDC-IDRI-0002: not an item"):
+    with pytest.raises(ValueError, match="LIDC-IDRI-0002: unknown item"):
         convert_item(tmp_path, table, "LIDC-IDRI-0002", tmp_path / "p.nii.gz", tmp_path / "p.tsv")
 
 
 def test_unreadable_file_is_named(tmp_path):
     uid, files = write_series(tmp_path / "s", [2.0 * k for k in range(12)])
     (tmp_path / files[2]).write_bytes(b"not a DICOM file")
-    with pytest.raises(ValueError, match=f"LIDC-IDRI-0001: cannot read {files[2]}"):
+    with pytest.raises(ValueError, match=f"LIDC-IDRI-0001: unreadable file: {files[2]}"):
         convert_item(tmp_path, series_table(tmp_path, uid, files), "LIDC-IDRI-0001",
                      tmp_path / "p.nii.gz", tmp_path / "p.tsv")
 

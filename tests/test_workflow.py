@@ -64,8 +64,13 @@ def test_end_to_end_outputs(run_dir):
     assert (inventory.decision == "rejected").any(), "the phantom's distractor series must be rejected"
 
     items = sorted(chosen.patient)
+    cohort = pd.read_csv(run_dir / "qc" / "cohort.tsv", sep="\t", keep_default_na=False)
+    assert sorted(cohort.item) == items and (cohort.decision == "converted").all()
+    summary = pd.read_csv(run_dir / "qc" / "summary.tsv", sep="\t", keep_default_na=False)
+    usable = summary[(summary.stage == "cohort") & (summary.reason == "items")]
+    assert list(usable["count"]) == [5]
     for item in items:
-        hu = nib.load(run_dir / "nifti" / f"{item}.nii.gz")
+        hu = nib.load(run_dir / "nifti" / item / "hu.nii.gz")
         assert hu.get_data_dtype() == np.int16
         pre = nib.load(run_dir / "preprocessed" / f"{item}.nii.gz")
         data = np.asarray(pre.dataobj)

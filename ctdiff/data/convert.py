@@ -66,6 +66,9 @@ QC_COLUMNS = [
     "reason",
 ]
 
+#: File name of the converted volume inside the item's folder (see :func:`convert_or_reject`).
+VOLUME_NAME = "hu.nii.gz"
+
 #: dicom2nifti's settings are module globals shared by the whole process: these values are set for the
 #: duration of one conversion and restored afterwards. Resampling stays off: a stack that would need it
 #: is refused instead.
@@ -105,6 +108,11 @@ def _present(ds: pydicom.Dataset, keyword: str) -> bool:
         return True
 
 
+def _pixel_bytes(ds: pydicom.Dataset) -> int:
+    """Bytes of uncompressed pixel data one single-frame image needs."""
+    return int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8
+
+
 def _sorted_stack(item: str, datasets: list[pydicom.Dataset], series_uid: str):
     """Check the slices of one series and sort them along the slice normal.
 
@@ -120,12 +128,18 @@ def _sorted_stack(item: str, datasets: list[pydicom.Dataset], series_uid: str):
     n = len(datasets)
     wrong = [ds for ds in datasets if str(ds.get("SeriesInstanceUID", "")) != series_uid]
     if wrong:
-        raise fail(f"{len(wrong)} file(s) do not belong to series {series_uid}")
-    for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
-                "RescaleSlope", "RescaleIntercept", "PixelData"):
+        raise fail(f"foreign files: {len(wrong)} file(s) do not belong to series {series_uid}")
+    for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
+                "BitsAllocated", "RescaleSlope", "RescaleIntercept", "PixelData"):
         missing = sum(1 for ds in datasets if not _present(ds, tag))
         if missing:
-            raise fail(f"missing {tag} in {missing} of {n} file(s)")
+            raise fail(f"missing {tag}: in {missing} of {n} file(s)")
+
+    short = [ds for ds in datasets
+             if not ds.file_meta.TransferSyntaxUID.is_compressed and len(ds.PixelData) < _pixel_bytes(ds)]
+    if short:
+        raise fail(f"truncated pixel data: {len(short)} of {n} file(s) hold fewer bytes than "
+                   "Rows x Columns x BitsAllocated / 8")
 
     iop = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in datasets])
     if not np.allclose(iop, iop[0], atol=1e-4):
@@ -156,8 +170,8 @@ def _sorted_stack(item: str, datasets: list[pydicom.Dataset], series_uid: str):
     steps = np.diff(ipp, axis=0)
     drift = np.linalg.norm(steps - np.outer(steps @ normal, normal), axis=1)
     if np.any(drift > SPACING_ATOL_MM / 10 + 0.01 * median):
-        raise fail(f"slice positions drift in-plane by up to {drift.max():.3f} mm per slice "
-                   "(gantry tilt or sheared stack)")
+        raise fail(f"gantry tilt or sheared stack: slice positions drift in-plane by up to "
+                   f"{drift.max():.3f} mm per slice")
 
     row_spacing, col_spacing = (float(v) for v in datasets[0].PixelSpacing)
     step = (ipp[-1] - ipp[0]) / (n - 1)
@@ -179,15 +193,15 @@ def _check_geometry(item: str, img: nib.Nifti1Image, index_to_lps: np.ndarray,
     corner voxels must sit at the same world positions (RAS mm, within 0.01 mm).
     """
     if sorted(img.shape) != sorted(stack_shape) or len(img.shape) != 3:
-        raise ValueError(f"{item}: dicom2nifti returned shape {img.shape}, expected the "
+        raise ValueError(f"{item}: unexpected dicom2nifti output: shape {img.shape}, expected the "
                          f"{stack_shape[2]} slices of {stack_shape[0]}x{stack_shape[1]} pixels")
     ours = _LPS_TO_RAS @ index_to_lps @ _corners(stack_shape)
     theirs = (img.affine @ _corners(img.shape))[:3]
     ours = ours[:, np.lexsort(np.round(ours, 2)[::-1])]
     theirs = theirs[:, np.lexsort(np.round(theirs, 2)[::-1])]
     if not np.allclose(ours, theirs, atol=1e-2):
-        raise ValueError(f"{item}: dicom2nifti's affine disagrees with ImagePositionPatient / "
-                         "ImageOrientationPatient / PixelSpacing")
+        raise ValueError(f"{item}: unexpected dicom2nifti output: affine disagrees with "
+                         "ImagePositionPatient / ImageOrientationPatient / PixelSpacing")
 
 
 def _to_int16_hu(data) -> tuple[np.ndarray, int]:
@@ -232,16 +246,16 @@ def convert_item(root: Path, series_json: Path, item: str, out_nifti: Path, out_
     """
     table = json.loads(Path(series_json).read_text(encoding="utf-8"))
     if item not in table:
-        raise ValueError(f"{item}: not an item of {series_json}")
+        raise ValueError(f"{item}: unknown item: not in {series_json}")
     entry = table[item]
     datasets = []
     for name in entry["files"]:
         try:
             datasets.append(pydicom.dcmread(Path(root) / name, force=False))
         except Exception as err:  # noqa: BLE001 - any unreadable file fails the item, by name
-            raise ValueError(f"{item}: cannot read {name}: {type(err).__name__}: {err}") from err
+            raise ValueError(f"{item}: unreadable file: {name}: {type(err).__name__}: {err}") from err
     if len(datasets) < 2:
-        raise ValueError(f"{item}: only {len(datasets)} file(s), not a volume")
+        raise ValueError(f"{item}: too few files: only {len(datasets)}, not a volume")
     datasets, index_to_lps = _sorted_stack(item, datasets, entry["series_uid"])
     stack_shape = (int(datasets[0].Columns), int(datasets[0].Rows), len(datasets))
 
@@ -279,5 +293,31 @@ def convert_item(root: Path, series_json: Path, item: str, out_nifti: Path, out_
         "decision": "converted",
         "reason": "",
     }
+    _write_qc(out_qc, row)
+    return row
+
+
+def convert_or_reject(root: Path, series_json: Path, item: str, out_dir: Path, out_qc: Path) -> dict:
+    """Convert one item, or record why not: a faulty series never stops the cohort.
+
+    Always writes ``out_qc`` (one row, :data:`QC_COLUMNS`) and creates ``out_dir``. On success
+    ``out_dir/VOLUME_NAME`` holds the volume of :func:`convert_item` and the row's decision is
+    ``'converted'``; when the series fails a check (any ``ValueError`` of :func:`convert_item`) the folder
+    stays empty and the row says ``'rejected'`` with the reason, written ``'category: detail'`` so that
+    :mod:`ctdiff.data.cohort` can count rejections by category. Other errors (disk full, a bug) propagate.
+
+    Returns:
+        The QC row as a dict.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return convert_item(root, series_json, item, out_dir / VOLUME_NAME, out_qc)
+    except ValueError as err:
+        reason = str(err).removeprefix(f"{item}: ")
+    entry = json.loads(Path(series_json).read_text(encoding="utf-8")).get(item, {})
+    row = dict.fromkeys(QC_COLUMNS, "")
+    row.update(item=item, patient=entry.get("patient", ""), series_uid=entry.get("series_uid", ""),
+               decision="rejected", reason=reason)
     _write_qc(out_qc, row)
     return row

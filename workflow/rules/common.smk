@@ -1,10 +1,11 @@
-# Config validation, the item list (one item per converted scan) and path helpers.
+# Config validation, the item lists (chosen by discover, then converted) and path helpers.
 import json
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from ctdiff.config import from_dict, to_dict
+from ctdiff.data.cohort import converted_items
 
 min_version("9.0")
 
@@ -25,14 +26,36 @@ def section(name):
     return to_dict(getattr(CFG, name))
 
 
+# Item ids become folder and file names: no path separators.
+wildcard_constraints:
+    item=r"[A-Za-z0-9._-]+",
+
+
 def items():
     """Item ids chosen by the discover checkpoint (one per patient, or per CT series with series: all)."""
     with open(checkpoints.discover.get().output.series) as fh:
         return sorted(json.load(fh))
 
 
+def convert_qc(wildcards=None):
+    """The convert QC row of every chosen item."""
+    return [f"{R}/qc/convert/{item}.tsv" for item in items()]
+
+
+def converted():
+    """Items converted to a volume, from the cohort checkpoint; stops the run only when none is left."""
+    cohort = checkpoints.cohort.get().output
+    usable = converted_items(cohort.table)
+    if not usable:
+        raise WorkflowError(
+            f"no usable scan left: every chosen series was rejected at conversion; "
+            f"see {cohort.summary} and {cohort.table} for the reasons"
+        )
+    return sorted(usable)
+
+
 def preprocessed(wildcards=None):
-    return [f"{R}/preprocessed/{item}.nii.gz" for item in items()]
+    return [f"{R}/preprocessed/{item}.nii.gz" for item in converted()]
 
 
 def accelerate_args(wildcards, threads, resources):

@@ -1,4 +1,5 @@
-# DICOM tree -> per-item NIfTI (HU) -> per-item preprocessed volume -> patient-level split.
+# DICOM tree -> per-item NIfTI (HU) or rejection -> cohort table and summary -> per-item preprocessed
+# volume -> patient-level split.
 
 if CFG.data.source == "phantom":
 
@@ -32,11 +33,13 @@ checkpoint discover:
         "../scripts/discover.py"
 
 
+# One job per chosen item that always succeeds on bad data: it writes the QC row (converted, or rejected
+# with the reason) and a folder holding the volume only when it was converted.
 rule convert:
     input:
         series=f"{R}/discover/series.json",
     output:
-        nifti=f"{R}/nifti/{{item}}.nii.gz",
+        nifti=directory(f"{R}/nifti/{{item}}"),
         qc=f"{R}/qc/convert/{{item}}.tsv",
     params:
         root=DICOM_ROOT,
@@ -48,9 +51,26 @@ rule convert:
         "../scripts/convert.py"
 
 
+# Every QC row in one table and the counts per decision and reason; the items it lists as converted
+# are the cohort of every later stage (see converted() in common.smk).
+checkpoint cohort:
+    input:
+        inventory=f"{R}/qc/inventory.tsv",
+        qc=convert_qc,
+    output:
+        table=f"{R}/qc/cohort.tsv",
+        summary=f"{R}/qc/summary.tsv",
+    log:
+        f"{R}/logs/cohort.log",
+    conda:
+        ENV
+    script:
+        "../scripts/cohort.py"
+
+
 rule preprocess:
     input:
-        f"{R}/nifti/{{item}}.nii.gz",
+        nifti=f"{R}/nifti/{{item}}",
     output:
         f"{R}/preprocessed/{{item}}.nii.gz",
     params:
@@ -65,7 +85,7 @@ rule preprocess:
 
 rule split:
     input:
-        series=f"{R}/discover/series.json",
+        cohort=f"{R}/qc/cohort.tsv",
     output:
         train=f"{R}/splits/train.txt",
         test=f"{R}/splits/test.txt",

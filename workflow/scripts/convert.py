@@ -1,14 +1,15 @@
-"""Convert one item's chosen DICOM series to an int16 HU NIfTI with a QC row."""
+"""Convert one item's chosen DICOM series to an int16 HU NIfTI, or record why it cannot be converted."""
 import sys
 from pathlib import Path
 
-from ctdiff.data.convert import convert_item
+from ctdiff.data.convert import convert_or_reject
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
-convert_item(
+row = convert_or_reject(
     Path(snakemake.params.root),
     Path(snakemake.input.series),
     snakemake.wildcards.item,
     Path(snakemake.output.nifti),
     Path(snakemake.output.qc),
 )
+print(f"{row['item']}: {row['decision']} {row['reason']}".rstrip())

@@ -2,12 +2,13 @@
 import sys
 from pathlib import Path
 
+from ctdiff.data.convert import VOLUME_NAME
 from ctdiff.data.preprocess import preprocess
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 p = snakemake.params.preprocess
 preprocess(
-    Path(snakemake.input[0]),
+    Path(snakemake.input.nifti) / VOLUME_NAME,
     Path(snakemake.output[0]),
     size=p["size"],
     spacing_mm=p["spacing_mm"],

@@ -1,0 +1,62 @@
+"""The workflow on a DICOM tree with faulty scans: a faulty scan is recorded, never fatal, unless none is left."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ctdiff.data.phantom import write_patient
+from test_workflow import planned_rules, snakemake
+
+CONFIG = """data: {{source: dicom, root: {root}}}
+preprocess: {{size: 8, spacing_mm: 48.0}}
+split: {{test: 1}}
+"""
+
+
+def tree(root: Path, good: list[int], faulty: list[int]) -> Path:
+    """Phantom patients (32x32 slices); each faulty one loses a slice from the middle of its stack."""
+    for number in good + faulty:
+        pid = f"WF-{number:04d}"
+        write_patient(root, pid, np.random.default_rng([3, number]), matrix=32)
+        if number in faulty:
+            folders = {f.parent for f in (root / pid).glob("*/*/*.dcm")}
+            main = sorted(max(folders, key=lambda d: len(list(d.iterdir()))).glob("*.dcm"))
+            main[len(main) // 2].unlink()
+    return root
+
+
+def test_faulty_scan_is_recorded_and_the_rest_go_on(tmp_path):
+    root = tree(tmp_path / "dicom", good=[2, 3], faulty=[6])
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(root=root))
+    snakemake(tmp_path, "results/splits/test.txt", "--cores", "2", "--configfile", str(config))
+
+    cohort = pd.read_csv(tmp_path / "results/qc/cohort.tsv", sep="\t", keep_default_na=False)
+    assert dict(zip(cohort.item, cohort.decision)) == {"WF-0002": "converted", "WF-0003": "converted",
+                                                       "WF-0006": "rejected"}
+    assert cohort.set_index("item").reason["WF-0006"].startswith("missing slice(s): ")
+    summary = pd.read_csv(tmp_path / "results/qc/summary.tsv", sep="\t", keep_default_na=False)
+    assert {"convert", "cohort"} <= set(summary.stage)
+    split = sorted((tmp_path / "results/splits/train.txt").read_text().split()
+                   + (tmp_path / "results/splits/test.txt").read_text().split())
+    assert split == ["WF-0002", "WF-0003"]
+    assert not (tmp_path / "results/nifti/WF-0006/hu.nii.gz").exists()
+    assert (tmp_path / "results/nifti/WF-0002/hu.nii.gz").exists()
+
+    # The rest of the DAG only asks for the converted items.
+    proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(config))
+    assert "preprocess" in planned_rules(proc)
+    assert "WF-0006" not in " ".join(line for line in proc.stdout.splitlines() if "preprocessed/" in line)
+    assert "preprocessed/WF-0002" in proc.stdout
+
+
+def test_run_stops_with_a_clear_message_when_no_scan_is_usable(tmp_path):
+    root = tree(tmp_path / "dicom", good=[], faulty=[2, 3])
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(root=root))
+    proc = snakemake(tmp_path, "--cores", "2", "--configfile", str(config), check=False)
+    assert proc.returncode != 0
+    assert "no usable scan left" in proc.stdout + proc.stderr
+    assert (tmp_path / "results/qc/summary.tsv").exists()  # written anyway, to show why

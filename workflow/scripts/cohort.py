@@ -1,0 +1,14 @@
+"""Gather the convert QC rows into the cohort table and count decisions and reasons."""
+import sys
+from pathlib import Path
+
+from ctdiff.data.cohort import summarise
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+usable = summarise(
+    Path(snakemake.input.inventory),
+    [Path(p) for p in snakemake.input.qc],
+    Path(snakemake.output.table),
+    Path(snakemake.output.summary),
+)
+print(f"{len(usable)} of {len(snakemake.input.qc)} chosen items converted")
