@@ -3,9 +3,11 @@
 Read top to bottom: check the data, build model/EMA/optimizer, resume from the state folder when it holds
 a compatible checkpoint, then a plain loop. Decisions:
 
-* Initial weights, data order and noise are pure functions of ``(train.seed, step, process rank)``: the global batch of step
-  ``k`` is the first ``batch_size`` entries of a permutation drawn from ``(seed, k)``, split across processes.
-  A resumed run therefore sees exactly the batches and noise the uninterrupted run would have seen.
+* Initial weights, data order and noise are pure functions of ``train.seed``: the global batch of step ``k``
+  is the first ``batch_size`` entries of a permutation drawn from ``(seed, k)``, split across processes in
+  contiguous shards, and the timestep and noise of batch position ``p`` come from ``(seed, k, p)``. A resumed
+  run therefore sees exactly the batches and noise of the uninterrupted run, and N processes compute the
+  same global-batch gradient as one process (up to floating-point summation order).
 * Resumable state lives in ``state_dir`` (not a declared output, so Snakemake never deletes it when a job
   fails). It is resumed only when model, diffusion, data and optimisation settings match; ``train.steps``
   may grow, so a finished run can be extended.
@@ -68,10 +70,19 @@ def batch_indices(n: int, batch_size: int, *, seed: int, step: int) -> np.ndarra
     return np.random.default_rng([seed, step]).permutation(n)[:batch_size]
 
 
-def noise_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """CPU generator for the timesteps and noise of one process at one step."""
-    state = np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+def draw_noise(seed: int, step: int, positions: Sequence[int], shape: tuple[int, ...], timesteps: int):
+    """Timesteps ``[b]`` and noise ``[b, *shape]`` for the given global batch positions of one step.
+
+    Each position draws from its own CPU generator seeded with ``(seed, step, position)``, so the draws do
+    not depend on how the global batch is split across processes.
+    """
+    ts, noises = [], []
+    for position in positions:
+        state = np.random.SeedSequence([seed, step, position]).generate_state(1, dtype=np.uint64)[0]
+        g = torch.Generator().manual_seed(int(state))
+        ts.append(torch.randint(0, timesteps, (1,), generator=g))
+        noises.append(torch.randn(shape, generator=g))
+    return torch.cat(ts), torch.stack(noises)
 
 
 def _resume_key(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -106,8 +117,9 @@ def train(
     size: int,
     extra_config: dict[str, Any] | None = None,
     progress: bool = True,
-) -> None:
-    """Train the U-Net on ``files`` and write the self-describing checkpoint and the loss log.
+) -> torch.nn.Module:
+    """Train the U-Net on ``files``, write the self-describing checkpoint and the loss log, and return this
+    process's trained network (unwrapped from any distributed wrapper).
 
     ``extra_config`` (e.g. the preprocessing section) is stored in the checkpoint so that samples can be
     written with the same affine convention as the training data.
@@ -178,10 +190,12 @@ def train(
     model.train()
     try:
         for step in range(start, train_cfg.steps):
+            shard = range(rank * local_batch, (rank + 1) * local_batch)  # this process's batch positions
             idx = batch_indices(len(data), train_cfg.batch_size, seed=train_cfg.seed, step=step)
-            x0 = data[idx[rank * local_batch : (rank + 1) * local_batch]]
+            x0 = data[idx[shard.start : shard.stop]]
+            t, noise = draw_noise(train_cfg.seed, step, shard, tuple(x0.shape[1:]), schedule.timesteps)
             with accelerator.autocast():
-                loss = training_loss(schedule, model, x0, generator=noise_generator(train_cfg.seed, step, rank))
+                loss = training_loss(schedule, model, x0, t=t, noise=noise)
             accelerator.backward(loss)
             if train_cfg.grad_clip is not None:
                 accelerator.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
@@ -222,6 +236,7 @@ def train(
     if accelerator.is_main_process:
         write_log(out_log, log_rows)
     accelerator.end_training()
+    return accelerator.unwrap_model(model)
 
 
 def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -232,4 +247,4 @@ def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-__all__ = ["train", "load_training_set", "batch_indices", "noise_generator", "write_log"]
+__all__ = ["train", "load_training_set", "batch_indices", "draw_noise", "write_log"]

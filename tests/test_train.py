@@ -85,3 +85,11 @@ def test_bad_training_data_is_named(tmp_path):
         run([], tmp_path, tiny_train_config())
     with pytest.raises(ValueError, match="fewer than train.batch_size"):
         run(files, tmp_path, tiny_train_config(batch_size=4))
+
+
+def test_non_finite_loss_stops_without_final_checkpoint(volumes, tmp_path):
+    with pytest.raises(FloatingPointError, match="training loss became"):
+        run(volumes, tmp_path, tiny_train_config(lr=1e30, grad_clip=None, steps=50, checkpoint_every=1))
+    assert not (tmp_path / "model.pt").exists()
+    state = read_checkpoint(tmp_path / "state" / "state.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values())

@@ -173,18 +173,27 @@ def eps_from_x0(s: Schedule, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
 
 
 def training_loss(
-    s: Schedule, model: nn.Module, x0: Tensor, *, generator: torch.Generator | None = None
+    s: Schedule,
+    model: nn.Module,
+    x0: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """The simplified ε-prediction objective (Ho et al. eq. 14, Algorithm 1), a scalar.
 
-    ``x0``: ``[B, ...]`` data scaled to ``[-1, 1]``. ``t ~ U{0, …, T−1}`` and ``ε ~ N(0, I)`` are drawn
-    on ``generator``'s device (``x0``'s device when ``None``) and moved to ``x0``'s device; the model
-    is called as ``model(x_t, t)`` with ``t`` ``[B]`` int64. The mean squared error is taken in float32.
+    ``x0``: ``[B, ...]`` data scaled to ``[-1, 1]``. ``t ~ U{0, …, T−1}`` (``[B]`` int64) and
+    ``ε ~ N(0, I)`` (``x0``'s shape) are taken as given, or else drawn on ``generator``'s device (``x0``'s
+    device when ``None``) and moved to ``x0``'s device; the model is called as ``model(x_t, t)``. The mean
+    squared error is taken in float32.
     """
     draw_device = generator.device if generator is not None else x0.device
     batch = x0.shape[0]
-    t = torch.randint(0, s.timesteps, (batch,), generator=generator, device=draw_device)
-    noise = torch.randn(x0.shape, generator=generator, device=draw_device, dtype=x0.dtype)
-    t, noise = t.to(x0.device), noise.to(x0.device)
+    if t is None:
+        t = torch.randint(0, s.timesteps, (batch,), generator=generator, device=draw_device)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=draw_device, dtype=x0.dtype)
+    t, noise = t.to(x0.device), noise.to(device=x0.device, dtype=x0.dtype)
     eps = model(q_sample(s, x0, t, noise), t)
     return F.mse_loss(eps.float(), noise.float())

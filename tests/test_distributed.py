@@ -1,0 +1,131 @@
+"""Training across processes and across interruptions, on the CPU.
+
+* Two gloo ranks (`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2`) shard the global
+  batch, end with identical parameters on both ranks, and match a one-process run of the same global batch.
+* SIGKILL mid-run, then a rerun: training resumes from the last checkpoint (at most one interval lost) and
+  ends at the requested step with a complete loss log.
+* SIGTERM writes a checkpoint at the current step and exits with status 143.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import SIZE, TINY_DIFFUSION, TINY_MODEL, tiny_train_config, write_volumes
+from ctdiff.checkpoint import read_checkpoint
+from ctdiff.config import to_dict
+from ctdiff.train import train
+
+TESTS = Path(__file__).parent
+
+
+def bin_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    write_volumes(tmp_path / "volumes", 6)
+    env = bin_env() | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           str(TESTS / "dist_train.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    for name in r0["weights"]:
+        torch.testing.assert_close(r0["weights"][name], r1["weights"][name], rtol=0, atol=0)
+
+    files = sorted((tmp_path / "volumes").glob("*.nii.gz"))
+    single = train(files, tmp_path / "one" / "model.pt", tmp_path / "one" / "log.csv", tmp_path / "one" / "state",
+                   model_cfg=TINY_MODEL, diffusion_cfg=TINY_DIFFUSION,
+                   train_cfg=tiny_train_config(steps=5, batch_size=4, checkpoint_every=100), size=SIZE, progress=False)
+    for name, p in single.state_dict().items():
+        torch.testing.assert_close(r0["weights"][name], p, rtol=1e-4, atol=1e-5)
+    # Only the main process writes the checkpoint, and it is the ranks' EMA.
+    assert read_checkpoint(tmp_path / "model.pt")["step"] == 5
+
+
+def cli_train(tmp_path: Path, steps: int, every: int) -> list[str]:
+    write_volumes(tmp_path / "volumes", 4)
+    (tmp_path / "train.txt").write_text("".join(f"V{i:02d}\n" for i in range(4)))
+    settings = {"model": to_dict(TINY_MODEL), "diffusion": to_dict(TINY_DIFFUSION),
+                "train": to_dict(tiny_train_config(steps=steps, checkpoint_every=every, log_every=1)),
+                "preprocess": {"size": SIZE, "spacing_mm": 3.0, "hu_window": [-1000, 400]}}
+    return [sys.executable, "-m", "ctdiff.cli", "train", "--train-list", str(tmp_path / "train.txt"),
+            "--volumes", str(tmp_path / "volumes"), "--settings", json.dumps(settings),
+            "--state", str(tmp_path / "state"), "--out", str(tmp_path / "model.pt"),
+            "--log-csv", str(tmp_path / "log.csv")]
+
+
+def wait_for_state(state: Path, min_step: int, proc: subprocess.Popen, timeout: float = 120) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        if state.exists():
+            try:
+                step = read_checkpoint(state)["step"]
+            except ValueError:
+                step = -1  # being replaced right now
+            if step >= min_step:
+                return step
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared in time")
+
+
+def progress_steps(stderr: str, total: int) -> int:
+    counts = re.findall(rf"(\d+)/{total} ", stderr)
+    return int(counts[-1]) if counts else 0
+
+
+def test_sigkill_then_rerun_resumes(tmp_path):
+    steps, every = 4000, 10
+    cmd = cli_train(tmp_path, steps, every)
+    err = open(tmp_path / "stderr.txt", "w")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=bin_env())
+    wait_for_state(tmp_path / "state" / "state.pt", 2 * every, proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    err.close()
+    reached = progress_steps((tmp_path / "stderr.txt").read_text(), steps)
+    saved = read_checkpoint(tmp_path / "state" / "state.pt")["step"]
+    assert saved % every == 0 and reached - saved <= every, (saved, reached)
+    assert not (tmp_path / "model.pt").exists()
+
+    cmd = cli_train(tmp_path, saved + 2 * every, every)  # the rerun finishes two intervals later
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=bin_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming from step {saved}" in proc.stdout + proc.stderr
+    assert read_checkpoint(tmp_path / "model.pt")["step"] == saved + 2 * every
+    log = pd.read_csv(tmp_path / "log.csv")
+    assert list(log.step) == list(range(1, saved + 2 * every + 1))
+
+
+def test_sigterm_checkpoints_and_exits_143(tmp_path):
+    steps = 4000
+    cmd = cli_train(tmp_path, steps, every=1000)
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=err, stderr=err, env=bin_env())
+        deadline = time.monotonic() + 120
+        while progress_steps(log.read_text(), steps) < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    assert proc.returncode == 143, log.read_text()[-2000:]
+    step = read_checkpoint(tmp_path / "state" / "state.pt")["step"]
+    assert 3 <= step < steps
+    assert f"checkpoint written at step {step}" in log.read_text()
+    assert not (tmp_path / "model.pt").exists()
