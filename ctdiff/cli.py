@@ -72,8 +72,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("-n", type=int, required=True, help="number of volumes")
     s.add_argument("--out", required=True, help="output folder; sample i is <out>/<i:04d>.nii.gz")
-    s.add_argument("--sampler", default="ddpm", help="ddpm (all T steps) or ddim")
-    s.add_argument("--steps", type=int, default=None, help="sampler steps (ddim); default T")
+    s.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim", "dpmpp"),
+                   help="ddpm (all T steps, the paper's), ddim or dpmpp (DPM-Solver++ 2M)")
+    s.add_argument("--steps", type=int, default=None, help="sampler steps (ddim, dpmpp); default T")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)

@@ -68,7 +68,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class SampleConfig:
     n: int = 500
-    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    sampler: Literal["ddpm", "ddim", "dpmpp"] = "ddpm"
     steps: int | None = None
     eta: float = 0.0
     batch_size: int = 8

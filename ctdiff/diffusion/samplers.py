@@ -5,6 +5,9 @@ and the posterior of eq. 6–7); ``ddim_step`` is Song et al. 2021 ("Denoising D
 Models") eq. 12 with σ from eq. 16. Both take ``t`` as a plain int, tensors as ``[B, ...]``
 (``[B, C, D, H, W]`` for volumes), and do no random draws of their own: the noise is an argument.
 
+``dpmpp_2m_step`` is DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): a second-order
+multistep solver of the diffusion ODE in the data-prediction form, which reuses the previous step's ``x0``.
+
 Clipping: the predicted ``x0`` is clamped to the data range ``[-1, 1]``; DDIM then re-derives ``ε``
 from the clamped ``x0``. Without that, the clamped ``x0`` and the unclamped ``ε`` disagree and
 deterministic DDIM returns noise.
@@ -22,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ctdiff.diffusion.schedule import Schedule, eps_from_x0, predict_x0, q_posterior
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpmpp")
 
 
 def _check_t(s: Schedule, t: int) -> None:
@@ -104,11 +107,60 @@ def ddim_step(
     return x_prev + sigma * noise
 
 
+def _half_log_snr(alpha_bar: float) -> float:
+    """``λ = log(α/σ) = ½ log(ᾱ / (1 − ᾱ))`` (Lu et al. notation)."""
+    return 0.5 * math.log(alpha_bar / (1.0 - alpha_bar))
+
+
+def dpmpp_2m_step(
+    s: Schedule,
+    eps: Tensor,
+    t: int,
+    t_prev: int,
+    x_t: Tensor,
+    x0_last: Tensor | None = None,
+    t_last: int | None = None,
+    *,
+    clip: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """One DPM-Solver++(2M) step ``x_t → x_{t_prev}``; returns ``(x_{t_prev}, x̂0_t)``.
+
+    ``x0_last`` is the ``x̂0`` returned by the previous step, taken at ``t_last > t``; without it (first
+    step) the update is first order, and so is the final step onto ``t_prev = −1`` (``ᾱ = 1``, σ = 0),
+    which returns ``x̂0_t`` itself. With ``α = √ᾱ``, ``σ = √(1 − ᾱ)``, ``λ = log(α/σ)``,
+    ``h = λ_prev − λ_t`` and ``r = (λ_t − λ_last)/h``:
+
+    1. ``x̂0_t = (x_t − σ_t ε)/α_t``, clamped to ``[-1, 1]`` if ``clip``;
+    2. ``D = (1 + 1/(2r)) x̂0_t − 1/(2r) x0_last``  (``D = x̂0_t`` at first order);
+    3. ``x_prev = (σ_prev/σ_t) x_t − α_prev (e^{−h} − 1) D``  (Lu et al. 2022, Algorithm 2).
+
+    ``eps``, ``x_t``, ``x0_last``: ``[B, ...]``.
+    """
+    _check_t(s, t)
+    if not -1 <= t_prev < t:
+        raise ValueError(f"t_prev must be in [-1, {t - 1}] for t={t}, got {t_prev}")
+    x0 = predict_x0(s, x_t, _batch_t(t, x_t), eps)
+    if clip:
+        x0 = x0.clamp(-1.0, 1.0)
+    if t_prev < 0:
+        return x0, x0
+    a_t, a_prev = float(s.alphas_cumprod[t]), float(s.alphas_cumprod[t_prev])
+    h = _half_log_snr(a_prev) - _half_log_snr(a_t)
+    d = x0
+    if x0_last is not None:
+        if t_last is None or not t < t_last < s.timesteps:
+            raise ValueError(f"t_last must be in [{t + 1}, {s.timesteps - 1}] with x0_last, got {t_last}")
+        r = (_half_log_snr(a_t) - _half_log_snr(float(s.alphas_cumprod[t_last]))) / h
+        d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_last
+    x_prev = math.sqrt((1.0 - a_prev) / (1.0 - a_t)) * x_t - math.sqrt(a_prev) * math.expm1(-h) * d
+    return x_prev, x0
+
+
 def timestep_sequence(sampler: str, steps: int, T: int) -> list[int]:
     """The descending timesteps a sampler visits.
 
-    ``ddpm``: all of ``T−1, …, 0`` (``steps`` must equal ``T``). ``ddim``: ``steps`` distinct values
-    evenly spaced from ``T−1`` down to ``0``, rounded (``steps = 1`` gives ``[T−1]``).
+    ``ddpm``: all of ``T−1, …, 0`` (``steps`` must equal ``T``). ``ddim`` and ``dpmpp``: ``steps``
+    distinct values evenly spaced from ``T−1`` down to ``0``, rounded (``steps = 1`` gives ``[T−1]``).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -156,14 +208,18 @@ def sample(
     state = torch.float32
 
     x = _randn(tuple(shape), generators, device, state)  # x_T ~ N(0, I)
+    x0_last, t_last = None, None  # DPM-Solver++(2M) history
     for i, t in enumerate(tqdm(timesteps, disable=not progress, desc=f"{sampler} sampling")):
         t_batch = torch.full((len(generators),), t, dtype=torch.long, device=device)
         eps = model(x.to(dtype), t_batch).to(state)
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         if sampler == "ddpm":
             noise = _randn(tuple(shape), generators, device, state) if t > 0 else None
             x = ddpm_step(s, eps, t, x, noise)
-        else:
-            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        elif sampler == "ddim":
             noise = _randn(tuple(shape), generators, device, state) if eta > 0 else None
             x = ddim_step(s, eps, t, t_prev, x, noise, eta=eta)
+        else:
+            x, x0_last = dpmpp_2m_step(s, eps, t, t_prev, x, x0_last, t_last)
+            t_last = t
     return x.clamp(-1.0, 1.0)
