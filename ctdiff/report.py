@@ -1,4 +1,5 @@
-"""The run's report: metrics beside the paper's, Figure 1, the learning curve, QC summary and config.
+"""The run's report: metrics with bootstrap intervals beside the paper's and the real-vs-real floor, the
+memorisation audit, Figure 1, the learning curve, QC summary and config.
 
 Two renderings of the same content: ``report.md`` for terminals and diffs, and a self-contained
 ``report.html`` (images embedded as base64) for a browser.
@@ -17,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
@@ -24,20 +26,80 @@ from ctdiff.io import atomic_path  # noqa: E402
 from ctdiff.metrics.evaluate import PAPER  # noqa: E402
 
 
+def _with_ci(text: str, interval: dict | None, level: float | None) -> str:
+    """``text`` followed by the bootstrap interval, e.g. '12.345 [95 % CI 10.100 to 14.800]'."""
+    if interval:
+        text += f" [{round(100 * level)} % CI {interval['low']:.3f} to {interval['high']:.3f}]"
+    return text
+
+
 def metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """Rows (metric, this run, paper, note) of the metrics table."""
+    """Rows (metric, this run, paper, note) of the metrics table: values with their bootstrap intervals where
+    present, then the real-vs-real floor."""
     net = metrics.get("feature_network", {})
     fid_note = "" if net.get("pretrained") else "seeded random feature network: not comparable to the paper"
     if metrics.get("fid_rank_deficient"):
         fid_note = "; ".join(filter(None, [fid_note, "fewer volumes than feature dimensions: covariance rank-deficient"]))
     paired, diversity = metrics["msssim_nearest_real"], metrics["msssim_diversity"]
-    return [
-        ("FID (Med3D features)", f"{metrics['fid']:.3f}", f"{PAPER['fid']:.2f}", fid_note),
-        ("MS-SSIM, synthetic vs nearest real (higher = closer)",
-         f"{paired['mean']:.3f} ± {paired['std']:.3f}", f"{PAPER['msssim']:.3f}", "paper's protocol"),
+    boot = metrics.get("bootstrap", {})
+    level = boot.get("level")
+    rows = [
+        ("FID (Med3D features)", _with_ci(f"{metrics['fid']:.3f}", boot.get("fid"), level),
+         f"{PAPER['fid']:.2f}", fid_note),
+        ("MS-SSIM, synthetic vs nearest real (higher = closer; mean ± sd)",
+         _with_ci(f"{paired['mean']:.3f} ± {paired['std']:.3f}", boot.get("msssim_nearest_real"), level),
+         f"{PAPER['msssim']:.3f}", "paper's protocol; the interval is for the mean"),
         ("MS-SSIM, synthetic vs synthetic (lower = more diverse)",
          f"{diversity['mean']:.3f} ± {diversity['std']:.3f}", "—", "diversity, as WDM-3D reports it"),
     ]
+    floor = metrics.get("floor")
+    if floor is not None:
+        if floor.get("fid") is None:
+            value, note = "—", f"not computed: {floor.get('reason', 'no reason recorded')}"
+        else:
+            value = f"FID {floor['fid']:.3f}; MS-SSIM {floor['msssim_nearest_real']:.3f}"
+            note = (f"two halves of the test set ({len(floor['half_a'])} vs {len(floor['half_b'])} volumes), "
+                    "what real data scores against real data")
+        rows.append(("Floor: real vs real (FID; nearest-real MS-SSIM)", value, "—", note))
+    if boot:
+        methods = "; ".join(f"{name}: {boot[key]['method']}" for name, key in
+                            (("FID", "fid"), ("MS-SSIM", "msssim_nearest_real")) if "method" in boot.get(key, {}))
+        rows.append(("Intervals", f"{boot['n_boot']} bootstrap replicates, seed {boot['seed']}", "—", methods))
+    return rows
+
+
+def memorisation_rows(memorisation: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows (synthetic, nearest training volume, L2 distance) of the closest synthetic-to-train pairs."""
+    return [(p["synthetic"], p["train"], f"{p['distance']:.4g}") for p in memorisation["closest_pairs"]]
+
+
+def memorisation_summary(memorisation: dict[str, Any]) -> str:
+    """One paragraph: flagged count, the rule and the held-out reference distances."""
+    ref = memorisation["test_to_train"]
+    n = len(memorisation["per_sample"])
+    flagged = ", ".join(memorisation["flagged"]) or "none"
+    return (f"{memorisation['n_flagged']} of {n} synthetic volumes flagged as near-copies of a training volume "
+            f"({flagged}); rule: {memorisation['rule']} ({memorisation['threshold']:.4g}). Held-out "
+            f"test-to-train L2 distances over {ref['n']} volumes: min {ref['min']:.4g}, 5th percentile "
+            f"{ref['p05']:.4g}, median {ref['median']:.4g}, max {ref['max']:.4g}.")
+
+
+def memorisation_png(memorisation: dict[str, Any]) -> bytes:
+    """PNG bytes of a histogram of synthetic-to-train against test-to-train L2 distances, with the threshold."""
+    syn = [p["distance"] for p in memorisation["per_sample"]]
+    test = [p["distance"] for p in memorisation["test_to_train"]["per_sample"]]
+    fig, ax = plt.subplots(figsize=(5.0, 3.0), constrained_layout=True)
+    bins = np.histogram_bin_edges(np.concatenate([syn, test]), bins=min(30, max(5, len(syn) + len(test))))
+    ax.hist(test, bins=bins, alpha=0.6, label=f"test → nearest train ({len(test)})")
+    ax.hist(syn, bins=bins, alpha=0.6, label=f"synthetic → nearest train ({len(syn)})")
+    ax.axvline(memorisation["threshold"], color="k", linestyle="--", linewidth=1, label="near-copy threshold")
+    ax.set_xlabel("L2 distance to the nearest training volume")
+    ax.set_ylabel("volumes")
+    ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def qc_summary(inventory_tsv: Path) -> pd.DataFrame:
@@ -88,14 +150,32 @@ def write_report(
     qc = qc_summary(inventory_tsv)
     qc_rows = list(qc.itertuples(index=False, name=None))
     header = ["metric", "this run", "paper", "note"]
-    provenance = {k: metrics[k] for k in ("n_real", "n_synthetic", "volume_shape", "feature_network") if k in metrics}
+    provenance = {k: metrics[k] for k in ("n_real", "n_synthetic", "n_train", "volume_shape", "feature_network")
+                  if k in metrics}
     provenance.update(metrics.get("provenance", {}))
     config_yaml = yaml.safe_dump(config, sort_keys=False)
     provenance_yaml = yaml.safe_dump(provenance, sort_keys=False)
 
+    memorisation = metrics.get("memorisation")
+    mem_header = ["synthetic", "nearest training volume", "L2 distance"]
+    mem_md, mem_html = [], ""
+    if memorisation:
+        mem_rows = memorisation_rows(memorisation)
+        mem_md = ["## Memorisation\n\n" + memorisation_summary(memorisation)
+                  + " The histogram is in report.html.\n\nClosest pairs:\n\n" + _markdown_table(mem_header, mem_rows)]
+        mem_b64 = base64.b64encode(memorisation_png(memorisation)).decode()
+        mem_html = f"""<h2>Memorisation</h2>
+<p id="memorisation">{html.escape(memorisation_summary(memorisation))}</p>
+<img id="memorisation-histogram" alt="L2 distance to the nearest training volume: synthetic and test volumes"
+ src="data:image/png;base64,{mem_b64}" style="max-width:100%">
+<h3>Closest pairs</h3>
+{_html_table(mem_header, mem_rows)}
+"""
+
     md = "\n\n".join([
         "# ctdiff report",
         "## Metrics\n\n" + _markdown_table(header, rows),
+        *mem_md,
         "## Figure 1\n\n![Figure 1: real (a) and synthetic (b)](figures/figure1.png)",
         "## Data QC (DICOM series found)\n\n" + _markdown_table(["decision", "reason", "series"], qc_rows),
         "## Provenance\n\n```yaml\n" + provenance_yaml + "```",
@@ -114,7 +194,7 @@ pre{{background:#f6f6f6;padding:.6rem;overflow:auto}}</style></head><body>
 <h1>ctdiff report</h1>
 <h2>Metrics</h2>
 <div id="metrics">{_html_table(header, rows)}</div>
-<h2>Figure 1</h2>
+{mem_html}<h2>Figure 1</h2>
 <img id="figure1" alt="Figure 1: axial, coronal and sagittal slices, real (a) and synthetic (b)"
  src="data:image/png;base64,{figure_b64}" style="max-width:100%">
 <h2>Learning curve</h2>

@@ -1,4 +1,5 @@
-"""The evaluate stage end to end on tiny NIfTI volumes with a seeded random ResNet-10."""
+"""The evaluate stage end to end on tiny NIfTI volumes with a seeded random ResNet-10; bootstrap intervals
+and the real-vs-real floor."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ctdiff.metrics.evaluate import evaluate
+from ctdiff.metrics.bootstrap import fid_ci, mean_ci
+from ctdiff.metrics.evaluate import evaluate, real_floor
+from ctdiff.metrics.fid import fid_from_features, fid_sample_space, frechet_distance
 
 SHAPE = (16, 16, 16)
 
@@ -30,8 +33,10 @@ def _volumes(n: int, seed: int) -> np.ndarray:
 
 
 def _run(real, synthetic, out, **kw):
-    args = dict(med3d_weights=None, med3d_depth=10, normalise="none", msssim_window=7, seed=0)
+    args = dict(med3d_weights=None, med3d_depth=10, normalise="none", msssim_window=7, seed=0, n_boot=20)
     args.update(kw)
+    if "train" not in args:
+        args["train"] = [_write(Path(out).parent / "train", f"T{k}", v) for k, v in enumerate(_volumes(3, 99))]
     return evaluate(real, synthetic, out, **args)
 
 
@@ -41,7 +46,8 @@ def test_identical_sets(tmp_path):
     order = [2, 5, 0, 1, 4, 3]
     syn = [_write(tmp_path / "samples", f"{k:04d}", vols[j]) for k, j in enumerate(order)]
     out = tmp_path / "metrics" / "metrics.json"
-    result = _run(real, syn, out, provenance={"checkpoint": "model.pt", "step": 12})
+    train = [_write(tmp_path / "train", f"T{k}", v) for k, v in enumerate(_volumes(3, 7))]
+    result = _run(real, syn, out, train=train, provenance={"checkpoint": "model.pt", "step": 12})
     on_disk = json.loads(out.read_text())
     assert on_disk == json.loads(json.dumps(result))
     assert [p.name for p in out.parent.iterdir()] == ["metrics.json"]  # no temporary file left behind
@@ -60,6 +66,20 @@ def test_identical_sets(tmp_path):
     assert net["depth"] == 10 and net["pretrained"] is False and "not comparable" in net["note"]
     assert net["feature_dim"] == 512 and net["normalise"] == "none"
 
+    boot = result["bootstrap"]
+    assert boot["n_boot"] == 20 and boot["level"] == 0.95 and boot["seed"] == 0
+    assert boot["fid"]["low"] <= result["fid"] <= boot["fid"]["high"]
+    assert boot["msssim_nearest_real"]["low"] <= paired["mean"] <= boot["msssim_nearest_real"]["high"]
+    floor = result["floor"]  # 6 real volumes: halves of 3, a real floor
+    assert len(floor["half_a"]) == len(floor["half_b"]) == 3 and not set(floor["half_a"]) & set(floor["half_b"])
+    assert floor["fid"] > 0 and 0 < floor["msssim_nearest_real"] < 1
+    mem = result["memorisation"]
+    assert result["n_train"] == 3 and mem["n_flagged"] == 0 and mem["flagged"] == []
+    assert [p["synthetic"] for p in mem["per_sample"]] == [f"{k:04d}.nii.gz" for k in range(6)]
+    assert mem["test_to_train"]["n"] == 6 and {p["nearest_train"] for p in mem["per_sample"]} <= {
+        f"T{k}.nii.gz" for k in range(3)}
+    assert set(result) >= {"fid", "msssim_nearest_real", "msssim_diversity", "bootstrap", "floor", "memorisation"}
+
 
 def test_different_sets_and_determinism(tmp_path):
     real = [_write(tmp_path / "real", f"r{k}", v) for k, v in enumerate(_volumes(5, 1))]
@@ -70,6 +90,64 @@ def test_different_sets_and_determinism(tmp_path):
     assert a["msssim_nearest_real"]["mean"] < 0.9 and a["msssim_diversity"]["n_pairs"] == 3
     assert a["msssim_diversity"]["mean"] == b["msssim_diversity"]["mean"]
     assert a["provenance"] == {} and a["feature_network"]["normalise"] == "zscore"
+    assert a["bootstrap"] == b["bootstrap"] and a["floor"] == b["floor"]
+
+
+def test_memorised_training_volume_is_flagged(tmp_path):
+    train_vols = _volumes(4, 10)
+    train = [_write(tmp_path / "train", f"T{k}", v) for k, v in enumerate(train_vols)]
+    real = [_write(tmp_path / "real", f"r{k}", v) for k, v in enumerate(_volumes(4, 11))]
+    syn_vols = _volumes(3, 12)
+    syn_vols[1] = train_vols[2]
+    syn = [_write(tmp_path / "syn", f"s{k}", v) for k, v in enumerate(syn_vols)]
+    result = _run(real, syn, tmp_path / "m.json", train=train, train_chunk=3)
+    mem = result["memorisation"]
+    assert mem["flagged"] == ["s1.nii.gz"]
+    assert mem["closest_pairs"][0]["train"] == "T2.nii.gz" and mem["closest_pairs"][0]["distance"] < 1e-5
+    # 4 real volumes: halves of 2, the smallest floor that exists
+    assert result["floor"]["fid"] is not None and "reason" not in result["floor"]
+
+
+def test_floor_is_null_for_tiny_sets():
+    vols = _volumes(3, 4)
+    feats = np.random.default_rng(0).random((3, 8))
+    for n in (2, 3):
+        floor = real_floor(vols[:n], feats[:n], [f"r{k}" for k in range(n)], seed=0, window=7)
+        assert floor["fid"] is None and floor["msssim_nearest_real"] is None
+        assert f"{n} real volumes" in floor["reason"]
+
+
+def test_fid_sample_space_equals_covariance_form():
+    rng = np.random.default_rng(3)
+    for n_a, n_b, c in ((5, 7, 12), (40, 30, 6)):  # rank-deficient and full-rank covariances
+        a, b = rng.standard_normal((n_a, c)), 0.5 + 2 * rng.standard_normal((n_b, c))
+        covariance_form = frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+        assert fid_sample_space(a, b) == pytest.approx(covariance_form, rel=1e-9)
+        assert fid_from_features(a, b)["fid"] == pytest.approx(covariance_form, rel=1e-9)
+    assert fid_sample_space(a, a) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_bootstrap_intervals_contain_estimate_and_repeat_for_a_seed():
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((30, 4)), 0.3 + rng.standard_normal((25, 4))
+    point = fid_from_features(a, b)["fid"]
+    first = fid_ci(a, b, point, n_boot=200, seed=1)
+    assert first == fid_ci(a, b, point, n_boot=200, seed=1)
+    assert first != fid_ci(a, b, point, n_boot=200, seed=2)
+    assert first["low"] < point < first["high"] and first["bias"] > 0  # resampling inflates FID
+    assert first["n_boot"] == 200 and first["level"] == 0.95 and "shifted" in first["method"]
+    same = fid_ci(a, a, 0.0, n_boot=50, seed=0)  # FID(a, a) = 0: the interval starts at 0, never below
+    assert same["low"] == 0.0 < same["high"]
+    values = rng.random(20)
+    ci = mean_ci(values, n_boot=200, seed=0)
+    assert ci["low"] < values.mean() < ci["high"] and ci == mean_ci(values, n_boot=200, seed=0)
+    assert ci["method"] == "percentile interval" and 0 <= ci["low"] and ci["high"] <= 1
+    wide = mean_ci(values, n_boot=200, seed=0, level=0.99)
+    assert wide["low"] <= ci["low"] and wide["high"] >= ci["high"]
+    with pytest.raises(ValueError, match="n_boot"):
+        mean_ci(values, n_boot=0)
+    with pytest.raises(ValueError, match="level"):
+        mean_ci(values, level=1.5)
 
 
 def test_refuses_bad_volumes_naming_each_file(tmp_path):
@@ -98,3 +176,7 @@ def test_refuses_bad_volumes_naming_each_file(tmp_path):
         _run(real, [good, slightly], out, normalise="minmax")
     with pytest.raises(ValueError, match="at least 2"):
         _run(real, [good], out)
+    with pytest.raises(ValueError, match=r"training volume\(s\):\n.*T_bad\.nii\.gz: shape"):
+        _run(real, [good, slightly], out, train=[_write(tmp_path / "train", "T_bad", vols[0][:8])])
+    with pytest.raises(ValueError, match="training split"):
+        _run(real, [good, slightly], out, train=[])

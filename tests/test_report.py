@@ -1,4 +1,5 @@
-"""Report: the metrics table sits beside the paper's numbers; the HTML embeds its images."""
+"""Report: the metrics table sits beside the paper's numbers with bootstrap intervals and the real-vs-real
+floor; the memorisation section; the HTML embeds its images."""
 import json
 
 import numpy as np
@@ -6,11 +7,26 @@ import pandas as pd
 
 from ctdiff.figure import figure1
 from ctdiff.io import save_volume
-from ctdiff.report import write_report
+from ctdiff.report import memorisation_png, write_report
 
 
-def metrics(pretrained: bool, rank_deficient: bool):
+def memorisation():
+    syn = [{"synthetic": f"{k:04d}.nii.gz", "nearest_train": "T1.nii.gz", "distance": d, "test_percentile": 0.0,
+            "flagged": d < 2.0} for k, d in enumerate([0.0, 3.5, 4.25])]
+    test = [{"test": f"r{k}.nii.gz", "nearest_train": "T0.nii.gz", "distance": d} for k, d in enumerate([2.0, 3.0])]
     return {
+        "rule": "flagged when the synthetic-to-train distance is below the minimum test-to-train distance",
+        "threshold": 2.0, "per_sample": syn,
+        "test_to_train": {"n": 2, "min": 2.0, "p05": 2.05, "median": 2.5, "mean": 2.5, "max": 3.0,
+                          "per_sample": test},
+        "flagged": ["0000.nii.gz"], "n_flagged": 1,
+        "closest_pairs": [{"synthetic": "0000.nii.gz", "train": "T1.nii.gz", "distance": 0.0},
+                          {"synthetic": "0001.nii.gz", "train": "T1.nii.gz", "distance": 3.5}],
+    }
+
+
+def metrics(pretrained: bool, rank_deficient: bool, floor=None, extended=True):
+    m = {
         "fid": 123.456, "fid_rank_deficient": rank_deficient,
         "msssim_nearest_real": {"mean": 0.5123, "std": 0.01, "n": 4},
         "msssim_diversity": {"mean": 0.3001, "std": 0.02, "n_pairs": 6},
@@ -18,6 +34,14 @@ def metrics(pretrained: bool, rank_deficient: bool):
         "n_real": 4, "n_synthetic": 4, "volume_shape": [16, 16, 16],
         "provenance": {"sampler": "ddpm", "checkpoint_step": 7},
     }
+    if extended:
+        m["bootstrap"] = {"fid": {"low": 100.0, "high": 140.25, "bias": 3.0, "method": "shifted percentile"},
+                          "msssim_nearest_real": {"low": 0.5, "high": 0.525, "bias": 0.0, "method": "percentile"},
+                          "level": 0.95, "n_boot": 200, "seed": 0}
+        m["floor"] = floor or {"fid": 45.5, "msssim_nearest_real": 0.4321, "half_a": ["a", "b"],
+                               "half_b": ["c", "d"], "seed": 0}
+        m["memorisation"] = memorisation()
+    return m
 
 
 def write_inputs(tmp_path, m):
@@ -31,24 +55,45 @@ def write_inputs(tmp_path, m):
                   "reason": ["", "modality CR is not CT", ""]}).to_csv(tmp_path / "inv.tsv", sep="\t", index=False)
 
 
-def test_report_contents(tmp_path):
-    write_inputs(tmp_path, metrics(pretrained=False, rank_deficient=True))
+def _report(tmp_path, m, config=None):
+    write_inputs(tmp_path, m)
     write_report(tmp_path / "metrics.json", tmp_path / "figure1.png", tmp_path / "log.csv", tmp_path / "inv.tsv",
-                 {"preprocess": {"size": 16}}, tmp_path / "report.md", tmp_path / "report.html")
-    md = (tmp_path / "report.md").read_text()
-    assert "| FID (Med3D features) | 123.456 | 9.70 |" in md
-    assert "0.512 ± 0.010 | 0.266" in md
+                 config or {}, tmp_path / "report.md", tmp_path / "report.html")
+    return (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+
+
+def test_report_contents(tmp_path):
+    md, page = _report(tmp_path, metrics(pretrained=False, rank_deficient=True), {"preprocess": {"size": 16}})
+    assert "| FID (Med3D features) | 123.456 [95 % CI 100.000 to 140.250] | 9.70 |" in md
+    assert "0.512 ± 0.010 [95 % CI 0.500 to 0.525] | 0.266" in md
+    assert "| Floor: real vs real (FID; nearest-real MS-SSIM) | FID 45.500; MS-SSIM 0.432 |" in md
+    assert "2 vs 2 volumes" in md and "200 bootstrap replicates, seed 0" in md
+    assert "FID: shifted percentile; MS-SSIM: percentile" in md
     assert "not comparable to the paper" in md and "rank-deficient" in md
+    assert "## Memorisation" in md and "1 of 3 synthetic volumes flagged" in md and "(0000.nii.gz)" in md
+    assert "| 0000.nii.gz | T1.nii.gz | 0 |" in md and "| 0001.nii.gz | T1.nii.gz | 3.5 |" in md
     assert "modality CR is not CT | 1" in md
     assert "checkpoint_step: 7" in md
-    page = (tmp_path / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2
+    assert page.count("data:image/png;base64,") == 3
     assert 'id="metrics"' in page and "9.70" in page
+    assert 'id="memorisation-histogram"' in page and "1 of 3 synthetic volumes flagged" in page
+
+
+def test_null_floor_shows_its_reason(tmp_path):
+    floor = {"fid": None, "msssim_nearest_real": None, "seed": 0,
+             "reason": "2 real volumes: each half needs at least 2 (FID needs 2 per set)"}
+    md, _ = _report(tmp_path, metrics(pretrained=True, rank_deficient=False, floor=floor))
+    assert "| Floor: real vs real (FID; nearest-real MS-SSIM) | — | — | not computed: 2 real volumes" in md
 
 
 def test_pretrained_features_carry_no_warning(tmp_path):
-    write_inputs(tmp_path, metrics(pretrained=True, rank_deficient=False))
-    write_report(tmp_path / "metrics.json", tmp_path / "figure1.png", tmp_path / "log.csv", tmp_path / "inv.tsv",
-                 {}, tmp_path / "report.md", tmp_path / "report.html")
-    md = (tmp_path / "report.md").read_text()
+    md, page = _report(tmp_path, metrics(pretrained=True, rank_deficient=False, extended=False))
     assert "not comparable" not in md and "rank-deficient" not in md
+    # metrics written before intervals, floor and memorisation existed still render
+    assert "| 123.456 | 9.70 |" in md and "Floor" not in md and "Memorisation" not in md
+    assert page.count("data:image/png;base64,") == 2
+
+
+def test_memorisation_histogram_is_a_png():
+    png = memorisation_png(memorisation())
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000

@@ -1,8 +1,11 @@
-"""The evaluate stage: FID on Med3D features and both MS-SSIM protocols, written to one JSON file.
+"""The evaluate stage: FID on Med3D features and both MS-SSIM protocols with bootstrap intervals, the
+real-vs-real floor and the memorisation audit, written to one JSON file.
 
-Memory: all volumes are held in memory as float32 (Nr + Ns) · D·H·W · 4 bytes, e.g. 500 + 500 volumes of
-128³ take 8 GiB; each file is read once. Med3D features are computed ``batch_size`` volumes at a time, the
-nearest-real search in float64 chunks of ~64 MiB, and MS-SSIM four pairs at a time.
+Memory: the test and synthetic volumes are held in memory as float32, (Nr + Ns) · D·H·W · 4 bytes, e.g.
+500 + 500 volumes of 128³ take 8 GiB; the training volumes are read ``train_chunk`` at a time for the
+memorisation audit (64 at 128³: 0.5 GiB more) and never held together. Each file is read once. Med3D
+features are computed ``batch_size`` volumes at a time, nearest-volume searches in float64 chunks of
+~64 MiB, and MS-SSIM four pairs at a time.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import numpy as np
 import torch
 
 from ctdiff.io import load_volume, write_json
+from ctdiff.metrics.bootstrap import fid_ci, mean_ci
 from ctdiff.metrics.fid import fid_from_features
 from ctdiff.metrics.med3d import extract_features, load_med3d
+from ctdiff.metrics.memorisation import audit, nearest_over_chunks
 from ctdiff.metrics.msssim import SIGMA, diversity_msssim, msssim_settings, paired_msssim
 
 PAPER = {"fid": 9.70, "msssim": 0.266}
@@ -41,7 +46,7 @@ def _load_all(paths: Sequence[Path], shape: tuple[int, ...] | None, kind: str) -
             problems.append(f"{path}: expected a 3-D volume, got shape {vol.shape}")
             continue
         if vol.shape != shape:
-            problems.append(f"{path}: shape {vol.shape} differs from the first real volume's {shape}")
+            problems.append(f"{path}: shape {vol.shape} differs from the first real volume's {tuple(shape)}")
             continue
         if not np.isfinite(vol).all():
             problems.append(f"{path}: contains NaN or infinite values")
@@ -59,11 +64,44 @@ def _load_all(paths: Sequence[Path], shape: tuple[int, ...] | None, kind: str) -
     return out
 
 
+def real_floor(
+    real_vol: np.ndarray, feats_real: np.ndarray, names: Sequence[str], *, seed: int, window: int, device="cpu"
+) -> dict:
+    """FID and nearest-real MS-SSIM between two halves of the real (test) volumes: what two samples of real
+    data score against each other, a floor for the synthetic-vs-real numbers.
+
+    The halves come from ``numpy.random.default_rng(seed).permutation``: the first ⌊N/2⌋ volumes are paired
+    with their nearest volume among the other ⌈N/2⌉. Both numbers use N/2 volumes per set, so the FID floor
+    carries more small-sample bias than a full-size comparison. Where a half has fewer than 2 volumes both
+    values are None and ``reason`` says why.
+    """
+    perm = np.random.default_rng(seed).permutation(len(real_vol))
+    a, b = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2 :])
+    if len(a) < 2:
+        return {"fid": None, "msssim_nearest_real": None, "seed": seed,
+                "reason": f"{len(real_vol)} real volumes: each half needs at least 2 (FID needs 2 per set)"}
+    paired = paired_msssim(real_vol[a], real_vol[b], window=window, device=device)
+    return {
+        "fid": fid_from_features(feats_real[a], feats_real[b])["fid"],
+        "msssim_nearest_real": paired["mean"],
+        "half_a": [names[i] for i in a],
+        "half_b": [names[i] for i in b],
+        "seed": seed,
+        "note": "two halves of the test set; N/2 volumes per set, so FID is biased upward against full N",
+    }
+
+
+def _chunks(paths: Sequence[Path], size: int, shape: tuple[int, ...], kind: str):
+    for i in range(0, len(paths), size):
+        yield _load_all(paths[i : i + size], shape, kind)
+
+
 def evaluate(
     real: Sequence[Path],
     synthetic: Sequence[Path],
     out: Path,
     *,
+    train: Sequence[Path],
     med3d_weights: Path | None,
     med3d_depth: int,
     normalise: str,
@@ -71,6 +109,9 @@ def evaluate(
     seed: int,
     provenance: dict | None = None,
     diversity_pairs: int = 1000,
+    n_boot: int = 200,
+    ci_level: float = 0.95,
+    train_chunk: int = 64,
     device: str | torch.device = "cpu",
 ) -> dict:
     """Compare ``synthetic`` with held-out ``real`` NIfTI volumes; write the metrics to ``out`` (JSON) and
@@ -81,10 +122,19 @@ def evaluate(
       network seeded by ``seed`` is used and ``feature_network.note`` says it is not comparable to the paper.
     - ``msssim_nearest_real``: the paper's MS-SSIM, each synthetic volume against its L2-nearest real one.
     - ``msssim_diversity``: mean MS-SSIM of min(``diversity_pairs``, all) random distinct synthetic pairs.
+    - ``bootstrap``: ``ci_level`` intervals from ``n_boot`` replicates (``ctdiff.metrics.bootstrap``,
+      seeded by ``seed``) for FID and for the nearest-real MS-SSIM mean.
+    - ``floor``: the same two numbers between two halves of the real volumes (``real_floor``).
+    - ``memorisation``: each synthetic and each real volume's L2 distance to its nearest ``train`` volume
+      and the near-copies (``ctdiff.metrics.memorisation``).
     ``provenance`` (e.g. checkpoint and config hashes from the caller) is stored as given.
     """
     if normalise not in ("none", "zscore"):
         raise ValueError(f"normalise must be 'none' or 'zscore', got {normalise!r}")
+    if train_chunk < 1:
+        raise ValueError(f"train_chunk must be >= 1, got {train_chunk}")
+    if not train:
+        raise ValueError("no training volumes given: the memorisation audit needs the training split")
     real_vol = _load_all(real, None, "real")
     syn_vol = _load_all(synthetic, real_vol.shape[1:], "synthetic")
     if len(real_vol) < 2 or len(syn_vol) < 2:
@@ -92,6 +142,8 @@ def evaluate(
             f"need at least 2 real and 2 synthetic volumes, got {len(real_vol)} and {len(syn_vol)}"
         )
     window, weights = msssim_settings(min(real_vol.shape[1:]), msssim_window)
+    real_names = [Path(p).name for p in real]
+    syn_names = [Path(p).name for p in synthetic]
 
     model, network = load_med3d(med3d_depth, Path(med3d_weights) if med3d_weights else None, seed=seed)
     network["normalise"] = normalise
@@ -104,6 +156,15 @@ def evaluate(
     n_div = min(diversity_pairs, len(syn_vol) * (len(syn_vol) - 1) // 2)
     diversity = diversity_msssim(syn_vol, n_pairs=n_div, seed=seed, window=msssim_window, device=device)
 
+    boot = dict(n_boot=n_boot, seed=seed, level=ci_level)
+    fid_interval = fid_ci(feats_real, feats_syn, fid["fid"], **boot)
+    msssim_interval = mean_ci(np.asarray(paired["values"]), **boot)
+    floor = real_floor(real_vol, feats_real, real_names, seed=seed, window=msssim_window, device=device)
+
+    syn_near, real_near = nearest_over_chunks(
+        [syn_vol, real_vol], _chunks(list(train), train_chunk, real_vol.shape[1:], "training"))
+    memorisation = audit(syn_names, syn_near, real_names, real_near, [Path(p).name for p in train])
+
     metrics = {
         "fid": fid["fid"],
         "fid_rank_deficient": fid["rank_deficient"],
@@ -113,7 +174,7 @@ def evaluate(
             "std": paired["std"],
             "n": paired["n"],
             "per_sample": [
-                {"synthetic": Path(synthetic[k]).name, "nearest_real": Path(real[j]).name, "msssim": v}
+                {"synthetic": syn_names[k], "nearest_real": real_names[j], "msssim": v}
                 for k, (j, v) in enumerate(zip(paired["nearest"], paired["values"]))
             ],
         },
@@ -122,9 +183,18 @@ def evaluate(
             "std": diversity["std"],
             "n_pairs": diversity["n_pairs"],
         },
+        "bootstrap": {
+            "fid": {k: fid_interval[k] for k in ("low", "high", "bias", "method")},
+            "msssim_nearest_real": {k: msssim_interval[k] for k in ("low", "high", "bias", "method")},
+            **{k: fid_interval[k] for k in ("level", "n_boot", "seed")},
+            "resampled": "FID: both feature sets, independently; MS-SSIM: the per-sample nearest-real values",
+        },
+        "floor": floor,
+        "memorisation": memorisation,
         "feature_network": network,
         "n_real": len(real_vol),
         "n_synthetic": len(syn_vol),
+        "n_train": len(train),
         "volume_shape": list(real_vol.shape[1:]),
         "msssim": {"window": window, "scales": len(weights), "weights": weights, "sigma": SIGMA,
                    "data_range": 1.0},

@@ -13,6 +13,16 @@ C·ε·λ_max are set to 0. Unlike ``scipy.linalg.sqrtm(Σ₁ Σ₂)`` this is r
 ε-offset retry. It matters for the rank-deficient covariances of 500 samples of 2048-d features: there the
 square roots of round-off eigenvalues (~ε·λ_max, either sign) would each add ~√ε·λ_max to the trace, whereas
 here the error stays of order C·ε·Tr Σ (FID(a, a) ≈ 0 to ~1e-12 relative). Everything is float64.
+
+Sample-space form (``fid_sample_space``, used for the many bootstrap replicates). With centred, scaled
+features A = (X_a − μ_a)/√(N_a − 1) [N_a, C], Σ₁ = AᵀA and likewise Σ₂ = BᵀB. The nonzero eigenvalues of
+Σ₁Σ₂ = AᵀA BᵀB equal those of A BᵀB Aᵀ = (ABᵀ)(ABᵀ)ᵀ, so
+
+    Tr (Σ₁ Σ₂)^½ = ‖A Bᵀ‖_*,   Tr Σ₁ = ‖A‖_F²,   Tr Σ₂ = ‖B‖_F²                                    (3)
+
+which needs one [N_a, N_b] SVD instead of two [C, C] eigendecompositions: for 500 samples of 2048-d
+features a few hundredths of a second instead of seconds. ``fid_from_features`` takes whichever form has the
+smaller matrices (the sample-space one whenever N_a·N_b < C²).
 """
 
 from __future__ import annotations
@@ -58,6 +68,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 def fid_from_features(a: np.ndarray, b: np.ndarray) -> dict:
     """FID between feature sets ``a`` [N_a, C] and ``b`` [N_b, C] (unbiased covariances, ddof = 1).
 
+    Computed in sample space, Eq. (3), when N_a·N_b < C², else from the covariances, Eq. (2); both give the
+    same number up to round-off.
     Returns {'fid', 'n_a', 'n_b', 'dim', 'rank_deficient'}; ``rank_deficient`` is True when either set has
     fewer than C + 1 samples, so its covariance is singular (the estimate is then biased upward more than usual
     and only comparable between runs with the same N).
@@ -68,7 +80,10 @@ def fid_from_features(a: np.ndarray, b: np.ndarray) -> dict:
     if a.shape[0] < 2 or b.shape[0] < 2:
         raise ValueError(f"FID needs at least 2 samples per set, got {a.shape[0]} and {b.shape[0]}")
     dim = a.shape[1]
-    fid = frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    if a.shape[0] * b.shape[0] < dim * dim:
+        fid = fid_sample_space(a, b)
+    else:
+        fid = frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
     return {
         "fid": fid,
         "n_a": int(a.shape[0]),
@@ -76,3 +91,19 @@ def fid_from_features(a: np.ndarray, b: np.ndarray) -> dict:
         "dim": int(dim),
         "rank_deficient": bool(min(a.shape[0], b.shape[0]) < dim + 1),
     }
+
+
+def fid_sample_space(a: np.ndarray, b: np.ndarray) -> float:
+    """FID between feature sets ``a`` [N_a, C] and ``b`` [N_b, C] via Eq. (3); equals
+    ``fid_from_features(a, b)['fid']`` up to round-off (unbiased covariances, ddof = 1)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"expected feature arrays [N_a, C] and [N_b, C], got {a.shape} and {b.shape}")
+    if a.shape[0] < 2 or b.shape[0] < 2:
+        raise ValueError(f"FID needs at least 2 samples per set, got {a.shape[0]} and {b.shape[0]}")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca = (a - mu_a) / np.sqrt(a.shape[0] - 1)
+    cb = (b - mu_b) / np.sqrt(b.shape[0] - 1)
+    tr_sqrt = np.linalg.svd(ca @ cb.T, compute_uv=False).sum()
+    diff = mu_a - mu_b
+    return float(diff @ diff + (ca * ca).sum() + (cb * cb).sum() - 2.0 * tr_sqrt)

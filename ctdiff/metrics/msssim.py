@@ -114,29 +114,44 @@ def _as_array(v: np.ndarray | Tensor, name: str) -> np.ndarray:
     return a
 
 
-def nearest_real(synthetic: np.ndarray | Tensor, real: np.ndarray | Tensor, block: int = 64) -> np.ndarray:
-    """Index [Ns] into ``real`` [Nr, D, H, W] of the nearest real volume (L2 over voxels) to each synthetic one.
+def nearest_l2(
+    query: np.ndarray | Tensor, reference: np.ndarray | Tensor, block: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest ``reference`` [Nr, D, H, W] volume (L2 over voxels) to each ``query`` [Nq, D, H, W] volume.
 
-    ‖a − b‖² = ‖a‖² + ‖b‖² − 2 a·b in float64, accumulated over voxel chunks, for ``block`` synthetic volumes
-    at a time: at most block × Nr distances and (block + Nr) × chunk float64 values exist at once (~64 MiB).
-    Ties go to the lowest real index.
+    Returns (index [Nq] int64 into ``reference``, distance [Nq] float64, the Euclidean norm ‖q − r‖₂ over all
+    voxels). ‖q − r‖² = ‖q‖² + ‖r‖² − 2 q·r in float64, accumulated over voxel chunks, for ``block`` query
+    volumes at a time: at most block × Nr distances and (block + Nr) × chunk float64 values exist at once
+    (~64 MiB). Round-off can make ‖q − r‖² of a copy slightly negative; it is clamped to 0 before the root.
+    Ties go to the lowest reference index.
     """
-    s, r = _as_array(synthetic, "synthetic"), _as_array(real, "real")
-    if s.shape[1:] != r.shape[1:]:
-        raise ValueError(f"synthetic volumes {s.shape[1:]} and real volumes {r.shape[1:]} differ in shape")
-    s, r = s.reshape(len(s), -1), r.reshape(len(r), -1)
+    q, r = _as_array(query, "query"), _as_array(reference, "reference")
+    if q.shape[1:] != r.shape[1:]:
+        raise ValueError(f"query volumes {q.shape[1:]} and reference volumes {r.shape[1:]} differ in shape")
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    q, r = q.reshape(len(q), -1), r.reshape(len(r), -1)
     if len(r) == 0:
-        raise ValueError("no real volumes to pair with")
-    chunk = max(1, (64 << 20) // 8 // (min(block, len(s)) + len(r)))
-    out = np.empty(len(s), dtype=np.int64)
-    for i0 in range(0, len(s), block):
-        d2 = torch.zeros(len(s[i0 : i0 + block]), len(r), dtype=torch.float64)
-        for v0 in range(0, s.shape[1], chunk):
-            a = torch.from_numpy(np.ascontiguousarray(s[i0 : i0 + block, v0 : v0 + chunk], dtype=np.float64))
+        raise ValueError("no reference volumes to search")
+    chunk = max(1, (64 << 20) // 8 // (min(block, max(len(q), 1)) + len(r)))
+    index = np.empty(len(q), dtype=np.int64)
+    dist = np.empty(len(q), dtype=np.float64)
+    for i0 in range(0, len(q), block):
+        d2 = torch.zeros(len(q[i0 : i0 + block]), len(r), dtype=torch.float64)
+        for v0 in range(0, q.shape[1], chunk):
+            a = torch.from_numpy(np.ascontiguousarray(q[i0 : i0 + block, v0 : v0 + chunk], dtype=np.float64))
             b = torch.from_numpy(np.ascontiguousarray(r[:, v0 : v0 + chunk], dtype=np.float64))
             d2 += (a * a).sum(1, keepdim=True) + (b * b).sum(1) - 2.0 * (a @ b.T)
-        out[i0 : i0 + block] = d2.argmin(1).numpy()
-    return out
+        best, arg = d2.min(1)  # first minimum on ties
+        index[i0 : i0 + block] = arg.numpy()
+        dist[i0 : i0 + block] = best.clamp_min(0.0).sqrt().numpy()
+    return index, dist
+
+
+def nearest_real(synthetic: np.ndarray | Tensor, real: np.ndarray | Tensor, block: int = 64) -> np.ndarray:
+    """Index [Ns] into ``real`` [Nr, D, H, W] of the nearest real volume (L2 over voxels) to each synthetic one
+    (``nearest_l2`` without the distances)."""
+    return nearest_l2(synthetic, real, block)[0]
 
 
 def _pairs_msssim(

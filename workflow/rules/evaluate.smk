@@ -1,9 +1,11 @@
-# FID on Med3D features and both MS-SSIM protocols, synthetic vs held-out real volumes.
+# FID on Med3D features and both MS-SSIM protocols, synthetic vs held-out real volumes, with bootstrap
+# intervals, the real-vs-real floor and the memorisation audit against the training volumes.
 
 
 rule evaluate:
     input:
         test=f"{R}/splits/test.txt",
+        train=f"{R}/splits/train.txt",
         real=preprocessed,
         synthetic=SAMPLES,
         model=f"{R}/train/model.pt",
