@@ -205,18 +205,19 @@ def _check_geometry(item: str, img: nib.Nifti1Image, index_to_lps: np.ndarray,
 
 
 def _to_int16_hu(data) -> tuple[np.ndarray, int]:
-    """Round HU to int16 slice by slice, clamping padding below :data:`PADDING_FLOOR_HU`.
+    """Round HU to int16, clamping padding below :data:`PADDING_FLOOR_HU`.
 
-    ``data`` is a ``[X, Y, Z]`` array-like of HU; returns the int16 ``[X, Y, Z]`` array and the number
-    of clamped voxels.
+    ``data`` is a ``[X, Y, Z]`` array of HU; a writable float64 array is rounded and clamped in place
+    (no second full-size float copy). Returns the int16 ``[X, Y, Z]`` array and the number of clamped
+    voxels.
     """
-    out = np.empty(data.shape, dtype=np.int16)
-    n_clamped = 0
-    for k in range(data.shape[2]):
-        plane = np.rint(np.asarray(data[:, :, k], dtype=np.float64))
-        n_clamped += int(np.count_nonzero(plane < PADDING_FLOOR_HU))
-        out[:, :, k] = np.clip(plane, PADDING_FLOOR_HU, np.iinfo(np.int16).max)
-    return out, n_clamped
+    hu = np.asarray(data, dtype=np.float64)
+    if not hu.flags.writeable:
+        hu = hu.copy()
+    np.rint(hu, out=hu)
+    n_clamped = int(np.count_nonzero(hu < PADDING_FLOOR_HU))
+    np.clip(hu, PADDING_FLOOR_HU, np.iinfo(np.int16).max, out=hu)
+    return hu.astype(np.int16), n_clamped
 
 
 def _write_qc(path: Path, row: dict) -> None:

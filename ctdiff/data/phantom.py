@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -358,17 +358,24 @@ def _patient_number(patient_id: str) -> int:
     return int(match.group(1)) if match else zlib.crc32(patient_id.encode())
 
 
-def write_patient(root: Path, patient_id: str, rng: np.random.Generator, *, matrix: int = 512) -> None:
+def write_patient(root: Path, patient_id: str, rng: np.random.Generator, *, matrix: int = 512,
+                  n_slices: int | None = None) -> None:
     """Write one patient as ``root/<PatientID>/<StudyInstanceUID>/<SeriesInstanceUID>/<NNNN>.dcm``.
 
     The main axial CT series (matrix x matrix pixels, ~105-290 slices) is always the series with most images.
     Distractors, as in LIDC-IDRI: patients numbered 1, 4, 7, ... also get a 3-image CT localizer series
     (ImageType LOCALIZER) in the same study; patients numbered 1, 5, 9, ... get a one-image CR radiograph
     in a second study. Slices are written in one z order, ascending or descending per patient.
+    ``n_slices`` fixes the number of axial slices (e.g. for a benchmark) instead of drawing it; every other
+    setting is drawn as usual.
     """
     if matrix < 16:
         raise ValueError(f"matrix must be >= 16 pixels, got {matrix}")
+    if n_slices is not None and n_slices < 4:
+        raise ValueError(f"n_slices must be >= 4 or None, got {n_slices}")
     acq = _draw_acquisition(rng, matrix)
+    if n_slices is not None:
+        acq = replace(acq, shape=(int(n_slices), matrix, matrix))
     volume = phantom_volume(rng, acq.shape, acq.spacing, body_scale=acq.body_scale)
     number, key, folder = _patient_number(patient_id), acq.uid_key, Path(root) / patient_id
     study, main = _uid(patient_id, key, "study"), _uid(patient_id, key, "series", "ct")
