@@ -60,3 +60,19 @@ def test_run_stops_with_a_clear_message_when_no_scan_is_usable(tmp_path):
     assert proc.returncode != 0
     assert "no usable scan left" in proc.stdout + proc.stderr
     assert (tmp_path / "results/qc/summary.tsv").exists()  # written anyway, to show why
+
+
+def test_run_stops_with_a_clear_message_when_no_series_is_usable(tmp_path):
+    """Nothing but a localizer: discovery chooses nothing, and the inventory survives to say why."""
+    root = tmp_path / "dicom"
+    write_patient(root, "WF-0004", np.random.default_rng(0), matrix=32)  # 4: with a localizer
+    folders = {f.parent for f in (root / "WF-0004").glob("*/*/*.dcm")}
+    for f in max(folders, key=lambda d: len(list(d.iterdir()))).glob("*.dcm"):
+        f.unlink()
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(root=root))
+    proc = snakemake(tmp_path, "--cores", "2", "--configfile", str(config), check=False)
+    assert proc.returncode != 0
+    assert "no usable scan left" in proc.stdout + proc.stderr
+    inventory = pd.read_csv(tmp_path / "results/qc/inventory.tsv", sep="\t", keep_default_na=False)
+    assert list(inventory.reason) == ["localizer"]

@@ -136,15 +136,15 @@ def test_duplicate_positions_count_once(tmp_path):
     assert (row["n_files"], row["n_positions"], row["reason"]) == ("12", "1", "only 1 slice")
 
 
-def test_no_usable_series_raises(tmp_path):
+def test_no_usable_series_gives_an_empty_table(tmp_path, caplog):
     root = tmp_path / "root"
     write_series(root / "cr", "P1", 2, modality="CR")
     (root / "notes.txt").write_text("not dicom")
     inv = tmp_path / "inv.tsv"
-    with pytest.raises(ValueError, match="no usable CT series"):
-        discover(root, inv, tmp_path / "s.json")
-    assert read_inventory(inv)  # written anyway, to show why
-    assert not (tmp_path / "s.json").exists()
+    assert discover(root, inv, tmp_path / "s.json") == []
+    assert "no usable CT series" in caplog.text
+    assert [r["reason"] for r in read_inventory(inv).values()] == ["modality CR is not CT"]
+    assert json.loads((tmp_path / "s.json").read_text()) == {}
     with pytest.raises(ValueError, match="not a folder"):
         discover(tmp_path / "missing", inv, tmp_path / "s.json")
     with pytest.raises(ValueError, match="'largest' or 'all'"):

@@ -229,11 +229,12 @@ def discover(
             CT series, id ``f'{patient}_{k}'``).
 
     Returns:
-        The sorted item ids.
+        The sorted item ids; empty (and an empty table written) when no series is usable. Whether an empty
+        cohort is an error is decided once, after conversion (see :mod:`ctdiff.data.cohort`), so that a
+        failing run keeps the inventory that says why.
 
     Raises:
-        ValueError: ``series`` is not an allowed value, or no usable CT series exists under ``root``
-            (the inventory is still written, to show why).
+        ValueError: ``series`` is not an allowed value, or ``root`` is not a folder.
     """
     if series not in ("largest", "all"):
         raise ValueError(f"series must be 'largest' or 'all', got {series!r}")
@@ -281,11 +282,10 @@ def discover(
         write_tsv(fh)
 
     if not items:
-        raise ValueError(
-            f"no usable CT series under {root}: {len(found)} series in "
-            f"{sum(len(s.files) for s in found.values())} DICOM files ({n_skipped} other files "
-            f"skipped), none is CT with positions, orientations and >= {MIN_SLICES} slices; "
-            f"see {inventory_tsv} for the reason per series"
+        log.warning(
+            "no usable CT series under %s: %d series in %d DICOM files (%d other files skipped), none is CT "
+            "with positions, orientations and >= %d slices; see %s for the reason per series",
+            root, len(found), sum(len(s.files) for s in found.values()), n_skipped, MIN_SLICES, inventory_tsv,
         )
 
     table = {

@@ -48,8 +48,8 @@ def converted():
     usable = converted_items(cohort.table)
     if not usable:
         raise WorkflowError(
-            f"no usable scan left: every chosen series was rejected at conversion; "
-            f"see {cohort.summary} and {cohort.table} for the reasons"
+            f"no usable scan left: no CT series passed discovery and conversion; see {cohort.summary}, "
+            f"{R}/qc/inventory.tsv and {cohort.table} for the reasons"
         )
     return sorted(usable)
 
