@@ -126,11 +126,20 @@ GOOD = {  # patient: (builder, {series kind: (decision, reason)})
 
 # --- faulty patients: each must be rejected with its reason, and never stop the others -------------------
 
-def corrupt_file(root: Path) -> None:
-    """One slice overwritten with random bytes after the DICM preamble: discovery cannot read it."""
-    f = slices(phantom(root, 11))[40]
+def corrupt(f: Path) -> None:
+    """Overwrite a file with random bytes after the preamble and DICM marker."""
     size = f.stat().st_size
     f.write_bytes(f.read_bytes()[:132] + np.random.default_rng(0).bytes(size - 132))
+
+
+def corrupt_file(root: Path) -> None:
+    """A slice in the middle of the stack is garbage after its DICM marker."""
+    corrupt(slices(phantom(root, 11))[40])
+
+
+def corrupt_last_file(root: Path) -> None:
+    """The top slice is garbage: without a check the volume would just be one slice shorter."""
+    corrupt(slices(phantom(root, 27))[-1])
 
 
 def truncated_pixels(root: Path) -> None:
@@ -181,7 +190,8 @@ def missing_rescale(root: Path) -> None:
 
 
 FAULTY = {  # patient: (builder, discovery (decision, reason) of its main series or None, convert reason)
-    "FC-0011": (corrupt_file, ("chosen", ""), "missing slice(s)"),
+    "FC-0011": (corrupt_file, ("rejected", "unreadable DICOM file(s) in the series folder: 1"), None),
+    "FC-0027": (corrupt_last_file, ("rejected", "unreadable DICOM file(s) in the series folder: 1"), None),
     "FC-0012": (truncated_pixels, ("chosen", ""), "truncated pixel data"),
     "FC-0015": (missing_slice, ("chosen", ""), "missing slice(s)"),
     "FC-0018": (duplicate_position, ("chosen", ""), "duplicate slice position(s)"),
@@ -243,7 +253,7 @@ def test_every_series_gets_its_expected_discovery_decision(corpus):
     expected = {(p, kind): d for p, (_, kinds) in GOOD.items() for kind, d in kinds.items()}
     for patient, (_, discovered, _) in FAULTY.items():
         if discovered is not None:
-            kind = "localizer" if discovered[1] == "localizer" else "CT"
+            kind = "localizer" if discovered[1] == "localizer" else "CT"  # the one series left in view
             expected[patient, kind] = discovered
     assert found == expected
 
@@ -269,7 +279,8 @@ def test_summary_counts_decisions_and_reasons(corpus):
     summary = {(r["stage"], r["decision"], r["reason"]): int(r["count"])
                for r in read_tsv(corpus["base"] / "full" / "qc" / "summary.tsv")}
     assert summary["convert", "converted", ""] == len(GOOD)
-    assert summary["convert", "rejected", "missing slice(s)"] == 2
+    assert summary["convert", "rejected", "missing slice(s)"] == 1
+    assert summary["discover", "rejected", "unreadable DICOM file(s) in the series folder"] == 2
     assert summary["convert", "rejected", "truncated pixel data"] == 1
     assert summary["discover", "rejected", "localizer"] == 2
     assert summary["discover", "rejected", "smaller CT series of the same patient"] == 2

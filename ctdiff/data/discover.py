@@ -5,8 +5,9 @@ retriever's layout, the embedded phantom cohort, ...). Folder and file names are
 file's header is read and files are grouped by ``SeriesInstanceUID``.
 
 A series is usable when it is ``Modality == 'CT'``, every file has ``ImagePositionPatient`` and
-``ImageOrientationPatient``, no file is a ``LOCALIZER`` and it has at least :data:`MIN_SLICES` distinct
-slice positions. Per patient, ``series='largest'`` keeps the usable series with the most slice positions
+``ImageOrientationPatient``, no file is a ``LOCALIZER``, its folder holds no broken DICOM file (preamble
+and ``DICM`` marker, unreadable header: most likely one of its slices) and it has at least
+:data:`MIN_SLICES` distinct slice positions. Per patient, ``series='largest'`` keeps the usable series with the most slice positions
 (the item id is the ``PatientID``); ``series='all'`` keeps every usable series as its own item
 ``f'{patient}_{k}'`` (``k = 0`` is the largest).
 
@@ -87,6 +88,7 @@ class _Series:
     n_missing_position: int = 0
     n_missing_orientation: int = 0
     n_localizer: int = 0
+    n_broken: int = 0  # files in the series' folder(s) that claim to be DICOM but cannot be read
     positions: list[float] = field(default_factory=list)
 
     def add(self, rel_path: str, ds: pydicom.Dataset) -> None:
@@ -145,6 +147,8 @@ class _Series:
             return f"missing ImageOrientationPatient in {self.n_missing_orientation} file(s)"
         if self.n_localizer:
             return "localizer"
+        if self.n_broken:
+            return f"unreadable DICOM file(s) in the series folder: {self.n_broken}"
         if self.n_positions < MIN_SLICES:
             return f"only {self.n_positions} slice{'' if self.n_positions == 1 else 's'}"
         return ""
@@ -158,14 +162,27 @@ def _read_header(path: str) -> pydicom.Dataset | None:
         return None
 
 
+def _claims_dicom(path: str) -> bool:
+    """Whether a file starts with the DICOM preamble and ``DICM`` marker."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def _scan(root: Path) -> tuple[dict[str, _Series], int]:
     """Walk ``root`` (sorted, not following links) and group DICOM files by SeriesInstanceUID.
 
     Returns the series by UID and the number of files skipped (not DICOM, unreadable, or without a
-    SeriesInstanceUID such as a DICOMDIR).
+    SeriesInstanceUID such as a DICOMDIR). A file with the DICOM marker but no readable file meta
+    information (pydicom reads garbage after ``DICM`` as an empty dataset) is a broken slice, not a stray
+    file: every series in its folder counts it (``n_broken``), because
+    dicom2nifti would silently build the volume without it.
     """
     series: dict[str, _Series] = {}
     n_skipped = 0
+    broken: dict[str, int] = defaultdict(int)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
@@ -174,9 +191,14 @@ def _scan(root: Path) -> tuple[dict[str, _Series], int]:
             uid = str(ds.get("SeriesInstanceUID", "") or "") if ds is not None else ""
             if not uid:
                 n_skipped += 1
+                meta = getattr(ds, "file_meta", None) if ds is not None else None
+                if _claims_dicom(path) and (meta is None or "TransferSyntaxUID" not in meta):
+                    broken[os.path.relpath(dirpath, root).replace(os.sep, "/")] += 1
                 continue
             rel = os.path.relpath(path, root).replace(os.sep, "/")
             series.setdefault(uid, _Series(uid)).add(rel, ds)
+    for s in series.values():
+        s.n_broken = sum(broken.get(folder, 0) for folder in s.folder.split("; "))
     return series, n_skipped
 
 
