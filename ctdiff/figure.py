@@ -8,6 +8,7 @@ views. Both are already windowed to the same HU range and scaled to [0, 1], so o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -42,8 +43,11 @@ def view(volume: np.ndarray, zooms: np.ndarray, name: str, index: int | None = N
     return image, zooms[in_plane[1]] / zooms[in_plane[0]]
 
 
-def figure1(real: Path, synthetic: Path, out_png: Path, *, title: str | None = None) -> None:
-    """Write the 3×2 panel figure: rows axial/coronal/sagittal, columns (a) real and (b) synthetic."""
+def figure1(real: Path, synthetic: Path, out: Path | Sequence[Path], *, title: str | None = None) -> None:
+    """Write the 3×2 panel figure: rows axial/coronal/sagittal, columns (a) real and (b) synthetic.
+
+    ``out``: one path or several; each file's format follows its suffix (``.png``, ``.pdf``).
+    """
     volumes = [canonical(real), canonical(synthetic)]
     fig, axes = plt.subplots(3, 2, figsize=(6.0, 9.0), constrained_layout=True)
     for col, ((volume, zooms), label) in enumerate(zip(volumes, ("(a) real", "(b) synthetic"))):
@@ -59,6 +63,27 @@ def figure1(real: Path, synthetic: Path, out_png: Path, *, title: str | None = N
                 ax.set_ylabel(name)
     if title:
         fig.suptitle(title, fontsize=9)
-    with atomic_path(Path(out_png)) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
+    _save(fig, out)
+
+
+def sample_grid(volumes: Sequence[Path], out: Path | Sequence[Path], *, view_name: str = "axial",
+                columns: int = 4) -> None:
+    """Mid-slices (``view_name``) of many volumes in a grid, labelled by file name."""
+    rows = max(1, -(-len(volumes) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.1 * rows), constrained_layout=True,
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, path in zip(axes.flat, volumes):
+        image, aspect = view(*canonical(path), view_name)
+        ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, aspect=aspect, interpolation="nearest")
+        ax.set_title(Path(path).name.split(".")[0], fontsize=8)
+    _save(fig, out)
+
+
+def _save(fig, out: Path | Sequence[Path]) -> None:
+    for path in [out] if isinstance(out, (str, Path)) else out:
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=150, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)

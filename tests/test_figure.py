@@ -2,7 +2,7 @@
 import matplotlib.image as mpimg
 import numpy as np
 
-from ctdiff.figure import canonical, figure1, view
+from ctdiff.figure import canonical, figure1, sample_grid, view
 from ctdiff.io import save_volume
 
 
@@ -50,3 +50,16 @@ def test_figure1_writes_png(tmp_path):
     image = mpimg.imread(out)
     assert image.shape[0] > image.shape[1] > 300  # three rows of two panels
     assert not list(out.parent.glob(".*tmp*"))
+
+
+def test_figure1_pdf_and_sample_grid(tmp_path):
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"{i:04d}.nii.gz")
+        save_volume(paths[-1], rng.random((8, 8, 8), dtype=np.float32), np.eye(4))
+    figure1(paths[0], paths[1], [tmp_path / "f.png", tmp_path / "f.pdf"])
+    assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-"
+    sample_grid(paths, tmp_path / "grid.png", columns=4)
+    image = mpimg.imread(tmp_path / "grid.png")
+    assert image.shape[1] > image.shape[0]  # two rows of four

@@ -7,7 +7,9 @@ rule figure:
         real=preprocessed,
         synthetic=SAMPLES,
     output:
-        report(f"{R}/figures/figure1.png", caption="../report/figure1.rst", category="Figure 1"),
+        png=report(f"{R}/figures/figure1.png", caption="../report/figure1.rst", category="Figure 1"),
+        pdf=f"{R}/figures/figure1.pdf",
+        grid=report(f"{R}/figures/samples.png", caption="../report/samples.rst", category="Figure 1"),
     params:
         figure=section("figure"),
         volumes=f"{R}/preprocessed",

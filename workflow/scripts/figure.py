@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 from ctdiff.data.split import read_ids
-from ctdiff.figure import figure1
+from ctdiff.figure import figure1, sample_grid
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 test = read_ids(snakemake.input.test)
@@ -13,5 +13,6 @@ if f["real"] >= len(test):
 figure1(
     Path(snakemake.params.volumes) / f"{test[f['real']]}.nii.gz",
     Path(snakemake.input.synthetic[f["synthetic"]]),
-    Path(snakemake.output[0]),
+    [Path(snakemake.output.png), Path(snakemake.output.pdf)],
 )
+sample_grid([Path(p) for p in snakemake.input.synthetic[:16]], Path(snakemake.output.grid))
