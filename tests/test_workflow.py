@@ -2,10 +2,12 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -121,3 +123,24 @@ def test_snakemake_report_holds_figure_and_metrics(run_dir):
     snakemake(run_dir.parent, "--configfile", str(TINY), "--report", str(out))
     page = out.read_text(errors="replace")
     assert "figure1.png" in page and "metrics.json" in page
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_html_report_renders_in_headless_chromium(run_dir, tmp_path):
+    page = (run_dir / "report.html").resolve().as_uri()
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    assert re.search(r'<img id="figure1"[^>]*src="data:image/png;base64,', dom)
+    metrics = re.search(r'<div id="metrics">(.*?)</div>', dom, flags=re.S).group(1)
+    assert "FID" in metrics and "9.70" in metrics and "0.266" in metrics
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1000,1600", page], capture_output=True,
+                   timeout=120)
+    image = plt.imread(shot)
+    dark = (image[..., :3].mean(axis=-1) < 0.2).mean()
+    assert dark > 0.02, "the rendered page shows no dark image area: Figure 1 did not render"
