@@ -1,4 +1,5 @@
-# Residual 3D U-Net DDPM, launched with Accelerate: one process per GPU of the job (CPU when none).
+# Residual 3D U-Net DDPM, launched with Accelerate (ctdiff.launch): one process per GPU of the job, CPU when
+# none; with resources nodes > 1 on SLURM, one launcher per node through srun.
 # Resumable state lives in {results}/train_state/, never a declared output.
 
 
@@ -10,7 +11,7 @@ rule train:
         model=f"{R}/train/model.pt",
         log=report(f"{R}/train/log.csv", caption="../report/learning_curve.rst", category="Training"),
     params:
-        launch=accelerate_args,
+        srun=lambda wildcards, resources: "srun --ntasks-per-node=1 " if int(resources.get("nodes", 1)) > 1 else "",
         volumes=f"{R}/preprocessed",
         state=f"{R}/train_state",
         settings=lambda wildcards: json.dumps(
@@ -24,6 +25,6 @@ rule train:
     conda:
         ENV
     shell:
-        "accelerate launch {params.launch} -m ctdiff.cli train"
+        "{params.srun}python -m ctdiff.launch --gpus {resources.gpu} --threads {threads} -- -m ctdiff.cli train"
         " --train-list {input.train} --volumes {params.volumes} --state {params.state}"
         " --settings {params.settings:q} --out {output.model} --log-csv {output.log} > {log} 2>&1"
