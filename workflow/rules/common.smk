@@ -56,12 +56,3 @@ def converted():
 
 def preprocessed(wildcards=None):
     return [f"{R}/preprocessed/{item}.nii.gz" for item in converted()]
-
-
-def accelerate_args(wildcards, threads, resources):
-    """`accelerate launch` options: one process per GPU of the job, or one CPU process."""
-    gpus = int(resources.get("gpu", 0))
-    if gpus == 0:
-        return f"--cpu --num_processes 1 --num_cpu_threads_per_process {threads}"
-    multi = "--multi_gpu " if gpus > 1 else ""
-    return f"{multi}--num_processes {gpus} --num_cpu_threads_per_process {threads}"
