@@ -104,10 +104,16 @@ def memorisation_png(memorisation: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def qc_summary(inventory_tsv: Path) -> pd.DataFrame:
-    """Series found per decision and reason, from the discovery inventory."""
-    table = pd.read_csv(inventory_tsv, sep="\t", keep_default_na=False)
-    return table.groupby(["decision", "reason"], dropna=False).size().reset_index(name="series")
+QC_COLUMNS = ["stage", "decision", "reason", "count"]
+
+
+def qc_summary(summary_tsv: Path) -> pd.DataFrame:
+    """The cohort summary (``qc/summary.tsv``): counts per stage, decision and reason."""
+    table = pd.read_csv(summary_tsv, sep="\t", keep_default_na=False, dtype=str)
+    missing = set(QC_COLUMNS) - set(table.columns)
+    if missing:
+        raise ValueError(f"{summary_tsv} lacks the columns {sorted(missing)}")
+    return table[QC_COLUMNS]
 
 
 def learning_curve_png(log_csv: Path) -> bytes:
@@ -141,7 +147,7 @@ def write_report(
     metrics_json: Path,
     figure_png: Path,
     log_csv: Path,
-    inventory_tsv: Path,
+    qc_summary_tsv: Path,
     config: dict[str, Any],
     out_md: Path,
     out_html: Path,
@@ -149,7 +155,7 @@ def write_report(
     """Write ``report.md`` and the self-contained ``report.html``."""
     metrics = json.loads(Path(metrics_json).read_text())
     rows = metrics_rows(metrics)
-    qc = qc_summary(inventory_tsv)
+    qc = qc_summary(qc_summary_tsv)
     qc_rows = list(qc.itertuples(index=False, name=None))
     header = ["metric", "this run", "paper", "note"]
     provenance = {k: metrics[k] for k in ("n_real", "n_synthetic", "n_train", "volume_shape", "feature_network")
@@ -179,7 +185,7 @@ def write_report(
         "## Metrics\n\n" + _markdown_table(header, rows),
         *mem_md,
         "## Figure 1\n\n![Figure 1: real (a) and synthetic (b)](figures/figure1.png)",
-        "## Data QC (DICOM series found)\n\n" + _markdown_table(["decision", "reason", "series"], qc_rows),
+        "## Data QC (series found, items converted, usable cohort)\n\n" + _markdown_table(QC_COLUMNS, qc_rows),
         "## Provenance\n\n```yaml\n" + provenance_yaml + "```",
         "## Config\n\n```yaml\n" + config_yaml + "```",
     ]) + "\n"
@@ -202,7 +208,7 @@ pre{{background:#f6f6f6;padding:.6rem;overflow:auto}}</style></head><body>
 <h2>Learning curve</h2>
 <img id="learning-curve" alt="training loss" src="data:image/png;base64,{curve_b64}" style="max-width:100%">
 <h2>Data QC</h2>
-{_html_table(["decision", "reason", "series"], qc_rows)}
+{_html_table(QC_COLUMNS, qc_rows)}
 <h2>Provenance</h2><pre>{html.escape(provenance_yaml)}</pre>
 <h2>Config</h2><pre>{html.escape(config_yaml)}</pre>
 </body></html>

@@ -51,8 +51,9 @@ def write_inputs(tmp_path, m):
     figure1(tmp_path / "a.nii.gz", tmp_path / "b.nii.gz", tmp_path / "figure1.png")
     pd.DataFrame({"step": [1, 2, 3], "loss": [1.0, 0.5, 0.25], "lr": 1e-3, "elapsed_s": [1, 2, 3]}).to_csv(
         tmp_path / "log.csv", index=False)
-    pd.DataFrame({"patient": ["P1", "P1", "P2"], "decision": ["chosen", "rejected", "chosen"],
-                  "reason": ["", "modality CR is not CT", ""]}).to_csv(tmp_path / "inv.tsv", sep="\t", index=False)
+    pd.DataFrame({"stage": ["discover", "discover", "cohort"], "decision": ["chosen", "rejected", "usable"],
+                  "reason": ["", "modality CR is not CT", "patients"], "count": [2, 1, 2]}).to_csv(
+        tmp_path / "inv.tsv", sep="\t", index=False)
 
 
 def _report(tmp_path, m, config=None):
@@ -72,7 +73,8 @@ def test_report_contents(tmp_path):
     assert "not comparable to the paper" in md and "rank-deficient" in md
     assert "## Memorisation" in md and "1 of 3 synthetic volumes flagged" in md and "(0000.nii.gz)" in md
     assert "| 0000.nii.gz | T1.nii.gz | 0 |" in md and "| 0001.nii.gz | T1.nii.gz | 3.5 |" in md
-    assert "modality CR is not CT | 1" in md
+    assert "| discover | rejected | modality CR is not CT | 1 |" in md
+    assert "| cohort | usable | patients | 2 |" in md
     assert "checkpoint_step: 7" in md
     assert page.count("data:image/png;base64,") == 3
     assert 'id="metrics"' in page and "9.70" in page

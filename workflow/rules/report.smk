@@ -26,7 +26,7 @@ rule report:
         metrics=f"{R}/metrics/metrics.json",
         figure=f"{R}/figures/figure1.png",
         log=f"{R}/train/log.csv",
-        inventory=f"{R}/qc/inventory.tsv",
+        qc=f"{R}/qc/summary.tsv",
     output:
         md=f"{R}/report.md",
         html=f"{R}/report.html",

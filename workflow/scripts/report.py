@@ -9,7 +9,7 @@ write_report(
     Path(snakemake.input.metrics),
     Path(snakemake.input.figure),
     Path(snakemake.input.log),
-    Path(snakemake.input.inventory),
+    Path(snakemake.input.qc),
     snakemake.params.config,
     Path(snakemake.output.md),
     Path(snakemake.output.html),
