@@ -81,6 +81,23 @@ def sample_grid(volumes: Sequence[Path], out: Path | Sequence[Path], *, view_nam
     _save(fig, out)
 
 
+def closest_pairs(pairs: Sequence[tuple[Path, Path, float]], out: Path | Sequence[Path]) -> None:
+    """The memorisation audit's closest pairs: per row a synthetic volume and its L2-nearest training
+    volume, axial and coronal mid-slices, with the distance."""
+    rows = max(1, len(pairs))
+    fig, axes = plt.subplots(rows, 4, figsize=(8.0, 2.1 * rows), constrained_layout=True, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for row, (synthetic, train, distance) in enumerate(pairs):
+        volumes = [canonical(synthetic), canonical(train)]
+        for col, ((volume, zooms), name) in enumerate((v, n) for v in volumes for n in ("axial", "coronal")):
+            image, aspect = view(volume, zooms, name)
+            axes[row, col].imshow(image, cmap="gray", vmin=0.0, vmax=1.0, aspect=aspect, interpolation="nearest")
+        axes[row, 0].set_title(f"{Path(synthetic).name.split('.')[0]} (synthetic)", fontsize=8)
+        axes[row, 2].set_title(f"{Path(train).name.split('.')[0]} (training), L2 {distance:.3g}", fontsize=8)
+    _save(fig, out)
+
+
 def _save(fig, out: Path | Sequence[Path]) -> None:
     for path in [out] if isinstance(out, (str, Path)) else out:
         path = Path(path)

@@ -151,8 +151,10 @@ def write_report(
     config: dict[str, Any],
     out_md: Path,
     out_html: Path,
+    pairs_png: Path | None = None,
 ) -> None:
-    """Write ``report.md`` and the self-contained ``report.html``."""
+    """Write ``report.md`` and the self-contained ``report.html``; ``pairs_png`` (the closest
+    synthetic/training pairs as images) goes into the memorisation section."""
     metrics = json.loads(Path(metrics_json).read_text())
     rows = metrics_rows(metrics)
     qc = qc_summary(qc_summary_tsv)
@@ -179,6 +181,11 @@ def write_report(
 <h3>Closest pairs</h3>
 {_html_table(mem_header, mem_rows)}
 """
+        if pairs_png is not None:
+            pairs_b64 = base64.b64encode(Path(pairs_png).read_bytes()).decode()
+            mem_html += (f'<img id="closest-pairs" alt="closest synthetic and training volumes" '
+                         f'src="data:image/png;base64,{pairs_b64}" style="max-width:100%">\n')
+            mem_md[0] += "\n\n![closest synthetic/training pairs](figures/closest_pairs.png)"
 
     md = "\n\n".join([
         "# ctdiff report",

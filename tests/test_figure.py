@@ -2,7 +2,7 @@
 import matplotlib.image as mpimg
 import numpy as np
 
-from ctdiff.figure import canonical, figure1, sample_grid, view
+from ctdiff.figure import canonical, closest_pairs, figure1, sample_grid, view
 from ctdiff.io import save_volume
 
 
@@ -63,3 +63,16 @@ def test_figure1_pdf_and_sample_grid(tmp_path):
     sample_grid(paths, tmp_path / "grid.png", columns=4)
     image = mpimg.imread(tmp_path / "grid.png")
     assert image.shape[1] > image.shape[0]  # two rows of four
+
+
+def test_closest_pairs_figure(tmp_path):
+    rng = np.random.default_rng(2)
+    pairs = []
+    for i in range(2):
+        a, b = tmp_path / f"s{i}.nii.gz", tmp_path / f"t{i}.nii.gz"
+        save_volume(a, rng.random((8, 8, 8), dtype=np.float32), np.eye(4))
+        save_volume(b, rng.random((8, 8, 8), dtype=np.float32), np.eye(4))
+        pairs.append((a, b, 1.5 * i))
+    closest_pairs(pairs, tmp_path / "pairs.png")
+    image = mpimg.imread(tmp_path / "pairs.png")
+    assert image.shape[1] > image.shape[0]  # two rows of four panels

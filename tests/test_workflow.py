@@ -99,6 +99,8 @@ def test_end_to_end_outputs(run_dir):
     assert (run_dir / "figures" / "figure1.png").stat().st_size > 10_000
     assert (run_dir / "figures" / "figure1.pdf").read_bytes()[:5] == b"%PDF-"
     assert (run_dir / "figures" / "samples.png").exists()
+    assert (run_dir / "figures" / "closest_pairs.png").stat().st_size > 5_000
+    assert 'id="closest-pairs"' in (run_dir / "report.html").read_text()
     assert "9.70" in (run_dir / "report.md").read_text()
     assert "data:image/png;base64" in (run_dir / "report.html").read_text()
     assert not list(run_dir.rglob(".*.tmp*")), "no temporary file may be left behind"

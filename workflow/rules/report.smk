@@ -27,6 +27,7 @@ rule report:
         figure=f"{R}/figures/figure1.png",
         log=f"{R}/train/log.csv",
         qc=f"{R}/qc/summary.tsv",
+        pairs=f"{R}/figures/closest_pairs.png",
     output:
         md=f"{R}/report.md",
         html=f"{R}/report.html",
@@ -38,3 +39,19 @@ rule report:
         ENV
     script:
         "../scripts/report.py"
+
+
+rule closest_pairs:
+    input:
+        metrics=f"{R}/metrics/metrics.json",
+    output:
+        report(f"{R}/figures/closest_pairs.png", caption="../report/closest_pairs.rst", category="Memorisation"),
+    params:
+        volumes=f"{R}/preprocessed",
+        samples=f"{R}/samples",
+    log:
+        f"{R}/logs/closest_pairs.log",
+    conda:
+        ENV
+    script:
+        "../scripts/closest_pairs.py"

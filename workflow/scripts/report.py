@@ -13,4 +13,5 @@ write_report(
     snakemake.params.config,
     Path(snakemake.output.md),
     Path(snakemake.output.html),
+    pairs_png=Path(snakemake.input.pairs),
 )
