@@ -88,6 +88,7 @@ class EvaluateConfig:
 class FigureConfig:
     real: int = 0
     synthetic: int = 0
+    slices: tuple[int | None, int | None, int | None] | None = None
 
 
 @dataclass(frozen=True)

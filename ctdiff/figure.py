@@ -36,6 +36,8 @@ def view(volume: np.ndarray, zooms: np.ndarray, name: str, index: int | None = N
     """
     axis = {"axial": 2, "coronal": 1, "sagittal": 0}[name]
     index = volume.shape[axis] // 2 if index is None else index
+    if not 0 <= index < volume.shape[axis]:
+        raise ValueError(f"{name} slice {index} is outside the volume's {volume.shape[axis]} slices")
     plane = np.take(volume, index, axis=axis)  # the two remaining axes keep RAS order
     in_plane = [a for a in range(3) if a != axis]
     # rows: the second remaining axis (A or S) pointing up; columns: the first (R or A) pointing left.
@@ -43,16 +45,20 @@ def view(volume: np.ndarray, zooms: np.ndarray, name: str, index: int | None = N
     return image, zooms[in_plane[1]] / zooms[in_plane[0]]
 
 
-def figure1(real: Path, synthetic: Path, out: Path | Sequence[Path], *, title: str | None = None) -> None:
+def figure1(real: Path, synthetic: Path, out: Path | Sequence[Path], *, title: str | None = None,
+            slices: Sequence[int | None] | None = None) -> None:
     """Write the 3×2 panel figure: rows axial/coronal/sagittal, columns (a) real and (b) synthetic.
 
     ``out``: one path or several; each file's format follows its suffix (``.png``, ``.pdf``).
+    ``slices``: the slice index per view ``[axial, coronal, sagittal]`` in RAS+ voxel order, ``None`` (or
+    ``None`` for a view) = the middle slice. An index outside a volume raises ``ValueError``.
     """
+    slices = list(slices) if slices is not None else [None, None, None]
     volumes = [canonical(real), canonical(synthetic)]
     fig, axes = plt.subplots(3, 2, figsize=(6.0, 9.0), constrained_layout=True)
     for col, ((volume, zooms), label) in enumerate(zip(volumes, ("(a) real", "(b) synthetic"))):
         for row, name in enumerate(VIEWS):
-            image, aspect = view(volume, zooms, name)
+            image, aspect = view(volume, zooms, name, slices[row])
             ax = axes[row, col]
             ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, aspect=aspect, interpolation="nearest")
             ax.set_xticks([])

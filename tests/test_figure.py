@@ -1,6 +1,7 @@
 """Figure 1: radiological display convention and the written panel figure."""
 import matplotlib.image as mpimg
 import numpy as np
+import pytest
 
 from ctdiff.figure import canonical, closest_pairs, figure1, sample_grid, view
 from ctdiff.io import save_volume
@@ -76,3 +77,15 @@ def test_closest_pairs_figure(tmp_path):
     closest_pairs(pairs, tmp_path / "pairs.png")
     image = mpimg.imread(tmp_path / "pairs.png")
     assert image.shape[1] > image.shape[0]  # two rows of four panels
+
+
+def test_chosen_slices(tmp_path):
+    vol = np.zeros((10, 12, 14), np.float32)
+    vol[:, :, 3] = 1.0  # only axial slice k = 3 is bright
+    image, _ = view(vol, np.ones(3), "axial", 3)
+    assert image.min() == 1.0
+    assert view(vol, np.ones(3), "axial")[0].max() == 0.0  # the middle slice is dark
+    save_volume(tmp_path / "v.nii.gz", vol, np.eye(4))
+    figure1(tmp_path / "v.nii.gz", tmp_path / "v.nii.gz", tmp_path / "f.png", slices=[3, None, None])
+    with pytest.raises(ValueError, match="axial slice 14 is outside"):
+        figure1(tmp_path / "v.nii.gz", tmp_path / "v.nii.gz", tmp_path / "g.png", slices=[14, None, None])

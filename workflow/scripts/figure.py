@@ -14,5 +14,6 @@ figure1(
     Path(snakemake.params.volumes) / f"{test[f['real']]}.nii.gz",
     Path(snakemake.input.synthetic[f["synthetic"]]),
     [Path(snakemake.output.png), Path(snakemake.output.pdf)],
+    slices=f["slices"],
 )
 sample_grid([Path(p) for p in snakemake.input.synthetic[:16]], Path(snakemake.output.grid))
