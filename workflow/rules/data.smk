@@ -59,7 +59,7 @@ checkpoint cohort:
         qc=convert_qc,
     output:
         table=f"{R}/qc/cohort.tsv",
-        summary=f"{R}/qc/summary.tsv",
+        summary=report(f"{R}/qc/summary.tsv", caption="../report/qc_summary.rst", category="Data QC"),
     log:
         f"{R}/logs/cohort.log",
     conda:

@@ -30,7 +30,7 @@ rule report:
         pairs=f"{R}/figures/closest_pairs.png",
     output:
         md=f"{R}/report.md",
-        html=f"{R}/report.html",
+        html=report(f"{R}/report.html", caption="../report/report.rst", category="Report"),
     params:
         config=lambda wildcards: to_dict(CFG),
     log:
