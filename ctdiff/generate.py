@@ -22,7 +22,7 @@ import torch
 
 from ctdiff.checkpoint import load_for_sampling
 from ctdiff.diffusion.samplers import sample
-from ctdiff.io import atomic_path, file_sha256, save_volume
+from ctdiff.io import atomic_path, file_sha256, save_volume, write_json
 
 
 def sample_generator(seed: int, index: int) -> torch.Generator:
@@ -64,7 +64,7 @@ def generate(
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / key
     cache.mkdir(parents=True, exist_ok=True)
-    (cache / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    write_json(cache / "settings.json", settings)
 
     def cached(i: int) -> Path:
         return cache / f"{i:04d}.nii.gz"

@@ -5,6 +5,10 @@ import numpy as np
 import pytest
 
 from ctdiff.config import DiffusionConfig, ModelConfig, TrainConfig
+from ctdiff.data.cohort import summarise
+from ctdiff.data.convert import VOLUME_NAME, convert_or_reject
+from ctdiff.data.discover import discover
+from ctdiff.data.preprocess import preprocess
 from ctdiff.io import save_volume
 
 SIZE = 8
@@ -33,3 +37,19 @@ def tiny_train_config(**overrides) -> TrainConfig:
     values = dict(steps=6, batch_size=2, lr=1e-3, ema_decay=0.9, checkpoint_every=2, log_every=1, seed=0)
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def run_ingestion(root: Path, out: Path, *, size: int, spacing_mm: float) -> tuple[dict[str, dict], list[str]]:
+    """discover -> convert_or_reject for every item -> cohort summary -> preprocess the converted ones, as the
+    workflow's data rules do, without Snakemake. Returns (each item's QC row, the usable items)."""
+    items = discover(root, out / "qc" / "inventory.tsv", out / "discover" / "series.json")
+    rows = {}
+    for item in items:
+        rows[item] = convert_or_reject(root, out / "discover" / "series.json", item, out / "nifti" / item,
+                                       out / "qc" / "convert" / f"{item}.tsv")
+    usable = summarise(out / "qc" / "inventory.tsv", sorted((out / "qc" / "convert").glob("*.tsv")),
+                       out / "qc" / "cohort.tsv", out / "qc" / "summary.tsv")
+    for item in usable:
+        preprocess(out / "nifti" / item / VOLUME_NAME, out / "preprocessed" / f"{item}.nii.gz",
+                   size=size, spacing_mm=spacing_mm)
+    return rows, usable

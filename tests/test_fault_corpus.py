@@ -24,11 +24,10 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from ctdiff.data.cohort import summarise
-from ctdiff.data.convert import VOLUME_NAME, convert_or_reject
-from ctdiff.data.discover import discover
+from conftest import run_ingestion
+
+from ctdiff.data.convert import VOLUME_NAME
 from ctdiff.data.phantom import write_patient
-from ctdiff.data.preprocess import preprocess
 
 MATRIX = 32
 
@@ -203,18 +202,7 @@ FAULTY = {  # patient: (builder, discovery (decision, reason) of its main series
 
 
 def run(root: Path, out: Path) -> dict[str, dict]:
-    """discover -> convert_or_reject for every item -> cohort summary -> preprocess the converted ones."""
-    items = discover(root, out / "qc" / "inventory.tsv", out / "discover" / "series.json")
-    rows = {}
-    for item in items:
-        rows[item] = convert_or_reject(root, out / "discover" / "series.json", item, out / "nifti" / item,
-                                       out / "qc" / "convert" / f"{item}.tsv")
-    usable = summarise(out / "qc" / "inventory.tsv", sorted((out / "qc" / "convert").glob("*.tsv")),
-                       out / "qc" / "cohort.tsv", out / "qc" / "summary.tsv")
-    for item in usable:
-        preprocess(out / "nifti" / item / VOLUME_NAME, out / "preprocessed" / f"{item}.nii.gz",
-                   size=16, spacing_mm=24.0)
-    return rows
+    return run_ingestion(root, out, size=16, spacing_mm=24.0)[0]
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:

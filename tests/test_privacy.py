@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from ctdiff.data.cohort import summarise
-from ctdiff.data.convert import VOLUME_NAME, convert_or_reject
-from ctdiff.data.discover import discover
+from conftest import run_ingestion
+
+from ctdiff.data.convert import VOLUME_NAME
 from ctdiff.data.phantom import write_patient
-from ctdiff.data.preprocess import preprocess
 
 PATIENT = "PRIV-0002"
 SECRETS = {
@@ -61,15 +60,7 @@ def test_no_identifying_attribute_reaches_outputs_or_logs(tmp_path, capfd):
     previous = logging.getLogger().level
     logging.getLogger().setLevel(logging.DEBUG)
     try:
-        items = discover(root, out / "qc" / "inventory.tsv", out / "discover" / "series.json")
-        for item in items:
-            convert_or_reject(root, out / "discover" / "series.json", item, out / "nifti" / item,
-                              out / "qc" / "convert" / f"{item}.tsv")
-        usable = summarise(out / "qc" / "inventory.tsv", sorted((out / "qc" / "convert").glob("*.tsv")),
-                           out / "qc" / "cohort.tsv", out / "qc" / "summary.tsv")
-        for item in usable:
-            preprocess(out / "nifti" / item / VOLUME_NAME, out / "preprocessed" / f"{item}.nii.gz",
-                       size=8, spacing_mm=48.0)
+        _, usable = run_ingestion(root, out, size=8, spacing_mm=48.0)
     finally:
         logging.getLogger().removeHandler(handler)
         logging.getLogger().setLevel(previous)

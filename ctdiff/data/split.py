@@ -6,11 +6,12 @@ split. The test set is drawn first, so it depends only on (patients, test size, 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from ctdiff.io import atomic_path
 
 
 def split_items(item_patient: Mapping[str, str], *, test: float, seed: int) -> tuple[list[str], list[str]]:
@@ -38,11 +39,8 @@ def write_split(
     """Compute the split and write one item id per line to each file, atomically."""
     train, held = split_items(item_patient, test=test, seed=seed)
     for path, ids in ((train_txt, train), (test_txt, held)):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(f"{i}\n" for i in ids))
-        os.replace(tmp, path)
+        with atomic_path(Path(path)) as tmp:
+            tmp.write_text("".join(f"{i}\n" for i in ids))
     return train, held
 
 
