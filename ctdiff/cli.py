@@ -32,6 +32,7 @@ def _train(args: argparse.Namespace) -> None:
         train_cfg=cfg.train,
         size=cfg.preprocess.size,
         extra_config={"spacing_mm": cfg.preprocess.spacing_mm, "hu_window": list(cfg.preprocess.hu_window)},
+        tensorboard_dir=Path(args.tensorboard_dir) if args.tensorboard_dir else None,
         progress=not args.no_progress,
     )
 
@@ -65,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--state", required=True, help="folder for resumable checkpoints")
     t.add_argument("--out", required=True, help="final checkpoint")
     t.add_argument("--log-csv", required=True, help="loss log")
+    t.add_argument("--tensorboard-dir", default=None, help="TensorBoard folder, used when train.tensorboard is true")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_train)
 

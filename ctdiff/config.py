@@ -59,9 +59,12 @@ class TrainConfig:
     ema_decay: float = 0.9999
     precision: Literal["fp32", "bf16"] = "fp32"
     grad_checkpointing: bool = False
+    compile: bool = False
+    grad_accumulation: int = 1
     grad_clip: float | None = 1.0
     checkpoint_every: int = 1000
     log_every: int = 10
+    tensorboard: bool = False
     seed: int = 0
 
 
@@ -161,6 +164,11 @@ def _check(cfg: Config) -> None:
         raise ValueError("config: diffusion.beta_start must be smaller than diffusion.beta_end")
     if cfg.split.test >= 1 and cfg.split.test != int(cfg.split.test):
         raise ValueError(f"config: split.test={cfg.split.test} must be a fraction < 1 or a whole count")
+    if cfg.train.batch_size % cfg.train.grad_accumulation:
+        raise ValueError(
+            f"config: train.grad_accumulation={cfg.train.grad_accumulation} must divide "
+            f"train.batch_size={cfg.train.batch_size} (each step splits the batch into that many micro-batches)"
+        )
     steps, T = cfg.sample.steps, cfg.diffusion.timesteps
     if steps is not None and not 1 <= steps <= T:
         raise ValueError(f"config: sample.steps={steps} must lie in 1..{T} (diffusion.timesteps)")

@@ -10,16 +10,26 @@ a compatible checkpoint, then a plain loop. Decisions:
   same global-batch gradient as one process (up to floating-point summation order).
 * Resumable state lives in ``state_dir`` (not a declared output, so Snakemake never deletes it when a job
   fails). It is resumed only when model, diffusion, data and optimisation settings match; ``train.steps``
-  may grow, so a finished run can be extended.
+  may grow, so a finished run can be extended, and settings that change speed or memory but not the update
+  (compile, gradient checkpointing, gradient accumulation) may change.
 * SIGTERM (what SLURM sends before preemption) finishes the current step, writes a checkpoint and exits
   with status 143; the rerun continues from there.
 * A non-finite loss stops the run before anything is saved, so the last good checkpoint stays intact.
+* ``train.grad_accumulation = k`` splits each process's share of the batch into ``k`` equal micro-batches
+  and scales each micro-batch loss by ``1/k``: the summed gradient is the gradient of the whole batch, so
+  the update equals the ``k = 1`` update (up to summation order) at a fraction of the activation memory.
+  Gradients are all-reduced only after the last micro-batch.
+* ``train.compile`` wraps the network in ``torch.compile`` (default mode: cuDNN's 3D convolutions beat
+  every autotuned Triton template, see docs/facts.md); checkpoints always hold the plain module's weights.
+  On CUDA, Adam runs fused and cuDNN picks its convolution algorithms by benchmark.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
+import importlib.util
 import signal
 import time
 from collections.abc import Sequence
@@ -85,9 +95,54 @@ def draw_noise(seed: int, step: int, positions: Sequence[int], shape: tuple[int,
     return torch.cat(ts), torch.stack(noises)
 
 
+def train_step(
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    accelerator: Accelerator,
+    schedule,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    micro_batches: int = 1,
+    grad_clip: float | None = None,
+    ema_decay: float = 0.9999,
+) -> torch.Tensor:
+    """One optimizer step on this process's share ``x0`` of the global batch; returns its (detached) loss.
+
+    ``model`` is what :meth:`Accelerator.prepare` returned (possibly compiled); ``ema`` is updated from its
+    parameters after the optimizer step. The loss is the mean over ``x0``, whatever ``micro_batches``.
+    """
+    n = len(x0)
+    if n % micro_batches:
+        raise ValueError(f"{n} volumes per process cannot be split into {micro_batches} equal micro-batches")
+    size = n // micro_batches
+    total = torch.zeros((), device=x0.device)
+    for k in range(micro_batches):
+        part = slice(k * size, (k + 1) * size)
+        last = k == micro_batches - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            with accelerator.autocast():
+                loss = training_loss(schedule, model, x0[part], t=t[part], noise=noise[part]) / micro_batches
+            accelerator.backward(loss)
+        total += loss.detach().float()
+    if grad_clip is not None:
+        accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        live = [p.detach() for p in accelerator.unwrap_model(model).parameters()]
+        torch._foreach_lerp_(list(ema.parameters()), live, 1.0 - ema_decay)
+    return total
+
+
 def _resume_key(cfg: dict[str, Any]) -> dict[str, Any]:
     """The settings a checkpoint must share with this run to be resumed (``steps`` may change)."""
-    keep = {k: v for k, v in cfg["train"].items() if k not in ("steps", "checkpoint_every", "log_every")}
+    # Settings that do not change the update (only its speed, memory or logging) may change on resume.
+    run_only = ("steps", "checkpoint_every", "log_every", "tensorboard", "compile", "grad_accumulation",
+                "grad_checkpointing")
+    keep = {k: v for k, v in cfg["train"].items() if k not in run_only}
     return {**cfg, "train": keep}
 
 
@@ -116,18 +171,31 @@ def train(
     train_cfg: TrainConfig,
     size: int,
     extra_config: dict[str, Any] | None = None,
+    tensorboard_dir: Path | None = None,
     progress: bool = True,
 ) -> torch.nn.Module:
     """Train the U-Net on ``files``, write the self-describing checkpoint and the loss log, and return this
     process's trained network (unwrapped from any distributed wrapper).
 
     ``extra_config`` (e.g. the preprocessing section) is stored in the checkpoint so that samples can be
-    written with the same affine convention as the training data.
+    written with the same affine convention as the training data. With ``train.tensorboard`` the loss also
+    goes to TensorBoard event files under ``tensorboard_dir``.
     """
-    accelerator = Accelerator(mixed_precision="bf16" if train_cfg.precision == "bf16" else "no")
+    tracking = {}
+    if train_cfg.tensorboard:
+        if tensorboard_dir is None:
+            raise ValueError("train.tensorboard is true but no TensorBoard folder was given")
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("train.tensorboard is true but the tensorboard package is not installed "
+                             "(pip install tensorboard, or pip install 'ctdiff[tensorboard]')")
+        tracking = {"log_with": "tensorboard", "project_dir": str(tensorboard_dir)}
+    accelerator = Accelerator(mixed_precision="bf16" if train_cfg.precision == "bf16" else "no", **tracking)
     n_proc, rank = accelerator.num_processes, accelerator.process_index
-    if train_cfg.batch_size % n_proc:
-        raise ValueError(f"train.batch_size={train_cfg.batch_size} is not divisible by {n_proc} processes")
+    if train_cfg.batch_size % (n_proc * train_cfg.grad_accumulation):
+        raise ValueError(
+            f"train.batch_size={train_cfg.batch_size} is not divisible by {n_proc} processes × "
+            f"train.grad_accumulation={train_cfg.grad_accumulation} micro-batches"
+        )
     local_batch = train_cfg.batch_size // n_proc
 
     data, affine = load_training_set(files, size)
@@ -148,16 +216,19 @@ def train(
     schedule = build_schedule(cfg["diffusion"])
     with torch.random.fork_rng(devices=[]):  # initial weights depend on train.seed alone
         torch.manual_seed(train_cfg.seed)
-        model = build_model(cfg["model"], grad_checkpointing=train_cfg.grad_checkpointing)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
+        net = build_model(cfg["model"], grad_checkpointing=train_cfg.grad_checkpointing)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    cuda = accelerator.device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest 3D convolution once
+    optimizer = torch.optim.Adam(net.parameters(), lr=train_cfg.lr, fused=cuda)
 
     state_path = Path(state_dir) / "state.pt"
     start, log_rows = 0, []
     if state_path.exists():
         state = read_checkpoint(state_path)
         if _resume_key(state["config"]) == _resume_key(cfg):
-            model.load_state_dict(state["model"])
+            net.load_state_dict(state["model"])
             ema.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])
             start, log_rows = int(state["step"]), list(state["log"])
@@ -165,9 +236,13 @@ def train(
         else:
             accelerator.print(f"ignoring {state_path}: it was written with other settings; starting afresh")
 
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(net, optimizer)  # net keeps the plain module's parameters
+    if train_cfg.compile:
+        model = torch.compile(model)
     ema.to(accelerator.device)
     data = data.to(accelerator.device)
+    if tracking:
+        accelerator.init_trackers("train")
 
     def save(step: int, path: Path) -> None:
         accelerator.wait_for_everyone()  # sync point: every process has finished the step
@@ -175,7 +250,7 @@ def train(
             payload = {
                 "step": step,
                 "config": cfg,
-                "model": accelerator.unwrap_model(model).state_dict(),
+                "model": net.state_dict(),
                 "ema": ema.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "log": log_rows,
@@ -194,17 +269,12 @@ def train(
             idx = batch_indices(len(data), train_cfg.batch_size, seed=train_cfg.seed, step=step)
             x0 = data[idx[shard.start : shard.stop]]
             t, noise = draw_noise(train_cfg.seed, step, shard, tuple(x0.shape[1:]), schedule.timesteps)
-            with accelerator.autocast():
-                loss = training_loss(schedule, model, x0, t=t, noise=noise)
-            accelerator.backward(loss)
-            if train_cfg.grad_clip is not None:
-                accelerator.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                for p_ema, p in zip(ema.parameters(), accelerator.unwrap_model(model).parameters()):
-                    p_ema.lerp_(p.detach(), 1.0 - train_cfg.ema_decay)
-            running += loss.detach().float()
+            loss = train_step(
+                model, ema, optimizer, accelerator, schedule, x0, t.to(x0.device), noise.to(x0.device),
+                micro_batches=train_cfg.grad_accumulation, grad_clip=train_cfg.grad_clip,
+                ema_decay=train_cfg.ema_decay,
+            )
+            running += loss
             n_running += 1
 
             done = step + 1
@@ -217,6 +287,8 @@ def train(
                 log_rows.append({"step": done, "loss": mean, "lr": train_cfg.lr,
                                  "elapsed_s": round(time.perf_counter() - t0, 3)})
                 running, n_running = 0.0, 0
+                if tracking:
+                    accelerator.log({"loss": mean, "lr": train_cfg.lr}, step=done)
                 if bar is not None:
                     bar.set_postfix(loss=f"{mean:.4f}")
             if bar is not None:
@@ -236,7 +308,7 @@ def train(
     if accelerator.is_main_process:
         write_log(out_log, log_rows)
     accelerator.end_training()
-    return accelerator.unwrap_model(model)
+    return net
 
 
 def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -247,4 +319,4 @@ def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-__all__ = ["train", "load_training_set", "batch_indices", "draw_noise", "write_log"]
+__all__ = ["train", "train_step", "load_training_set", "batch_indices", "draw_noise", "write_log"]

@@ -56,6 +56,7 @@ def test_schema_rejects_bad_keys_by_name(patch, key):
         ({"preprocess": {"size": 36}, "model": {"channels": [8, 16, 32, 64]}}, "preprocess.size=36"),
         ({"model": {"channels": [12, 24], "groups": 8}}, "model.groups=8"),
         ({"data": {"source": "dicom"}}, "data.root"),
+        ({"train": {"batch_size": 2, "grad_accumulation": 4}}, "train.grad_accumulation=4"),
         ({"preprocess": {"hu_window": [400, -1000]}}, "hu_window"),
         ({"sample": {"sampler": "ddpm", "steps": 50}}, "sample.steps=50"),
         ({"sample": {"sampler": "ddim", "steps": 5000}}, "sample.steps=5000"),

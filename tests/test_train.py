@@ -93,3 +93,61 @@ def test_non_finite_loss_stops_without_final_checkpoint(volumes, tmp_path):
     assert not (tmp_path / "model.pt").exists()
     state = read_checkpoint(tmp_path / "state" / "state.pt")
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def assert_same_weights(a, b, rtol=1e-4, atol=1e-5):
+    for key in ("model", "ema"):
+        for name in a[key]:
+            torch.testing.assert_close(a[key][name], b[key][name], rtol=rtol, atol=atol)
+
+
+def test_grad_accumulation_gives_the_same_update_and_may_change_on_resume(volumes, tmp_path, capfd):
+    run(volumes, tmp_path / "plain", tiny_train_config(steps=6, batch_size=4))
+    run(volumes, tmp_path / "accum", tiny_train_config(steps=6, batch_size=4, grad_accumulation=4))
+    plain = read_checkpoint(tmp_path / "plain" / "model.pt")
+    assert_same_weights(plain, read_checkpoint(tmp_path / "accum" / "model.pt"))
+    # A run that switches from 1 to 2 micro-batches at step 4 resumes (it does not start afresh).
+    state = tmp_path / "state"
+    run(volumes, tmp_path / "first", tiny_train_config(steps=4, batch_size=4), state=state)
+    capfd.readouterr()
+    run(volumes, tmp_path / "second", tiny_train_config(steps=6, batch_size=4, grad_accumulation=2), state=state)
+    assert "resuming from step 4" in capfd.readouterr().out
+    assert_same_weights(plain, read_checkpoint(tmp_path / "second" / "model.pt"))
+    # Sanity: the comparison can fail — another learning rate gives other weights.
+    run(volumes, tmp_path / "other", tiny_train_config(steps=6, batch_size=4, lr=2e-3))
+    with pytest.raises(AssertionError):
+        assert_same_weights(plain, read_checkpoint(tmp_path / "other" / "model.pt"))
+
+
+def test_grad_accumulation_must_split_the_batch(volumes, tmp_path):
+    with pytest.raises(ValueError, match="train.grad_accumulation=3"):
+        run(volumes, tmp_path, tiny_train_config(batch_size=4, grad_accumulation=3))
+
+
+def test_compiled_training_matches_eager(volumes, tmp_path):
+    run(volumes, tmp_path / "eager", tiny_train_config(steps=2, checkpoint_every=100))
+    run(volumes, tmp_path / "compiled", tiny_train_config(steps=2, checkpoint_every=100, compile=True))
+    eager, compiled = (read_checkpoint(tmp_path / name / "model.pt") for name in ("eager", "compiled"))
+    assert set(compiled["model"]) == set(eager["model"])  # plain module keys, no "_orig_mod." prefix
+    assert_same_weights(eager, compiled)
+
+
+def test_tensorboard_gets_the_logged_loss(volumes, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(volumes, tmp_path / "model.pt", tmp_path / "log.csv", tmp_path / "state",
+          model_cfg=TINY_MODEL, diffusion_cfg=TINY_DIFFUSION, train_cfg=tiny_train_config(tensorboard=True),
+          size=SIZE, tensorboard_dir=tmp_path / "tb", progress=False)
+    events = sorted((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    logged = [(e.step, e.value) for e in acc.Scalars("loss")]
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [s for s, _ in logged] == [int(r["step"]) for r in rows]
+    assert np.allclose([v for _, v in logged], [float(r["loss"]) for r in rows], rtol=1e-6)
+
+
+def test_tensorboard_without_a_folder_is_refused(volumes, tmp_path):
+    with pytest.raises(ValueError, match="train.tensorboard"):
+        run(volumes, tmp_path, tiny_train_config(tensorboard=True))

@@ -14,6 +14,7 @@ rule train:
         srun=lambda wildcards, resources: "srun --ntasks-per-node=1 " if int(resources.get("nodes", 1)) > 1 else "",
         volumes=f"{R}/preprocessed",
         state=f"{R}/train_state",
+        tensorboard=f"{R}/logs/tensorboard",
         settings=lambda wildcards: json.dumps(
             {name: section(name) for name in ("model", "diffusion", "train", "preprocess")}
         ),
@@ -27,4 +28,5 @@ rule train:
     shell:
         "{params.srun}python -m ctdiff.launch --gpus {resources.gpu} --threads {threads} -- -m ctdiff.cli train"
         " --train-list {input.train} --volumes {params.volumes} --state {params.state}"
-        " --settings {params.settings:q} --out {output.model} --log-csv {output.log} > {log} 2>&1"
+        " --settings {params.settings:q} --out {output.model} --log-csv {output.log}"
+        " --tensorboard-dir {params.tensorboard} > {log} 2>&1"
