@@ -1,6 +1,10 @@
 """Self-describing checkpoints: weights, EMA, optimizer, step, config and package version in one file.
 
 ``load_for_sampling`` rebuilds the network from the file alone, so sampling needs no config.
+
+Compatibility: a file must carry ``FORMAT`` and come from a compatible ctdiff release — the same major
+version, and for 0.x releases the same minor version (a 0.x minor release may change the network's layout).
+Anything else is refused with both versions named, never loaded loosely.
 """
 
 from __future__ import annotations
@@ -58,10 +62,25 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"checkpoint {path} is not a {FORMAT} file (found {found!r})")
-    missing = [k for k in ("config", "ema", "step") if k not in ckpt]
+    missing = [k for k in ("config", "ema", "step", "version") if k not in ckpt]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}")
+    if not compatible(str(ckpt["version"]), __version__):
+        raise ValueError(
+            f"checkpoint {path} was written by ctdiff {ckpt['version']}; this ctdiff {__version__} reads "
+            f"checkpoints of ctdiff {_series(__version__)}.x only (sample with the release that trained it)"
+        )
     return ckpt
+
+
+def _series(version: str) -> str:
+    major, minor = (version.split(".") + ["0"])[:2]
+    return major if major != "0" else f"{major}.{minor}"
+
+
+def compatible(written: str, running: str) -> bool:
+    """Whether a checkpoint written by ctdiff ``written`` can be read by ctdiff ``running``."""
+    return _series(written) == _series(running)
 
 
 def load_for_sampling(path: Path, device: str | torch.device = "cpu") -> tuple[UNet3D, Schedule, dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 ``ctdiff sample --checkpoint results/train/model.pt -n 10 --sampler ddim --steps 50 --out DIR`` draws
 volumes outside Snakemake; sample ``i`` is the same volume the workflow writes as ``samples/{i:04d}``
-for the same seed and sampler.
+for the same seed and sampler. Under ``accelerate launch`` (or ``python -m ctdiff.launch --gpus G -- -m
+ctdiff.cli sample ...``) the processes share the samples by index.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def _sample(args: argparse.Namespace) -> None:
         eta=args.eta,
         batch_size=args.batch_size,
         seed=args.seed,
+        precision=args.precision,
+        compile=args.compile,
+        hu_files=[out / "hu" / f"{i:04d}.nii.gz" for i in range(args.n)] if args.hu else None,
         device=args.device,
         progress=not args.no_progress,
     )
@@ -78,9 +82,12 @@ def parser() -> argparse.ArgumentParser:
                    help="ddpm (all T steps, the paper's), ddim or dpmpp (DPM-Solver++ 2M)")
     s.add_argument("--steps", type=int, default=None, help="sampler steps (ddim, dpmpp); default T")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    s.add_argument("--batch-size", type=int, default=8, help="volumes denoised together per process")
+    s.add_argument("--seed", type=int, default=0, help="sample i depends only on (seed, i)")
+    s.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16 = network under bf16 autocast")
+    s.add_argument("--compile", action="store_true", help="torch.compile the network")
+    s.add_argument("--hu", action="store_true", help="also write each volume in HU (int16) to <out>/hu/")
+    s.add_argument("--device", default=None, help="cpu or cuda (default: this process's accelerator device)")
     s.add_argument("--cache", default=None, help="folder of finished samples (default <out>/.cache)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_sample)

@@ -76,6 +76,9 @@ class SampleConfig:
     eta: float = 0.0
     batch_size: int = 8
     seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    hu: bool = False
 
 
 @dataclass(frozen=True)

@@ -6,23 +6,36 @@
   declared output); a rerun after a kill skips them. Only when every sample exists are they copied to the
   declared outputs, each write atomic.
 * Outputs are float32 in [0, 1] with the affine convention of the training data: the first training
-  volume's orientation and spacing, centred on the origin.
+  volume's orientation and spacing, centred on the origin. ``hu_files`` optionally receive the same
+  volumes in HU (int16, through the training data's ``hu_window``).
+* Several processes (``accelerate launch``, one per GPU) share the work by sample index: process ``r`` of
+  ``n`` draws the unfinished samples ``r, r + n, …``; since sample ``i`` depends only on ``(seed, i)``, the
+  volumes are the same whatever the number of processes. ``batch_size`` is per process. The main process
+  writes the declared outputs once every process has finished.
+* ``precision="bf16"`` runs the network under bf16 autocast (the chain itself stays float32);
+  ``compile=True`` wraps it in ``torch.compile``. Both are part of the cache key: their samples differ
+  from fp32 eager ones by rounding.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 
 from ctdiff.checkpoint import load_for_sampling
-from ctdiff.diffusion.samplers import sample
-from ctdiff.io import atomic_path, file_sha256, save_volume, write_json
+from ctdiff.data.preprocess import to_hu
+from ctdiff.diffusion.samplers import sample, timestep_sequence
+from ctdiff.io import atomic_path, file_sha256, load_volume, save_volume, write_json
+
+PRECISIONS = ("fp32", "bf16")
 
 
 def sample_generator(seed: int, index: int) -> torch.Generator:
@@ -39,6 +52,21 @@ def sample_affine(reference: np.ndarray, size: int) -> np.ndarray:
     return affine
 
 
+def network(model: torch.nn.Module, device: torch.device, precision: str, compile: bool):
+    """``model`` as the sampler calls it: optionally compiled, optionally under bf16 autocast."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    net = torch.compile(model) if compile else model
+    if precision == "fp32":
+        return net
+
+    def bf16(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return net(x, t)
+
+    return bf16
+
+
 def generate(
     checkpoint: Path,
     out_files: Sequence[Path],
@@ -49,37 +77,63 @@ def generate(
     eta: float = 0.0,
     batch_size: int = 8,
     seed: int = 0,
+    precision: str = "fp32",
+    compile: bool = False,
+    hu_files: Sequence[Path] | None = None,
     device: str | None = None,
     progress: bool = True,
 ) -> None:
-    """Write ``len(out_files)`` samples; ``out_files[i]`` holds sample ``i``."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, schedule, meta = load_for_sampling(checkpoint, device)
+    """Write ``len(out_files)`` samples; ``out_files[i]`` (and ``hu_files[i]``) holds sample ``i``."""
+    if hu_files is not None and len(hu_files) != len(out_files):
+        raise ValueError(f"{len(hu_files)} HU files for {len(out_files)} samples")
+    # cpu=True lets Accelerate set up its CPU (gloo) process group when launched without GPUs.
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available()
+                         or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
+    dev = torch.device(device) if device else state.device
+    model, schedule, meta = load_for_sampling(checkpoint, dev)
+    timestep_sequence(sampler, schedule.timesteps if steps is None else steps, schedule.timesteps)  # checks names
+    forward = network(model, dev, precision, compile)
     data = meta["config"]["data"]
+    if hu_files is not None and "hu_window" not in data:
+        raise ValueError(f"checkpoint {checkpoint} records no hu_window, so its samples cannot be written in HU")
     size = int(data["size"])
     affine = sample_affine(np.asarray(data["affine"]), size)
 
     settings = {"checkpoint_sha256": file_sha256(Path(checkpoint)), "sampler": sampler, "steps": steps,
                 "eta": eta, "seed": seed}
+    if precision != "fp32" or compile:  # keeps the keys of fp32 eager caches written before these options
+        settings |= {"precision": precision, "compile": compile}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / key
-    cache.mkdir(parents=True, exist_ok=True)
-    write_json(cache / "settings.json", settings)
+    if state.is_main_process:
+        cache.mkdir(parents=True, exist_ok=True)
+        write_json(cache / "settings.json", settings)
+    state.wait_for_everyone()
 
     def cached(i: int) -> Path:
         return cache / f"{i:04d}.nii.gz"
 
     todo = [i for i in range(len(out_files)) if not cached(i).exists()]
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
+    state.wait_for_everyone()  # every process has listed the same unfinished samples before any is written
+    mine = todo[state.process_index :: state.num_processes]
+    print(f"process {state.process_index} of {state.num_processes}: {len(mine)} of {len(todo)} unfinished "
+          f"samples {mine}", flush=True)
+    for start in range(0, len(mine), batch_size):
+        chunk = mine[start : start + batch_size]
         x = sample(
-            model, schedule, (1, size, size, size), [sample_generator(seed, i) for i in chunk],
-            sampler=sampler, steps=steps, eta=eta, device=device, progress=progress,
+            forward, schedule, (1, size, size, size), [sample_generator(seed, i) for i in chunk],
+            sampler=sampler, steps=steps, eta=eta, device=dev, progress=progress and state.is_local_main_process,
         )
         volumes = ((x.float().cpu().numpy()[:, 0] + 1.0) / 2.0).clip(0.0, 1.0).astype(np.float32)
         for i, volume in zip(chunk, volumes):
             save_volume(cached(i), volume, affine)
+    state.wait_for_everyone()
 
-    for i, out in enumerate(out_files):
-        with atomic_path(Path(out)) as tmp:
-            shutil.copyfile(cached(i), tmp)
+    if state.is_main_process:
+        for i, out in enumerate(out_files):
+            with atomic_path(Path(out)) as tmp:
+                shutil.copyfile(cached(i), tmp)
+            if hu_files is not None:
+                volume, _ = load_volume(cached(i))
+                save_volume(Path(hu_files[i]), to_hu(volume, tuple(data["hu_window"])), affine)
+    state.wait_for_everyone()

@@ -1,4 +1,6 @@
 """Shared tiny fixtures: a handful of 8³ volumes in [0, 1] and a matching tiny model configuration."""
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,13 @@ def write_volumes(folder: Path, n: int, seed: int = 0) -> list[Path]:
 @pytest.fixture
 def volumes(tmp_path):
     return write_volumes(tmp_path / "volumes", 4)
+
+
+def bin_env() -> dict[str, str]:
+    """The environment with this interpreter's bin folder first, so ``accelerate`` is this env's."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
 
 
 def tiny_train_config(**overrides) -> TrainConfig:

@@ -7,7 +7,6 @@
 * SIGTERM writes a checkpoint at the current step and exits with status 143.
 """
 import json
-import os
 import re
 import signal
 import subprocess
@@ -19,18 +18,12 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import SIZE, TINY_DIFFUSION, TINY_MODEL, tiny_train_config, write_volumes
+from conftest import SIZE, TINY_DIFFUSION, TINY_MODEL, bin_env, tiny_train_config, write_volumes
 from ctdiff.checkpoint import read_checkpoint
 from ctdiff.config import to_dict
 from ctdiff.train import train
 
 TESTS = Path(__file__).parent
-
-
-def bin_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return env
 
 
 def test_two_gloo_ranks_match_one_process(tmp_path):

@@ -1,8 +1,12 @@
 """Sampling stage: sample i depends only on (seed, i); reruns reuse finished samples; outputs are valid."""
+import subprocess
+
+import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
-from conftest import AFFINE, SIZE, TINY_DIFFUSION, TINY_MODEL, tiny_train_config
+from conftest import AFFINE, SIZE, TINY_DIFFUSION, TINY_MODEL, bin_env, tiny_train_config
 from ctdiff import cli
 from ctdiff.generate import generate, sample_affine
 from ctdiff.io import load_volume
@@ -69,3 +73,93 @@ def test_cli_sample_and_bad_checkpoint(checkpoint, tmp_path, capsys):
     rc = cli.main(["sample", "--checkpoint", str(tmp_path / "missing.pt"), "-n", "1", "--out", str(tmp_path / "x")])
     assert rc == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_release_is_refused(checkpoint, tmp_path, capsys):
+    from ctdiff import __version__
+    from ctdiff.checkpoint import compatible, read_checkpoint
+
+    assert compatible("0.1.7", "0.1.0") and compatible("1.4.0", "1.2.3")
+    assert not compatible("0.2.0", "0.1.0") and not compatible("2.0.0", "1.9.0")
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["version"] = "9.0.0"
+    foreign = tmp_path / "future.pt"
+    torch.save(payload, foreign)
+    rc = cli.main(["sample", "--checkpoint", str(foreign), "-n", "1", "--out", str(tmp_path / "x")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "written by ctdiff 9.0.0" in err and __version__ in err
+    del payload["version"]
+    torch.save(payload, foreign)
+    with pytest.raises(ValueError, match="lacks version"):
+        read_checkpoint(foreign)
+
+
+def test_bad_sampler_settings_name_the_allowed_values(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        generate(checkpoint, [tmp_path / "a.nii.gz"], tmp_path / "c", sampler="euler", progress=False)
+    with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 20\]"):
+        generate(checkpoint, [tmp_path / "a.nii.gz"], tmp_path / "c", sampler="ddim", steps=21, progress=False)
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").rglob("*.nii.gz"))
+
+
+def test_hu_output_inverts_the_preprocessing_scale(tmp_path, volumes):
+    from ctdiff.data.preprocess import to_hu
+
+    out = tmp_path / "train"
+    train(volumes, out / "model.pt", out / "log.csv", out / "state", model_cfg=TINY_MODEL,
+          diffusion_cfg=TINY_DIFFUSION, train_cfg=tiny_train_config(steps=2), size=SIZE,
+          extra_config={"hu_window": [-1000.0, 400.0]}, progress=False)
+    unit = [tmp_path / "s" / f"{i}.nii.gz" for i in range(2)]
+    hu = [tmp_path / "hu" / f"{i}.nii.gz" for i in range(2)]
+    generate(out / "model.pt", unit, tmp_path / "cache", sampler="ddim", steps=3, hu_files=hu, progress=False)
+    for pu, ph in zip(unit, hu):
+        v, affine_u = load_volume(pu)
+        h, affine_h = load_volume(ph)
+        np.testing.assert_allclose(h, np.rint(-1000.0 + 1400.0 * v), atol=0.5 + 1e-3)
+        np.testing.assert_array_equal(affine_u, affine_h)
+    assert nib.load(hu[0]).get_data_dtype() == np.int16
+    assert to_hu(np.array([0.0, 0.5, 1.0, 1.5]), (-1000, 400)).tolist() == [-1000, -300, 400, 400]
+    # A checkpoint without a recorded HU window cannot give HU.
+    no_window = _checkpoint_without_window(volumes, tmp_path)
+    with pytest.raises(ValueError, match="hu_window"):
+        generate(no_window, unit, tmp_path / "c2", hu_files=hu, progress=False)
+
+
+def _checkpoint_without_window(volumes, tmp_path):
+    out = tmp_path / "nowindow"
+    train(volumes, out / "model.pt", out / "log.csv", out / "state", model_cfg=TINY_MODEL,
+          diffusion_cfg=TINY_DIFFUSION, train_cfg=tiny_train_config(steps=1), size=SIZE, progress=False)
+    return out / "model.pt"
+
+
+def test_bf16_sampling_stays_close_to_fp32(checkpoint, tmp_path):
+    a = [tmp_path / "a" / f"{i}.nii.gz" for i in range(2)]
+    b = [tmp_path / "b" / f"{i}.nii.gz" for i in range(2)]
+    generate(checkpoint, a, tmp_path / "cache", sampler="ddim", steps=5, progress=False)
+    generate(checkpoint, b, tmp_path / "cache", sampler="ddim", steps=5, precision="bf16", progress=False)
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # bf16 samples are cached apart
+    for pa, pb in zip(a, b):
+        va, vb = load_volume(pa)[0], load_volume(pb)[0]
+        assert not np.array_equal(va, vb)
+        assert np.abs(va - vb).max() < 0.05
+
+
+def test_two_processes_share_the_samples_and_draw_the_same_volumes(checkpoint, tmp_path):
+    one = [tmp_path / "one" / f"{i:04d}.nii.gz" for i in range(5)]
+    generate(checkpoint, one, tmp_path / "one_cache", sampler="ddim", steps=4, batch_size=3, seed=2, progress=False)
+    env = bin_env() | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29521",
+           "-m", "ctdiff.cli", "sample", "--checkpoint", str(checkpoint), "-n", "5", "--sampler", "ddim",
+           "--steps", "4", "--batch-size", "2", "--seed", "2", "--out", str(tmp_path / "two"),
+           "--cache", str(tmp_path / "two_cache"), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "process 0 of 2: 3 of 5 unfinished samples [0, 2, 4]" in proc.stdout
+    assert "process 1 of 2: 2 of 5 unfinished samples [1, 3]" in proc.stdout
+    for path in one:
+        np.testing.assert_allclose(load_volume(tmp_path / "two" / path.name)[0], load_volume(path)[0], atol=1e-6)
+    # Every sample exists once in the shared cache, nothing else was written.
+    (cache,) = (tmp_path / "two_cache").iterdir()
+    assert sorted(p.name for p in cache.glob("*.nii.gz")) == [p.name for p in one]

@@ -91,6 +91,9 @@ def test_end_to_end_outputs(run_dir):
         data = np.asarray(img.dataobj)
         assert data.dtype == np.float32 and data.shape == (16, 16, 16)
         assert 0.0 <= data.min() and data.max() <= 1.0
+        hu = nib.load(run_dir / "samples" / "hu" / f"{i:04d}.nii.gz")
+        assert hu.get_data_dtype() == np.int16 and np.allclose(hu.affine, img.affine)
+        assert np.abs(np.asarray(hu.dataobj) - (-1000 + 1400 * data)).max() <= 0.5 + 1e-3
 
     metrics = json.loads((run_dir / "metrics" / "metrics.json").read_text())
     assert np.isfinite(metrics["fid"]) and metrics["n_real"] == 2 and metrics["n_synthetic"] == 2

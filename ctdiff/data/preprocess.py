@@ -132,3 +132,12 @@ def preprocess(
     affine[:3, :3] = lps_to_ras @ _RAS_DIRECTION @ np.diag(spacing)
     affine[:3, 3] = lps_to_ras @ origin
     save_volume(out_nifti, scaled.astype(np.float32, copy=False), affine)
+
+
+def to_hu(volume: np.ndarray, hu_window: tuple[float, float]) -> np.ndarray:
+    """The inverse of the final scaling: ``[0, 1]`` → HU as int16 (rounded), ``0 → lo`` and ``1 → hi``.
+
+    Values the clamp removed (below ``lo`` or above ``hi``) cannot come back: 0 reads as ``lo``.
+    """
+    lo, hi = (float(v) for v in hu_window)
+    return np.rint(lo + np.clip(volume, 0.0, 1.0) * (hi - lo)).astype(np.int16)

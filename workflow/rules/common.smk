@@ -1,5 +1,6 @@
 # Config validation, the item lists (chosen by discover, then converted) and path helpers.
 import json
+import os
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
@@ -19,6 +20,7 @@ R = CFG.results
 DICOM_ROOT = f"{R}/dicom" if CFG.data.source == "phantom" else CFG.data.root
 ENV = "../../envs/ctdiff.yaml"
 SAMPLES = [f"{R}/samples/{i:04d}.nii.gz" for i in range(CFG.sample.n)]
+SAMPLES_HU = [f"{R}/samples/hu/{i:04d}.nii.gz" for i in range(CFG.sample.n)] if CFG.sample.hu else []
 
 
 def section(name):
@@ -56,3 +58,14 @@ def converted():
 
 def preprocessed(wildcards=None):
     return [f"{R}/preprocessed/{item}.nii.gz" for item in converted()]
+
+
+def sample_options(wildcards):
+    """`ctdiff sample` options from the sample section (a change of any of them reruns the rule)."""
+    s = CFG.sample
+    options = [f"-n {s.n}", f"--sampler {s.sampler}", f"--eta {s.eta}", f"--batch-size {s.batch_size}",
+               f"--seed {s.seed}", f"--precision {s.precision}"]
+    if s.steps is not None:
+        options.append(f"--steps {s.steps}")
+    options += ["--compile"] * s.compile + ["--hu"] * s.hu
+    return " ".join(options)

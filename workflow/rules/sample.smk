@@ -1,13 +1,17 @@
-# Synthetic volumes from the EMA weights; finished samples are cached in {results}/sample_cache/.
+# Synthetic volumes from the EMA weights through `ctdiff sample`, launched with Accelerate (ctdiff.launch):
+# one process per GPU of the job, sharing the samples by index; CPU when none. Finished samples are cached
+# in {results}/sample_cache/, never a declared output, so a killed job resumes.
 
 
 rule sample:
     input:
         model=f"{R}/train/model.pt",
     output:
-        SAMPLES,
+        samples=SAMPLES,
+        hu=SAMPLES_HU,
     params:
-        sample=section("sample"),
+        options=sample_options,
+        out=lambda wildcards, output: os.path.dirname(output.samples[0]),
         cache=f"{R}/sample_cache",
     threads: 8  # capped at --cores; profiles may set their own
     resources:
@@ -16,5 +20,7 @@ rule sample:
         f"{R}/logs/sample.log",
     conda:
         ENV
-    script:
-        "../scripts/sample.py"
+    shell:
+        "python -m ctdiff.launch --gpus {resources.gpu} --threads {threads} -- -m ctdiff.cli sample"
+        " --checkpoint {input.model} {params.options} --out {params.out} --cache {params.cache} --no-progress"
+        " > {log} 2>&1"
