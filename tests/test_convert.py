@@ -16,7 +16,7 @@ from pydicom.pixels import apply_modality_lut
 from dicom2nifti.convert_dicom import dicom_array_to_nifti
 from pydicom.uid import generate_uid
 
-from ctdiff.data.convert import _dicom2nifti_settings, _to_las, convert_item
+from ctdiff.data.convert import _dicom2nifti_las, _dicom2nifti_settings, convert_item
 
 COLS = 120  # CT_small is 128x128; a narrower image catches swapped row/column axes
 ROW_SPACING, COL_SPACING = 0.6, 0.8  # PixelSpacing = [between rows, between columns] (mm)
@@ -138,7 +138,7 @@ def test_reorientation_equals_dicom2niftis(tmp_path, iop):
     datasets = [pydicom.dcmread(f) for f in sorted((tmp_path / "s").glob("*.dcm"))]
     with _dicom2nifti_settings():
         reference = dicom_array_to_nifti(datasets, str(tmp_path / "ref.nii"), reorient_nifti=True)["NII"]
-        ours = _to_las(dicom_array_to_nifti(datasets, None, reorient_nifti=False)["NII"])
+    ours = _dicom2nifti_las("LIDC-IDRI-0001", datasets)
     assert ours.shape == reference.shape
     np.testing.assert_allclose(ours.affine, reference.affine, rtol=0, atol=1e-9)
     assert np.array_equal(np.asarray(ours.dataobj), np.asarray(reference.dataobj))

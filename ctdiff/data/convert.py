@@ -217,6 +217,21 @@ def _to_las(img: nib.Nifti1Image) -> nib.Nifti1Image:
     return img.as_reoriented(to_las)
 
 
+def _dicom2nifti_las(item: str, datasets: list[pydicom.Dataset]) -> nib.Nifti1Image:
+    """dicom2nifti's float64 HU image of the sorted slices, in memory, reoriented to LAS (:func:`_to_las`).
+
+    Raises ValueError naming ``item`` when dicom2nifti refuses the series.
+    """
+    with _dicom2nifti_settings():
+        try:
+            result = dicom_array_to_nifti(datasets, None, reorient_nifti=False)
+        except (ConversionError, ConversionValidationError, ValueError, IndexError,
+                AttributeError, KeyError, TypeError) as err:
+            raise ValueError(f"{item}: dicom2nifti refused the series: "
+                             f"{type(err).__name__}: {err}") from err
+    return _to_las(result["NII"])
+
+
 def _to_int16_hu(data) -> tuple[np.ndarray, int]:
     """Round HU to int16, clamping padding below :data:`PADDING_FLOOR_HU`.
 
@@ -273,19 +288,10 @@ def convert_item(root: Path, series_json: Path, item: str, out_nifti: Path, out_
     datasets, index_to_lps = _sorted_stack(item, datasets, entry["series_uid"])
     stack_shape = (int(datasets[0].Columns), int(datasets[0].Rows), len(datasets))
 
-    with _dicom2nifti_settings():
-        try:
-            result = dicom_array_to_nifti(datasets, None, reorient_nifti=False)
-        except (ConversionError, ConversionValidationError, ValueError, IndexError,
-                AttributeError, KeyError, TypeError) as err:
-            raise ValueError(f"{item}: dicom2nifti refused the series: "
-                             f"{type(err).__name__}: {err}") from err
-    converted = _to_las(result["NII"])
+    converted = _dicom2nifti_las(item, datasets)
     _check_geometry(item, converted, index_to_lps, stack_shape)
     hu, n_clamped = _to_int16_hu(converted.dataobj)
     affine = np.asarray(converted.affine, dtype=np.float64)
-    del result, converted  # the float64 volume (600 MB for 512 x 512 x 300) is no longer needed
-
     save_volume(out_nifti, hu, affine)
 
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
