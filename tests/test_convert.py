@@ -13,9 +13,10 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
+from dicom2nifti.convert_dicom import dicom_array_to_nifti
 from pydicom.uid import generate_uid
 
-from ctdiff.data.convert import convert_item
+from ctdiff.data.convert import _dicom2nifti_las, _dicom2nifti_settings, convert_item
 
 COLS = 120  # CT_small is 128x128; a narrower image catches swapped row/column axes
 ROW_SPACING, COL_SPACING = 0.6, 0.8  # PixelSpacing = [between rows, between columns] (mm)
@@ -123,6 +124,24 @@ def test_values_and_geometry_follow_dicom(tmp_path, iop):
     assert int(rows[0]["n_slices"]) == 12 and rows[0]["shape"] == f"{COLS}x128x12"
     assert row["hu_min"] == -1024 and row["n_padding_clamped"] == 100
     assert not list(out.parent.glob("*tmp*")) and not list(out.parent.glob(".convert-*"))
+
+
+C20, S20 = np.cos(np.deg2rad(20.0)), np.sin(np.deg2rad(20.0))
+
+
+@pytest.mark.parametrize("iop", [(1, 0, 0, 0, 1, 0), (-1, 0, 0, 0, 1, 0), (0, 1, 0, 1, 0, 0),
+                                 (1, 0, 0, 0, 0, -1), (0, 1, 0, 0, 0, -1), (C20, S20, 0, -S20, C20, 0)],
+                         ids=["axial", "x-flipped", "transposed", "coronal", "sagittal", "oblique-20deg"])
+def test_reorientation_equals_dicom2niftis(tmp_path, iop):
+    """nibabel's reorientation in memory gives dicom2nifti's ``reorient_nifti=True`` array and affine."""
+    write_series(tmp_path / "s", [2.5 * k for k in range(6)], iop=iop)
+    datasets = [pydicom.dcmread(f) for f in sorted((tmp_path / "s").glob("*.dcm"))]
+    with _dicom2nifti_settings():
+        reference = dicom_array_to_nifti(datasets, str(tmp_path / "ref.nii"), reorient_nifti=True)["NII"]
+    ours = _dicom2nifti_las("LIDC-IDRI-0001", datasets)
+    assert ours.shape == reference.shape
+    np.testing.assert_allclose(ours.affine, reference.affine, rtol=0, atol=1e-9)
+    assert np.array_equal(np.asarray(ours.dataobj), np.asarray(reference.dataobj))
 
 
 def test_missing_slice_is_refused(tmp_path):

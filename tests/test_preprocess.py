@@ -13,7 +13,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
+import ctdiff.data.preprocess as pre
 from ctdiff.data.preprocess import anti_alias_sigma_mm, preprocess
 
 LO, HI = -1000.0, 400.0
@@ -105,6 +107,16 @@ def lung_centroid(out: nib.Nifti1Image) -> np.ndarray:
     return xyz[:, dark].mean(axis=1)
 
 
+def lung_centroid_rotated(out: nib.Nifti1Image, to_world: np.ndarray) -> np.ndarray:
+    """:func:`lung_centroid` of a phantom whose world was moved by the rigid map ``to_world``."""
+    data = np.asarray(out.dataobj)
+    xyz = world(out.affine, out.shape)
+    back = np.linalg.inv(to_world)
+    phantom_xyz = (back[:3, :3] @ xyz.reshape(3, -1) + back[:3, 3:]).reshape(xyz.shape)
+    dark = (data < (scaled(-800) + scaled(40)) / 2) & in_body(phantom_xyz, margin=25.0)
+    return xyz[:, dark].mean(axis=1)
+
+
 def test_isotropic_spacing_keeps_geometry_and_values(phantom, tmp_path):
     out_path = tmp_path / "out.nii.gz"
     preprocess(phantom, out_path, size=32, spacing_mm=10.0)
@@ -176,6 +188,45 @@ def test_anti_aliasing_averages_fine_stripes(tmp_path):
     data = np.asarray(nib.load(tmp_path / "out.nii.gz").dataobj)
     assert np.allclose(data[2:6, 2:6, 2:6], 0.5, atol=0.02)
     assert np.allclose(anti_alias_sigma_mm([1.0, 2.0, 3.0], [4.0, 4.0, 2.0]), [1.5, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("size, spacing", [(32, 10.0), (32, None), (48, 1.5)],
+                         ids=["isotropic", "plain-resize", "x-y-down-z-up"])
+def test_axis_by_axis_resampling_equals_resampling_at_once(phantom, size, spacing):
+    # 10 mm: the 320 mm cube pads every axis with air, so samples outside the scan are compared too.
+    # 1.5 mm: x and y (0.7 mm) are smoothed and downsampled, z (2.0 mm) is refined and never smoothed.
+    image = pre.read_ras_windowed(phantom, LO, HI)
+    assert pre._has_ras_axes(image)
+    origin, grid_spacing = pre.output_grid(image, size, spacing)
+    by_axis = sitk.GetArrayFromImage(pre._resample_by_axis(image, size, origin, grid_spacing, LO))
+    at_once = sitk.GetArrayFromImage(pre._resample_at_once(image, size, origin, grid_spacing, LO))
+    assert by_axis.shape == at_once.shape == (size,) * 3
+    assert np.ptp(at_once) > 800  # lung and body at least
+    np.testing.assert_allclose(by_axis, at_once, rtol=0, atol=1e-3)  # HU: float32 rounding
+
+
+def test_oblique_input_is_resampled_at_once(tmp_path, monkeypatch):
+    """Slices tilted 20 degrees about z: the axis-by-axis path does not apply, the lung still lands where
+    the rotated affine puts it."""
+    angle = np.deg2rad(20.0)
+    rot = np.eye(4)
+    rot[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    centre = np.eye(4)
+    centre[:3, 3] = body_centre()
+    to_world = centre @ rot @ np.linalg.inv(centre)  # rotation about the body centre
+    straight = nib.load(write_phantom(tmp_path / "straight.nii"))
+    oblique = tmp_path / "oblique.nii"
+    nib.save(nib.Nifti1Image(np.asarray(straight.dataobj), to_world @ straight.affine), oblique)
+
+    def refuse(*args):
+        raise AssertionError("an oblique input was resampled axis by axis")
+
+    monkeypatch.setattr(pre, "_resample_by_axis", refuse)
+    preprocess(oblique, tmp_path / "out.nii.gz", size=32, spacing_mm=10.0)
+    out = nib.load(tmp_path / "out.nii.gz")
+    assert nib.aff2axcodes(out.affine) == ("R", "A", "S")
+    assert np.linalg.norm(lung_centroid_rotated(out, to_world) - (to_world[:3, :3] @ LUNG_CENTRE
+                                                                 + to_world[:3, 3])) < 10.0
 
 
 def test_bad_arguments_are_refused(phantom, tmp_path):
