@@ -1,0 +1,106 @@
+"""Seconds per synthetic volume for DDPM-1000, DDIM-50 and DPM-Solver++(2M)-25, eager and compiled, in one run.
+
+    python benchmarks/sample.py                         # GPU: the paper's U-Net at 128³, bf16; CPU: a tiny one
+    python benchmarks/sample.py --checkpoint results/train/model.pt --batch 8
+    python benchmarks/sample.py --ddpm-steps 100        # time 100 DDPM steps and scale to the full chain
+
+Every row runs ``ctdiff.diffusion.samplers.sample`` on the network as ``ctdiff.generate`` wraps it
+(``network(model, device, precision, compile)``), with one generator per batch element as in production,
+after one untimed warm-up batch per mode (which pays for compiling). The network is randomly initialised
+unless ``--checkpoint`` is given; speed does not depend on the weights. Printed: seconds per batch, per volume,
+the ratio to DDPM-1000 eager (the paper's sampler) and the projected wall time for 500 volumes on this
+device. Quality per sampler is not measured here: the workflow's ``evaluate.compare_samplers`` reports FID
+and MS-SSIM per sampler on the same seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from ctdiff.checkpoint import load_for_sampling
+from ctdiff.diffusion.samplers import sample
+from ctdiff.diffusion.schedule import make_schedule
+from ctdiff.generate import network, sample_generator
+from ctdiff.model.unet import UNet3D
+
+SAMPLERS = (("ddpm", None), ("ddim", 50), ("dpmpp", 25))
+
+
+def main() -> None:
+    gpu = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", default=None, help="a ctdiff checkpoint (default: a random paper-shaped U-Net)")
+    p.add_argument("--size", type=int, default=128 if gpu else 16)
+    p.add_argument("--channels", type=int, nargs="+", default=[64, 128, 256, 512] if gpu else [8, 16, 32])
+    p.add_argument("--res-blocks", type=int, default=2 if gpu else 1)
+    p.add_argument("--groups", type=int, default=32 if gpu else 4)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16" if gpu else "fp32")
+    p.add_argument("--modes", nargs="+", choices=("eager", "compile"), default=["eager", "compile"])
+    p.add_argument("--ddpm-steps", type=int, default=None,
+                   help="time only this many DDPM steps and scale to all T (the cost per step is constant)")
+    args = p.parse_args()
+
+    device = torch.device("cuda" if gpu else "cpu")
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+    if args.checkpoint:
+        model, schedule, meta = load_for_sampling(args.checkpoint, device)
+        size = int(meta["config"]["data"]["size"])
+        described = f"checkpoint {args.checkpoint}"
+    else:
+        torch.manual_seed(0)
+        model = UNet3D(channels=tuple(args.channels), res_blocks=args.res_blocks, attention=False,
+                       groups=args.groups).to(device).eval()
+        schedule = make_schedule(timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+        size = args.size
+        described = f"random U-Net channels {args.channels}, {args.res_blocks} res blocks"
+    T = schedule.timesteps
+    print(f"{described}, {size}³, batch {args.batch}, {args.precision}, torch {torch.__version__}, "
+          f"{torch.cuda.get_device_name() if gpu else platform.processor() or 'CPU'}"
+          f"{'' if gpu else f', {torch.get_num_threads()} threads'}")
+
+    def run(forward, sampler: str, steps: int | None, eta: float = 0.0) -> float:
+        generators = [sample_generator(0, i) for i in range(args.batch)]
+        if gpu:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        sample(forward, schedule, (1, size, size, size), generators, sampler=sampler, steps=steps, eta=eta,
+               device=device)
+        if gpu:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    rows = []
+    for mode in args.modes:
+        forward = network(model, device, args.precision, mode == "compile")
+        t0 = time.perf_counter()
+        run(forward, "ddim", 2)  # warm-up: compile, cuDNN algorithm search
+        warmup = time.perf_counter() - t0
+        for sampler, steps in SAMPLERS:
+            n = steps or T
+            if sampler == "ddpm" and args.ddpm_steps:
+                # DDIM with eta = 1 costs what a DDPM step costs: one network call and one noise draw.
+                seconds = run(forward, "ddim", args.ddpm_steps, eta=1.0) * T / args.ddpm_steps
+                name = f"ddpm-{T} (scaled from {args.ddpm_steps})"
+            else:
+                seconds = run(forward, sampler, steps)
+                name = f"{sampler}-{n}"
+            rows.append((mode, name, n, seconds, warmup))
+
+    ref = next((r[3] for r in rows if r[0] == "eager" and r[1].startswith("ddpm")), None)
+    print(f"{'mode':<9}{'sampler':<32}{'NFE':>6}{'s/batch':>10}{'s/volume':>10}{'vs DDPM eager':>15}"
+          f"{'500 volumes':>13}{'warm-up s':>11}")
+    for mode, name, n, seconds, warmup in rows:
+        per_volume = seconds / args.batch
+        ratio = f"{ref / seconds:.1f}× faster" if ref else "-"
+        print(f"{mode:<9}{name:<32}{n:>6}{seconds:>10.2f}{per_volume:>10.3f}{ratio:>15}"
+              f"{500 * per_volume / 60:>10.1f} min{warmup:>11.1f}")
+
+
+if __name__ == "__main__":
+    main()
