@@ -6,6 +6,7 @@ from snakemake.utils import min_version, validate
 
 from ctdiff.config import from_dict, to_dict
 from ctdiff.data.cohort import converted_items
+from ctdiff.metrics.compare import comparison_runs
 
 min_version("9.0")
 
@@ -56,3 +57,24 @@ def converted():
 
 def preprocessed(wildcards=None):
     return [f"{R}/preprocessed/{item}.nii.gz" for item in converted()]
+
+
+# The sampler comparison (evaluate.compare_samplers): {tag: resolved sampler setting}, without an entry equal
+# to the sample section's (that set is the table's main row). Empty = no comparison jobs.
+COMPARE = comparison_runs(CFG)
+
+
+def compare_samples(tag):
+    """The sample files of one compared sampler: sample.n volumes, like samples/."""
+    return [f"{R}/compare/{tag}/samples/{i:04d}.nii.gz" for i in range(CFG.sample.n)]
+
+
+def evaluate_settings():
+    """The evaluate section without compare_samplers: what scoring one synthetic set depends on, so adding or
+    removing a compared sampler reruns no existing evaluation."""
+    return {k: v for k, v in section("evaluate").items() if k != "compare_samplers"}
+
+
+def sampler_table_input(wildcards=None):
+    """samplers.tsv when a comparison is configured, else nothing (the report then has no sampler table)."""
+    return [f"{R}/metrics/samplers.tsv"] if COMPARE else []

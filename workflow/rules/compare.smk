@@ -1,0 +1,70 @@
+# The sampler comparison (evaluate.compare_samplers): each compared sampler draws sample.n volumes with
+# sample.seed from the same checkpoint (sample i starts from the same x_T as samples/{i}), is scored like the
+# main set against the same real volumes, and samplers.tsv holds one row per sampler, the main set first.
+# No job exists when the list is empty (COMPARE in common.smk).
+
+
+wildcard_constraints:
+    tag=r"(ddpm|ddim|dpmpp)-[0-9]+(-eta[0-9.e+-]+)?",
+
+
+# The sample rule's script with the sample section in which the compared setting replaces sampler, steps and
+# eta; the cache folder is shared, keyed by checkpoint and sampler settings.
+rule sample_compare:
+    input:
+        model=f"{R}/train/model.pt",
+    output:
+        [f"{R}/compare/{{tag}}/samples/{i:04d}.nii.gz" for i in range(CFG.sample.n)],
+    params:
+        sample=lambda wildcards: {**section("sample"), **COMPARE[wildcards.tag]},
+        cache=f"{R}/sample_cache",
+    threads: 8  # capped at --cores; profiles may set their own
+    resources:
+        gpu=0,
+    log:
+        f"{R}/logs/compare/{{tag}}/sample.log",
+    conda:
+        ENV
+    script:
+        "../scripts/sample.py"
+
+
+rule evaluate_compare:
+    input:
+        test=f"{R}/splits/test.txt",
+        train=f"{R}/splits/train.txt",
+        real=preprocessed,
+        synthetic=lambda wildcards: compare_samples(wildcards.tag),
+        model=f"{R}/train/model.pt",
+    output:
+        f"{R}/compare/{{tag}}/metrics.json",
+    params:
+        evaluate=evaluate_settings(),
+        volumes=f"{R}/preprocessed",
+        run=lambda wildcards: COMPARE[wildcards.tag],
+        seed=CFG.sample.seed,
+    threads: 8  # capped at --cores; profiles may set their own
+    resources:
+        gpu=0,
+    log:
+        f"{R}/logs/compare/{{tag}}/evaluate.log",
+    conda:
+        ENV
+    script:
+        "../scripts/evaluate.py"
+
+
+rule sampler_table:
+    input:
+        main=f"{R}/metrics/metrics.json",
+        compare=[f"{R}/compare/{tag}/metrics.json" for tag in COMPARE],
+    output:
+        report(f"{R}/metrics/samplers.tsv", caption="../report/samplers.rst", category="Metrics"),
+    params:
+        tags=list(COMPARE),
+    log:
+        f"{R}/logs/sampler_table.log",
+    conda:
+        ENV
+    script:
+        "../scripts/sampler_table.py"
