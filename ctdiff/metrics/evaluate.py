@@ -171,7 +171,8 @@ def evaluate(
             "msssim_diversity": pair_mean_ci(np.asarray(diversity["values"]), np.asarray(diversity["pairs"]),
                                              len(syn_vol), **boot),
         }
-        bootstrap.update({key: {k: ci[k] for k in ("low", "high", "bias", "method")} for key, ci in intervals.items()})
+        for key, ci in intervals.items():
+            bootstrap[key] = {k: ci[k] for k in ("low", "high", "bias", "method")}
         bootstrap["resampled"] = ("FID: both feature sets, independently; MS-SSIM nearest real: the per-sample "
                                   "values; MS-SSIM diversity: the synthetic volumes of the evaluated pairs")
     floor = real_floor(real_vol, feats_real, real_names, seed=seed, window=msssim_window, device=device)

@@ -64,6 +64,14 @@ def preprocessed(wildcards=None):
 COMPARE = comparison_runs(CFG)
 
 
+def compare_run(tag):
+    """The resolved setting of a compared sampler; a tag evaluate.compare_samplers does not name stops the run."""
+    if tag not in COMPARE:
+        raise WorkflowError(f"compare/{tag}: no such entry in evaluate.compare_samplers "
+                            f"(configured: {', '.join(COMPARE) or 'none'})")
+    return COMPARE[tag]
+
+
 def compare_samples(tag):
     """The sample files of one compared sampler: sample.n volumes, like samples/."""
     return [f"{R}/compare/{tag}/samples/{i:04d}.nii.gz" for i in range(CFG.sample.n)]

@@ -16,7 +16,7 @@ rule sample_compare:
     output:
         [f"{R}/compare/{{tag}}/samples/{i:04d}.nii.gz" for i in range(CFG.sample.n)],
     params:
-        sample=lambda wildcards: {**section("sample"), **COMPARE[wildcards.tag]},
+        sample=lambda wildcards: {**section("sample"), **compare_run(wildcards.tag)},
         cache=f"{R}/sample_cache",
     threads: 8  # capped at --cores; profiles may set their own
     resources:
@@ -41,7 +41,7 @@ rule evaluate_compare:
     params:
         evaluate=evaluate_settings(),
         volumes=f"{R}/preprocessed",
-        run=lambda wildcards: COMPARE[wildcards.tag],
+        run=lambda wildcards: compare_run(wildcards.tag),
         seed=CFG.sample.seed,
     threads: 8  # capped at --cores; profiles may set their own
     resources:
