@@ -177,7 +177,7 @@ def test_snakemake_report_holds_figure_and_metrics(run_dir):
     snakemake(run_dir.parent, "--configfile", str(TINY), "--report", str(out))
     page = out.read_text(errors="replace")
     assert "figure1.png" in page and "metrics.json" in page
-    assert "report.html" in page and "summary.tsv" in page
+    assert "report.html" in page and "summary.tsv" in page and "samplers.tsv" in page
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
