@@ -13,6 +13,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/compare.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -21,4 +22,5 @@ rule all:
         f"{R}/figures/figure1.png",
         f"{R}/report.md",
         f"{R}/report.html",
+        sampler_table_input(),  # the sampler comparison, when evaluate.compare_samplers names one
     default_target: True

@@ -93,7 +93,7 @@ def main() -> None:
         "memorisation": lambda: nearest_over_chunks([syn, real], [train[i : i + 64] for i in range(0, args.n, 64)]),
         "evaluate": lambda: evaluate(paths["real"], paths["syn"], folder / "metrics.json", train=paths["train"],
                                      med3d_weights=None, med3d_depth=args.depth, normalise="none",
-                                     msssim_window=7, seed=args.seed, n_boot=args.n_boot),
+                                     msssim_window=7, seed=args.seed, n_boot=args.n_boot, ci_level=0.95),
     }
     best = {name: float("inf") for name, fn in stages.items() if fn is not None}
     for _ in range(args.rounds):

@@ -82,12 +82,44 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class SamplerSetting:
+    """One entry of ``evaluate.compare_samplers``: a sampler drawn with the ``sample`` section's ``n`` and
+    ``seed`` and scored like the main sample set. ``steps=None`` means every timestep (T)."""
+
+    sampler: Literal["ddpm", "ddim", "dpmpp"]
+    steps: int | None = None
+    eta: float = 0.0
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     med3d_weights: str | None = None
     med3d_depth: int = 50
     normalise: Literal["none", "zscore"] = "none"
     msssim_window: int = 7
     seed: int = 0
+    bootstrap: int = 200
+    ci_level: float = 0.95
+    compare_samplers: tuple[SamplerSetting, ...] = ()
+
+    def __post_init__(self):
+        # Entries arrive as dicts from YAML (or as SamplerSetting from code); unknown keys are named.
+        runs = []
+        for k, run in enumerate(self.compare_samplers):
+            if isinstance(run, dict):
+                known = SamplerSetting.__dataclass_fields__
+                unknown = sorted(set(run) - set(known))
+                if unknown:
+                    raise ValueError(f"config: unknown key evaluate.compare_samplers[{k}].{unknown[0]} "
+                                     f"(allowed: {', '.join(known)})")
+                if "sampler" not in run:
+                    raise ValueError(f"config: evaluate.compare_samplers[{k}].sampler is missing")
+                run = SamplerSetting(**run)
+            elif not isinstance(run, SamplerSetting):
+                raise ValueError(f"config: evaluate.compare_samplers[{k}] must be a mapping with keys sampler, "
+                                 f"steps, eta; got {run!r}")
+            runs.append(run)
+        object.__setattr__(self, "compare_samplers", tuple(runs))
 
 
 @dataclass(frozen=True)
@@ -179,6 +211,38 @@ def _check(cfg: Config) -> None:
         raise ValueError(f"config: sample.steps={steps}: the ddpm sampler runs all {T} steps (use null or ddim)")
     if cfg.figure.synthetic >= cfg.sample.n:
         raise ValueError(f"config: figure.synthetic={cfg.figure.synthetic} must be below sample.n={cfg.sample.n}")
+    _check_evaluate(cfg.evaluate, T)
+
+
+def _check_sampler_steps(key: str, sampler: str, steps: int | None, eta: float, T: int) -> None:
+    """The sample section's rules for one sampler setting at ``key``: a known sampler, steps in 1..T, ddpm
+    runs all T steps; eta >= 0 and, since only DDIM uses it, 0 for the other samplers."""
+    if sampler not in ("ddpm", "ddim", "dpmpp"):
+        raise ValueError(f"config: {key}.sampler={sampler!r} must be one of ddpm, ddim, dpmpp")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T):
+        raise ValueError(f"config: {key}.steps={steps} must lie in 1..{T} (diffusion.timesteps)")
+    if sampler == "ddpm" and steps not in (None, T):
+        raise ValueError(f"config: {key}.steps={steps}: the ddpm sampler runs all {T} steps (use null or ddim)")
+    if eta < 0:
+        raise ValueError(f"config: {key}.eta={eta} must be >= 0")
+    if eta and sampler != "ddim":
+        raise ValueError(f"config: {key}.eta={eta}: only the ddim sampler uses eta (leave it 0 for {sampler})")
+
+
+def _check_evaluate(e: EvaluateConfig, T: int) -> None:
+    if isinstance(e.bootstrap, bool) or not isinstance(e.bootstrap, int) or e.bootstrap < 0:
+        raise ValueError(f"config: evaluate.bootstrap={e.bootstrap} must be a whole number >= 0 (0 = no intervals)")
+    if not 0.0 < e.ci_level < 1.0:
+        raise ValueError(f"config: evaluate.ci_level={e.ci_level} must lie strictly between 0 and 1")
+    seen: dict[tuple, int] = {}
+    for k, run in enumerate(e.compare_samplers):
+        key = f"evaluate.compare_samplers[{k}]"
+        _check_sampler_steps(key, run.sampler, run.steps, run.eta, T)
+        same = (run.sampler, T if run.steps is None else run.steps, run.eta)
+        if same in seen:
+            raise ValueError(f"config: {key} repeats evaluate.compare_samplers[{seen[same]}] "
+                             f"({run.sampler}, {same[1]} steps, eta {run.eta})")
+        seen[same] = k
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

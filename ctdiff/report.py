@@ -1,5 +1,6 @@
 """The run's report: metrics with bootstrap intervals beside the paper's and the real-vs-real floor, the
-memorisation audit, Figure 1, the learning curve, QC summary and config.
+sampler comparison (when configured), the memorisation audit, Figure 1, the learning curve, QC summary and
+config.
 
 Two renderings of the same content: ``report.md`` for terminals and diffs, and a self-contained
 ``report.html`` (images embedded as base64) for a browser.
@@ -24,6 +25,7 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from ctdiff.io import atomic_path  # noqa: E402
+from ctdiff.metrics.compare import read_sampler_table  # noqa: E402
 from ctdiff.metrics.evaluate import PAPER  # noqa: E402
 
 
@@ -51,7 +53,8 @@ def metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          _with_ci(f"{paired['mean']:.3f} ± {paired['std']:.3f}", boot.get("msssim_nearest_real"), level),
          f"{PAPER['msssim']:.3f}", "paper's protocol; the interval is for the mean"),
         ("MS-SSIM, synthetic vs synthetic (lower = more diverse)",
-         f"{diversity['mean']:.3f} ± {diversity['std']:.3f}", "—", "diversity, as WDM-3D reports it"),
+         _with_ci(f"{diversity['mean']:.3f} ± {diversity['std']:.3f}", boot.get("msssim_diversity"), level),
+         "—", "diversity, as WDM-3D reports it; the interval is for the mean"),
     ]
     floor = metrics.get("floor")
     if floor is not None:
@@ -62,11 +65,44 @@ def metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             note = (f"two halves of the test set ({len(floor['half_a'])} vs {len(floor['half_b'])} volumes), "
                     "what real data scores against real data")
         rows.append(("Floor: real vs real (FID; nearest-real MS-SSIM)", value, "—", note))
-    if boot:
+    if boot.get("n_boot"):
         methods = "; ".join(f"{name}: {boot[key]['method']}" for name, key in
-                            (("FID", "fid"), ("MS-SSIM", "msssim_nearest_real")) if "method" in boot.get(key, {}))
+                            (("FID", "fid"), ("MS-SSIM", "msssim_nearest_real"), ("diversity", "msssim_diversity"))
+                            if "method" in boot.get(key, {}))
         rows.append(("Intervals", f"{boot['n_boot']} bootstrap replicates, seed {boot['seed']}", "—", methods))
+    elif boot:
+        rows.append(("Intervals", "none (evaluate.bootstrap is 0)", "—", ""))
     return rows
+
+
+def _value_ci(value: float, low: float, high: float) -> str:
+    """'12.345 [10.100, 14.800]', or the value alone where the interval is missing (NaN)."""
+    text = f"{value:.3f}"
+    if pd.notna(low) and pd.notna(high):
+        text += f" [{low:.3f}, {high:.3f}]"
+    return text
+
+
+def sampler_rows(table: pd.DataFrame) -> tuple[list[str], list[tuple], str]:
+    """(header, rows, the sentence that introduces them) of the sampler comparison, from ``samplers.tsv``."""
+    level = table["ci_level"].dropna()
+    ci = f" [{round(100 * level.iloc[0])} % CI]" if len(level) else ""
+    header = ["set", "sampler", "steps", "eta", "network evaluations per volume", f"FID{ci}",
+              f"MS-SSIM, nearest real (higher = closer){ci}", f"MS-SSIM, diversity (lower = more diverse){ci}"]
+    rows = [
+        (r.set, r.sampler, int(r.steps), "—" if pd.isna(r.eta) else f"{r.eta:g}", int(r.network_evaluations),
+         _value_ci(r.fid, r.fid_low, r.fid_high),
+         _value_ci(r.msssim_nearest_real, r.msssim_nearest_real_low, r.msssim_nearest_real_high),
+         _value_ci(r.msssim_diversity, r.msssim_diversity_low, r.msssim_diversity_high))
+        for r in table.itertuples(index=False)
+    ]
+    first = table.iloc[0]
+    sentence = (f"Every row draws its {int(first.n_synthetic)} volumes from the same checkpoint (step "
+                f"{int(first.checkpoint_step)}) with the same seeds (sample.seed = {int(first.sample_seed)}: sample i "
+                f"starts from the same noise x_T in every row) and is scored against the same {int(first.n_real)} "
+                "held-out real volumes; 'main' is the sample section's set used above, and network evaluations per "
+                "volume are the cost, whatever the machine.")
+    return header, rows, sentence
 
 
 def memorisation_rows(memorisation: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -152,9 +188,11 @@ def write_report(
     out_md: Path,
     out_html: Path,
     pairs_png: Path | None = None,
+    samplers_tsv: Path | None = None,
 ) -> None:
     """Write ``report.md`` and the self-contained ``report.html``; ``pairs_png`` (the closest
-    synthetic/training pairs as images) goes into the memorisation section."""
+    synthetic/training pairs as images) goes into the memorisation section, ``samplers_tsv`` (the sampler
+    comparison, ``ctdiff.metrics.compare.sampler_table``) into a section after the metrics."""
     metrics = json.loads(Path(metrics_json).read_text())
     rows = metrics_rows(metrics)
     qc = qc_summary(qc_summary_tsv)
@@ -165,6 +203,13 @@ def write_report(
     provenance.update(metrics.get("provenance", {}))
     config_yaml = yaml.safe_dump(config, sort_keys=False)
     provenance_yaml = yaml.safe_dump(provenance, sort_keys=False)
+
+    samplers_md, samplers_html = [], ""
+    if samplers_tsv is not None:
+        s_header, s_rows, s_sentence = sampler_rows(read_sampler_table(samplers_tsv))
+        samplers_md = ["## Samplers\n\n" + s_sentence + "\n\n" + _markdown_table(s_header, s_rows)]
+        samplers_html = (f'<h2>Samplers</h2>\n<p id="samplers-note">{html.escape(s_sentence)}</p>\n'
+                         f'<div id="samplers">{_html_table(s_header, s_rows)}</div>\n')
 
     memorisation = metrics.get("memorisation")
     mem_header = ["synthetic", "nearest training volume", "L2 distance"]
@@ -190,6 +235,7 @@ def write_report(
     md = "\n\n".join([
         "# ctdiff report",
         "## Metrics\n\n" + _markdown_table(header, rows),
+        *samplers_md,
         *mem_md,
         "## Figure 1\n\n![Figure 1: real (a) and synthetic (b)](figures/figure1.png)",
         "## Data QC (series found, items converted, usable cohort)\n\n" + _markdown_table(QC_COLUMNS, qc_rows),
@@ -209,7 +255,7 @@ pre{{background:#f6f6f6;padding:.6rem;overflow:auto}}</style></head><body>
 <h1>ctdiff report</h1>
 <h2>Metrics</h2>
 <div id="metrics">{_html_table(header, rows)}</div>
-{mem_html}<h2>Figure 1</h2>
+{samplers_html}{mem_html}<h2>Figure 1</h2>
 <img id="figure1" alt="Figure 1: axial, coronal and sagittal slices, real (a) and synthetic (b)"
  src="data:image/png;base64,{figure_b64}" style="max-width:100%">
 <h2>Learning curve</h2>

@@ -6,7 +6,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from ctdiff.config import Config, from_dict, to_dict
+from ctdiff.config import Config, SamplerSetting, from_dict, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
@@ -24,6 +24,10 @@ def test_default_config_is_valid_and_typed():
     assert cfg.preprocess.size == 24 and cfg.model.channels == (16, 32, 64)
     assert cfg.preprocess.hu_window == (-1000, 400)
     assert to_dict(cfg)["model"]["channels"] == [16, 32, 64]
+    assert cfg.evaluate.compare_samplers == (SamplerSetting("ddim", 50, 0.0), SamplerSetting("dpmpp", 25, 0.0))
+    assert cfg.evaluate.bootstrap == 200 and cfg.evaluate.ci_level == 0.95
+    assert to_dict(cfg)["evaluate"]["compare_samplers"][1] == {"sampler": "dpmpp", "steps": 25, "eta": 0.0}
+    assert from_dict(to_dict(cfg)) == cfg  # rule params carry to_dict sections
 
 
 def test_schema_fills_nested_defaults():
@@ -32,7 +36,11 @@ def test_schema_fills_nested_defaults():
     assert raw["preprocess"]["size"] == 128
     assert raw["diffusion"]["timesteps"] == 1000
     assert raw["train"]["lr"] == pytest.approx(1e-5)
+    assert raw["evaluate"]["compare_samplers"] == [] and raw["evaluate"]["bootstrap"] == 200
     from_dict(raw)
+    entries = {"evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 50}]}}
+    validate(entries, SCHEMA)
+    assert entries["evaluate"]["compare_samplers"] == [{"sampler": "ddim", "steps": 50, "eta": 0.0}]
 
 
 @pytest.mark.parametrize(
@@ -43,6 +51,11 @@ def test_schema_fills_nested_defaults():
         ({"sample": {"sampler": "euler"}}, "euler"),
         ({"data": {"source": "nifti"}}, "nifti"),
         ({"bogus": 1}, "bogus"),
+        ({"evaluate": {"compare_samplers": [{"sampler": "ddim", "stepz": 5}]}}, "stepz"),
+        ({"evaluate": {"compare_samplers": [{"sampler": "euler"}]}}, "euler"),
+        ({"evaluate": {"compare_samplers": [{"steps": 5}]}}, "sampler"),
+        ({"evaluate": {"bootstrap": -1}}, "bootstrap"),
+        ({"evaluate": {"ci_level": 1.0}}, "ci_level"),
     ],
 )
 def test_schema_rejects_bad_keys_by_name(patch, key):
@@ -62,6 +75,16 @@ def test_schema_rejects_bad_keys_by_name(patch, key):
         ({"sample": {"sampler": "ddim", "steps": 5000}}, "sample.steps=5000"),
         ({"split": {"test": 2.5}}, "split.test"),
         ({"sample": {"n": 2}, "figure": {"synthetic": 2}}, "figure.synthetic"),
+        ({"evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 50}, {"sampler": "ddpm", "steps": 50}]}},
+         "evaluate.compare_samplers[1].steps=50: the ddpm sampler runs all 1000 steps"),
+        ({"evaluate": {"compare_samplers": [{"sampler": "dpmpp", "steps": 5000}]}},
+         "evaluate.compare_samplers[0].steps=5000 must lie in 1..1000"),
+        ({"diffusion": {"timesteps": 50}, "evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 51}]}},
+         "evaluate.compare_samplers[0].steps=51 must lie in 1..50"),
+        ({"evaluate": {"compare_samplers": [{"sampler": "dpmpp", "steps": 25, "eta": 0.5}]}},
+         "evaluate.compare_samplers[0].eta=0.5: only the ddim sampler"),
+        ({"evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 1000}, {"sampler": "ddim"}]}},
+         "evaluate.compare_samplers[1] repeats evaluate.compare_samplers[0]"),
     ],
 )
 def test_cross_key_errors_name_the_key(patch, message):
@@ -74,3 +97,23 @@ def test_cross_key_errors_name_the_key(patch, message):
 def test_from_dict_rejects_unknown_keys():
     with pytest.raises(ValueError, match="train.learning_rate"):
         from_dict({"train": {"learning_rate": 1.0}})
+    with pytest.raises(ValueError, match=r"evaluate\.compare_samplers\[1\]\.stepz"):
+        from_dict({"evaluate": {"compare_samplers": [{"sampler": "ddim"}, {"sampler": "ddim", "stepz": 5}]}})
+    with pytest.raises(ValueError, match=r"evaluate\.compare_samplers\[0\]\.sampler is missing"):
+        from_dict({"evaluate": {"compare_samplers": [{"steps": 5}]}})
+
+
+@pytest.mark.parametrize(
+    "evaluate, message",
+    [
+        ({"bootstrap": -1}, "evaluate.bootstrap=-1"),
+        ({"bootstrap": 2.5}, "evaluate.bootstrap=2.5"),
+        ({"ci_level": 1.0}, "evaluate.ci_level=1.0"),
+        ({"ci_level": 0}, "evaluate.ci_level=0"),
+        ({"compare_samplers": [{"sampler": "ddim", "steps": 10, "eta": -1}]}, r"compare_samplers[0].eta=-1"),
+        ({"compare_samplers": ["ddim"]}, r"evaluate.compare_samplers[0] must be a mapping"),
+    ],
+)
+def test_evaluate_checks_without_the_schema_name_the_key(evaluate, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        from_dict({"evaluate": evaluate})

@@ -1,5 +1,5 @@
 """The evaluate stage end to end on tiny NIfTI volumes with a seeded random ResNet-10; bootstrap intervals
-and the real-vs-real floor."""
+(their replicate count and level as given) and the real-vs-real floor."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ctdiff.metrics.bootstrap import fid_ci, mean_ci
+from ctdiff.metrics.bootstrap import fid_ci, mean_ci, pair_mean_ci
 from ctdiff.metrics.evaluate import evaluate, real_floor
 from ctdiff.metrics.fid import fid_from_features, fid_sample_space, frechet_distance
 
@@ -33,7 +33,8 @@ def _volumes(n: int, seed: int) -> np.ndarray:
 
 
 def _run(real, synthetic, out, **kw):
-    args = dict(med3d_weights=None, med3d_depth=10, normalise="none", msssim_window=7, seed=0, n_boot=20)
+    args = dict(med3d_weights=None, med3d_depth=10, normalise="none", msssim_window=7, seed=0, n_boot=20,
+                ci_level=0.95)
     args.update(kw)
     if "train" not in args:
         args["train"] = [_write(Path(out).parent / "train", f"T{k}", v) for k, v in enumerate(_volumes(3, 99))]
@@ -70,6 +71,9 @@ def test_identical_sets(tmp_path):
     assert boot["n_boot"] == 20 and boot["level"] == 0.95 and boot["seed"] == 0
     assert boot["fid"]["low"] <= result["fid"] <= boot["fid"]["high"]
     assert boot["msssim_nearest_real"]["low"] <= paired["mean"] <= boot["msssim_nearest_real"]["high"]
+    assert boot["msssim_diversity"]["low"] <= div["mean"] <= boot["msssim_diversity"]["high"]
+    assert boot["msssim_diversity"]["method"] == "percentile interval"
+    assert result["real_volumes"] == [f"LIDC-{k:04d}.nii.gz" for k in range(6)]
     floor = result["floor"]  # 6 real volumes: halves of 3, a real floor
     assert len(floor["half_a"]) == len(floor["half_b"]) == 3 and not set(floor["half_a"]) & set(floor["half_b"])
     assert floor["fid"] > 0 and 0 < floor["msssim_nearest_real"] < 1
@@ -148,6 +152,61 @@ def test_bootstrap_intervals_contain_estimate_and_repeat_for_a_seed():
         mean_ci(values, n_boot=0)
     with pytest.raises(ValueError, match="level"):
         mean_ci(values, level=1.5)
+
+
+def test_replicate_count_and_level_are_the_ones_given(tmp_path):
+    real = [_write(tmp_path / "real", f"r{k}", v) for k, v in enumerate(_volumes(6, 5))]
+    syn = [_write(tmp_path / "syn", f"s{k}", v) for k, v in enumerate(_volumes(6, 6))]
+    narrow = _run(real, syn, tmp_path / "narrow.json", n_boot=40, ci_level=0.5)
+    wide = _run(real, syn, tmp_path / "wide.json", n_boot=40, ci_level=0.99)
+    for result, level in ((narrow, 0.5), (wide, 0.99)):
+        on_disk = json.loads((tmp_path / ("narrow.json" if level == 0.5 else "wide.json")).read_text())
+        assert on_disk["bootstrap"]["n_boot"] == 40 and on_disk["bootstrap"]["level"] == level
+    for key in ("fid", "msssim_nearest_real", "msssim_diversity"):
+        n, w = narrow["bootstrap"][key], wide["bootstrap"][key]
+        assert w["high"] - w["low"] > n["high"] - n["low"] > 0, key
+    # Same seed, same replicates: only the quantiles differ, so the bias estimate is shared.
+    assert narrow["bootstrap"]["fid"]["bias"] == wide["bootstrap"]["fid"]["bias"]
+    other = _run(real, syn, tmp_path / "other.json", n_boot=41, ci_level=0.5)
+    assert other["bootstrap"]["fid"] != narrow["bootstrap"]["fid"]  # one more replicate changes the interval
+    off = _run(real, syn, tmp_path / "off.json", n_boot=0, ci_level=0.9)
+    assert off["bootstrap"] == {"n_boot": 0, "level": 0.9, "seed": 0}
+    assert off["fid"] == narrow["fid"] and off["msssim_diversity"] == narrow["msssim_diversity"]
+    with pytest.raises(ValueError, match="n_boot"):
+        _run(real, syn, tmp_path / "bad.json", n_boot=-1)
+    with pytest.raises(ValueError, match="ci_level"):
+        _run(real, syn, tmp_path / "bad.json", ci_level=1.0)
+
+
+def _pair_mean_by_positions(values, pairs, n_items, rng):
+    """Eq. (2) the long way: draw the resampled set, then average over every pair of its positions whose two
+    volumes form an evaluated pair (redrawing a set that holds none)."""
+    lookup = {tuple(sorted(p)): v for p, v in zip(pairs, values)}
+    while True:
+        drawn = rng.integers(0, n_items, n_items)
+        found = [lookup[key] for a in range(n_items) for b in range(a + 1, n_items)
+                 if (key := tuple(sorted((drawn[a], drawn[b])))) in lookup]
+        if found:
+            return float(np.mean(found))
+
+
+def test_diversity_bootstrap_resamples_volumes_not_pairs():
+    rng = np.random.default_rng(8)
+    n = 6
+    rows, cols = np.triu_indices(n, k=1)
+    keep = rng.choice(len(rows), size=9, replace=False)  # an incomplete set of pairs, as at 500 volumes
+    pairs = np.stack([rows[keep], cols[keep]], 1)
+    values = rng.random(len(pairs))
+    for seed in range(5):  # one replicate: the interval is that replicate's value
+        ci = pair_mean_ci(values, pairs, n, n_boot=1, seed=seed)
+        expected = _pair_mean_by_positions(values, pairs, n, np.random.default_rng(seed))
+        assert ci["low"] == pytest.approx(expected, rel=1e-12) and ci["high"] == pytest.approx(expected, rel=1e-12)
+    ci = pair_mean_ci(values, pairs, n, n_boot=300, seed=0, level=0.9)
+    assert ci["low"] < values.mean() < ci["high"] and ci["n_boot"] == 300 and ci["level"] == 0.9
+    one = pair_mean_ci([0.4], [[0, 1]], 2, n_boot=50, seed=0)  # two volumes, one pair: nothing to vary
+    assert one["low"] == one["high"] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="distinct items"):
+        pair_mean_ci([0.4], [[1, 1]], 2)
 
 
 def test_refuses_bad_volumes_naming_each_file(tmp_path):

@@ -21,6 +21,9 @@ def test_lidc_dry_run_reads_the_given_tree(tmp_path):
                      "--config", f"data={{root: {tree}}}")
     rules = planned_rules(proc)
     assert "discover" in rules and "phantom" not in rules, rules
+    # lidc.yaml sets its own sampler comparison (a list in a layered config file replaces config.yaml's)
+    assert {"sample_compare", "evaluate_compare", "sampler_table"} <= rules, rules
+    assert "results/lidc/compare/ddim-50/metrics.json" in proc.stdout
 
 
 def test_lidc_without_root_names_the_key(tmp_path):

@@ -1,5 +1,5 @@
 """Report: the metrics table sits beside the paper's numbers with bootstrap intervals and the real-vs-real
-floor; the memorisation section; the HTML embeds its images."""
+floor; the sampler comparison when there is one; the memorisation section; the HTML embeds its images."""
 import json
 
 import numpy as np
@@ -7,6 +7,7 @@ import pandas as pd
 
 from ctdiff.figure import figure1
 from ctdiff.io import save_volume
+from ctdiff.metrics.compare import sampler_table
 from ctdiff.report import memorisation_png, write_report
 
 
@@ -37,6 +38,7 @@ def metrics(pretrained: bool, rank_deficient: bool, floor=None, extended=True):
     if extended:
         m["bootstrap"] = {"fid": {"low": 100.0, "high": 140.25, "bias": 3.0, "method": "shifted percentile"},
                           "msssim_nearest_real": {"low": 0.5, "high": 0.525, "bias": 0.0, "method": "percentile"},
+                          "msssim_diversity": {"low": 0.28, "high": 0.33, "bias": 0.0, "method": "percentile"},
                           "level": 0.95, "n_boot": 200, "seed": 0}
         m["floor"] = floor or {"fid": 45.5, "msssim_nearest_real": 0.4321, "half_a": ["a", "b"],
                                "half_b": ["c", "d"], "seed": 0}
@@ -56,10 +58,10 @@ def write_inputs(tmp_path, m):
         tmp_path / "inv.tsv", sep="\t", index=False)
 
 
-def _report(tmp_path, m, config=None):
+def _report(tmp_path, m, config=None, samplers_tsv=None):
     write_inputs(tmp_path, m)
     write_report(tmp_path / "metrics.json", tmp_path / "figure1.png", tmp_path / "log.csv", tmp_path / "inv.tsv",
-                 config or {}, tmp_path / "report.md", tmp_path / "report.html")
+                 config or {}, tmp_path / "report.md", tmp_path / "report.html", samplers_tsv=samplers_tsv)
     return (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
 
 
@@ -69,13 +71,15 @@ def test_report_contents(tmp_path):
     assert "0.512 ± 0.010 [95 % CI 0.500 to 0.525] | 0.266" in md
     assert "| Floor: real vs real (FID; nearest-real MS-SSIM) | FID 45.500; MS-SSIM 0.432 |" in md
     assert "2 vs 2 volumes" in md and "200 bootstrap replicates, seed 0" in md
-    assert "FID: shifted percentile; MS-SSIM: percentile" in md
+    assert "FID: shifted percentile; MS-SSIM: percentile; diversity: percentile" in md
+    assert "| 0.300 ± 0.020 [95 % CI 0.280 to 0.330] | — |" in md
     assert "not comparable to the paper" in md and "rank-deficient" in md
     assert "## Memorisation" in md and "1 of 3 synthetic volumes flagged" in md and "(0000.nii.gz)" in md
     assert "| 0000.nii.gz | T1.nii.gz | 0 |" in md and "| 0001.nii.gz | T1.nii.gz | 3.5 |" in md
     assert "| discover | rejected | modality CR is not CT | 1 |" in md
     assert "| cohort | usable | patients | 2 |" in md
     assert "checkpoint_step: 7" in md
+    assert "Samplers" not in md and 'id="samplers"' not in page  # no comparison configured
     assert page.count("data:image/png;base64,") == 3
     assert 'id="metrics"' in page and "9.70" in page
     assert 'id="memorisation-histogram"' in page and "1 of 3 synthetic volumes flagged" in page
@@ -99,3 +103,40 @@ def test_pretrained_features_carry_no_warning(tmp_path):
 def test_memorisation_histogram_is_a_png():
     png = memorisation_png(memorisation())
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_sampler_comparison_table(tmp_path):
+    m = metrics(pretrained=False, rank_deficient=True)
+    m["real_volumes"] = ["r0.nii.gz", "r1.nii.gz", "r2.nii.gz", "r3.nii.gz"]
+    m["provenance"] = {"sampler": "ddpm", "sampler_steps": 1000, "eta": 0.0, "network_evaluations": 1000,
+                       "sample_seed": 4, "checkpoint_step": 7, "checkpoint_sha256": "c" * 64}
+    other = json.loads(json.dumps(m))
+    other["fid"], other["bootstrap"]["fid"] = 98.0, {"low": 90.0, "high": 101.5}
+    other["msssim_diversity"]["mean"] = 0.25
+    other["provenance"].update(sampler="ddim", sampler_steps=50, eta=0.5, network_evaluations=50)
+    (tmp_path / "main.json").write_text(json.dumps(m))
+    (tmp_path / "ddim.json").write_text(json.dumps(other))
+    sampler_table(tmp_path / "main.json", {"ddim-50-eta0.5": tmp_path / "ddim.json"}, tmp_path / "samplers.tsv")
+    md, page = _report(tmp_path, m, samplers_tsv=tmp_path / "samplers.tsv")
+    assert "## Samplers" in md
+    assert ("Every row draws its 4 volumes from the same checkpoint (step 7) with the same seeds (sample.seed = 4"
+            in md)
+    assert "scored against the same 4 held-out real volumes" in md
+    assert "| set | sampler | steps | eta | network evaluations per volume | FID [95 % CI] |" in md
+    assert ("| main | ddpm | 1000 | — | 1000 | 123.456 [100.000, 140.250] | 0.512 [0.500, 0.525] "
+            "| 0.300 [0.280, 0.330] |" in md)
+    del other["bootstrap"]["msssim_diversity"]  # a missing interval leaves the value alone
+    (tmp_path / "ddim.json").write_text(json.dumps(other))
+    sampler_table(tmp_path / "main.json", {"ddim-50-eta0.5": tmp_path / "ddim.json"}, tmp_path / "samplers.tsv")
+    md, page = _report(tmp_path, m, samplers_tsv=tmp_path / "samplers.tsv")
+    assert "| ddim-50-eta0.5 | ddim | 50 | 0.5 | 50 | 98.000 [90.000, 101.500] | 0.512 [0.500, 0.525] | 0.250 |" in md
+    assert md.index("## Samplers") < md.index("## Memorisation")
+    assert 'id="samplers"' in page and "<td>ddim-50-eta0.5</td>" in page and "same seeds" in page
+
+
+def test_report_without_intervals(tmp_path):
+    m = metrics(pretrained=True, rank_deficient=False)
+    m["bootstrap"] = {"n_boot": 0, "level": 0.95, "seed": 0}
+    md, _ = _report(tmp_path, m)
+    assert "| 123.456 | 9.70 |" in md and "CI" not in md
+    assert "| Intervals | none (evaluate.bootstrap is 0) |" in md

@@ -30,7 +30,7 @@ def slurm_ready() -> str | None:
 def test_profile_requests_gpus_for_heavy_steps_and_groups_ingestion():
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
-    for rule in ("train", "sample", "evaluate"):
+    for rule in ("train", "sample", "evaluate", "sample_compare", "evaluate_compare"):
         assert profile["set-resources"][rule]["gpu"] >= 1
     assert profile["groups"]["convert"] == profile["groups"]["preprocess"]
     assert profile["group-components"][profile["groups"]["convert"]] > 1
@@ -39,9 +39,10 @@ def test_profile_requests_gpus_for_heavy_steps_and_groups_ingestion():
 @pytest.mark.skipif(slurm_ready() is not None, reason=str(slurm_ready()))
 def test_tiny_workflow_through_sbatch(tmp_path):
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
-    for rule in ("train", "sample", "evaluate"):
+    gpu_rules = [rule for rule, res in profile["set-resources"].items() if res.get("gpu")]
+    for rule in gpu_rules:  # this node has no GPU
         profile["set-resources"][rule] = {"gpu": 0, "mem_mb": 2000, "runtime": 30}
-    profile["set-threads"] = {"train": 1, "sample": 1, "evaluate": 1}
+    profile["set-threads"] = {rule: 1 for rule in gpu_rules}
     profile["default-resources"]["mem_mb"] = 1000
     profile["cores"] = 2  # this node's CPUs
     profile.update({"slurm-status-command": "squeue", "slurm-no-account": True, "latency-wait": 5,

@@ -28,10 +28,20 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return proc
 
 
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """{rule: job count} from the job-stats table of a dry run."""
+    table = proc.stdout + proc.stderr
+    jobs = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.M)}
+    jobs.pop("total", None)
+    return jobs
+
+
 def planned_rules(proc: subprocess.CompletedProcess) -> set[str]:
     """Rule names in the job-stats table of a dry run."""
-    table = proc.stdout + proc.stderr
-    return set(re.findall(r"^(\w+)\s+\d+\s*$", table, flags=re.M)) - {"total"}
+    return set(planned_jobs(proc))
+
+
+COMPARE_RULES = {"sample_compare", "evaluate_compare", "sampler_table"}
 
 
 def test_lint_is_clean(tmp_path):
@@ -42,6 +52,21 @@ def test_lint_is_clean(tmp_path):
 def test_dry_run_of_the_default_config(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "2")
     assert {"phantom", "discover", "split", "train", "sample", "evaluate", "figure", "report", "all"} <= planned_rules(proc)
+    jobs = planned_jobs(proc)  # config.yaml compares DDIM 50 and DPM-Solver++ 25 steps with the main DDPM set
+    assert (jobs["sample_compare"], jobs["evaluate_compare"], jobs["sampler_table"]) == (2, 2, 1), jobs
+    assert "results/compare/ddim-50/samples/0001.nii.gz" in proc.stdout
+    assert "results/compare/dpmpp-25/metrics.json" in proc.stdout
+
+
+@pytest.mark.parametrize("compare", ["[]", "[{sampler: ddpm}]"])
+def test_dry_run_plans_no_comparison_unless_one_is_configured(tmp_path, compare):
+    """An empty list, or one naming only the sample section's own setting, adds no job and no table."""
+    change = tmp_path / "change.yaml"
+    change.write_text(f"evaluate:\n  compare_samplers: {compare}\n")
+    proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(change))
+    rules = planned_rules(proc)
+    assert {"sample", "evaluate", "report"} <= rules and not rules & COMPARE_RULES, rules
+    assert "samplers.tsv" not in proc.stdout
 
 
 def test_bad_config_names_the_key(tmp_path):
@@ -104,6 +129,15 @@ def test_end_to_end_outputs(run_dir):
     assert (run_dir / "figures" / "samples.png").exists()
     assert (run_dir / "figures" / "closest_pairs.png").stat().st_size > 5_000
     assert 'id="closest-pairs"' in (run_dir / "report.html").read_text()
+    compared = json.loads((run_dir / "compare" / "ddim-10" / "metrics.json").read_text())
+    assert compared["provenance"]["sampler"] == "ddim" and compared["provenance"]["network_evaluations"] == 10
+    assert metrics["provenance"]["network_evaluations"] == 50 and metrics["provenance"]["sampler_steps"] == 50
+    assert compared["real_volumes"] == metrics["real_volumes"] == [f"{i}.nii.gz" for i in test]
+    assert metrics["bootstrap"]["n_boot"] == 200 and "msssim_diversity" in metrics["bootstrap"]
+    table = pd.read_csv(run_dir / "metrics" / "samplers.tsv", sep="\t")
+    assert list(table["set"]) == ["main", "ddim-10"] and list(table["network_evaluations"]) == [50, 10]
+    assert table["fid"].tolist() == [metrics["fid"], compared["fid"]]
+    assert "## Samplers" in (run_dir / "report.md").read_text()
     assert "9.70" in (run_dir / "report.md").read_text()
     assert "data:image/png;base64" in (run_dir / "report.html").read_text()
     assert not list(run_dir.rglob(".*.tmp*")), "no temporary file may be left behind"
@@ -112,6 +146,24 @@ def test_end_to_end_outputs(run_dir):
 def test_nothing_reruns_when_nothing_changed(run_dir):
     proc = snakemake(run_dir.parent, "-n", "--cores", "2", "--configfile", str(TINY))
     assert planned_rules(proc) == set(), proc.stdout
+
+
+def test_another_sampler_reruns_only_the_comparison(run_dir, tmp_path):
+    change = tmp_path / "change.yaml"
+    change.write_text("evaluate:\n  compare_samplers: [{sampler: ddim, steps: 10}, {sampler: dpmpp, steps: 5}]\n")
+    proc = snakemake(run_dir.parent, "-n", "--cores", "2", "--configfile", str(TINY), str(change))
+    jobs = planned_jobs(proc)
+    assert set(jobs) == COMPARE_RULES | {"report", "all"}, jobs
+    assert jobs["sample_compare"] == jobs["evaluate_compare"] == 1 and "compare/dpmpp-5/metrics.json" in proc.stdout
+
+
+def test_new_interval_settings_rescore_without_resampling(run_dir, tmp_path):
+    change = tmp_path / "change.yaml"
+    change.write_text("evaluate:\n  ci_level: 0.9\n")
+    proc = snakemake(run_dir.parent, "-n", "--cores", "2", "--configfile", str(TINY), str(change))
+    rules = planned_rules(proc)
+    assert {"evaluate", "evaluate_compare", "sampler_table", "report"} <= rules, rules
+    assert not rules & {"train", "sample", "sample_compare", "figure"}, rules
 
 
 def test_changed_preprocessing_reruns_only_what_follows(run_dir, tmp_path):
@@ -128,7 +180,7 @@ def test_snakemake_report_holds_figure_and_metrics(run_dir):
     snakemake(run_dir.parent, "--configfile", str(TINY), "--report", str(out))
     page = out.read_text(errors="replace")
     assert "figure1.png" in page and "metrics.json" in page
-    assert "report.html" in page and "summary.tsv" in page
+    assert "report.html" in page and "summary.tsv" in page and "samplers.tsv" in page
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -12,6 +12,17 @@ both feature sets are resampled independently, for the MS-SSIM mean the per-samp
 
       [max(0, q_{α/2}(θ*) − b),  q_{1−α/2}(θ*) − b]                                               (1)
 
+- The diversity MS-SSIM is a mean over pairs {i, j} of distinct synthetic volumes, and pairs that share a
+  volume are not independent, so the volumes are resampled, not the pairs: a replicate draws N volumes with
+  replacement, volume k drawn c_k times, and takes the mean over the evaluated pairs P of every pair of drawn
+  copies of distinct volumes,
+
+      θ* = Σ_{{i,j}∈P} c_i c_j v_ij / Σ_{{i,j}∈P} c_i c_j                                             (2)
+
+  (the resampled set's own pair mean restricted to pairs whose value is known). A draw in which no
+  evaluated pair has both volumes drawn (possible only for very few volumes) is drawn again. Percentile
+  interval.
+
 The interval describes sampling variation of the volumes, not the upward bias FID has at finite N (compare
 runs with equal N, and see the real-vs-real floor).
 """
@@ -84,3 +95,26 @@ def mean_ci(values: np.ndarray, *, n_boot: int = 200, seed: int = 0, level: floa
         raise ValueError(f"expected a non-empty 1-D array of values, got shape {v.shape}")
     return bootstrap_ci(float(v.mean()), n_boot, lambda rng: float(v[rng.integers(0, len(v), len(v))].mean()),
                         seed, level)
+
+
+def pair_mean_ci(values: np.ndarray, pairs: np.ndarray, n_items: int, *, n_boot: int = 200, seed: int = 0,
+                 level: float = 0.95, max_redraws: int = 1000) -> dict:
+    """Percentile bootstrap interval of a mean over pairs of distinct items, Eq. (2): ``values`` [K] belong to
+    ``pairs`` [K, 2] (indices into ``n_items`` items, i ≠ j); each replicate resamples the items with
+    replacement. A replicate whose weights Σ c_i c_j vanish is redrawn, at most ``max_redraws`` times."""
+    v = np.asarray(values, np.float64)
+    p = np.asarray(pairs, np.int64).reshape(-1, 2)
+    if v.ndim != 1 or len(v) == 0 or len(p) != len(v):
+        raise ValueError(f"expected K >= 1 values and K pairs, got shapes {v.shape} and {np.shape(pairs)}")
+    if (p[:, 0] == p[:, 1]).any() or p.min() < 0 or p.max() >= n_items:
+        raise ValueError(f"pairs must join two distinct items among {n_items}")
+
+    def replicate(rng: np.random.Generator) -> float:
+        for _ in range(max_redraws):
+            counts = np.bincount(rng.integers(0, n_items, n_items), minlength=n_items).astype(np.float64)
+            weights = counts[p[:, 0]] * counts[p[:, 1]]
+            if weights.sum() > 0:
+                return float(weights @ v / weights.sum())
+        raise ValueError(f"{max_redraws} draws of {n_items} items in a row drew no evaluated pair")
+
+    return bootstrap_ci(float(v.mean()), n_boot, replicate, seed, level)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ctdiff.io import load_volume, write_json
-from ctdiff.metrics.bootstrap import fid_ci, mean_ci
+from ctdiff.metrics.bootstrap import fid_ci, mean_ci, pair_mean_ci
 from ctdiff.metrics.fid import fid_from_features
 from ctdiff.metrics.med3d import extract_features, load_med3d
 from ctdiff.metrics.memorisation import audit, nearest_over_chunks
@@ -108,9 +108,9 @@ def evaluate(
     msssim_window: int,
     seed: int,
     provenance: dict | None = None,
+    n_boot: int,
+    ci_level: float,
     diversity_pairs: int = 1000,
-    n_boot: int = 200,
-    ci_level: float = 0.95,
     train_chunk: int = 64,
     device: str | torch.device = "cpu",
 ) -> dict:
@@ -123,14 +123,20 @@ def evaluate(
     - ``msssim_nearest_real``: the paper's MS-SSIM, each synthetic volume against its L2-nearest real one.
     - ``msssim_diversity``: mean MS-SSIM of min(``diversity_pairs``, all) random distinct synthetic pairs.
     - ``bootstrap``: ``ci_level`` intervals from ``n_boot`` replicates (``ctdiff.metrics.bootstrap``,
-      seeded by ``seed``) for FID and for the nearest-real MS-SSIM mean.
+      seeded by ``seed``) for FID, the nearest-real MS-SSIM mean and the diversity MS-SSIM mean;
+      ``n_boot = 0`` computes none and records only ``n_boot``, ``level`` and ``seed``.
     - ``floor``: the same two numbers between two halves of the real volumes (``real_floor``).
     - ``memorisation``: each synthetic and each real volume's L2 distance to its nearest ``train`` volume
       and the near-copies (``ctdiff.metrics.memorisation``).
-    ``provenance`` (e.g. checkpoint and config hashes from the caller) is stored as given.
+    - ``real_volumes``: the names of the real volumes, so that sets scored separately can be shown to share them.
+    ``provenance`` (e.g. ``ctdiff.metrics.compare.sampling_provenance``) is stored as given.
     """
     if normalise not in ("none", "zscore"):
         raise ValueError(f"normalise must be 'none' or 'zscore', got {normalise!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
+        raise ValueError(f"n_boot must be a whole number >= 0 (0 = no intervals), got {n_boot!r}")
+    if not 0.0 < ci_level < 1.0:
+        raise ValueError(f"ci_level must lie strictly between 0 and 1, got {ci_level}")
     if train_chunk < 1:
         raise ValueError(f"train_chunk must be >= 1, got {train_chunk}")
     if not train:
@@ -156,9 +162,19 @@ def evaluate(
     n_div = min(diversity_pairs, len(syn_vol) * (len(syn_vol) - 1) // 2)
     diversity = diversity_msssim(syn_vol, n_pairs=n_div, seed=seed, window=msssim_window, device=device)
 
-    boot = dict(n_boot=n_boot, seed=seed, level=ci_level)
-    fid_interval = fid_ci(feats_real, feats_syn, fid["fid"], **boot)
-    msssim_interval = mean_ci(np.asarray(paired["values"]), **boot)
+    bootstrap: dict = {"n_boot": n_boot, "level": ci_level, "seed": seed}
+    if n_boot:
+        boot = dict(n_boot=n_boot, seed=seed, level=ci_level)
+        intervals = {
+            "fid": fid_ci(feats_real, feats_syn, fid["fid"], **boot),
+            "msssim_nearest_real": mean_ci(np.asarray(paired["values"]), **boot),
+            "msssim_diversity": pair_mean_ci(np.asarray(diversity["values"]), np.asarray(diversity["pairs"]),
+                                             len(syn_vol), **boot),
+        }
+        for key, ci in intervals.items():
+            bootstrap[key] = {k: ci[k] for k in ("low", "high", "bias", "method")}
+        bootstrap["resampled"] = ("FID: both feature sets, independently; MS-SSIM nearest real: the per-sample "
+                                  "values; MS-SSIM diversity: the synthetic volumes of the evaluated pairs")
     floor = real_floor(real_vol, feats_real, real_names, seed=seed, window=msssim_window, device=device)
 
     syn_near, real_near = nearest_over_chunks(
@@ -183,18 +199,14 @@ def evaluate(
             "std": diversity["std"],
             "n_pairs": diversity["n_pairs"],
         },
-        "bootstrap": {
-            "fid": {k: fid_interval[k] for k in ("low", "high", "bias", "method")},
-            "msssim_nearest_real": {k: msssim_interval[k] for k in ("low", "high", "bias", "method")},
-            **{k: fid_interval[k] for k in ("level", "n_boot", "seed")},
-            "resampled": "FID: both feature sets, independently; MS-SSIM: the per-sample nearest-real values",
-        },
+        "bootstrap": bootstrap,
         "floor": floor,
         "memorisation": memorisation,
         "feature_network": network,
         "n_real": len(real_vol),
         "n_synthetic": len(syn_vol),
         "n_train": len(train),
+        "real_volumes": real_names,
         "volume_shape": list(real_vol.shape[1:]),
         "msssim": {"window": window, "scales": len(weights), "weights": weights, "sigma": SIGMA,
                    "data_range": 1.0},

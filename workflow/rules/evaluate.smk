@@ -12,9 +12,10 @@ rule evaluate:
     output:
         report(f"{R}/metrics/metrics.json", caption="../report/metrics.rst", category="Metrics"),
     params:
-        evaluate=section("evaluate"),
+        evaluate=evaluate_settings(),
         volumes=f"{R}/preprocessed",
-        sample=section("sample"),
+        run={"sampler": CFG.sample.sampler, "steps": CFG.sample.steps, "eta": CFG.sample.eta},
+        seed=CFG.sample.seed,
     threads: 8  # capped at --cores; profiles may set their own
     resources:
         gpu=0,

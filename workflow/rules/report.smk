@@ -28,6 +28,7 @@ rule report:
         log=f"{R}/train/log.csv",
         qc=f"{R}/qc/summary.tsv",
         pairs=f"{R}/figures/closest_pairs.png",
+        samplers=sampler_table_input,
     output:
         md=f"{R}/report.md",
         html=report(f"{R}/report.html", caption="../report/report.rst", category="Report"),

@@ -14,4 +14,5 @@ write_report(
     Path(snakemake.output.md),
     Path(snakemake.output.html),
     pairs_png=Path(snakemake.input.pairs),
+    samplers_tsv=Path(snakemake.input.samplers[0]) if snakemake.input.samplers else None,
 )

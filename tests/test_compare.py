@@ -1,0 +1,128 @@
+"""The sampler comparison: which settings get their own sample set, what a set's provenance says (network
+evaluations counted against the sampling loop itself), and the per-sampler table from metrics JSONs."""
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from ctdiff.checkpoint import save_checkpoint
+from ctdiff.config import from_dict
+from ctdiff.diffusion.samplers import sample
+from ctdiff.diffusion.schedule import make_schedule
+from ctdiff.metrics.compare import comparison_runs, read_sampler_table, sampler_table, sampling_provenance
+
+
+def test_comparison_runs_resolve_steps_and_leave_out_the_main_setting():
+    cfg = from_dict({"sample": {"sampler": "ddpm"}, "evaluate": {"compare_samplers": [
+        {"sampler": "ddim", "steps": 50}, {"sampler": "ddpm"}, {"sampler": "ddim", "steps": 50, "eta": 0.5},
+        {"sampler": "dpmpp"}]}})
+    assert comparison_runs(cfg) == {
+        "ddim-50": {"sampler": "ddim", "steps": 50, "eta": 0.0},
+        "ddim-50-eta0.5": {"sampler": "ddim", "steps": 50, "eta": 0.5},
+        "dpmpp-1000": {"sampler": "dpmpp", "steps": 1000, "eta": 0.0},
+    }
+    # The main set is DDIM 50 now: the DDIM 50 entry is that set, and DDPM becomes a compared sampler.
+    cfg = from_dict({"sample": {"sampler": "ddim", "steps": 50}, "evaluate": {"compare_samplers": [
+        {"sampler": "ddim", "steps": 50}, {"sampler": "ddpm", "steps": 1000}]}})
+    assert list(comparison_runs(cfg)) == ["ddpm-1000"]
+    assert comparison_runs(from_dict({})) == {}
+
+
+class CountingModel(nn.Module):
+    """ε = 0 for every input; counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x, t):
+        self.calls += 1
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("sampler, steps, eta", [("ddpm", None, 0.0), ("ddim", 7, 0.3), ("dpmpp", 5, 0.0)])
+def test_provenance_counts_the_network_evaluations_of_the_sampling_loop(tmp_path, sampler, steps, eta):
+    diffusion = {"timesteps": 20, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
+    save_checkpoint(tmp_path / "model.pt", {"config": {"diffusion": diffusion}, "ema": {}, "step": 37})
+    prov = sampling_provenance(tmp_path / "model.pt", sampler=sampler, steps=steps, eta=eta, seed=3)
+
+    model = CountingModel()
+    sample(model, make_schedule(**diffusion), (1, 4, 4, 4), [torch.Generator().manual_seed(0)] * 2,
+           sampler=sampler, steps=steps, eta=eta)
+    assert prov["network_evaluations"] == model.calls  # one call per step for the whole batch
+    assert prov["sampler_steps"] == (20 if steps is None else steps)
+    assert prov["eta"] == (eta if sampler == "ddim" else 0.0)
+    assert prov["checkpoint_step"] == 37 and prov["sample_seed"] == 3 and len(prov["checkpoint_sha256"]) == 64
+
+
+REAL = ["r0.nii.gz", "r1.nii.gz", "r2.nii.gz"]
+
+
+def metrics_json(path, *, sampler, steps, eta, nfe, fid, near, div, real=REAL, seed=0, sha="a" * 64,
+                 intervals=True):
+    m = {
+        "fid": fid, "msssim_nearest_real": {"mean": near, "std": 0.01, "n": 2},
+        "msssim_diversity": {"mean": div, "std": 0.02, "n_pairs": 1},
+        "n_real": len(real), "n_synthetic": 2, "real_volumes": real,
+        "bootstrap": {"n_boot": 0, "level": 0.95, "seed": 0},
+        "provenance": {"sampler": sampler, "sampler_steps": steps, "eta": eta, "network_evaluations": nfe,
+                       "sample_seed": seed, "checkpoint_step": 800, "checkpoint_sha256": sha},
+    }
+    if intervals:
+        m["bootstrap"].update(n_boot=200, level=0.9, fid={"low": fid - 1, "high": fid + 2},
+                              msssim_nearest_real={"low": near - 0.01, "high": near + 0.02},
+                              msssim_diversity={"low": div - 0.03, "high": div + 0.04})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(m))
+    return path
+
+
+def test_sampler_table_has_a_row_per_sampler_main_first(tmp_path):
+    main = metrics_json(tmp_path / "metrics" / "metrics.json", sampler="ddpm", steps=1000, eta=0.0, nfe=1000,
+                        fid=10.5, near=0.5, div=0.3)
+    ddim = metrics_json(tmp_path / "compare" / "ddim-50-eta0.5" / "metrics.json", sampler="ddim", steps=50,
+                        eta=0.5, nfe=50, fid=12.25, near=0.45, div=0.35)
+    dpmpp = metrics_json(tmp_path / "compare" / "dpmpp-25" / "metrics.json", sampler="dpmpp", steps=25, eta=0.0,
+                         nfe=25, fid=11.0, near=0.48, div=0.31, real=list(reversed(REAL)), intervals=False)
+    out = tmp_path / "metrics" / "samplers.tsv"
+    table = sampler_table(main, {"ddim-50-eta0.5": ddim, "dpmpp-25": dpmpp}, out)
+    back = read_sampler_table(out)
+    pd.testing.assert_frame_equal(back, table, check_dtype=False)
+    assert list(back["set"]) == ["main", "ddim-50-eta0.5", "dpmpp-25"]
+    assert list(back["sampler"]) == ["ddpm", "ddim", "dpmpp"] and list(back["steps"]) == [1000, 50, 25]
+    assert list(back["network_evaluations"]) == [1000, 50, 25]
+    assert math.isnan(back["eta"][0]) and back["eta"][1] == 0.5 and math.isnan(back["eta"][2])
+    assert list(back["fid"]) == [10.5, 12.25, 11.0]
+    assert (back["fid_low"][1], back["fid_high"][1]) == (11.25, 14.25)
+    assert back["msssim_diversity_low"][0] == pytest.approx(0.27)
+    assert back["msssim_nearest_real_high"][1] == pytest.approx(0.47)
+    assert math.isnan(back["fid_low"][2]) and math.isnan(back["ci_level"][2]) and back["n_boot"][2] == 0
+    assert list(back["ci_level"][:2]) == [0.9, 0.9] and set(back["checkpoint_step"]) == {800}
+    header = out.read_text().splitlines()[0].split("\t")
+    assert header[:5] == ["set", "sampler", "steps", "eta", "network_evaluations"]
+
+
+@pytest.mark.parametrize("change, differs", [
+    ({"real": ["r0.nii.gz", "r1.nii.gz", "r9.nii.gz"]}, "real_volumes"),
+    ({"seed": 1}, "sample_seed"),
+    ({"sha": "b" * 64}, "checkpoint_sha256"),
+])
+def test_sampler_table_refuses_sets_that_do_not_share_seeds_and_real_volumes(tmp_path, change, differs):
+    main = metrics_json(tmp_path / "main.json", sampler="ddpm", steps=1000, eta=0.0, nfe=1000, fid=1, near=1, div=1)
+    other = metrics_json(tmp_path / "other.json", sampler="ddim", steps=50, eta=0.0, nfe=50, fid=1, near=1, div=1,
+                         **change)
+    with pytest.raises(ValueError, match=rf"other\.json and .*main\.json differ in {differs}"):
+        sampler_table(main, {"ddim-50": other}, tmp_path / "samplers.tsv")
+    assert not (tmp_path / "samplers.tsv").exists()
+
+
+def test_sampler_table_names_a_file_without_provenance(tmp_path):
+    main = metrics_json(tmp_path / "main.json", sampler="ddpm", steps=1000, eta=0.0, nfe=1000, fid=1, near=1, div=1)
+    old = json.loads(main.read_text())
+    del old["provenance"]["network_evaluations"], old["real_volumes"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"old\.json: no network_evaluations, real_volumes"):
+        sampler_table(main, {"ddim-50": tmp_path / "old.json"}, tmp_path / "samplers.tsv")

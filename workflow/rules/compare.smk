@@ -1,0 +1,73 @@
+# The sampler comparison (evaluate.compare_samplers): each compared sampler draws sample.n volumes with
+# sample.seed from the same checkpoint (sample i starts from the same x_T as samples/{i}), is scored like the
+# main set against the same real volumes, and samplers.tsv holds one row per sampler, the main set first.
+# No job exists when the list is empty (COMPARE in common.smk).
+
+
+wildcard_constraints:
+    tag=r"(ddpm|ddim|dpmpp)-[0-9]+(-eta[0-9.e+-]+)?",
+
+
+# `ctdiff sample` as in the sample rule, with the compared sampler, steps and eta replacing the sample
+# section's (precision and compile stay); the cache folder is shared, keyed by checkpoint and sampler settings.
+rule sample_compare:
+    input:
+        model=f"{R}/train/model.pt",
+    output:
+        samples=[f"{R}/compare/{{tag}}/samples/{i:04d}.nii.gz" for i in range(CFG.sample.n)],
+    params:
+        options=lambda wildcards: sample_options(compare_run(wildcards.tag), hu=False),
+        out=lambda wildcards, output: os.path.dirname(output.samples[0]),
+        cache=f"{R}/sample_cache",
+    threads: 8  # capped at --cores; profiles may set their own
+    resources:
+        gpu=0,
+    log:
+        f"{R}/logs/compare/{{tag}}/sample.log",
+    conda:
+        ENV
+    shell:
+        "python -m ctdiff.launch --gpus {resources.gpu} --threads {threads} -- -m ctdiff.cli sample"
+        " --checkpoint {input.model} {params.options} --out {params.out} --cache {params.cache} --no-progress"
+        " > {log} 2>&1"
+
+
+rule evaluate_compare:
+    input:
+        test=f"{R}/splits/test.txt",
+        train=f"{R}/splits/train.txt",
+        real=preprocessed,
+        synthetic=lambda wildcards: compare_samples(wildcards.tag),
+        model=f"{R}/train/model.pt",
+    output:
+        f"{R}/compare/{{tag}}/metrics.json",
+    params:
+        evaluate=evaluate_settings(),
+        volumes=f"{R}/preprocessed",
+        run=lambda wildcards: compare_run(wildcards.tag),
+        seed=CFG.sample.seed,
+    threads: 8  # capped at --cores; profiles may set their own
+    resources:
+        gpu=0,
+    log:
+        f"{R}/logs/compare/{{tag}}/evaluate.log",
+    conda:
+        ENV
+    script:
+        "../scripts/evaluate.py"
+
+
+rule sampler_table:
+    input:
+        main=f"{R}/metrics/metrics.json",
+        compare=[f"{R}/compare/{tag}/metrics.json" for tag in COMPARE],
+    output:
+        report(f"{R}/metrics/samplers.tsv", caption="../report/samplers.rst", category="Metrics"),
+    params:
+        tags=list(COMPARE),
+    log:
+        f"{R}/logs/sampler_table.log",
+    conda:
+        ENV
+    script:
+        "../scripts/sampler_table.py"
