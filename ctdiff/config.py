@@ -204,11 +204,8 @@ def _check(cfg: Config) -> None:
             f"config: train.grad_accumulation={cfg.train.grad_accumulation} must divide "
             f"train.batch_size={cfg.train.batch_size} (each step splits the batch into that many micro-batches)"
         )
-    steps, T = cfg.sample.steps, cfg.diffusion.timesteps
-    if steps is not None and not 1 <= steps <= T:
-        raise ValueError(f"config: sample.steps={steps} must lie in 1..{T} (diffusion.timesteps)")
-    if cfg.sample.sampler == "ddpm" and steps not in (None, T):
-        raise ValueError(f"config: sample.steps={steps}: the ddpm sampler runs all {T} steps (use null or ddim)")
+    T = cfg.diffusion.timesteps
+    _check_sampler_steps("sample", cfg.sample.sampler, cfg.sample.steps, cfg.sample.eta, T)
     if cfg.figure.synthetic >= cfg.sample.n:
         raise ValueError(f"config: figure.synthetic={cfg.figure.synthetic} must be below sample.n={cfg.sample.n}")
     _check_evaluate(cfg.evaluate, T)

@@ -73,6 +73,7 @@ def test_schema_rejects_bad_keys_by_name(patch, key):
         ({"preprocess": {"hu_window": [400, -1000]}}, "hu_window"),
         ({"sample": {"sampler": "ddpm", "steps": 50}}, "sample.steps=50"),
         ({"sample": {"sampler": "ddim", "steps": 5000}}, "sample.steps=5000"),
+        ({"sample": {"sampler": "dpmpp", "steps": 20, "eta": 0.5}}, "sample.eta=0.5"),
         ({"split": {"test": 2.5}}, "split.test"),
         ({"sample": {"n": 2}, "figure": {"synthetic": 2}}, "figure.synthetic"),
         ({"evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 50}, {"sampler": "ddpm", "steps": 50}]}},
