@@ -75,6 +75,10 @@ class ResBlock(nn.Module):
         return h + self.skip(x)
 
 
+def _concat_res(block: ResBlock, h: Tensor, skip: Tensor | None, temb: Tensor) -> Tensor:
+    return block(h if skip is None else torch.cat([h, skip], dim=1), temb)
+
+
 class SelfAttention3D(nn.Module):
     """Multi-head self-attention over all ``D·H·W`` voxels with a residual: ``[B, C, D, H, W]`` → same."""
 
@@ -182,11 +186,26 @@ class UNet3D(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def _res(self, block: ResBlock, h: Tensor, temb: Tensor) -> Tensor:
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            # Recompute the block's activations in the backward pass instead of storing them.
-            return checkpoint(block, h, temb, use_reentrant=False)
-        return block(h, temb)
+    def _checkpointing(self) -> bool:
+        return self.grad_checkpointing and self.training and torch.is_grad_enabled()
+
+    def _res(self, block: ResBlock, h: Tensor, temb: Tensor, skip: Tensor | None = None) -> Tensor:
+        """``block`` on ``h`` (concatenated with the decoder ``skip`` on the channel axis, when given).
+
+        With gradient checkpointing the block's activations are recomputed in the backward pass instead of
+        stored, and the concatenation happens inside the recomputed function: the stored inputs are then
+        ``h`` and ``skip``, tensors that are kept anyway, instead of a new ``[B, C_h + C_skip, …]`` tensor
+        per decoder block (the largest saved activations at full resolution).
+        """
+        if self._checkpointing():
+            return checkpoint(_concat_res, block, h, skip, temb, use_reentrant=False)
+        return _concat_res(block, h, skip, temb)
+
+    def _up(self, up: nn.Module, h: Tensor) -> Tensor:
+        """Upsampling; checkpointed like the blocks, so the ×2 nearest-neighbour copy is not stored."""
+        if self._checkpointing() and isinstance(up, Upsample):
+            return checkpoint(up, h, use_reentrant=False)
+        return up(h)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """``x``: ``[B, C_in, D, H, W]``; ``t``: ``[B]`` int64 timesteps → ``ε̂``: ``[B, C_in, D, H, W]``."""
@@ -218,6 +237,6 @@ class UNet3D(nn.Module):
 
         for blocks, up in zip(self.up_blocks, self.upsamples):
             for block in blocks:
-                h = self._res(block, torch.cat([h, skips.pop()], dim=1), temb)
-            h = up(h)
+                h = self._res(block, h, temb, skips.pop())
+            h = self._up(up, h)
         return self.conv_out(F.silu(self.norm_out(h)))
