@@ -14,12 +14,17 @@ from ctdiff.io import load_volume
 from ctdiff.train import train
 
 
+def train_tiny(volumes, out, steps, extra_config=None):
+    """A tiny trained checkpoint in ``out``; ``extra_config`` as the workflow passes it (e.g. hu_window)."""
+    train(volumes, out / "model.pt", out / "log.csv", out / "state", model_cfg=TINY_MODEL,
+          diffusion_cfg=TINY_DIFFUSION, train_cfg=tiny_train_config(steps=steps), size=SIZE,
+          extra_config=extra_config, progress=False)
+    return out / "model.pt"
+
+
 @pytest.fixture
 def checkpoint(volumes, tmp_path):
-    out = tmp_path / "train"
-    train(volumes, out / "model.pt", out / "log.csv", out / "state", model_cfg=TINY_MODEL,
-          diffusion_cfg=TINY_DIFFUSION, train_cfg=tiny_train_config(steps=3), size=SIZE, progress=False)
-    return out / "model.pt"
+    return train_tiny(volumes, tmp_path / "train", steps=3)
 
 
 def test_samples_independent_of_batching(checkpoint, tmp_path):
@@ -107,13 +112,10 @@ def test_bad_sampler_settings_name_the_allowed_values(checkpoint, tmp_path):
 def test_hu_output_inverts_the_preprocessing_scale(tmp_path, volumes):
     from ctdiff.data.preprocess import to_hu
 
-    out = tmp_path / "train"
-    train(volumes, out / "model.pt", out / "log.csv", out / "state", model_cfg=TINY_MODEL,
-          diffusion_cfg=TINY_DIFFUSION, train_cfg=tiny_train_config(steps=2), size=SIZE,
-          extra_config={"hu_window": [-1000.0, 400.0]}, progress=False)
+    model = train_tiny(volumes, tmp_path / "train", steps=2, extra_config={"hu_window": [-1000.0, 400.0]})
     unit = [tmp_path / "s" / f"{i}.nii.gz" for i in range(2)]
     hu = [tmp_path / "hu" / f"{i}.nii.gz" for i in range(2)]
-    generate(out / "model.pt", unit, tmp_path / "cache", sampler="ddim", steps=3, hu_files=hu, progress=False)
+    generate(model, unit, tmp_path / "cache", sampler="ddim", steps=3, hu_files=hu, progress=False)
     for pu, ph in zip(unit, hu):
         v, affine_u = load_volume(pu)
         h, affine_h = load_volume(ph)
@@ -122,16 +124,9 @@ def test_hu_output_inverts_the_preprocessing_scale(tmp_path, volumes):
     assert nib.load(hu[0]).get_data_dtype() == np.int16
     assert to_hu(np.array([0.0, 0.5, 1.0, 1.5]), (-1000, 400)).tolist() == [-1000, -300, 400, 400]
     # A checkpoint without a recorded HU window cannot give HU.
-    no_window = _checkpoint_without_window(volumes, tmp_path)
+    no_window = train_tiny(volumes, tmp_path / "nowindow", steps=1)
     with pytest.raises(ValueError, match="hu_window"):
         generate(no_window, unit, tmp_path / "c2", hu_files=hu, progress=False)
-
-
-def _checkpoint_without_window(volumes, tmp_path):
-    out = tmp_path / "nowindow"
-    train(volumes, out / "model.pt", out / "log.csv", out / "state", model_cfg=TINY_MODEL,
-          diffusion_cfg=TINY_DIFFUSION, train_cfg=tiny_train_config(steps=1), size=SIZE, progress=False)
-    return out / "model.pt"
 
 
 def test_bf16_sampling_stays_close_to_fp32(checkpoint, tmp_path):
