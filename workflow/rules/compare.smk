@@ -8,31 +8,21 @@ wildcard_constraints:
     tag=r"(ddpm|ddim|dpmpp)-[0-9]+(-eta[0-9.e+-]+)?",
 
 
-# `ctdiff sample` as in the sample rule, with the compared sampler, steps and eta replacing the sample
-# section's (precision and compile stay); the cache folder is shared, keyed by checkpoint and sampler settings.
-rule sample_compare:
-    input:
-        model=f"{R}/train/model.pt",
+# The sample rule with the compared sampler, steps and eta replacing the sample section's (precision and
+# compile stay, no HU copies); the cache folder is shared, keyed by checkpoint and sampler settings.
+use rule sample as sample_compare with:
     output:
         samples=[f"{R}/compare/{{tag}}/samples/{i:04d}.nii.gz" for i in range(CFG.sample.n)],
     params:
         options=lambda wildcards: sample_options(compare_run(wildcards.tag), hu=False),
         out=lambda wildcards, output: os.path.dirname(output.samples[0]),
         cache=f"{R}/sample_cache",
-    threads: 8  # capped at --cores; profiles may set their own
-    resources:
-        gpu=0,
     log:
         f"{R}/logs/compare/{{tag}}/sample.log",
-    conda:
-        ENV
-    shell:
-        "python -m ctdiff.launch --gpus {resources.gpu} --threads {threads} -- -m ctdiff.cli sample"
-        " --checkpoint {input.model} {params.options} --out {params.out} --cache {params.cache} --no-progress"
-        " > {log} 2>&1"
 
 
-rule evaluate_compare:
+# The evaluate rule on one compared sampler's volumes.
+use rule evaluate as evaluate_compare with:
     input:
         test=f"{R}/splits/test.txt",
         train=f"{R}/splits/train.txt",
@@ -46,15 +36,8 @@ rule evaluate_compare:
         volumes=f"{R}/preprocessed",
         run=lambda wildcards: compare_run(wildcards.tag),
         seed=CFG.sample.seed,
-    threads: 8  # capped at --cores; profiles may set their own
-    resources:
-        gpu=0,
     log:
         f"{R}/logs/compare/{{tag}}/evaluate.log",
-    conda:
-        ENV
-    script:
-        "../scripts/evaluate.py"
 
 
 rule sampler_table:
