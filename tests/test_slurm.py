@@ -4,7 +4,6 @@ sbatch on a one-node SLURM cluster on this machine (started by tests/slurm/start
 The test profile is profiles/slurm/config.yaml with CPU-sized resources (no GPU here) and the squeue status
 command (this cluster has no accounting database, so sacct cannot answer).
 """
-import os
 import re
 import shutil
 import subprocess
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import bin_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,8 +52,7 @@ def test_tiny_workflow_through_sbatch(tmp_path):
     (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
     work = tmp_path / "work"
     work.mkdir()
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env = bin_env()  # accelerate and snakemake of this env
     cmd = ["timeout", "-k", "30", "840", sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
            "--directory", str(work), "--profile", str(tmp_path / "profile"),
            "--configfile", str(REPO / "tests" / "tiny.yaml")]

@@ -1,6 +1,5 @@
 """The workflow as a user drives it: lint, dry-run, a tiny end-to-end run, and rerun-only-stale."""
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -13,13 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import bin_env
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "tiny.yaml"
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # accelerate of this env
+    env = bin_env()  # accelerate and snakemake of this env
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
