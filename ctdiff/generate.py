@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 
 from ctdiff.checkpoint import load_for_sampling
 from ctdiff.data.preprocess import to_hu
@@ -87,8 +87,8 @@ def generate(
     if hu_files is not None and len(hu_files) != len(out_files):
         raise ValueError(f"{len(hu_files)} HU files for {len(out_files)} samples")
     # cpu=True lets Accelerate set up its CPU (gloo) process group when launched without GPUs.
-    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available()
-                         or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
+    cpu = device == "cpu" or not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
+    state = PartialState(cpu=cpu)
     dev = torch.device(device) if device else state.device
     model, schedule, meta = load_for_sampling(checkpoint, dev)
     timestep_sequence(sampler, schedule.timesteps if steps is None else steps, schedule.timesteps)  # checks names
