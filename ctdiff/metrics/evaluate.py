@@ -162,9 +162,9 @@ def evaluate(
     n_div = min(diversity_pairs, len(syn_vol) * (len(syn_vol) - 1) // 2)
     diversity = diversity_msssim(syn_vol, n_pairs=n_div, seed=seed, window=msssim_window, device=device)
 
-    bootstrap: dict = {"n_boot": n_boot, "level": ci_level, "seed": seed}
+    boot = {"n_boot": n_boot, "level": ci_level, "seed": seed}
+    bootstrap: dict = dict(boot)
     if n_boot:
-        boot = dict(n_boot=n_boot, seed=seed, level=ci_level)
         intervals = {
             "fid": fid_ci(feats_real, feats_syn, fid["fid"], **boot),
             "msssim_nearest_real": mean_ci(np.asarray(paired["values"]), **boot),
