@@ -22,7 +22,8 @@ from ctdiff.model.unet import UNet3D
 FORMAT = "ctdiff-checkpoint/1"
 
 
-def build_model(model_cfg: dict[str, Any], *, grad_checkpointing: bool = False) -> UNet3D:
+def build_model(model_cfg: dict[str, Any], *, grad_checkpointing: bool = False,
+                recompute_norm: bool = False) -> UNet3D:
     """The residual 3D U-Net described by a ``model`` config section (a plain dict)."""
     return UNet3D(
         channels=tuple(model_cfg["channels"]),
@@ -30,6 +31,7 @@ def build_model(model_cfg: dict[str, Any], *, grad_checkpointing: bool = False) 
         attention=model_cfg["attention"],
         groups=model_cfg["groups"],
         grad_checkpointing=grad_checkpointing,
+        recompute_norm=recompute_norm,
     )
 
 

@@ -59,6 +59,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     precision: Literal["fp32", "bf16"] = "fp32"
     grad_checkpointing: bool = False
+    recompute_norm: bool = False
     compile: bool = False
     grad_accumulation: int = 1
     grad_clip: float | None = 1.0

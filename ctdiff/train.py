@@ -141,7 +141,7 @@ def _resume_key(cfg: dict[str, Any]) -> dict[str, Any]:
     """The settings a checkpoint must share with this run to be resumed (``steps`` may change)."""
     # Settings that do not change the update (only its speed, memory or logging) may change on resume.
     run_only = ("steps", "checkpoint_every", "log_every", "tensorboard", "compile", "grad_accumulation",
-                "grad_checkpointing")
+                "grad_checkpointing", "recompute_norm")
     keep = {k: v for k, v in cfg["train"].items() if k not in run_only}
     return {**cfg, "train": keep}
 
@@ -216,7 +216,8 @@ def train(
     schedule = build_schedule(cfg["diffusion"])
     with torch.random.fork_rng(devices=[]):  # initial weights depend on train.seed alone
         torch.manual_seed(train_cfg.seed)
-        net = build_model(cfg["model"], grad_checkpointing=train_cfg.grad_checkpointing)
+        net = build_model(cfg["model"], grad_checkpointing=train_cfg.grad_checkpointing,
+                          recompute_norm=train_cfg.recompute_norm)
     ema = copy.deepcopy(net).requires_grad_(False)
     cuda = accelerator.device.type == "cuda"
     if cuda:

@@ -2,6 +2,7 @@
 import csv
 import math
 import shutil
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -128,11 +129,23 @@ def test_grad_accumulation_must_split_the_batch(volumes, tmp_path):
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="torch.compile on the CPU needs a C++ compiler (.ci/run installs g++)")
 def test_compiled_training_matches_eager(volumes, tmp_path):
+    """Compiled, with the recomputing GroupNorm → SiLU (an autograd Function torch.compile has to trace)."""
     run(volumes, tmp_path / "eager", tiny_train_config(steps=2, checkpoint_every=100))
-    run(volumes, tmp_path / "compiled", tiny_train_config(steps=2, checkpoint_every=100, compile=True))
+    run(volumes, tmp_path / "compiled", tiny_train_config(steps=2, checkpoint_every=100, compile=True,
+                                                          recompute_norm=True))
     eager, compiled = (read_checkpoint(tmp_path / name / "model.pt") for name in ("eager", "compiled"))
     assert set(compiled["model"]) == set(eager["model"])  # plain module keys, no "_orig_mod." prefix
     assert_same_weights(eager, compiled)
+
+
+def test_recompute_norm_is_used_and_gives_the_same_weights(volumes, tmp_path):
+    from ctdiff.model.norm import _GroupNormSiLU
+
+    run(volumes, tmp_path / "plain", tiny_train_config(steps=2, checkpoint_every=100))
+    with mock.patch.object(_GroupNormSiLU, "apply", wraps=_GroupNormSiLU.apply) as recomputing:
+        run(volumes, tmp_path / "lean", tiny_train_config(steps=2, checkpoint_every=100, recompute_norm=True))
+    assert recomputing.called
+    assert_same_weights(*(read_checkpoint(tmp_path / name / "model.pt") for name in ("plain", "lean")))
 
 
 def test_tensorboard_gets_the_logged_loss(volumes, tmp_path):

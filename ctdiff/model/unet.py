@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ctdiff.model.norm import group_norm_silu
+
 
 def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
     """GroupNorm with ``min(groups, channels)`` groups, which must divide ``channels``."""
@@ -57,7 +59,11 @@ class ResBlock(nn.Module):
     """``x [B, c_in, D, H, W]``, ``temb [B, E]`` → ``[B, c_out, D, H, W]``.
 
     ``h = conv(SiLU(GN(x)))``; ``h += Linear(SiLU(temb))``; ``h = conv(SiLU(GN(h)))``; ``h + skip(x)``.
+    ``recompute_norm`` (set by :class:`UNet3D`) takes the GN → SiLU pairs through
+    :func:`ctdiff.model.norm.group_norm_silu`'s recomputing path while gradients are recorded.
     """
+
+    recompute_norm: bool = False
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int) -> None:
         super().__init__()
@@ -69,9 +75,10 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        recompute = self.recompute_norm and torch.is_grad_enabled()
+        h = self.conv1(group_norm_silu(self.norm1, x, recompute))
         h = h + self.emb_proj(F.silu(temb))[:, :, None, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv2(group_norm_silu(self.norm2, h, recompute))
         return h + self.skip(x)
 
 
@@ -130,6 +137,7 @@ class UNet3D(nn.Module):
         in_channels: int = 1,
         groups: int = 32,
         grad_checkpointing: bool = False,
+        recompute_norm: bool = False,
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -185,6 +193,19 @@ class UNet3D(nn.Module):
         self.conv_out = nn.Conv3d(c, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        self.recompute_norm = recompute_norm
+
+    @property
+    def recompute_norm(self) -> bool:
+        """GN → SiLU recomputed in the backward pass (:mod:`ctdiff.model.norm`): less memory, same values."""
+        return self._recompute_norm
+
+    @recompute_norm.setter
+    def recompute_norm(self, value: bool) -> None:
+        self._recompute_norm = bool(value)
+        for m in self.modules():
+            if isinstance(m, ResBlock):
+                m.recompute_norm = self._recompute_norm
 
     def _checkpointing(self) -> bool:
         return self.grad_checkpointing and self.training and torch.is_grad_enabled()
@@ -239,4 +260,5 @@ class UNet3D(nn.Module):
             for block in blocks:
                 h = self._res(block, h, temb, skips.pop())
             h = self._up(up, h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        recompute = self.recompute_norm and torch.is_grad_enabled()
+        return self.conv_out(group_norm_silu(self.norm_out, h, recompute))
