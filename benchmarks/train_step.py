@@ -9,7 +9,8 @@ Variants (each in a fresh child process, so peak memory is its own):
 - ``ctdiff-*``: what ``ctdiff.train`` runs per step — batch indices and per-position noise from
   ``(seed, step, position)`` on the CPU, then :func:`ctdiff.train.train_step` under Accelerate (bf16
   autocast, gradient clipping, EMA update, fused Adam on CUDA) — with ``-eager``, ``-compile`` (torch.compile),
-  ``-ckpt`` (gradient checkpointing), ``-accumN`` (N micro-batches) and ``-bN`` (another batch size) as named.
+  ``-ckpt`` (gradient checkpointing), ``-rnorm`` (``train.recompute_norm``: GroupNorm → SiLU recomputed in
+  the backward pass), ``-accumN`` (N micro-batches) and ``-bN`` (another batch size) as named.
 
 After ``--warmup`` steps (which pay for compiling), ``--steps`` steps are timed (CUDA synchronised). Printed
 per variant: seconds per step, its ratio to the reference, peak memory (CUDA: ``max_memory_allocated``;
@@ -36,22 +37,27 @@ from torch.utils.flop_counter import FlopCounterMode
 from ctdiff.diffusion.schedule import make_schedule, q_sample
 from ctdiff.model.unet import UNet3D
 
-DEFAULT_VARIANTS = ("reference", "ctdiff-eager", "ctdiff-compile", "ctdiff-compile-ckpt", "ctdiff-compile-ckpt-b1")
+DEFAULT_VARIANTS = ("reference", "ctdiff-eager", "ctdiff-eager-rnorm", "ctdiff-compile", "ctdiff-compile-ckpt",
+                    "ctdiff-compile-ckpt-b1", "ctdiff-eager-ckpt-rnorm-b1")
 
 
 def parse_variant(name: str, batch: int) -> dict:
     """``ctdiff-compile-ckpt-accum2-b1`` → its options; ``reference`` → the plain step."""
     parts = name.split("-")
+    plain = {"compile": False, "ckpt": False, "rnorm": False, "accum": 1, "batch": batch}
     if parts[0] == "reference" and len(parts) == 1:
-        return {"kind": "reference", "compile": False, "ckpt": False, "accum": 1, "batch": batch}
+        return {"kind": "reference", **plain}
     if parts[0] != "ctdiff":
-        raise SystemExit(f"unknown variant {name!r}: use reference or ctdiff-[eager|compile][-ckpt][-accumN][-bN]")
-    opts = {"kind": "ctdiff", "compile": False, "ckpt": False, "accum": 1, "batch": batch}
+        raise SystemExit(f"unknown variant {name!r}: use reference or "
+                         "ctdiff-[eager|compile][-ckpt][-rnorm][-accumN][-bN]")
+    opts = {"kind": "ctdiff", **plain}
     for part in parts[1:]:
         if part in ("eager", "compile"):
             opts["compile"] = part == "compile"
         elif part == "ckpt":
             opts["ckpt"] = True
+        elif part == "rnorm":
+            opts["rnorm"] = True
         elif part.startswith("accum") and part[5:].isdigit():
             opts["accum"] = int(part[5:])
         elif part.startswith("b") and part[1:].isdigit():
@@ -61,10 +67,10 @@ def parse_variant(name: str, batch: int) -> dict:
     return opts
 
 
-def build(args: argparse.Namespace, ckpt: bool) -> UNet3D:
+def build(args: argparse.Namespace, ckpt: bool, rnorm: bool = False) -> UNet3D:
     torch.manual_seed(0)
     return UNet3D(channels=tuple(args.channels), res_blocks=args.res_blocks, attention=False, groups=args.groups,
-                  grad_checkpointing=ckpt)
+                  grad_checkpointing=ckpt, recompute_norm=rnorm)
 
 
 def step_flops(args: argparse.Namespace, batch: int) -> float:
@@ -108,7 +114,7 @@ def child(args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         accelerator = Accelerator(mixed_precision="bf16", cpu=device.type == "cpu")
-        net = build(args, ckpt=opts["ckpt"])
+        net = build(args, ckpt=opts["ckpt"], rnorm=opts["rnorm"])
         ema = copy.deepcopy(net).requires_grad_(False).to(accelerator.device)
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-5, fused=device.type == "cuda")
         model, optimizer = accelerator.prepare(net, optimizer)

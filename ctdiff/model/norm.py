@@ -11,7 +11,8 @@ plain path's to floating-point rounding (the statistics are float32 sums in anot
 
 Both passes run over chunks of whole groups (:data:`CHUNK_ELEMENTS` elements at a time), so their float32
 temporaries stay bounded whatever the volume: groups are normalised independently, so chunking changes
-nothing but the memory.
+nothing but the memory. The arithmetic is torch's own GroupNorm and SiLU kernels; what this module adds is
+what is kept between the passes.
 """
 
 from __future__ import annotations
@@ -23,73 +24,61 @@ from torch.nn import functional as F
 CHUNK_ELEMENTS = 2**24  # elements per chunk of groups (at least one group): 64 MiB of float32 temporaries each
 
 
-def _chunks(groups: int, group_elements: int, chunk_elements: int) -> list[tuple[int, int]]:
-    step = max(1, min(groups, chunk_elements // max(group_elements, 1)))
-    return [(g, min(g + step, groups)) for g in range(0, groups, step)]
-
-
 class _GroupNormSiLU(torch.autograd.Function):
-    """``silu(group_norm(x, G, weight, bias, eps))`` that saves only ``x`` and the per-group statistics."""
+    """``silu(group_norm(x, G, weight, bias, eps))`` that saves only ``x`` and the per-group statistics.
+
+    Each chunk of groups goes through torch's own kernels: ``native_group_norm`` (which also returns the
+    statistics) and SiLU forward; ``native_group_norm`` again, ``silu_backward`` and
+    ``native_group_norm_backward`` backward, on a float32 (float64 for float64 input) copy of the chunk.
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, out_dtype: torch.dtype,
                 chunk_elements: int) -> Tensor:
         x = x.contiguous()
-        b, c = x.shape[:2]
         compute = torch.promote_types(x.dtype, torch.float32)
-        xg = x.view(b, groups, c // groups, -1)
         out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-        og = out.view(xg.shape)
-        w = weight.to(compute).view(groups, -1, 1)
-        bi = bias.to(compute).view(groups, -1, 1)
-        mean = torch.empty(b, groups, 1, 1, dtype=compute, device=x.device)
+        mean = torch.empty(x.shape[0], groups, dtype=compute, device=x.device)
         rstd = torch.empty_like(mean)
-        for g0, g1 in _chunks(groups, b * xg[0, 0].numel(), chunk_elements):
-            xc = xg[:, g0:g1].to(compute, copy=True)  # a copy: normalised in place below
-            var, mu = torch.var_mean(xc, dim=(2, 3), correction=0, keepdim=True)
-            r = torch.rsqrt(var + eps)
-            mean[:, g0:g1] = mu
-            rstd[:, g0:g1] = r
-            og[:, g0:g1] = F.silu(xc.sub_(mu).mul_(r).mul_(w[g0:g1]).add_(bi[g0:g1]))
+        for g0, g1, c0, c1, xc in _chunked(x, groups, chunk_elements, compute):
+            y, mean[:, g0:g1], rstd[:, g0:g1] = torch.native_group_norm(
+                xc, weight[c0:c1].to(compute), bias[c0:c1].to(compute), x.shape[0], c1 - c0, xc[0, 0].numel(),
+                g1 - g0, eps)
+            out[:, c0:c1] = F.silu(y, inplace=True)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.groups, ctx.chunk_elements = groups, chunk_elements
+        ctx.groups, ctx.eps, ctx.chunk_elements = groups, eps, chunk_elements
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        with torch.autocast(grad.device.type, enabled=False):
-            return _GroupNormSiLU._backward(ctx, grad)
-
-    @staticmethod
-    def _backward(ctx, grad: Tensor):
         x, weight, bias, mean, rstd = ctx.saved_tensors
-        groups = ctx.groups
-        b, c = x.shape[:2]
         compute = mean.dtype
-        xg = x.view(b, groups, c // groups, -1)
-        gg = grad.contiguous().view(xg.shape)
         dx = torch.empty_like(x)
-        dxg = dx.view(xg.shape)
-        w = weight.to(compute).view(groups, -1, 1)
-        bi = bias.to(compute).view(groups, -1, 1)
-        dw = torch.empty(groups, c // groups, dtype=compute, device=x.device)
+        dw = torch.empty(weight.shape, dtype=compute, device=x.device)
         db = torch.empty_like(dw)
-        for g0, g1 in _chunks(groups, b * xg[0, 0].numel(), ctx.chunk_elements):
-            r = rstd[:, g0:g1]
-            xhat = xg[:, g0:g1].to(compute, copy=True).sub_(mean[:, g0:g1]).mul_(r)
-            y = xhat * w[g0:g1] + bi[g0:g1]
-            s = torch.sigmoid(y)
-            # d silu(y) / dy = s · (1 + y · (1 − s))
-            dy = gg[:, g0:g1].to(compute) * s.mul_(y.mul_(s.neg().add_(1)).add_(1))
-            del y, s
-            db[g0:g1] = dy.sum(dim=(0, 3))
-            dw[g0:g1] = (dy * xhat).sum(dim=(0, 3))
-            dxhat = dy.mul_(w[g0:g1])
-            # GroupNorm's backward per (sample, group): r · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂))
-            m1 = dxhat.mean(dim=(2, 3), keepdim=True)
-            m2 = (dxhat * xhat).mean(dim=(2, 3), keepdim=True)
-            dxg[:, g0:g1] = dxhat.sub_(m1).sub_(xhat.mul_(m2)).mul_(r)
-        return dx, dw.view(c).to(weight.dtype), db.view(c).to(bias.dtype), None, None, None, None
+        with torch.autocast(grad.device.type, enabled=False):
+            for g0, g1, c0, c1, xc in _chunked(x, ctx.groups, ctx.chunk_elements, compute):
+                n, c, hw, g = x.shape[0], c1 - c0, xc[0, 0].numel(), g1 - g0
+                w = weight[c0:c1].to(compute)
+                y = torch.native_group_norm(xc, w, bias[c0:c1].to(compute), n, c, hw, g, ctx.eps)[0]
+                dy = torch.ops.aten.silu_backward(grad[:, c0:c1].to(compute).contiguous(), y)
+                del y
+                dx[:, c0:c1], dw[c0:c1], db[c0:c1] = torch.ops.aten.native_group_norm_backward(
+                    dy, xc, mean[:, g0:g1].contiguous(), rstd[:, g0:g1].contiguous(), w, n, c, hw, g,
+                    [True, True, True])  # the native kernels ignore strides: contiguous inputs only
+        return dx, dw.to(weight.dtype), db.to(bias.dtype), None, None, None, None
+
+
+def _chunked(x: Tensor, groups: int, chunk_elements: int, compute: torch.dtype):
+    """``(g0, g1, c0, c1, chunk)`` per chunk of whole groups: ``chunk`` is ``x[:, c0:c1]`` as a contiguous
+    ``compute``-dtype copy."""
+    per_group = x.shape[1] // groups
+    group_elements = x.shape[0] * per_group * x[0, 0].numel()
+    step = max(1, min(groups, chunk_elements // max(group_elements, 1)))
+    for g0 in range(0, groups, step):
+        g1 = min(g0 + step, groups)
+        c0, c1 = g0 * per_group, g1 * per_group
+        yield g0, g1, c0, c1, x[:, c0:c1].to(compute, memory_format=torch.contiguous_format, copy=True)
 
 
 def group_norm_silu(norm: nn.GroupNorm, x: Tensor, recompute: bool = False,
