@@ -6,9 +6,11 @@
 
 No tensor holds data (``torch._subclasses.FakeTensorMode``), so the paper's network at 128³ is "run" in
 seconds on any machine. ``torch.distributed._tools.mem_tracker.MemTracker`` records the peak bytes of live
-tensors by kind during one bf16-autocast forward + backward: activations (saved for the backward pass) and
-temporaries. The training state is added from the parameter count, not tracked: fp32 weights, gradients,
-Adam's two moments and the EMA copy = 5 × 4 bytes per parameter.
+tensors by kind during one whole training step as ``ctdiff.train.train_step`` runs it in steady state
+(Adam's moments already allocated, gradients set to None between steps): the bf16-autocast forward and
+backward, gradient clipping, the fused Adam step and the EMA update. The peak is split into state (fp32
+weights and EMA copy; Adam's two moments; the gradients allocated by then) and activations (tensors saved
+for the backward pass and temporaries).
 
 The step runs under CPU autocast (fake tensors cannot be CUDA tensors in a CPU build of torch). The two
 autocast policies differ where it matters here: CUDA autocast runs ``group_norm`` in float32 (a float32
@@ -21,8 +23,8 @@ tensors they keep, as eager PyTorch keeps them. It is an estimate: a GPU adds th
 cuDNN workspaces and the CUDA context (~0.5 GiB), and torch.compile plans memory on its own (it fuses
 GroupNorm, SiLU and the cast, so it never keeps the float32 tensors). For the paper's U-Net with
 checkpointing at batch 1 the CPU policy gave 10.6 GiB before decoder concatenations moved inside the
-checkpointed blocks, where an H100 measured 10.5 GiB compiled; without checkpointing the H100 needed ~1.6×
-the CPU-policy estimate (59 GiB at batch 2, eager).
+checkpointed blocks, where an H100 measured 10.5 GiB compiled; without checkpointing the H100 measured
+59 GiB at batch 2 in eager bf16, which the CUDA policy reproduces.
 """
 
 from __future__ import annotations
@@ -48,26 +50,37 @@ def _group_norm_fp32(self: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 def estimate(args: argparse.Namespace, batch: int, checkpointing: bool, recompute_norm: bool) -> dict[str, float]:
+    """Peak GiB of one steady-state training step, by kind: ``state``, ``activations`` and ``total``."""
     policy = (mock.patch.object(torch.nn.GroupNorm, "forward", _group_norm_fp32) if args.autocast == "cuda"
               else contextlib.nullcontext())
     with FakeTensorMode(), policy:
-        model = UNet3D(channels=tuple(args.channels), res_blocks=args.res_blocks, attention=False,
-                       groups=args.groups, grad_checkpointing=checkpointing,
-                       recompute_norm=recompute_norm).train()
-        n_params = sum(p.numel() for p in model.parameters())
+        def unet() -> UNet3D:
+            return UNet3D(channels=tuple(args.channels), res_blocks=args.res_blocks, attention=False,
+                          groups=args.groups, grad_checkpointing=checkpointing, recompute_norm=recompute_norm)
+
+        model, ema = unet().train(), unet().requires_grad_(False)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, fused=True)
+        for p in model.parameters():  # one step on zero gradients allocates Adam's moments
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         tracker = MemTracker()
-        tracker.track_external(model)
+        tracker.track_external(model, optimizer, ema)
         with tracker:
             x = torch.randn(batch, 1, *(args.size,) * 3)
             t = torch.zeros(batch, dtype=torch.long)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out = model(x, t)
             F.mse_loss(out.float(), x).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1e-4)
         peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
-    kinds = {str(k).rsplit(".", 1)[-1]: v for k, v in peak.items()}
-    activations = (kinds.get("ACT", 0) + kinds.get("TEMP", 0)) / GIB
-    state = 5 * 4 * n_params / GIB
-    return {"activations": activations, "state": state, "total": activations + state}
+    kinds = {str(k).rsplit(".", 1)[-1]: v / GIB for k, v in peak.items()}
+    state = kinds.get("PARAM", 0) + kinds.get("OPT", 0) + kinds.get("GRAD", 0) + kinds.get("BUFFER", 0)
+    return {"activations": kinds["Total"] - state, "state": state, "total": kinds["Total"]}
 
 
 def main() -> None:
@@ -82,14 +95,14 @@ def main() -> None:
     args = p.parse_args()
     print(f"U-Net channels {args.channels}, {args.res_blocks} res blocks, {args.size}³, bf16 autocast "
           f"({args.autocast.upper()} policy), torch {torch.__version__} (estimate; see the docstring)")
-    print(f"{'batch':>5}  {'checkpointing':<14}{'recompute_norm':<15}{'activations GiB':>16}{'state GiB':>11}"
-          f"{'total GiB':>11}")
+    print(f"{'batch':>5}  {'checkpointing':<14}{'recompute_norm':<15}{'state GiB':>11}{'activations GiB':>16}"
+          f"{'peak GiB':>10}")
     for batch in args.batch:
         for checkpointing in (False, True):
             for recompute_norm in (False, True):
                 r = estimate(args, batch, checkpointing, recompute_norm)
-                print(f"{batch:>5}  {str(checkpointing):<14}{str(recompute_norm):<15}{r['activations']:>16.2f}"
-                      f"{r['state']:>11.2f}{r['total']:>11.2f}")
+                print(f"{batch:>5}  {str(checkpointing):<14}{str(recompute_norm):<15}{r['state']:>11.2f}"
+                      f"{r['activations']:>16.2f}{r['total']:>10.2f}")
 
 
 if __name__ == "__main__":

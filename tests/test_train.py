@@ -139,10 +139,10 @@ def test_compiled_training_matches_eager(volumes, tmp_path):
 
 
 def test_recompute_norm_is_used_and_gives_the_same_weights(volumes, tmp_path):
-    from ctdiff.model.norm import _GroupNormSiLU
+    from ctdiff.model.norm_conv import _NormSiLUConv
 
     run(volumes, tmp_path / "plain", tiny_train_config(steps=2, checkpoint_every=100))
-    with mock.patch.object(_GroupNormSiLU, "apply", wraps=_GroupNormSiLU.apply) as recomputing:
+    with mock.patch.object(_NormSiLUConv, "apply", wraps=_NormSiLUConv.apply) as recomputing:
         run(volumes, tmp_path / "lean", tiny_train_config(steps=2, checkpoint_every=100, recompute_norm=True))
     assert recomputing.called
     assert_same_weights(*(read_checkpoint(tmp_path / name / "model.pt") for name in ("plain", "lean")))

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ctdiff.model.norm import group_norm_silu
+from ctdiff.model.norm_conv import norm_silu_conv
 
 
 def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -59,8 +59,11 @@ class ResBlock(nn.Module):
     """``x [B, c_in, D, H, W]``, ``temb [B, E]`` → ``[B, c_out, D, H, W]``.
 
     ``h = conv(SiLU(GN(x)))``; ``h += Linear(SiLU(temb))``; ``h = conv(SiLU(GN(h)))``; ``h + skip(x)``.
-    ``recompute_norm`` (set by :class:`UNet3D`) takes the GN → SiLU pairs through
-    :func:`ctdiff.model.norm.group_norm_silu`'s recomputing path while gradients are recorded.
+    A decoder block is called with ``skip`` and works on ``x = cat([x, skip], dim=1)``. With
+    ``recompute_norm`` (set by :class:`UNet3D`) and gradients recorded, the GN → SiLU → conv chains run through
+    :func:`ctdiff.model.norm_conv.norm_silu_conv`'s chunked, recomputing path and the 1×1 skip convolution is
+    applied to ``x`` and ``skip`` apart (its weight split by input channels), so the concatenation is never
+    formed.
     """
 
     recompute_norm: bool = False
@@ -74,16 +77,33 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv3d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
-    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, temb: Tensor, skip: Tensor | None = None) -> Tensor:
+        parts = (x,) if skip is None else (x, skip)
         recompute = self.recompute_norm and torch.is_grad_enabled()
-        h = self.conv1(group_norm_silu(self.norm1, x, recompute))
+        if not recompute and skip is not None:
+            x = torch.cat(parts, dim=1)
+            parts = (x,)
+        h = norm_silu_conv(self.norm1, self.conv1, parts, recompute)
         h = h + self.emb_proj(F.silu(temb))[:, :, None, None, None]
-        h = self.conv2(group_norm_silu(self.norm2, h, recompute))
-        return h + self.skip(x)
+        h = norm_silu_conv(self.norm2, self.conv2, (h,), recompute)
+        return h + self._skip(parts)
+
+    def _skip(self, parts: tuple[Tensor, ...]) -> Tensor:
+        if isinstance(self.skip, nn.Identity):
+            return parts[0]
+        if len(parts) == 1:
+            return self.skip(parts[0])
+        out, start = None, 0
+        for p in parts:  # a 1×1 conv of a concatenation is the sum of 1×1 convs of its parts
+            w = self.skip.weight[:, start:start + p.shape[1]]
+            term = F.conv3d(p, w, self.skip.bias if out is None else None)
+            out = term if out is None else out + term
+            start += p.shape[1]
+        return out
 
 
 def _concat_res(block: ResBlock, h: Tensor, skip: Tensor | None, temb: Tensor) -> Tensor:
-    return block(h if skip is None else torch.cat([h, skip], dim=1), temb)
+    return block(h, temb, skip)
 
 
 class SelfAttention3D(nn.Module):
@@ -197,7 +217,8 @@ class UNet3D(nn.Module):
 
     @property
     def recompute_norm(self) -> bool:
-        """GN → SiLU recomputed in the backward pass (:mod:`ctdiff.model.norm`): less memory, same values."""
+        """GN → SiLU → conv chunked and recomputed in the backward pass (:mod:`ctdiff.model.norm_conv`): less
+        memory, the same values."""
         return self._recompute_norm
 
     @recompute_norm.setter
@@ -260,5 +281,4 @@ class UNet3D(nn.Module):
             for block in blocks:
                 h = self._res(block, h, temb, skips.pop())
             h = self._up(up, h)
-        recompute = self.recompute_norm and torch.is_grad_enabled()
-        return self.conv_out(group_norm_silu(self.norm_out, h, recompute))
+        return norm_silu_conv(self.norm_out, self.conv_out, (h,), self.recompute_norm and torch.is_grad_enabled())
