@@ -26,6 +26,16 @@ def test_lidc_dry_run_reads_the_given_tree(tmp_path):
     assert "results/lidc/compare/ddim-50/metrics.json" in proc.stdout
 
 
+def test_lidc_8gb_overlay_validates_and_sets_the_memory_settings(tmp_path):
+    overlay = yaml.safe_load((REPO / "config" / "lidc_8gb.yaml").read_text())["train"]
+    assert overlay["grad_checkpointing"] and overlay["recompute_norm"] and overlay["precision"] == "bf16"
+    tree = tmp_path / "LIDC-IDRI"
+    tree.mkdir()
+    proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(REPO / "config" / "lidc.yaml"),
+                     str(REPO / "config" / "lidc_8gb.yaml"), "--config", f"data={{root: {tree}}}")
+    assert "train" in planned_rules(proc)
+
+
 def test_lidc_without_root_names_the_key(tmp_path):
     proc = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "lidc.yaml"), check=False)
     assert proc.returncode != 0 and "data.root" in proc.stdout + proc.stderr
