@@ -17,8 +17,9 @@ convolve with that chunk's slice of the weight, adding into a float32 output; th
 each chunk's activation and runs torch's own ``convolution_backward``, ``silu_backward`` and
 ``native_group_norm_backward`` on it. No tensor the size of the whole concatenated input is ever formed.
 Convolution chunks (:data:`CONV_CHUNK_ELEMENTS`) are large enough for efficient convolutions; inside each,
-GroupNorm runs on smaller chunks (:data:`NORM_CHUNK_ELEMENTS`), which bound the float32 temporaries. This is the idea of
-in-place activated batch norm (Rota Bulò et al., CVPR 2018), carried through the convolution.
+GroupNorm runs on smaller chunks (:data:`NORM_CHUNK_ELEMENTS`), which bound the float32 temporaries. This
+is the idea of in-place activated batch norm (Rota Bulò et al., CVPR 2018), carried through the
+convolution.
 
 The values equal the plain path's to floating-point rounding: the convolution's partial sums over chunks
 are added in float32 and rounded to the autocast dtype once, and GroupNorm's statistics are float32 sums
@@ -163,6 +164,8 @@ class _NormSiLUConv(torch.autograd.Function):
                     grad, a, w[:, c0:c1].contiguous(), None, list(opts.stride), list(opts.padding),
                     list(opts.dilation), False, [0, 0, 0], 1, [True, True, False])
                 del a
+                # GroupNorm runs a second time per chunk here, for SiLU's backward: keeping its float32
+                # output from the activation above would hold 4 bytes per element of the whole conv chunk.
                 for h0, h1, d0, d1 in _chunks(parts, opts.groups, opts.norm_chunk_elements, g0, g1):
                     c, g = d1 - d0, h1 - h0
                     xc = _gather(parts, d0, d1, compute)

@@ -59,14 +59,12 @@ class ResBlock(nn.Module):
     """``x [B, c_in, D, H, W]``, ``temb [B, E]`` → ``[B, c_out, D, H, W]``.
 
     ``h = conv(SiLU(GN(x)))``; ``h += Linear(SiLU(temb))``; ``h = conv(SiLU(GN(h)))``; ``h + skip(x)``.
-    A decoder block is called with ``skip`` and works on ``x = cat([x, skip], dim=1)``. With
-    ``recompute_norm`` (set by :class:`UNet3D`) and gradients recorded, the GN → SiLU → conv chains run through
-    :func:`ctdiff.model.norm_conv.norm_silu_conv`'s chunked, recomputing path and the 1×1 skip convolution is
-    applied to ``x`` and ``skip`` apart (its weight split by input channels), so the concatenation is never
-    formed.
+    A decoder block is called with ``skip`` and works on ``x = cat([x, skip], dim=1)``. With ``recompute``
+    (:class:`UNet3D` passes ``recompute_norm`` while gradients are recorded), the GN → SiLU → conv chains run
+    through :func:`ctdiff.model.norm_conv.norm_silu_conv`'s chunked, recomputing path and the 1×1 skip
+    convolution is applied to ``x`` and ``skip`` apart (its weight split by input channels), so the
+    concatenation is never formed.
     """
-
-    recompute_norm: bool = False
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int) -> None:
         super().__init__()
@@ -77,9 +75,8 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv3d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
-    def forward(self, x: Tensor, temb: Tensor, skip: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, temb: Tensor, skip: Tensor | None = None, recompute: bool = False) -> Tensor:
         parts = (x,) if skip is None else (x, skip)
-        recompute = self.recompute_norm and torch.is_grad_enabled()
         if not recompute and skip is not None:
             x = torch.cat(parts, dim=1)
             parts = (x,)
@@ -100,10 +97,6 @@ class ResBlock(nn.Module):
             out = term if out is None else out + term
             start += p.shape[1]
         return out
-
-
-def _concat_res(block: ResBlock, h: Tensor, skip: Tensor | None, temb: Tensor) -> Tensor:
-    return block(h, temb, skip)
 
 
 class SelfAttention3D(nn.Module):
@@ -213,23 +206,15 @@ class UNet3D(nn.Module):
         self.conv_out = nn.Conv3d(c, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        # GN → SiLU → conv chunked and recomputed in the backward pass (ctdiff.model.norm_conv): less memory,
+        # the same values.
         self.recompute_norm = recompute_norm
-
-    @property
-    def recompute_norm(self) -> bool:
-        """GN → SiLU → conv chunked and recomputed in the backward pass (:mod:`ctdiff.model.norm_conv`): less
-        memory, the same values."""
-        return self._recompute_norm
-
-    @recompute_norm.setter
-    def recompute_norm(self, value: bool) -> None:
-        self._recompute_norm = bool(value)
-        for m in self.modules():
-            if isinstance(m, ResBlock):
-                m.recompute_norm = self._recompute_norm
 
     def _checkpointing(self) -> bool:
         return self.grad_checkpointing and self.training and torch.is_grad_enabled()
+
+    def _recompute(self) -> bool:
+        return self.recompute_norm and torch.is_grad_enabled()
 
     def _res(self, block: ResBlock, h: Tensor, temb: Tensor, skip: Tensor | None = None) -> Tensor:
         """``block`` on ``h`` (concatenated with the decoder ``skip`` on the channel axis, when given).
@@ -240,8 +225,8 @@ class UNet3D(nn.Module):
         per decoder block (the largest saved activations at full resolution).
         """
         if self._checkpointing():
-            return checkpoint(_concat_res, block, h, skip, temb, use_reentrant=False)
-        return _concat_res(block, h, skip, temb)
+            return checkpoint(block, h, temb, skip, self._recompute(), use_reentrant=False)
+        return block(h, temb, skip, self._recompute())
 
     def _up(self, up: nn.Module, h: Tensor) -> Tensor:
         """Upsampling; checkpointed like the blocks, so the ×2 nearest-neighbour copy is not stored."""
@@ -281,4 +266,4 @@ class UNet3D(nn.Module):
             for block in blocks:
                 h = self._res(block, h, temb, skips.pop())
             h = self._up(up, h)
-        return norm_silu_conv(self.norm_out, self.conv_out, (h,), self.recompute_norm and torch.is_grad_enabled())
+        return norm_silu_conv(self.norm_out, self.conv_out, (h,), self._recompute())
