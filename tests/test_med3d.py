@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -139,3 +142,37 @@ def test_files_without_num_batches_tracked_load(tmp_path):
     torch.save({"state_dict": sd}, tmp_path / "old.pth")
     model, _ = load_med3d(10, tmp_path / "old.pth")
     assert torch.equal(model.conv1.weight, sd["conv1.weight"])
+
+
+MEDICALNET = os.environ.get("CTDIFF_MEDICALNET_RESNET")
+
+
+@pytest.mark.skipif(not MEDICALNET, reason="set CTDIFF_MEDICALNET_RESNET to MedicalNet's models/resnet.py (not "
+                                           "shipped: its code is not part of ctdiff) to compare with its own module")
+@pytest.mark.parametrize("depth", [10, 18, 34, 50, 101, 152, 200])
+def test_pooled_layer4_equals_medicalnets_own_module(depth):
+    """MedicalNet's ResNet with random weights and non-trivial BatchNorm statistics, its state dict loaded
+    strictly into Med3DResNet (``conv_seg`` dropped): in float64 the pooled layer4 outputs agree to rounding.
+    Both run the same torch kernels in the same order, so the difference is 0 in practice; 1e-12 relative
+    leaves room for a kernel that reorders a sum."""
+    spec = importlib.util.spec_from_file_location("medicalnet_resnet", MEDICALNET)
+    medicalnet = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(medicalnet)
+    torch.manual_seed(depth)
+    shortcut = "A" if depth in (18, 34) else "B"
+    ref = getattr(medicalnet, f"resnet{depth}")(sample_input_D=32, sample_input_H=32, sample_input_W=32,
+                                                num_seg_classes=2, shortcut_type=shortcut, no_cuda=True)
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.1, 0.1)
+    ref = ref.double().eval()
+    ours = Med3DResNet(depth).double().eval()
+    ours.load_state_dict({k: v for k, v in ref.state_dict().items() if not k.startswith("conv_seg.")}, strict=True)
+    x = torch.randn(2, 1, 32, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        h = ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))
+        expected = ref.layer4(ref.layer3(ref.layer2(ref.layer1(h)))).mean(dim=(2, 3, 4))
+        got = ours(x)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12 * float(expected.abs().max()))
