@@ -1,7 +1,8 @@
 """Start a command under ``accelerate launch`` with one process per GPU, on one node or several.
 
 ``python -m ctdiff.launch --gpus G --threads T -- -m ctdiff.cli train ...`` runs on each node of the job
-and builds the ``accelerate launch`` options from the environment:
+and builds the ``accelerate launch`` options from the environment (Accelerate runs through this interpreter,
+never an ``accelerate`` found on ``PATH``):
 
 * ``G = 0``: one CPU process (``--cpu``).
 * one node: ``G`` processes (``--multi_gpu`` when ``G > 1``).
@@ -50,9 +51,14 @@ def accelerate_options(gpus: int, threads: int, env: Mapping[str, str]) -> list[
     ]
 
 
-def command(gpus: int, threads: int, args: Sequence[str], env: Mapping[str, str]) -> list[str]:
-    """The whole ``accelerate launch`` command line."""
-    return ["accelerate", "launch", *accelerate_options(gpus, threads, env), *args]
+def command(gpus: int, threads: int, args: Sequence[str], env: Mapping[str, str],
+            python: str = sys.executable) -> list[str]:
+    """The whole ``accelerate launch`` command line, run by ``python`` (this interpreter): Accelerate's own
+    command-line module, so a pipeline started as ``.venv/bin/snakemake`` without the venv on ``PATH``
+    launches the venv's Accelerate (and, through it, the venv's Python) instead of looking ``accelerate`` up
+    on ``PATH``."""
+    return [python, "-m", "accelerate.commands.accelerate_cli", "launch",
+            *accelerate_options(gpus, threads, env), *args]
 
 
 def main(argv: list[str] | None = None) -> int:

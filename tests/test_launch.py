@@ -42,5 +42,6 @@ def test_dry_run_prints_the_command():
     out = subprocess.run([sys.executable, "-m", "ctdiff.launch", "--gpus", "2", "--threads", "4", "--dry-run",
                           "--", "-m", "ctdiff.cli", "train", "--out", "x"],
                          capture_output=True, text=True, env=env, check=True).stdout.split()
-    assert out[:2] == ["accelerate", "launch"] and out[-5:] == ["-m", "ctdiff.cli", "train", "--out", "x"]
+    assert out[:4] == [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch"]
+    assert out[-5:] == ["-m", "ctdiff.cli", "train", "--out", "x"]
     assert opt(out, "--machine_rank") == "0" and opt(out, "--num_processes") == "4"
