@@ -6,7 +6,7 @@ The report is a list of :class:`Section` built once from the run's files (:func:
 rendered twice, so the two renderings cannot differ in content:
 
 - ``report.md`` (:func:`render_markdown`) for terminals, diffs and GitHub. Its images are links to the
-  PNG files the figure rules write next to it (``figures/*.png``, paths relative to the report), not data
+  PNG files the figure rules write beside it (``figures/*.png``, paths relative to the report), not data
   URIs: GitHub does not show data-URI images, and base64 would bury the text a reader of a terminal or a
   diff came for.
 - ``report.html`` (:func:`render_html`), one self-contained page with the same images embedded as base64,
@@ -229,9 +229,16 @@ def build_sections(
 
 
 def _markdown_table(t: Table) -> str:
-    lines = ["| " + " | ".join(t.header) + " |", "|" + "---|" * len(t.header)]
-    lines += ["| " + " | ".join(row) + " |" for row in t.rows]
+    def line(cells: tuple[str, ...]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    lines = [line(t.header), "|" + "---|" * len(t.header), *map(line, t.rows)]
     return (f"{t.caption}:\n\n" if t.caption else "") + "\n".join(lines)
+
+
+def _markdown_image(i: Image, directory: Path) -> str:
+    link = Path(os.path.relpath(i.path.absolute(), Path(directory).absolute())).as_posix()
+    return f"![{i.alt}]({link})"
 
 
 def render_markdown(sections: list[Section], directory: Path) -> str:
@@ -239,8 +246,7 @@ def render_markdown(sections: list[Section], directory: Path) -> str:
     parts = ["# ctdiff report"]
     for s in sections:
         blocks = [f"## {s.title}", s.text, *map(_markdown_table, s.tables)]
-        blocks += [f"![{i.alt}]({Path(os.path.relpath(i.path.absolute(), Path(directory).absolute())).as_posix()})"
-                   for i in s.images]
+        blocks += [_markdown_image(i, directory) for i in s.images]
         blocks.append(f"```yaml\n{s.code}```" if s.code else "")
         parts.append("\n\n".join(filter(None, blocks)))
     return "\n\n".join(parts) + "\n"

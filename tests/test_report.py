@@ -5,6 +5,7 @@ import html
 import json
 import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ import pytest
 from ctdiff.io import save_volume
 from ctdiff.metrics.compare import sampler_table
 from ctdiff.plots import closest_pairs, figure1, learning_curve, memorisation_histogram
-from ctdiff.report import build_sections, render_html, render_markdown, write_report
+from ctdiff.report import Section, Table, build_sections, render_html, render_markdown, write_report
 
 
 def memorisation():
@@ -215,3 +216,8 @@ def test_markdown_and_html_hold_the_same_sections(tmp_path):
             assert f"![{image.alt}]({image.path.name})" in md_part and f'<img id="{image.id}"' in html_part
         assert section.code in md_part and html.escape(section.code) in html_part
     assert sum(len(s.images) for s in sections) == 4 and _numbers(md_parts[-1]) == Counter({"0.0001": 1})
+
+
+def test_a_pipe_in_a_cell_keeps_the_markdown_table_whole():
+    sections = [Section("QC", tables=(Table(("reason",), (("a | b",),)),))]
+    assert "| a \\| b |" in render_markdown(sections, Path(".")) and "<td>a | b</td>" in render_html(sections)
