@@ -1,32 +1,74 @@
 """The run's report: metrics with bootstrap intervals beside the paper's and the real-vs-real floor, the
-sampler comparison (when configured), the memorisation audit, Figure 1, the learning curve, QC summary and
-config.
+sampler comparison (when configured), the memorisation audit, Figure 1, the learning curve, the data QC
+summary, provenance and config.
 
-Two renderings of the same content: ``report.md`` for terminals and diffs, and a self-contained
-``report.html`` (images embedded as base64) for a browser.
+The report is a list of :class:`Section` built once from the run's files (:func:`build_sections`) and
+rendered twice, so the two renderings cannot differ in content:
+
+- ``report.md`` (:func:`render_markdown`) for terminals, diffs and GitHub. Its images are links to the
+  PNG files the figure rules write beside it (``figures/*.png``, paths relative to the report), not data
+  URIs: GitHub does not show data-URI images, and base64 would bury the text a reader of a terminal or a
+  diff came for.
+- ``report.html`` (:func:`render_html`), one self-contained page with the same images embedded as base64,
+  to mail or archive alone.
+
+The paper's numbers are those ``metrics.json`` records under ``"paper"``: ``ctdiff.metrics.evaluate`` has
+written them into every ``metrics.json`` since it first wrote one, so a file without them did not come
+from this pipeline and is refused (``ValueError``) rather than shown beside guessed numbers.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
+import yaml
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
+from ctdiff.data.cohort import SUMMARY_COLUMNS
+from ctdiff.io import atomic_path
+from ctdiff.metrics.compare import read_sampler_table
 
-from ctdiff.io import atomic_path  # noqa: E402
-from ctdiff.metrics.compare import read_sampler_table  # noqa: E402
-from ctdiff.metrics.evaluate import PAPER  # noqa: E402
+
+@dataclass(frozen=True)
+class Table:
+    """A table of text cells; ``caption`` (optional) introduces it, ``id`` (optional) names it in HTML."""
+
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    caption: str = ""
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class Image:
+    """A PNG file: linked from the Markdown, embedded in the HTML (``id`` names the ``<img>``)."""
+
+    path: Path
+    alt: str
+    id: str
+
+
+@dataclass(frozen=True)
+class Section:
+    """One heading of the report and its content, rendered in this order: the introducing ``text``, the
+    ``tables``, the ``images``, then ``code`` (preformatted YAML)."""
+
+    title: str
+    text: str = ""
+    tables: tuple[Table, ...] = ()
+    images: tuple[Image, ...] = ()
+    code: str = ""
+
+
+def _table(header: list[str], rows: list[tuple], *, caption: str = "", id: str = "") -> Table:
+    """A :class:`Table` with every cell turned into text."""
+    return Table(tuple(header), tuple(tuple(str(c) for c in row) for row in rows), caption, id)
 
 
 def _with_ci(text: str, interval: dict | None, level: float | None) -> str:
@@ -38,20 +80,25 @@ def _with_ci(text: str, interval: dict | None, level: float | None) -> str:
 
 def metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """Rows (metric, this run, paper, note) of the metrics table: values with their bootstrap intervals where
-    present, then the real-vs-real floor."""
+    present beside the paper's values (``metrics["paper"]``, ``ValueError`` without them), then the real-vs-real
+    floor."""
     net = metrics.get("feature_network", {})
     fid_note = "" if net.get("pretrained") else "seeded random feature network: not comparable to the paper"
     if metrics.get("fid_rank_deficient"):
         fid_note = "; ".join(filter(None, [fid_note, "fewer volumes than feature dimensions: covariance rank-deficient"]))
+    paper = metrics.get("paper", {})
+    missing = {"fid", "msssim"} - set(paper)
+    if missing:
+        raise ValueError(f"metrics.json records no paper value for {sorted(missing)} under 'paper'")
     paired, diversity = metrics["msssim_nearest_real"], metrics["msssim_diversity"]
     boot = metrics.get("bootstrap", {})
     level = boot.get("level")
     rows = [
         ("FID (Med3D features)", _with_ci(f"{metrics['fid']:.3f}", boot.get("fid"), level),
-         f"{PAPER['fid']:.2f}", fid_note),
+         f"{paper['fid']:.2f}", fid_note),
         ("MS-SSIM, synthetic vs nearest real (higher = closer; mean ± sd)",
          _with_ci(f"{paired['mean']:.3f} ± {paired['std']:.3f}", boot.get("msssim_nearest_real"), level),
-         f"{PAPER['msssim']:.3f}", "paper's protocol; the interval is for the mean"),
+         f"{paper['msssim']:.3f}", "paper's protocol; the interval is for the mean"),
         ("MS-SSIM, synthetic vs synthetic (lower = more diverse)",
          _with_ci(f"{diversity['mean']:.3f} ± {diversity['std']:.3f}", boot.get("msssim_diversity"), level),
          "—", "diversity, as WDM-3D reports it; the interval is for the mean"),
@@ -121,150 +168,143 @@ def memorisation_summary(memorisation: dict[str, Any]) -> str:
             f"{ref['p05']:.4g}, median {ref['median']:.4g}, max {ref['max']:.4g}.")
 
 
-def memorisation_png(memorisation: dict[str, Any]) -> bytes:
-    """PNG bytes of a histogram of synthetic-to-train against test-to-train L2 distances, with the threshold."""
-    syn = [p["distance"] for p in memorisation["per_sample"]]
-    test = [p["distance"] for p in memorisation["test_to_train"]["per_sample"]]
-    fig, ax = plt.subplots(figsize=(5.0, 3.0), constrained_layout=True)
-    bins = np.histogram_bin_edges(np.concatenate([syn, test]), bins=min(30, max(5, len(syn) + len(test))))
-    ax.hist(test, bins=bins, alpha=0.6, label=f"test → nearest train ({len(test)})")
-    ax.hist(syn, bins=bins, alpha=0.6, label=f"synthetic → nearest train ({len(syn)})")
-    ax.axvline(memorisation["threshold"], color="k", linestyle="--", linewidth=1, label="near-copy threshold")
-    ax.set_xlabel("L2 distance to the nearest training volume")
-    ax.set_ylabel("volumes")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-QC_COLUMNS = ["stage", "decision", "reason", "count"]
-
-
 def qc_summary(summary_tsv: Path) -> pd.DataFrame:
-    """The cohort summary (``qc/summary.tsv``): counts per stage, decision and reason."""
-    table = pd.read_csv(summary_tsv, sep="\t", keep_default_na=False, dtype=str)
-    missing = set(QC_COLUMNS) - set(table.columns)
+    """The cohort summary (``qc/summary.tsv``, :data:`ctdiff.data.cohort.SUMMARY_COLUMNS`): counts per
+    stage, decision and reason."""
+    summary = pd.read_csv(summary_tsv, sep="\t", keep_default_na=False, dtype=str)
+    missing = set(SUMMARY_COLUMNS) - set(summary.columns)
     if missing:
         raise ValueError(f"{summary_tsv} lacks the columns {sorted(missing)}")
-    return table[QC_COLUMNS]
+    return summary[SUMMARY_COLUMNS]
 
 
-def learning_curve_png(log_csv: Path) -> bytes:
-    """PNG bytes of the training loss against the step (log scale)."""
-    log = pd.read_csv(log_csv)
-    fig, ax = plt.subplots(figsize=(5.0, 3.0), constrained_layout=True)
-    ax.plot(log["step"], log["loss"])
-    ax.set_xlabel("step")
-    ax.set_ylabel("ε-MSE loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _markdown_table(header: list[str], rows: list[tuple]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _html_table(header: list[str], rows: list[tuple]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def write_report(
+def build_sections(
     metrics_json: Path,
-    figure_png: Path,
-    log_csv: Path,
     qc_summary_tsv: Path,
     config: dict[str, Any],
-    out_md: Path,
-    out_html: Path,
+    *,
+    figure1_png: Path,
+    learning_curve_png: Path,
+    memorisation_png: Path | None = None,
     pairs_png: Path | None = None,
     samplers_tsv: Path | None = None,
-) -> None:
-    """Write ``report.md`` and the self-contained ``report.html``; ``pairs_png`` (the closest
-    synthetic/training pairs as images) goes into the memorisation section, ``samplers_tsv`` (the sampler
-    comparison, ``ctdiff.metrics.compare.sampler_table``) into a section after the metrics."""
+) -> list[Section]:
+    """The report's sections, in order, from the run's files.
+
+    ``samplers_tsv`` (the sampler comparison, ``ctdiff.metrics.compare.sampler_table``) adds a section after
+    the metrics; ``memorisation_png`` (the distance histogram) and ``pairs_png`` (the closest pairs as
+    images) go into the memorisation section, which exists when ``metrics.json`` records the audit.
+    """
     metrics = json.loads(Path(metrics_json).read_text())
-    rows = metrics_rows(metrics)
+    sections = [Section("Metrics", tables=(
+        _table(["metric", "this run", "paper", "note"], metrics_rows(metrics), id="metrics"),))]
+    if samplers_tsv is not None:
+        header, rows, sentence = sampler_rows(read_sampler_table(samplers_tsv))
+        sections.append(Section("Samplers", text=sentence, tables=(_table(header, rows, id="samplers"),)))
+    memorisation = metrics.get("memorisation")
+    if memorisation:
+        pairs = _table(["synthetic", "nearest training volume", "L2 distance"], memorisation_rows(memorisation),
+                       caption="Closest pairs")
+        images = [Image(Path(png), alt, id) for png, alt, id in (
+            (memorisation_png, "L2 distance to the nearest training volume: synthetic and test volumes",
+             "memorisation-histogram"),
+            (pairs_png, "closest synthetic and training volumes", "closest-pairs"),
+        ) if png is not None]
+        sections.append(Section("Memorisation", text=memorisation_summary(memorisation), tables=(pairs,),
+                                images=tuple(images)))
+    figure1 = Image(Path(figure1_png), "Figure 1: axial, coronal and sagittal slices, real (a) and synthetic (b)",
+                    "figure1")
+    sections.append(Section("Figure 1", images=(figure1,)))
+    sections.append(Section("Learning curve", images=(Image(Path(learning_curve_png), "training loss",
+                                                            "learning-curve"),)))
     qc = qc_summary(qc_summary_tsv)
-    qc_rows = list(qc.itertuples(index=False, name=None))
-    header = ["metric", "this run", "paper", "note"]
+    sections.append(Section("Data QC", text="Series found, items converted, usable cohort.", tables=(
+        _table(list(qc.columns), list(qc.itertuples(index=False, name=None))),)))
     provenance = {k: metrics[k] for k in ("n_real", "n_synthetic", "n_train", "volume_shape", "feature_network")
                   if k in metrics}
     provenance.update(metrics.get("provenance", {}))
-    config_yaml = yaml.safe_dump(config, sort_keys=False)
-    provenance_yaml = yaml.safe_dump(provenance, sort_keys=False)
+    sections.append(Section("Provenance", code=yaml.safe_dump(provenance, sort_keys=False)))
+    sections.append(Section("Config", code=yaml.safe_dump(config, sort_keys=False)))
+    return sections
 
-    samplers_md, samplers_html = [], ""
-    if samplers_tsv is not None:
-        s_header, s_rows, s_sentence = sampler_rows(read_sampler_table(samplers_tsv))
-        samplers_md = ["## Samplers\n\n" + s_sentence + "\n\n" + _markdown_table(s_header, s_rows)]
-        samplers_html = (f'<h2>Samplers</h2>\n<p id="samplers-note">{html.escape(s_sentence)}</p>\n'
-                         f'<div id="samplers">{_html_table(s_header, s_rows)}</div>\n')
 
-    memorisation = metrics.get("memorisation")
-    mem_header = ["synthetic", "nearest training volume", "L2 distance"]
-    mem_md, mem_html = [], ""
-    if memorisation:
-        mem_rows = memorisation_rows(memorisation)
-        mem_md = ["## Memorisation\n\n" + memorisation_summary(memorisation)
-                  + " The histogram is in report.html.\n\nClosest pairs:\n\n" + _markdown_table(mem_header, mem_rows)]
-        mem_b64 = base64.b64encode(memorisation_png(memorisation)).decode()
-        mem_html = f"""<h2>Memorisation</h2>
-<p id="memorisation">{html.escape(memorisation_summary(memorisation))}</p>
-<img id="memorisation-histogram" alt="L2 distance to the nearest training volume: synthetic and test volumes"
- src="data:image/png;base64,{mem_b64}" style="max-width:100%">
-<h3>Closest pairs</h3>
-{_html_table(mem_header, mem_rows)}
-"""
-        if pairs_png is not None:
-            pairs_b64 = base64.b64encode(Path(pairs_png).read_bytes()).decode()
-            mem_html += (f'<img id="closest-pairs" alt="closest synthetic and training volumes" '
-                         f'src="data:image/png;base64,{pairs_b64}" style="max-width:100%">\n')
-            mem_md[0] += "\n\n![closest synthetic/training pairs](figures/closest_pairs.png)"
+def _markdown_table(t: Table) -> str:
+    def line(cells: tuple[str, ...]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    md = "\n\n".join([
-        "# ctdiff report",
-        "## Metrics\n\n" + _markdown_table(header, rows),
-        *samplers_md,
-        *mem_md,
-        "## Figure 1\n\n![Figure 1: real (a) and synthetic (b)](figures/figure1.png)",
-        "## Data QC (series found, items converted, usable cohort)\n\n" + _markdown_table(QC_COLUMNS, qc_rows),
-        "## Provenance\n\n```yaml\n" + provenance_yaml + "```",
-        "## Config\n\n```yaml\n" + config_yaml + "```",
-    ]) + "\n"
-    with atomic_path(Path(out_md)) as tmp:
-        tmp.write_text(md)
+    lines = [line(t.header), "|" + "---|" * len(t.header), *map(line, t.rows)]
+    return (f"{t.caption}:\n\n" if t.caption else "") + "\n".join(lines)
 
-    figure_b64 = base64.b64encode(Path(figure_png).read_bytes()).decode()
-    curve_b64 = base64.b64encode(learning_curve_png(log_csv)).decode()
-    page = f"""<!DOCTYPE html>
+
+def _markdown_image(i: Image, directory: Path) -> str:
+    link = Path(os.path.relpath(i.path.absolute(), Path(directory).absolute())).as_posix()
+    return f"![{i.alt}]({link})"
+
+
+def render_markdown(sections: list[Section], directory: Path) -> str:
+    """The report as Markdown; images are links relative to ``directory``, the folder report.md lies in."""
+    parts = ["# ctdiff report"]
+    for s in sections:
+        blocks = [f"## {s.title}", s.text, *map(_markdown_table, s.tables)]
+        blocks += [_markdown_image(i, directory) for i in s.images]
+        blocks.append(f"```yaml\n{s.code}```" if s.code else "")
+        parts.append("\n\n".join(filter(None, blocks)))
+    return "\n\n".join(parts) + "\n"
+
+
+def _html_table(t: Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in t.header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in t.rows)
+    out = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    if t.id:
+        out = f'<div id="{t.id}">{out}</div>'
+    return (f"<h3>{html.escape(t.caption)}</h3>\n" if t.caption else "") + out
+
+
+def _html_image(i: Image) -> str:
+    data = base64.b64encode(i.path.read_bytes()).decode()
+    return (f'<img id="{i.id}" alt="{html.escape(i.alt)}" src="data:image/png;base64,{data}" '
+            'style="max-width:100%">')
+
+
+def render_html(sections: list[Section]) -> str:
+    """The report as one self-contained HTML page, images embedded as base64."""
+    body = []
+    for s in sections:
+        body.append(f"<h2>{html.escape(s.title)}</h2>")
+        if s.text:
+            body.append(f"<p>{html.escape(s.text)}</p>")
+        body += [*map(_html_table, s.tables), *map(_html_image, s.images)]
+        if s.code:
+            body.append(f"<pre>{html.escape(s.code)}</pre>")
+    return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ctdiff report</title>
 <style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}
 pre{{background:#f6f6f6;padding:.6rem;overflow:auto}}</style></head><body>
 <h1>ctdiff report</h1>
-<h2>Metrics</h2>
-<div id="metrics">{_html_table(header, rows)}</div>
-{samplers_html}{mem_html}<h2>Figure 1</h2>
-<img id="figure1" alt="Figure 1: axial, coronal and sagittal slices, real (a) and synthetic (b)"
- src="data:image/png;base64,{figure_b64}" style="max-width:100%">
-<h2>Learning curve</h2>
-<img id="learning-curve" alt="training loss" src="data:image/png;base64,{curve_b64}" style="max-width:100%">
-<h2>Data QC</h2>
-{_html_table(QC_COLUMNS, qc_rows)}
-<h2>Provenance</h2><pre>{html.escape(provenance_yaml)}</pre>
-<h2>Config</h2><pre>{html.escape(config_yaml)}</pre>
-</body></html>
-"""
+""" + "\n".join(body) + "\n</body></html>\n"
+
+
+def write_report(
+    metrics_json: Path,
+    qc_summary_tsv: Path,
+    config: dict[str, Any],
+    out_md: Path,
+    out_html: Path,
+    *,
+    figure1_png: Path,
+    learning_curve_png: Path,
+    memorisation_png: Path | None = None,
+    pairs_png: Path | None = None,
+    samplers_tsv: Path | None = None,
+) -> None:
+    """Write ``report.md`` and the self-contained ``report.html`` of :func:`build_sections` (same
+    arguments)."""
+    sections = build_sections(metrics_json, qc_summary_tsv, config, figure1_png=figure1_png,
+                              learning_curve_png=learning_curve_png, memorisation_png=memorisation_png,
+                              pairs_png=pairs_png, samplers_tsv=samplers_tsv)
+    with atomic_path(Path(out_md)) as tmp:
+        tmp.write_text(render_markdown(sections, Path(out_md).parent))
     with atomic_path(Path(out_html)) as tmp:
-        tmp.write_text(page)
+        tmp.write_text(render_html(sections))

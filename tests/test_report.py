@@ -1,14 +1,20 @@
-"""Report: the metrics table sits beside the paper's numbers with bootstrap intervals and the real-vs-real
-floor; the sampler comparison when there is one; the memorisation section; the HTML embeds its images."""
+"""Report: the metrics table sits beside the paper's numbers (as metrics.json records them) with bootstrap
+intervals and the real-vs-real floor; the sampler comparison when there is one; the memorisation section;
+Markdown and HTML hold the same sections, the HTML embeds its images and the Markdown links them."""
+import html
 import json
+import re
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from ctdiff.figure import figure1
 from ctdiff.io import save_volume
 from ctdiff.metrics.compare import sampler_table
-from ctdiff.report import memorisation_png, write_report
+from ctdiff.plots import closest_pairs, figure1, learning_curve, memorisation_histogram
+from ctdiff.report import Section, Table, build_sections, render_html, render_markdown, write_report
 
 
 def memorisation():
@@ -34,6 +40,7 @@ def metrics(pretrained: bool, rank_deficient: bool, floor=None, extended=True):
         "feature_network": {"depth": 10, "pretrained": pretrained, "sha256": None},
         "n_real": 4, "n_synthetic": 4, "volume_shape": [16, 16, 16],
         "provenance": {"sampler": "ddpm", "checkpoint_step": 7},
+        "paper": {"fid": 9.70, "msssim": 0.266},
     }
     if extended:
         m["bootstrap"] = {"fid": {"low": 100.0, "high": 140.25, "bias": 3.0, "method": "shifted percentile"},
@@ -53,15 +60,25 @@ def write_inputs(tmp_path, m):
     figure1(tmp_path / "a.nii.gz", tmp_path / "b.nii.gz", tmp_path / "figure1.png")
     pd.DataFrame({"step": [1, 2, 3], "loss": [1.0, 0.5, 0.25], "lr": 1e-3, "elapsed_s": [1, 2, 3]}).to_csv(
         tmp_path / "log.csv", index=False)
+    learning_curve(tmp_path / "log.csv", tmp_path / "learning_curve.png")
+    if "memorisation" in m:
+        memorisation_histogram(m["memorisation"], tmp_path / "memorisation.png")
     pd.DataFrame({"stage": ["discover", "discover", "cohort"], "decision": ["chosen", "rejected", "usable"],
                   "reason": ["", "modality CR is not CT", "patients"], "count": [2, 1, 2]}).to_csv(
         tmp_path / "inv.tsv", sep="\t", index=False)
 
 
-def _report(tmp_path, m, config=None, samplers_tsv=None):
+def figures(tmp_path, m, pairs_png=None):
+    """The figure arguments of write_report / build_sections for the files write_inputs made."""
+    histogram = tmp_path / "memorisation.png"
+    return {"figure1_png": tmp_path / "figure1.png", "learning_curve_png": tmp_path / "learning_curve.png",
+            "memorisation_png": histogram if "memorisation" in m else None, "pairs_png": pairs_png}
+
+
+def _report(tmp_path, m, config=None, samplers_tsv=None, pairs_png=None):
     write_inputs(tmp_path, m)
-    write_report(tmp_path / "metrics.json", tmp_path / "figure1.png", tmp_path / "log.csv", tmp_path / "inv.tsv",
-                 config or {}, tmp_path / "report.md", tmp_path / "report.html", samplers_tsv=samplers_tsv)
+    write_report(tmp_path / "metrics.json", tmp_path / "inv.tsv", config or {}, tmp_path / "report.md",
+                 tmp_path / "report.html", samplers_tsv=samplers_tsv, **figures(tmp_path, m, pairs_png))
     return (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
 
 
@@ -83,6 +100,10 @@ def test_report_contents(tmp_path):
     assert page.count("data:image/png;base64,") == 3
     assert 'id="metrics"' in page and "9.70" in page
     assert 'id="memorisation-histogram"' in page and "1 of 3 synthetic volumes flagged" in page
+    # the Markdown links the same three images, relative to report.md
+    assert "![Figure 1: axial, coronal and sagittal slices, real (a) and synthetic (b)](figure1.png)" in md
+    assert "![training loss](learning_curve.png)" in md and "(memorisation.png)" in md
+    assert md.index("## Learning curve") > md.index("## Figure 1")
 
 
 def test_null_floor_shows_its_reason(tmp_path):
@@ -98,11 +119,6 @@ def test_pretrained_features_carry_no_warning(tmp_path):
     # metrics written before intervals, floor and memorisation existed still render
     assert "| 123.456 | 9.70 |" in md and "Floor" not in md and "Memorisation" not in md
     assert page.count("data:image/png;base64,") == 2
-
-
-def test_memorisation_histogram_is_a_png():
-    png = memorisation_png(memorisation())
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
 
 
 def test_sampler_comparison_table(tmp_path):
@@ -140,3 +156,68 @@ def test_report_without_intervals(tmp_path):
     md, _ = _report(tmp_path, m)
     assert "| 123.456 | 9.70 |" in md and "CI" not in md
     assert "| Intervals | none (evaluate.bootstrap is 0) |" in md
+
+
+def test_closest_pairs_image_in_both_renderings(tmp_path):
+    (tmp_path / "figures").mkdir()
+    for name in ("s", "t"):
+        save_volume(tmp_path / f"{name}.nii.gz", np.full((8, 8, 8), 0.25, np.float32), np.eye(4))
+    closest_pairs([(tmp_path / "s.nii.gz", tmp_path / "t.nii.gz", 0.0)], tmp_path / "figures" / "pairs.png")
+    md, page = _report(tmp_path, metrics(pretrained=True, rank_deficient=False),
+                       pairs_png=tmp_path / "figures" / "pairs.png")
+    assert "![closest synthetic and training volumes](figures/pairs.png)" in md
+    assert 'id="closest-pairs"' in page and page.count("data:image/png;base64,") == 4
+    assert md.index("figures/pairs.png") < md.index("## Figure 1")
+
+
+def test_paper_values_are_read_from_metrics_json(tmp_path):
+    m = metrics(pretrained=True, rank_deficient=False)
+    m["paper"] = {"fid": 1.5, "msssim": 0.123}
+    md, page = _report(tmp_path, m)
+    assert "| 123.456 [95 % CI 100.000 to 140.250] | 1.50 |" in md and "[95 % CI 0.500 to 0.525] | 0.123 |" in md
+    assert "9.70" not in md and "0.266" not in md and "<td>1.50</td>" in page
+    del m["paper"]["msssim"]
+    with pytest.raises(ValueError, match=r"no paper value for \['msssim'\]"):
+        _report(tmp_path, m)
+
+
+def _numbers(text: str) -> Counter:
+    return Counter(re.findall(r"\d+\.\d+", text))
+
+
+def test_markdown_and_html_hold_the_same_sections(tmp_path):
+    """Every section, table cell, text, image and code block is in both renderings, with the same numbers."""
+    m = metrics(pretrained=False, rank_deficient=True)
+    m["real_volumes"] = ["r0.nii.gz", "r1.nii.gz", "r2.nii.gz", "r3.nii.gz"]
+    m["provenance"] = {"sampler": "ddpm", "sampler_steps": 1000, "eta": 0.0, "network_evaluations": 1000,
+                       "sample_seed": 4, "checkpoint_step": 7, "checkpoint_sha256": "c" * 64}
+    (tmp_path / "main.json").write_text(json.dumps(m))
+    sampler_table(tmp_path / "main.json", {}, tmp_path / "samplers.tsv")
+    write_inputs(tmp_path, m)
+    sections = build_sections(tmp_path / "metrics.json", tmp_path / "inv.tsv", {"train": {"lr": 0.0001}},
+                              samplers_tsv=tmp_path / "samplers.tsv", **figures(tmp_path, m, tmp_path / "figure1.png"))
+    titles = [s.title for s in sections]
+    assert titles == ["Metrics", "Samplers", "Memorisation", "Figure 1", "Learning curve", "Data QC", "Provenance",
+                      "Config"]
+    md = render_markdown(sections, tmp_path)
+    page = render_html(sections)
+    md_parts = md.split("\n## ")[1:]
+    html_parts = re.sub(r"data:image/png;base64,[^\"]*", "", page).split("<h2>")[1:]
+    assert [p.split("\n")[0] for p in md_parts] == titles
+    assert [p.split("</h2>")[0] for p in html_parts] == titles
+    for section, md_part, html_part in zip(sections, md_parts, html_parts):
+        assert _numbers(md_part) == _numbers(html_part), section.title
+        assert section.text in md_part and html.escape(section.text) in html_part
+        for t in section.tables:
+            for row, cell in ((t.header, "th"), *((r, "td") for r in t.rows)):
+                assert "| " + " | ".join(row) + " |" in md_part
+                assert "".join(f"<{cell}>{html.escape(c)}</{cell}>" for c in row) in html_part
+        for image in section.images:
+            assert f"![{image.alt}]({image.path.name})" in md_part and f'<img id="{image.id}"' in html_part
+        assert section.code in md_part and html.escape(section.code) in html_part
+    assert sum(len(s.images) for s in sections) == 4 and _numbers(md_parts[-1]) == Counter({"0.0001": 1})
+
+
+def test_a_pipe_in_a_cell_keeps_the_markdown_table_whole():
+    sections = [Section("QC", tables=(Table(("reason",), (("a | b",),)),))]
+    assert "| a \\| b |" in render_markdown(sections, Path(".")) and "<td>a | b</td>" in render_html(sections)

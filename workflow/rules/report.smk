@@ -1,4 +1,5 @@
-# Figure 1 (real vs synthetic, three views) and the report (Markdown + self-contained HTML).
+# The figures (Figure 1, sample grid, learning curve, memorisation audit) and the report (Markdown, which
+# links the figures, and self-contained HTML, which embeds them).
 
 
 rule figure:
@@ -13,6 +14,7 @@ rule figure:
     params:
         figure=section("figure"),
         volumes=f"{R}/preprocessed",
+        grid=16,  # synthetic volumes in the grid, four per row
     log:
         f"{R}/logs/figure.log",
     conda:
@@ -21,12 +23,56 @@ rule figure:
         "../scripts/figure.py"
 
 
+rule learning_curve:
+    input:
+        log=f"{R}/train/log.csv",
+    output:
+        report(f"{R}/figures/learning_curve.png", caption="../report/learning_curve.rst", category="Training"),
+    log:
+        f"{R}/logs/learning_curve.log",
+    conda:
+        ENV
+    script:
+        "../scripts/learning_curve.py"
+
+
+rule memorisation_histogram:
+    input:
+        metrics=f"{R}/metrics/metrics.json",
+    output:
+        report(f"{R}/figures/memorisation.png", caption="../report/memorisation.rst", category="Memorisation"),
+    log:
+        f"{R}/logs/memorisation_histogram.log",
+    conda:
+        ENV
+    script:
+        "../scripts/memorisation_histogram.py"
+
+
+rule closest_pairs:
+    input:
+        metrics=f"{R}/metrics/metrics.json",
+    output:
+        report(f"{R}/figures/closest_pairs.png", caption="../report/closest_pairs.rst", category="Memorisation"),
+    params:
+        volumes=f"{R}/preprocessed",
+        samples=f"{R}/samples",
+        n=4,  # pairs shown, closest first, of the audit's closest pairs
+    log:
+        f"{R}/logs/closest_pairs.log",
+    conda:
+        ENV
+    script:
+        "../scripts/closest_pairs.py"
+
+
 rule report:
     input:
         metrics=f"{R}/metrics/metrics.json",
-        figure=f"{R}/figures/figure1.png",
-        log=f"{R}/train/log.csv",
         qc=f"{R}/qc/summary.tsv",
+        figure=f"{R}/figures/figure1.png",
+        curve=f"{R}/figures/learning_curve.png",
+        histogram=f"{R}/figures/memorisation.png",
         pairs=f"{R}/figures/closest_pairs.png",
         samplers=sampler_table_input,
     output:
@@ -40,19 +86,3 @@ rule report:
         ENV
     script:
         "../scripts/report.py"
-
-
-rule closest_pairs:
-    input:
-        metrics=f"{R}/metrics/metrics.json",
-    output:
-        report(f"{R}/figures/closest_pairs.png", caption="../report/closest_pairs.rst", category="Memorisation"),
-    params:
-        volumes=f"{R}/preprocessed",
-        samples=f"{R}/samples",
-    log:
-        f"{R}/logs/closest_pairs.log",
-    conda:
-        ENV
-    script:
-        "../scripts/closest_pairs.py"

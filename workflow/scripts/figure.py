@@ -1,19 +1,17 @@
-"""Figure 1: the chosen held-out real volume beside the chosen synthetic volume."""
+"""Figure 1 of the chosen real and synthetic volumes, and the sample grid."""
 import sys
 from pathlib import Path
 
-from ctdiff.data.split import read_ids
-from ctdiff.figure import figure1, sample_grid
+from ctdiff.config import FigureConfig
+from ctdiff.plots import chosen_figures
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
-test = read_ids(snakemake.input.test)
-f = snakemake.params.figure
-if f["real"] >= len(test):
-    raise ValueError(f"figure.real={f['real']} but the test set holds {len(test)} volumes")
-figure1(
-    Path(snakemake.params.volumes) / f"{test[f['real']]}.nii.gz",
-    Path(snakemake.input.synthetic[f["synthetic"]]),
+chosen_figures(
+    Path(snakemake.input.test),
+    Path(snakemake.params.volumes),
+    [Path(p) for p in snakemake.input.synthetic],
+    FigureConfig(**snakemake.params.figure),
     [Path(snakemake.output.png), Path(snakemake.output.pdf)],
-    slices=f["slices"],
+    Path(snakemake.output.grid),
+    grid=snakemake.params.grid,
 )
-sample_grid([Path(p) for p in snakemake.input.synthetic[:16]], Path(snakemake.output.grid))

@@ -7,12 +7,13 @@ from ctdiff.report import write_report
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 write_report(
     Path(snakemake.input.metrics),
-    Path(snakemake.input.figure),
-    Path(snakemake.input.log),
     Path(snakemake.input.qc),
     snakemake.params.config,
     Path(snakemake.output.md),
     Path(snakemake.output.html),
+    figure1_png=Path(snakemake.input.figure),
+    learning_curve_png=Path(snakemake.input.curve),
+    memorisation_png=Path(snakemake.input.histogram),
     pairs_png=Path(snakemake.input.pairs),
     samplers_tsv=Path(snakemake.input.samplers[0]) if snakemake.input.samplers else None,
 )

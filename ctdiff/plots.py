@@ -1,0 +1,198 @@
+"""Every plot of a run, each written to a file: Figure 1 of the paper, the sample grid, the memorisation
+audit's closest pairs and distance histogram, and the learning curve.
+
+Volumes are brought to RAS+ canonical orientation (nibabel) and shown in radiological convention: the
+patient's right on the image's left, anterior up in axial views, superior up in coronal and sagittal
+views. Real and synthetic volumes are already windowed to the same HU range and scaled to [0, 1], so one
+grey scale (0 → window low, 1 → window high) serves every panel.
+
+The functions ending the module are what the workflow's figure rules call: they pick the volumes to show
+from the run's files (the test split, ``metrics.json``) and refuse a choice that names no volume.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from ctdiff.config import FigureConfig  # noqa: E402
+from ctdiff.data.split import read_ids  # noqa: E402
+from ctdiff.io import atomic_path  # noqa: E402
+
+VIEWS = ("axial", "coronal", "sagittal")
+
+
+def canonical(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Load a volume in RAS+ orientation: returns (array [R, A, S] float32, voxel sizes in mm)."""
+    img = nib.as_closest_canonical(nib.load(str(path)))
+    return np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.header.get_zooms()[:3], dtype=float)
+
+
+def view(volume: np.ndarray, zooms: np.ndarray, name: str, index: int | None = None) -> tuple[np.ndarray, float]:
+    """One radiological-convention slice of a RAS+ volume and its display aspect (row mm / column mm).
+
+    ``index`` defaults to the middle slice along the view's normal.
+    """
+    axis = {"axial": 2, "coronal": 1, "sagittal": 0}[name]
+    index = volume.shape[axis] // 2 if index is None else index
+    if not 0 <= index < volume.shape[axis]:
+        raise ValueError(f"{name} slice {index} is outside the volume's {volume.shape[axis]} slices")
+    plane = np.take(volume, index, axis=axis)  # the two remaining axes keep RAS order
+    in_plane = [a for a in range(3) if a != axis]
+    # rows: the second remaining axis (A or S) pointing up; columns: the first (R or A) pointing left.
+    image = plane.T[::-1, ::-1]
+    return image, zooms[in_plane[1]] / zooms[in_plane[0]]
+
+
+def figure1(real: Path, synthetic: Path, out: Path | Sequence[Path], *, title: str | None = None,
+            slices: Sequence[int | None] | None = None) -> None:
+    """Write the 3×2 panel figure: rows axial/coronal/sagittal, columns (a) real and (b) synthetic.
+
+    ``out``: one path or several; each file's format follows its suffix (``.png``, ``.pdf``).
+    ``slices``: the slice index per view ``[axial, coronal, sagittal]`` in RAS+ voxel order, ``None`` (or
+    ``None`` for a view) = the middle slice. An index outside a volume raises ``ValueError``.
+    """
+    slices = list(slices) if slices is not None else [None, None, None]
+    volumes = [canonical(real), canonical(synthetic)]
+    fig, axes = plt.subplots(3, 2, figsize=(6.0, 9.0), constrained_layout=True)
+    for col, ((volume, zooms), label) in enumerate(zip(volumes, ("(a) real", "(b) synthetic"))):
+        for row, name in enumerate(VIEWS):
+            image, aspect = view(volume, zooms, name, slices[row])
+            ax = axes[row, col]
+            ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, aspect=aspect, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(label)
+            if col == 0:
+                ax.set_ylabel(name)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _save(fig, out)
+
+
+def sample_grid(volumes: Sequence[Path], out: Path | Sequence[Path], *, view_name: str = "axial",
+                columns: int = 4) -> None:
+    """Mid-slices (``view_name``) of many volumes in a grid, labelled by file name."""
+    rows = max(1, -(-len(volumes) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.1 * rows), constrained_layout=True,
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, path in zip(axes.flat, volumes):
+        image, aspect = view(*canonical(path), view_name)
+        ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, aspect=aspect, interpolation="nearest")
+        ax.set_title(Path(path).name.split(".")[0], fontsize=8)
+    _save(fig, out)
+
+
+def closest_pairs(pairs: Sequence[tuple[Path, Path, float]], out: Path | Sequence[Path]) -> None:
+    """The memorisation audit's closest pairs: per row a synthetic volume and its L2-nearest training
+    volume, axial and coronal mid-slices, with the distance."""
+    rows = max(1, len(pairs))
+    fig, axes = plt.subplots(rows, 4, figsize=(8.0, 2.1 * rows), constrained_layout=True, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for row, (synthetic, train, distance) in enumerate(pairs):
+        volumes = [canonical(synthetic), canonical(train)]
+        for col, ((volume, zooms), name) in enumerate((v, n) for v in volumes for n in ("axial", "coronal")):
+            image, aspect = view(volume, zooms, name)
+            axes[row, col].imshow(image, cmap="gray", vmin=0.0, vmax=1.0, aspect=aspect, interpolation="nearest")
+        axes[row, 0].set_title(f"{Path(synthetic).name.split('.')[0]} (synthetic)", fontsize=8)
+        axes[row, 2].set_title(f"{Path(train).name.split('.')[0]} (training), L2 {distance:.3g}", fontsize=8)
+    _save(fig, out)
+
+
+def memorisation_histogram(memorisation: dict, out: Path | Sequence[Path]) -> None:
+    """Histogram of the synthetic-to-train against the test-to-train L2 distances, with the near-copy
+    threshold; ``memorisation`` is the audit record of ``ctdiff.metrics.memorisation.audit``."""
+    syn = [p["distance"] for p in memorisation["per_sample"]]
+    test = [p["distance"] for p in memorisation["test_to_train"]["per_sample"]]
+    fig, ax = plt.subplots(figsize=(5.0, 3.0), constrained_layout=True)
+    bins = np.histogram_bin_edges(np.concatenate([syn, test]), bins=min(30, max(5, len(syn) + len(test))))
+    ax.hist(test, bins=bins, alpha=0.6, label=f"test → nearest train ({len(test)})")
+    ax.hist(syn, bins=bins, alpha=0.6, label=f"synthetic → nearest train ({len(syn)})")
+    ax.axvline(memorisation["threshold"], color="k", linestyle="--", linewidth=1, label="near-copy threshold")
+    ax.set_xlabel("L2 distance to the nearest training volume")
+    ax.set_ylabel("volumes")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7)
+    _save(fig, out, dpi=120)
+
+
+def learning_curve(log_csv: Path, out: Path | Sequence[Path]) -> None:
+    """The training loss of ``train/log.csv`` against the step (log scale)."""
+    log = pd.read_csv(log_csv)
+    fig, ax = plt.subplots(figsize=(5.0, 3.0), constrained_layout=True)
+    ax.plot(log["step"], log["loss"])
+    ax.set_xlabel("step")
+    ax.set_ylabel("ε-MSE loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    _save(fig, out, dpi=120)
+
+
+def _save(fig, out: Path | Sequence[Path], dpi: int = 150) -> None:
+    for path in [out] if isinstance(out, (str, Path)) else out:
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+
+
+# The figure rules' calls: which volumes a figure shows.
+
+
+def chosen_figures(test_ids: Path, volumes: Path, synthetic: Sequence[Path], choice: FigureConfig,
+                   out_figure1: Path | Sequence[Path], out_grid: Path, *, grid: int) -> None:
+    """Figure 1 of the chosen volumes, and the grid of the first ``grid`` synthetic volumes.
+
+    Args:
+        test_ids: the test split (``splits/test.txt``); ``choice.real`` indexes it.
+        volumes: folder of the preprocessed real volumes, ``<id>.nii.gz``.
+        synthetic: the synthetic volumes in sample order; ``choice.synthetic`` indexes them.
+        choice: the figure section (``real``, ``synthetic``, ``slices``).
+        out_figure1, out_grid: written (see :func:`figure1`, :func:`sample_grid`).
+        grid: how many synthetic volumes the grid shows at most.
+
+    Raises ``ValueError`` when ``choice.real`` or ``choice.synthetic`` names no volume.
+    """
+    test = read_ids(test_ids)
+    if not 0 <= choice.real < len(test):
+        raise ValueError(f"figure.real={choice.real} but the test set holds {len(test)} volumes")
+    if not 0 <= choice.synthetic < len(synthetic):
+        raise ValueError(f"figure.synthetic={choice.synthetic} but there are {len(synthetic)} synthetic volumes")
+    figure1(Path(volumes) / f"{test[choice.real]}.nii.gz", Path(synthetic[choice.synthetic]), out_figure1,
+            slices=choice.slices)
+    sample_grid([Path(p) for p in synthetic[:grid]], out_grid)
+
+
+def _audit(metrics_json: Path) -> dict:
+    """The memorisation audit recorded in ``metrics.json``; ``ValueError`` when it records none."""
+    metrics = json.loads(Path(metrics_json).read_text())
+    if "memorisation" not in metrics:
+        raise ValueError(f"{metrics_json} records no memorisation audit")
+    return metrics["memorisation"]
+
+
+def audit_closest_pairs(metrics_json: Path, samples: Path, train_volumes: Path, out: Path, *, n: int) -> None:
+    """:func:`closest_pairs` of the audit's ``n`` closest synthetic/training pairs (closest first), the
+    synthetic volume read from ``samples``, the training volume from ``train_volumes``."""
+    pairs = _audit(metrics_json)["closest_pairs"][:n]
+    closest_pairs([(Path(samples) / p["synthetic"], Path(train_volumes) / p["train"], p["distance"]) for p in pairs],
+                  out)
+
+
+def audit_histogram(metrics_json: Path, out: Path) -> None:
+    """:func:`memorisation_histogram` of the audit recorded in ``metrics.json``."""
+    memorisation_histogram(_audit(metrics_json), out)
