@@ -147,7 +147,8 @@ def test_reorientation_equals_dicom2niftis(tmp_path, iop):
 def test_missing_slice_is_refused(tmp_path):
     z = [2.0 * k for k in range(12) if k != 6]
     uid, files = write_series(tmp_path / "s", z)
-    with pytest.raises(ValueError, match=r"LIDC-IDRI-0001: missing slice\(s\): spacing .* varies"):
+    with pytest.raises(ValueError, match=r"LIDC-IDRI-0001: missing slice\(s\): 1 gap of 4\.000 mm in a "
+                                         r"2\.000 mm stack \(1 slice missing; gaps after 10\.000 mm\)"):
         convert_item(tmp_path, series_table(tmp_path, uid, files), "LIDC-IDRI-0001",
                      tmp_path / "p.nii.gz", tmp_path / "p.tsv")
     assert not (tmp_path / "p.nii.gz").exists() and not (tmp_path / "p.tsv").exists()
