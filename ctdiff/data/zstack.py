@@ -4,14 +4,14 @@ A CT series is one volume when its slices, sorted by position along the slice no
 uniform grid, each position once. :func:`diagnose` names what the positions show otherwise, as a rejection
 reason ``'category: detail'`` with numbers (:mod:`ctdiff.data.cohort` counts reasons by category):
 
-- ``missing slice(s)``: every spacing is a whole multiple of the grid spacing, some more than one;
-- ``overlapping sub-stacks``: two uniform sub-stacks of one spacing, offset by a fraction of it, interleave
-  over part of their length;
-- ``shifted grid``: uniform runs of at least two slices, the grid moving by a fraction of the spacing
-  between runs (slices missing on the way are counted too);
 - ``stray slice(s)``: at most :data:`STRAY_MAX_SLICES` slices, and at most a tenth of the series, lie
   farther than :data:`STRAY_MIN_SPACINGS` spacings (plus the tolerance) beyond either end of an otherwise
   uniform stack: farther than a single missing slice would put them;
+- ``missing slice(s)``: every spacing is a whole multiple of the grid spacing, some more than one;
+- ``shifted grid``: uniform runs of at least two slices, the grid moving by a fraction of the spacing
+  between runs (slices missing on the way are counted too);
+- ``overlapping sub-stacks``: two uniform sub-stacks of one spacing, offset by a fraction of it, interleave
+  over part of their length;
 - ``duplicate slice position(s)``: files share a position; when every position is held by the same number
   of files and the positions form one uniform grid, the stack was stored that many times over;
 - ``irregular spacing``: anything else.
@@ -23,8 +23,7 @@ the offset) agree within that tolerance are one grid of half the spacing, and ar
 
 Several descriptions can fit one set of positions (a slice far beyond the end, on the grid, is a stray
 slice and also a gap). The one with the fewest events wins: one per end with stray slices, one per gap,
-one per shift, one for an extra sub-stack; ties go to the first in the list above, stray slices before
-missing ones.
+one per shift, one for an extra sub-stack; ties go to the first in the list above.
 
 Only two findings hold one consistent stack that needs no invented data, and :func:`recover` returns it:
 stray slices (dropped) and a stack stored several times over (one file kept per position, the first in the
@@ -67,8 +66,8 @@ class ZStack:
     ``keep`` indexes the positions given to :func:`diagnose`, in ascending position: every file for a
     uniform stack, the one consistent stack for a recoverable finding, empty otherwise. ``groups`` (a
     stack stored several times over only) holds, per kept position, the indices of the files there, in
-    the given order. ``reason`` is ``''`` for a uniform stack, else ``'category: detail'``; ``recovery``
-    says what keeping ``keep`` does (``''`` unless recoverable).
+    the given order, and ``positions_mm`` their positions. ``reason`` is ``''`` for a uniform stack, else
+    ``'category: detail'``; ``recovery`` says what keeping ``keep`` does (``''`` unless recoverable).
     """
 
     kind: Kind
@@ -125,15 +124,14 @@ def _phase_labels(u: np.ndarray, s: float) -> np.ndarray:
     return labels
 
 
-# --- the descriptions: each returns (events, ZStack) when it fits the sorted unique positions u ---------
-
-def _uniform(u: np.ndarray, s: float, keep):
-    if np.all(np.abs(np.diff(u) - s) <= _tolerance(s)):
-        return 0, ZStack("uniform", s, "", tuple(keep))
-    return None
+def _is_uniform(u: np.ndarray, s: float) -> bool:
+    """Whether every spacing of sorted positions ``u`` is ``s`` within the tolerance."""
+    return bool(np.all(np.abs(np.diff(u) - s) <= _tolerance(s)))
 
 
-def _stray(u: np.ndarray, s: float, keep):
+# --- the descriptions: each returns (events, ZStack) when it fits the sorted distinct positions u -------
+
+def _stray(u: np.ndarray, s: float, keep: np.ndarray):
     gaps, n = np.diff(u), len(u)
     far = gaps > STRAY_MIN_SPACINGS * s + _tolerance(s)
     lo = max((i for i in range(1, STRAY_MAX_SLICES + 1) if i <= n - 2 and far[i - 1]), default=0)
@@ -142,7 +140,7 @@ def _stray(u: np.ndarray, s: float, keep):
     if n_stray == 0 or n_stray > STRAY_MAX_SLICES or 10 * n_stray > n or n - n_stray < 2:
         return None
     core = u[lo:n - hi]
-    if np.any(np.abs(np.diff(core) - s) > _tolerance(s)):
+    if not _is_uniform(core, s):
         return None
     ends = []
     if lo:
@@ -165,7 +163,7 @@ def _on_grid(gaps: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray]:
     return k, (k >= 1) & (np.abs(gaps - k * s) <= _tolerance(s))
 
 
-def _missing(u: np.ndarray, s: float, keep):
+def _missing(u: np.ndarray, s: float):
     gaps = np.diff(u)
     k, on = _on_grid(gaps, s)
     wide = np.flatnonzero(k >= 2)
@@ -179,7 +177,7 @@ def _missing(u: np.ndarray, s: float, keep):
     return wide.size, ZStack("missing slices", s, reason, ())
 
 
-def _shifted(u: np.ndarray, s: float, keep):
+def _shifted(u: np.ndarray, s: float):
     gaps = np.diff(u)
     k, on = _on_grid(gaps, s)
     shifts = np.flatnonzero(~on)
@@ -196,14 +194,14 @@ def _shifted(u: np.ndarray, s: float, keep):
     return shifts.size + int(np.sum(on & (k >= 2))), ZStack("shifted grid", s, reason, ())
 
 
-def _overlap(u: np.ndarray, s: float, keep):
+def _overlap(u: np.ndarray, s: float):
     labels = _phase_labels(u, s)
     if labels.max() != 1:
         return None
     a, b = u[labels == 0], u[labels == 1]
     if len(a) < 2 or len(b) < 2 or not (a[0] < b[-1] and b[0] < a[-1]):
         return None
-    if np.any(np.abs(np.diff(a) - s) > _tolerance(s)) or np.any(np.abs(np.diff(b) - s) > _tolerance(s)):
+    if not (_is_uniform(a, s) and _is_uniform(b, s)):
         return None
     delta = float(np.mod(b[0] - a[0], s))
     offset = min(delta, s - delta)
@@ -219,11 +217,12 @@ def _describe(u: np.ndarray, keep: np.ndarray) -> ZStack:
     """The best description of sorted distinct positions ``u`` (``keep``: their indices in the input)."""
     gaps = np.diff(u)
     s = _grid_spacing(gaps)
-    fits = [fit(u, s, keep) for fit in (_uniform, _stray, _missing, _shifted)]
+    if _is_uniform(u, s):
+        return ZStack("uniform", s, "", tuple(keep))
+    fits = [_stray(u, s, keep), _missing(u, s), _shifted(u, s)]
     # An overlap's spacing is the sum of two neighbouring spacings where its sub-stacks interleave.
     pair_sums = sorted(_clusters(gaps[:-1] + gaps[1:]), key=len, reverse=True)[:3] if len(gaps) > 1 else []
-    for spacing in [s] + [float(np.median(c)) for c in pair_sums]:
-        fits.append(_overlap(u, spacing, keep))
+    fits += [_overlap(u, spacing) for spacing in [s] + [float(np.median(c)) for c in pair_sums]]
     best = min((fit for fit in fits if fit is not None), key=lambda fit: fit[0], default=None)
     if best is not None:
         return best[1]
