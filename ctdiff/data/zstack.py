@@ -235,7 +235,11 @@ def diagnose(positions_mm) -> ZStack:
 
     Args:
         positions_mm: ``[N]`` positions (``ImagePositionPatient . normal``, mm) of a series' files, in the
-            series table's file order, N >= 2.
+            series table's file order, N >= 2. A position held by several files is stood for by the first
+            of them in this order (the one a stack stored several times over keeps).
+
+    Returns:
+        The :class:`ZStack`; its indices refer to ``positions_mm``.
     """
     pos = np.asarray(positions_mm, dtype=np.float64)
     if pos.ndim != 1 or len(pos) < 2:
