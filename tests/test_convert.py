@@ -16,7 +16,8 @@ from pydicom.pixels import apply_modality_lut
 from dicom2nifti.convert_dicom import dicom_array_to_nifti
 from pydicom.uid import generate_uid
 
-from ctdiff.data.convert import _dicom2nifti_las, _dicom2nifti_settings, convert_item
+from ctdiff.data.convert import (VOLUME_NAME, _dicom2nifti_las, _dicom2nifti_settings, convert_item,
+                                 convert_or_reject)
 
 COLS = 120  # CT_small is 128x128; a narrower image catches swapped row/column axes
 ROW_SPACING, COL_SPACING = 0.6, 0.8  # PixelSpacing = [between rows, between columns] (mm)
@@ -147,7 +148,8 @@ def test_reorientation_equals_dicom2niftis(tmp_path, iop):
 def test_missing_slice_is_refused(tmp_path):
     z = [2.0 * k for k in range(12) if k != 6]
     uid, files = write_series(tmp_path / "s", z)
-    with pytest.raises(ValueError, match=r"LIDC-IDRI-0001: missing slice\(s\): spacing .* varies"):
+    with pytest.raises(ValueError, match=r"LIDC-IDRI-0001: missing slice\(s\): 1 gap of 4\.000 mm in a "
+                                         r"2\.000 mm stack \(1 slice missing; gaps after 10\.000 mm\)"):
         convert_item(tmp_path, series_table(tmp_path, uid, files), "LIDC-IDRI-0001",
                      tmp_path / "p.nii.gz", tmp_path / "p.tsv")
     assert not (tmp_path / "p.nii.gz").exists() and not (tmp_path / "p.tsv").exists()
@@ -159,6 +161,79 @@ def test_duplicate_position_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"LIDC-IDRI-0001: duplicate slice position"):
         convert_item(tmp_path, series_table(tmp_path, uid, files), "LIDC-IDRI-0001",
                      tmp_path / "p.nii.gz", tmp_path / "p.tsv")
+
+
+def store_twice(folder: Path, files: list[str]) -> list[str]:
+    """Store every file of a series once more (new SOPInstanceUID) as ``b<name>``; return the copies."""
+    copies = []
+    for rel in files:
+        ds = pydicom.dcmread(folder.parent / rel)
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        name = f"b{Path(rel).name}"
+        ds.save_as(folder / name, enforce_file_format=True)
+        copies.append(f"{folder.name}/{name}")
+    return copies
+
+
+def assert_same_volume(a: Path, b: Path) -> None:
+    img_a, img_b = nib.load(a), nib.load(b)
+    assert np.array_equal(np.asarray(img_a.dataobj), np.asarray(img_b.dataobj))
+    assert np.array_equal(img_a.affine, img_b.affine)
+
+
+def test_stray_slice_is_rejected_or_dropped(tmp_path):
+    """A uniform 12-slice stack and one slice 38 mm beyond its end (file 000.dcm)."""
+    item = "LIDC-IDRI-0001"
+    uid, files = write_series(tmp_path / "s", [2.0 * k for k in range(12)] + [22.0 + 38.0])
+    table = series_table(tmp_path, uid, files)
+    where = "38.0 mm beyond the last slice of a uniform 12-slice stack (2.000 mm)"
+
+    row = convert_or_reject(tmp_path, table, item, tmp_path / "off", tmp_path / "off.tsv")
+    assert (row["decision"], row["reason"]) == ("rejected", f"stray slice(s): 1 slice {where}")
+    assert list((tmp_path / "off").iterdir()) == []
+
+    row = convert_or_reject(tmp_path, table, item, tmp_path / "on", tmp_path / "on.tsv", recover_stacks=True)
+    assert (row["decision"], row["reason"]) == ("converted", f"recovered: dropped 1 stray slice {where}")
+    assert row["n_slices"] == 12 and row["spacing_z_mm"] == pytest.approx(2.0)
+    with open(tmp_path / "on.tsv", newline="") as fh:
+        assert next(csv.DictReader(fh, delimiter="\t"))["reason"] == row["reason"]
+
+    clean = series_table(tmp_path, uid, [f for f in files if f != "s/000.dcm"])
+    convert_item(tmp_path, clean, item, tmp_path / "clean.nii.gz", tmp_path / "clean.tsv")
+    assert_same_volume(tmp_path / "on" / VOLUME_NAME, tmp_path / "clean.nii.gz")
+
+
+def test_series_stored_twice_is_rejected_or_kept_once(tmp_path):
+    item = "LIDC-IDRI-0001"
+    uid, files = write_series(tmp_path / "s", [2.0 * k for k in range(12)])
+    copies = store_twice(tmp_path / "s", files)
+    table = series_table(tmp_path, uid, sorted(files + copies))
+    twice = ("duplicate slice position(s): every one of the 12 positions is held by 2 files "
+             "(one uniform 2.000 mm stack stored twice)")
+
+    row = convert_or_reject(tmp_path, table, item, tmp_path / "off", tmp_path / "off.tsv")
+    assert (row["decision"], row["reason"]) == ("rejected", twice)
+
+    row = convert_or_reject(tmp_path, table, item, tmp_path / "on", tmp_path / "on.tsv", recover_stacks=True)
+    assert (row["decision"], row["reason"]) == ("converted", "recovered: kept the first of 2 identical files "
+                                                "at each of the 12 positions of one uniform 2.000 mm stack")
+    assert row["n_slices"] == 12
+    convert_item(tmp_path, series_table(tmp_path, uid, files), item, tmp_path / "once.nii.gz",
+                 tmp_path / "once.tsv")
+    assert_same_volume(tmp_path / "on" / VOLUME_NAME, tmp_path / "once.nii.gz")
+
+    # One copy differs (the slice at 6 mm is k = 3, file 008.dcm): nothing says which file is right.
+    victim = tmp_path / "s" / "b008.dcm"
+    ds = pydicom.dcmread(victim)
+    ds.PixelData = (ds.pixel_array + 1).astype(np.int16).tobytes()
+    ds.save_as(victim)
+    table = series_table(tmp_path, uid, sorted(files + copies))
+    row = convert_or_reject(tmp_path, table, item, tmp_path / "differ", tmp_path / "differ.tsv",
+                            recover_stacks=True)
+    assert (row["decision"], row["reason"]) == ("rejected", f"{twice}, but the files differ in pixel data at "
+                                                            "1 of them (at 6.000 mm)")
+    assert list((tmp_path / "differ").iterdir()) == []
 
 
 def test_missing_rescale_is_refused(tmp_path):

@@ -10,8 +10,12 @@ scan:
 - all slices share one orientation and one in-plane grid;
 - slices are sorted by their position along the slice normal ``n = row_cosine x column_cosine``
   (``ImagePositionPatient . n``, mm), never by file name or ``InstanceNumber``;
-- no two slices share a position, the spacing between neighbours is uniform (a gap means missing
-  slices) and the stack runs along ``n`` (no gantry tilt).
+- the positions form one uniform stack, each position once (otherwise the reason names what they show:
+  missing slices, overlapping sub-stacks, a shifted grid, stray slices or duplicates, see
+  :mod:`ctdiff.data.zstack`), and the stack runs along ``n`` (no gantry tilt). With ``recover_stacks``
+  a stack with a few far stray slices, or one stored several times over with identical pixel data, is
+  converted from its one consistent stack and the QC row says so (``'recovered: ...'``); off by default,
+  as in the paper's pipeline, such a series is rejected.
 
 dicom2nifti (``dicom_array_to_nifti``) returns float64 HU; its affine takes the slice step from the
 first and last ``ImagePositionPatient`` (never from ``SliceThickness``). It is called without an output
@@ -38,18 +42,11 @@ import pydicom
 from dicom2nifti.convert_dicom import dicom_array_to_nifti
 from dicom2nifti.exceptions import ConversionError, ConversionValidationError
 
+from ctdiff.data.zstack import SPACING_ATOL_MM, diagnose, recover
 from ctdiff.io import atomic_path, save_volume
 
 #: HU below this is scanner padding, not tissue (air is -1000 HU); clamped before saving.
 PADDING_FLOOR_HU = -1024
-
-#: Slices closer than this along the normal (mm) occupy the same position.
-DUPLICATE_TOLERANCE_MM = 1e-3
-
-#: A neighbour spacing may differ from the median by ``ATOL + RTOL * median`` mm (dicom2nifti's own
-#: increment check uses the same tolerances); a missing slice doubles the spacing.
-SPACING_ATOL_MM = 0.1
-SPACING_RTOL = 0.05
 
 QC_COLUMNS = [
     "item",
@@ -114,12 +111,14 @@ def _pixel_bytes(ds: pydicom.Dataset) -> int:
     return int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8
 
 
-def _sorted_stack(item: str, datasets: list[pydicom.Dataset], series_uid: str):
+def _sorted_stack(item: str, datasets: list[pydicom.Dataset], series_uid: str, *,
+                  recover_stacks: bool = False):
     """Check the slices of one series and sort them along the slice normal.
 
-    Returns ``(sorted_datasets, index_to_lps)``: ``index_to_lps`` is the ``[3, 4]`` matrix mapping
+    Returns ``(sorted_datasets, index_to_lps, note)``: ``index_to_lps`` is the ``[3, 4]`` matrix mapping
     DICOM voxel indices ``(column, row, slice, 1)`` of the sorted stack to LPS millimetres, with the
-    mean slice step taken from the first and last ``ImagePositionPatient``.
+    mean slice step taken from the first and last ``ImagePositionPatient``; ``note`` is ``''``, or with
+    ``recover_stacks`` what :func:`ctdiff.data.zstack.recover` kept of a recoverable stack.
     Raises ValueError naming ``item`` and the first failed check.
     """
 
@@ -153,31 +152,29 @@ def _sorted_stack(item: str, datasets: list[pydicom.Dataset], series_uid: str):
     row_cos, col_cos = iop[0, :3], iop[0, 3:]
     normal = np.cross(row_cos, col_cos)
     ipp = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
-    pos = ipp @ normal
-    order = np.argsort(pos, kind="stable")
-    pos, ipp = pos[order], ipp[order]
+    stack = diagnose(ipp @ normal)
+    order, note = stack.keep, ""
+    if stack.kind != "uniform":
+        if not recover_stacks:
+            raise fail(stack.reason)
+        try:
+            order, note = recover(stack, datasets)
+        except ValueError as err:
+            raise fail(str(err)) from None
+    ipp = ipp[list(order)]
     datasets = [datasets[i] for i in order]
+    n = len(datasets)
 
-    gaps = np.diff(pos)
-    dup = gaps <= DUPLICATE_TOLERANCE_MM
-    if dup.any():
-        where = ", ".join(f"{p:.3f}" for p in pos[1:][dup][:5])
-        raise fail(f"duplicate slice position(s): {int(dup.sum())} file(s) repeat a position "
-                   f"along the slice normal (at {where} mm)")
-    median = float(np.median(gaps))
-    if np.any(np.abs(gaps - median) > SPACING_ATOL_MM + SPACING_RTOL * median):
-        raise fail(f"missing slice(s): spacing between slices varies from {gaps.min():.3f} to "
-                   f"{gaps.max():.3f} mm (median {median:.3f} mm)")
     steps = np.diff(ipp, axis=0)
     drift = np.linalg.norm(steps - np.outer(steps @ normal, normal), axis=1)
-    if np.any(drift > SPACING_ATOL_MM / 10 + 0.01 * median):
+    if np.any(drift > SPACING_ATOL_MM / 10 + 0.01 * stack.spacing_mm):
         raise fail(f"gantry tilt or sheared stack: slice positions drift in-plane by up to "
                    f"{drift.max():.3f} mm per slice")
 
     row_spacing, col_spacing = (float(v) for v in datasets[0].PixelSpacing)
     step = (ipp[-1] - ipp[0]) / (n - 1)
     index_to_lps = np.column_stack([row_cos * col_spacing, col_cos * row_spacing, step, ipp[0]])
-    return datasets, index_to_lps
+    return datasets, index_to_lps, note
 
 
 def _corners(shape: tuple[int, int, int]) -> np.ndarray:
@@ -256,7 +253,8 @@ def _write_qc(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
-def convert_item(root: Path, series_json: Path, item: str, out_nifti: Path, out_qc: Path) -> dict:
+def convert_item(root: Path, series_json: Path, item: str, out_nifti: Path, out_qc: Path, *,
+                 recover_stacks: bool = False) -> dict:
     """Convert the series of one item to an int16 HU NIfTI.
 
     Args:
@@ -266,6 +264,9 @@ def convert_item(root: Path, series_json: Path, item: str, out_nifti: Path, out_
         out_nifti: written: int16 HU volume ``[X, Y, Z]`` in dicom2nifti's LAS array order, affine in
             NIfTI RAS+ mm (scanner geometry; z step from ``ImagePositionPatient``), qform = sform.
         out_qc: written: one-row TSV with :data:`QC_COLUMNS`.
+        recover_stacks: convert the one consistent stack of a series with far stray slices or stored
+            several times over (:func:`ctdiff.data.zstack.recover`) instead of rejecting it; the row's
+            reason then says what was kept (``'recovered: ...'``).
 
     Returns:
         The QC row as a dict.
@@ -285,7 +286,8 @@ def convert_item(root: Path, series_json: Path, item: str, out_nifti: Path, out_
             raise ValueError(f"{item}: unreadable file: {name}: {type(err).__name__}: {err}") from err
     if len(datasets) < 2:
         raise ValueError(f"{item}: too few files: only {len(datasets)}, not a volume")
-    datasets, index_to_lps = _sorted_stack(item, datasets, entry["series_uid"])
+    datasets, index_to_lps, note = _sorted_stack(item, datasets, entry["series_uid"],
+                                                 recover_stacks=recover_stacks)
     stack_shape = (int(datasets[0].Columns), int(datasets[0].Rows), len(datasets))
 
     converted = _dicom2nifti_las(item, datasets)
@@ -308,20 +310,23 @@ def convert_item(root: Path, series_json: Path, item: str, out_nifti: Path, out_
         "hu_max": int(hu.max()),
         "n_padding_clamped": n_clamped,
         "decision": "converted",
-        "reason": "",
+        "reason": note,
     }
     _write_qc(out_qc, row)
     return row
 
 
-def convert_or_reject(root: Path, series_json: Path, item: str, out_dir: Path, out_qc: Path) -> dict:
+def convert_or_reject(root: Path, series_json: Path, item: str, out_dir: Path, out_qc: Path, *,
+                      recover_stacks: bool = False) -> dict:
     """Convert one item, or record why not: a faulty series never stops the cohort.
 
     Always writes ``out_qc`` (one row, :data:`QC_COLUMNS`) and creates ``out_dir``. On success
     ``out_dir/VOLUME_NAME`` holds the volume of :func:`convert_item` and the row's decision is
-    ``'converted'``; when the series fails a check (any ``ValueError`` of :func:`convert_item`) the folder
-    stays empty and the row says ``'rejected'`` with the reason, written ``'category: detail'`` so that
-    :mod:`ctdiff.data.cohort` can count rejections by category. Other errors (disk full, a bug) propagate.
+    ``'converted'`` (its reason ``''``, or ``'recovered: ...'`` with ``recover_stacks``, see
+    :func:`convert_item`); when the series fails a check (any ``ValueError`` of :func:`convert_item`) the
+    folder stays empty and the row says ``'rejected'`` with the reason, written ``'category: detail'`` so
+    that :mod:`ctdiff.data.cohort` can count rejections by category. Other errors (disk full, a bug)
+    propagate.
 
     Returns:
         The QC row as a dict.
@@ -329,7 +334,8 @@ def convert_or_reject(root: Path, series_json: Path, item: str, out_dir: Path, o
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return convert_item(root, series_json, item, out_dir / VOLUME_NAME, out_qc)
+        return convert_item(root, series_json, item, out_dir / VOLUME_NAME, out_qc,
+                            recover_stacks=recover_stacks)
     except ValueError as err:
         reason = str(err).removeprefix(f"{item}: ")
     entry = json.loads(Path(series_json).read_text(encoding="utf-8")).get(item, {})
