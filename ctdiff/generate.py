@@ -14,8 +14,8 @@
   writes the declared outputs once every process has finished.
 * ``settings`` is the config's ``sample`` section (its ``n`` and ``hu`` are the caller's: ``out_files`` and
   ``hu_files`` say what to write). ``precision="bf16"`` runs the network under bf16 autocast (the chain
-  itself stays float32); ``compile=True`` wraps it in ``torch.compile``. Both are part of the cache key: their samples differ
-  from fp32 eager ones by rounding.
+  itself stays float32); ``compile=True`` wraps it in ``torch.compile``. Both are part of the cache key:
+  their samples differ from fp32 eager ones by rounding.
 """
 
 from __future__ import annotations

@@ -222,7 +222,7 @@ def _resume(path: Path, state: _TrainingState, accelerator: Accelerator) -> int:
     """Load the checkpoint at ``path`` into ``state`` when it exists and was written with compatible
     settings; return the step to start from (0 for a fresh run).
 
-    Every process reads the file itself, so all start from the same weights without a broadcast.
+    Every process reads the same file itself; nothing is sent between processes.
     """
     if not path.exists():
         return 0
@@ -288,12 +288,12 @@ def train(
     records the preprocessing's size, spacing and HU window so that samples can be written like the training
     data. With ``train.tensorboard`` the loss also goes to TensorBoard event files under ``tensorboard_dir``.
     """
-    tc = cfg.train
-    accelerator = _accelerator(tc, tensorboard_dir)
-    rank, local_batch = accelerator.process_index, _per_process_batch(tc, accelerator.num_processes)
+    train_cfg = cfg.train
+    accelerator = _accelerator(train_cfg, tensorboard_dir)
+    local_batch = _per_process_batch(train_cfg, accelerator.num_processes)
     data, affine = load_training_set(files, cfg.preprocess.size)
-    if len(data) < tc.batch_size:
-        raise ValueError(f"training set holds {len(data)} volumes, fewer than train.batch_size={tc.batch_size}")
+    if len(data) < train_cfg.batch_size:
+        raise ValueError(f"training set holds {len(data)} volumes, fewer than train.batch_size={train_cfg.batch_size}")
     schedule = build_schedule(cfg.diffusion)
     state = _build(cfg, _recorded_config(cfg, files, affine), cuda=accelerator.device.type == "cuda")
     state_path = Path(state_dir) / "state.pt"
@@ -302,55 +302,58 @@ def train(
     # With several processes, prepare wraps the network in DistributedDataParallel, whose constructor
     # broadcasts rank 0's parameters (a sync point). state.net keeps the plain module for checkpoints.
     model, state.optimizer = accelerator.prepare(state.net, state.optimizer)
-    if tc.compile:
+    if train_cfg.compile:
         model = torch.compile(model)
     state.ema.to(accelerator.device)
     data = data.to(accelerator.device)  # the whole training set lives on the device: no loader
-    if tc.tensorboard:
+    if train_cfg.tensorboard:
         accelerator.init_trackers("train")
 
+    rank = accelerator.process_index
     shard = range(rank * local_batch, (rank + 1) * local_batch)  # this process's positions in each global batch
     t0 = time.perf_counter() - (state.log[-1]["elapsed_s"] if state.log else 0.0)
     running, n_running = 0.0, 0
-    bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+    bar = tqdm(total=train_cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=not (progress and accelerator.is_local_main_process))
     model.train()
     with _Sigterm() as stop, bar:
-        for step in range(start, tc.steps):
-            idx = batch_indices(len(data), tc.batch_size, seed=tc.seed, step=step)
+        for step in range(start, train_cfg.steps):
+            # Batch indices, timesteps and noise come from the CPU, so they depend on neither the device nor
+            # the process count. Sync point on CUDA: their blocking host-to-device copies make the host wait
+            # for the previous step's kernels.
+            idx = batch_indices(len(data), train_cfg.batch_size, seed=train_cfg.seed, step=step)
             x0 = data[idx[shard.start : shard.stop]]
-            t, noise = draw_noise(tc.seed, step, shard, tuple(x0.shape[1:]), schedule.timesteps)
-            # Drawn on the CPU so they do not depend on device or process count; on CUDA the blocking copy
-            # makes the host wait here for the previous step's kernels.
+            t, noise = draw_noise(train_cfg.seed, step, shard, tuple(x0.shape[1:]), schedule.timesteps)
             t, noise = t.to(x0.device), noise.to(x0.device)
             loss = train_step(model, state.ema, state.optimizer, accelerator, schedule, x0, t, noise,
-                              micro_batches=tc.grad_accumulation, grad_clip=tc.grad_clip, ema_decay=tc.ema_decay)
+                              micro_batches=train_cfg.grad_accumulation, grad_clip=train_cfg.grad_clip,
+                              ema_decay=train_cfg.ema_decay)
             running += loss  # stays on the device: no sync per step
             n_running += 1
 
             done = step + 1
-            if done % tc.log_every == 0 or done == tc.steps:
+            if done % train_cfg.log_every == 0 or done == train_cfg.steps:
                 # Sync point: all-reduce of the running loss across processes, then .item() waits for the device.
                 mean = accelerator.reduce(running, reduction="mean").item() / n_running
                 if not np.isfinite(mean):  # stop before anything is saved: the last good checkpoint stays
                     raise FloatingPointError(
                         f"training loss became {mean} at step {done}; last good checkpoint left in {state_dir}"
                     )
-                state.log.append({"step": done, "loss": mean, "lr": tc.lr,
+                state.log.append({"step": done, "loss": mean, "lr": train_cfg.lr,
                                   "elapsed_s": round(time.perf_counter() - t0, 3)})
                 running, n_running = 0.0, 0
-                if tc.tensorboard:
-                    accelerator.log({"loss": mean, "lr": tc.lr}, step=done)
+                if train_cfg.tensorboard:
+                    accelerator.log({"loss": mean, "lr": train_cfg.lr}, step=done)
                 bar.set_postfix(loss=f"{mean:.4f}")
             bar.update(1)
-            if done % tc.checkpoint_every == 0 or stop.requested:
+            if done % train_cfg.checkpoint_every == 0 or stop.requested:
                 _save(state_path, done, state, accelerator)
             if stop.requested:
                 accelerator.print(f"SIGTERM: checkpoint written at step {done}; rerun to resume")
                 raise SystemExit(143)
 
-    _save(state_path, tc.steps, state, accelerator)
-    _save(Path(out), tc.steps, state, accelerator)
+    _save(state_path, train_cfg.steps, state, accelerator)
+    _save(Path(out), train_cfg.steps, state, accelerator)
     if accelerator.is_main_process:
         write_log(log_csv, state.log)
     accelerator.end_training()
