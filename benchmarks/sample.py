@@ -49,8 +49,8 @@ def main() -> None:
     if gpu:
         torch.backends.cudnn.benchmark = True
     if args.checkpoint:
-        model, schedule, meta = load_for_sampling(args.checkpoint, device)
-        size = int(meta["config"]["data"]["size"])
+        model, schedule, recorded = load_for_sampling(args.checkpoint, device)
+        size = recorded.data.size
         described = f"checkpoint {args.checkpoint}"
     else:
         torch.manual_seed(0)

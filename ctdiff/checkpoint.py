@@ -2,6 +2,11 @@
 
 ``load_for_sampling`` rebuilds the network from the file alone, so sampling needs no config.
 
+On disk the config is plain dicts (``torch.load(weights_only=True)`` reads nothing else):
+``{"model", "diffusion", "train", "data"}``, the first three as :func:`ctdiff.config.to_dict` writes the
+sections and ``data`` as :class:`TrainingData`. :func:`checkpoint_config` turns them back into the typed
+sections; a key this release does not know is refused, a key it added since takes its default.
+
 Compatibility: a file must carry ``FORMAT`` and come from a compatible ctdiff release — the same major
 version, and for 0.x releases the same minor version (a 0.x minor release may change the network's layout).
 Anything else is refused with both versions named, never loaded loosely.
@@ -9,12 +14,14 @@ Anything else is refused with both versions named, never loaded loosely.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ctdiff import __version__
+from ctdiff.config import DiffusionConfig, ModelConfig, TrainConfig, _section
 from ctdiff.diffusion.schedule import Schedule, make_schedule
 from ctdiff.io import atomic_path
 from ctdiff.model.unet import UNet3D
@@ -22,26 +29,68 @@ from ctdiff.model.unet import UNet3D
 FORMAT = "ctdiff-checkpoint/1"
 
 
-def build_model(model_cfg: dict[str, Any], *, grad_checkpointing: bool = False,
-                recompute_norm: bool = False) -> UNet3D:
-    """The residual 3D U-Net described by a ``model`` config section (a plain dict)."""
+@dataclass(frozen=True)
+class TrainingData:
+    """What a checkpoint records about its training data, so samples match it without the config.
+
+    ``size``: voxels per side; ``files``: the training volumes' file names; ``affine``: the first training
+    volume's 4×4 affine (rows), whose orientation and spacing the samples get; ``spacing_mm`` and
+    ``hu_window``: the preprocessing settings (``None`` in files written without them), the window being
+    what turns samples back into HU.
+    """
+
+    size: int
+    files: tuple[str, ...]
+    affine: tuple[tuple[float, ...], ...]
+    spacing_mm: float | None = None
+    hu_window: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """The typed sections a checkpoint records: how to rebuild the network and schedule, how it was
+    trained, and what it was trained on."""
+
+    model: ModelConfig
+    diffusion: DiffusionConfig
+    train: TrainConfig
+    data: TrainingData
+
+
+def checkpoint_config(raw: dict[str, Any]) -> CheckpointConfig:
+    """The typed view of a checkpoint's ``config`` entry (plain dicts, lists for tuples).
+
+    Raises ``ValueError`` naming an unknown key.
+    """
+    data = dict(raw["data"])
+    data["affine"] = tuple(tuple(row) for row in data["affine"])
+    return CheckpointConfig(
+        model=_section("model", ModelConfig, raw["model"]),
+        diffusion=_section("diffusion", DiffusionConfig, raw["diffusion"]),
+        train=_section("train", TrainConfig, raw["train"]),
+        data=_section("data", TrainingData, data),
+    )
+
+
+def build_model(cfg: ModelConfig, *, grad_checkpointing: bool = False, recompute_norm: bool = False) -> UNet3D:
+    """The residual 3D U-Net described by a ``model`` section."""
     return UNet3D(
-        channels=tuple(model_cfg["channels"]),
-        res_blocks=model_cfg["res_blocks"],
-        attention=model_cfg["attention"],
-        groups=model_cfg["groups"],
+        channels=tuple(cfg.channels),
+        res_blocks=cfg.res_blocks,
+        attention=cfg.attention,
+        groups=cfg.groups,
         grad_checkpointing=grad_checkpointing,
         recompute_norm=recompute_norm,
     )
 
 
-def build_schedule(diffusion_cfg: dict[str, Any]) -> Schedule:
-    """The noise schedule described by a ``diffusion`` config section (a plain dict)."""
+def build_schedule(cfg: DiffusionConfig) -> Schedule:
+    """The noise schedule described by a ``diffusion`` section."""
     return make_schedule(
-        timesteps=diffusion_cfg["timesteps"],
-        beta_schedule=diffusion_cfg["beta_schedule"],
-        beta_start=diffusion_cfg["beta_start"],
-        beta_end=diffusion_cfg["beta_end"],
+        timesteps=cfg.timesteps,
+        beta_schedule=cfg.beta_schedule,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
     )
 
 
@@ -85,20 +134,22 @@ def compatible(written: str, running: str) -> bool:
     return _series(written) == _series(running)
 
 
-def load_for_sampling(path: Path, device: str | torch.device = "cpu") -> tuple[UNet3D, Schedule, dict[str, Any]]:
+def load_for_sampling(path: Path, device: str | torch.device = "cpu") -> tuple[UNet3D, Schedule, CheckpointConfig]:
     """Rebuild the EMA network and the schedule from a checkpoint.
 
-    Returns ``(model in eval mode on device, schedule, checkpoint metadata without tensors)``.
+    Returns ``(model in eval mode on device, schedule, the checkpoint's typed config)``.
     """
     ckpt = read_checkpoint(path)
-    cfg = ckpt["config"]
-    model = build_model(cfg["model"])
+    try:
+        cfg = checkpoint_config(ckpt["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} (ctdiff {ckpt['version']}) records an unreadable config: {err}") from err
+    model = build_model(cfg.model)
     try:
         model.load_state_dict(ckpt["ema"], strict=True)
     except RuntimeError as err:
         raise ValueError(
-            f"checkpoint {path} (ctdiff {ckpt['version']}) does not match its model config {cfg['model']}: {err}"
+            f"checkpoint {path} (ctdiff {ckpt['version']}) does not match its model config {cfg.model}: {err}"
         ) from err
     model.to(device).eval()
-    meta = {k: v for k, v in ckpt.items() if k not in ("model", "ema", "optimizer", "rng")}
-    return model, build_schedule(cfg["diffusion"]), meta
+    return model, build_schedule(cfg.diffusion), cfg

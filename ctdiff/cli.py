@@ -20,25 +20,21 @@ def _train(args: argparse.Namespace) -> None:
     from ctdiff.data.split import read_ids
     from ctdiff.train import train
 
-    settings = json.loads(args.settings)
-    cfg = from_dict(settings)
+    cfg = from_dict(json.loads(args.settings))
     files = [Path(args.volumes) / f"{item}.nii.gz" for item in read_ids(args.train_list)]
     train(
         files,
         Path(args.out),
         Path(args.log_csv),
         Path(args.state),
-        model_cfg=cfg.model,
-        diffusion_cfg=cfg.diffusion,
-        train_cfg=cfg.train,
-        size=cfg.preprocess.size,
-        extra_config={"spacing_mm": cfg.preprocess.spacing_mm, "hu_window": list(cfg.preprocess.hu_window)},
+        cfg,
         tensorboard_dir=Path(args.tensorboard_dir) if args.tensorboard_dir else None,
         progress=not args.no_progress,
     )
 
 
 def _sample(args: argparse.Namespace) -> None:
+    from ctdiff.config import SampleConfig
     from ctdiff.generate import generate
 
     out = Path(args.out)
@@ -46,13 +42,8 @@ def _sample(args: argparse.Namespace) -> None:
         Path(args.checkpoint),
         [out / f"{i:04d}.nii.gz" for i in range(args.n)],
         Path(args.cache) if args.cache else out / ".cache",
-        sampler=args.sampler,
-        steps=args.steps,
-        eta=args.eta,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        precision=args.precision,
-        compile=args.compile,
+        SampleConfig(n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, batch_size=args.batch_size,
+                     seed=args.seed, precision=args.precision, compile=args.compile, hu=args.hu),
         hu_files=[out / "hu" / f"{i:04d}.nii.gz" for i in range(args.n)] if args.hu else None,
         device=args.device,
         progress=not args.no_progress,

@@ -12,9 +12,10 @@
   ``n`` draws the unfinished samples ``r, r + n, …``; since sample ``i`` depends only on ``(seed, i)``, the
   volumes are the same whatever the number of processes. ``batch_size`` is per process. The main process
   writes the declared outputs once every process has finished.
-* ``precision="bf16"`` runs the network under bf16 autocast (the chain itself stays float32);
-  ``compile=True`` wraps it in ``torch.compile``. Both are part of the cache key: their samples differ
-  from fp32 eager ones by rounding.
+* ``settings`` is the config's ``sample`` section (its ``n`` and ``hu`` are the caller's: ``out_files`` and
+  ``hu_files`` say what to write). ``precision="bf16"`` runs the network under bf16 autocast (the chain
+  itself stays float32); ``compile=True`` wraps it in ``torch.compile``. Both are part of the cache key:
+  their samples differ from fp32 eager ones by rounding.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
 from ctdiff.checkpoint import load_for_sampling
-from ctdiff.data.preprocess import to_hu
+from ctdiff.config import SampleConfig
+from ctdiff.data.preprocess import from_model_range, to_hu
 from ctdiff.diffusion.samplers import sample, timestep_sequence
 from ctdiff.io import atomic_path, file_sha256, load_volume, save_volume, write_json
-
-PRECISIONS = ("fp32", "bf16")
+from ctdiff.options import PRECISIONS
 
 
 def sample_generator(seed: int, index: int) -> torch.Generator:
@@ -71,43 +72,40 @@ def generate(
     checkpoint: Path,
     out_files: Sequence[Path],
     cache_dir: Path,
+    settings: SampleConfig,
     *,
-    sampler: str = "ddpm",
-    steps: int | None = None,
-    eta: float = 0.0,
-    batch_size: int = 8,
-    seed: int = 0,
-    precision: str = "fp32",
-    compile: bool = False,
     hu_files: Sequence[Path] | None = None,
     device: str | None = None,
     progress: bool = True,
 ) -> None:
-    """Write ``len(out_files)`` samples; ``out_files[i]`` (and ``hu_files[i]``) holds sample ``i``."""
+    """Write ``len(out_files)`` samples; ``out_files[i]`` (and ``hu_files[i]``) holds sample ``i``.
+
+    ``settings`` gives the sampler, steps, eta, batch size (per process), seed, precision and compile.
+    """
     if hu_files is not None and len(hu_files) != len(out_files):
         raise ValueError(f"{len(hu_files)} HU files for {len(out_files)} samples")
     # cpu=True lets Accelerate set up its CPU (gloo) process group when launched without GPUs.
     cpu = device == "cpu" or not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
     state = PartialState(cpu=cpu)
     dev = torch.device(device) if device else state.device
-    model, schedule, meta = load_for_sampling(checkpoint, dev)
-    timestep_sequence(sampler, schedule.timesteps if steps is None else steps, schedule.timesteps)  # checks names
-    forward = network(model, dev, precision, compile)
-    data = meta["config"]["data"]
-    if hu_files is not None and "hu_window" not in data:
+    model, schedule, cfg = load_for_sampling(checkpoint, dev)
+    T = schedule.timesteps
+    timestep_sequence(settings.sampler, T if settings.steps is None else settings.steps, T)  # checks the names
+    forward = network(model, dev, settings.precision, settings.compile)
+    if hu_files is not None and cfg.data.hu_window is None:
         raise ValueError(f"checkpoint {checkpoint} records no hu_window, so its samples cannot be written in HU")
-    size = int(data["size"])
-    affine = sample_affine(np.asarray(data["affine"]), size)
+    size = cfg.data.size
+    affine = sample_affine(np.asarray(cfg.data.affine), size)
 
-    settings = {"checkpoint_sha256": file_sha256(Path(checkpoint)), "sampler": sampler, "steps": steps,
-                "eta": eta, "seed": seed}
-    if precision != "fp32" or compile:  # keeps the keys of fp32 eager caches written before these options
-        settings |= {"precision": precision, "compile": compile}
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    key_fields = {"checkpoint_sha256": file_sha256(Path(checkpoint)), "sampler": settings.sampler,
+                  "steps": settings.steps, "eta": settings.eta, "seed": settings.seed}
+    if settings.precision != "fp32" or settings.compile:  # fp32 eager keeps its key from before these options
+        key_fields |= {"precision": settings.precision, "compile": settings.compile}
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / key
     if state.is_main_process:
         cache.mkdir(parents=True, exist_ok=True)
-        write_json(cache / "settings.json", settings)
+        write_json(cache / "settings.json", key_fields)
     state.wait_for_everyone()
 
     def cached(i: int) -> Path:
@@ -118,13 +116,14 @@ def generate(
     mine = todo[state.process_index :: state.num_processes]
     print(f"process {state.process_index} of {state.num_processes}: {len(mine)} of {len(todo)} unfinished "
           f"samples {mine}", flush=True)
-    for start in range(0, len(mine), batch_size):
-        chunk = mine[start : start + batch_size]
+    for start in range(0, len(mine), settings.batch_size):
+        chunk = mine[start : start + settings.batch_size]
         x = sample(
-            forward, schedule, (1, size, size, size), [sample_generator(seed, i) for i in chunk],
-            sampler=sampler, steps=steps, eta=eta, device=dev, progress=progress and state.is_local_main_process,
+            forward, schedule, (1, size, size, size), [sample_generator(settings.seed, i) for i in chunk],
+            sampler=settings.sampler, steps=settings.steps, eta=settings.eta, device=dev,
+            progress=progress and state.is_local_main_process,
         )
-        volumes = ((x.float().cpu().numpy()[:, 0] + 1.0) / 2.0).clip(0.0, 1.0).astype(np.float32)
+        volumes = from_model_range(x.float().cpu().numpy()[:, 0]).astype(np.float32)
         for i, volume in zip(chunk, volumes):
             save_volume(cached(i), volume, affine)
     state.wait_for_everyone()
@@ -135,5 +134,5 @@ def generate(
                 shutil.copyfile(cached(i), tmp)
             if hu_files is not None:
                 volume, _ = load_volume(cached(i))
-                save_volume(Path(hu_files[i]), to_hu(volume, tuple(data["hu_window"])), affine)
+                save_volume(Path(hu_files[i]), to_hu(volume, cfg.data.hu_window), affine)
     state.wait_for_everyone()

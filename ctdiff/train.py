@@ -1,7 +1,8 @@
 """Training stage: the paper's ε-prediction DDPM on preprocessed volumes, with Accelerate, EMA and resume.
 
-Read top to bottom: check the data, build model/EMA/optimizer, resume from the state folder when it holds
-a compatible checkpoint, then a plain loop. Decisions:
+:func:`train` reads top to bottom: the accelerator, the checked data, model/EMA/optimizer, a resume from the
+state folder when it holds a compatible checkpoint, then a plain loop in which every point where processes
+or host and device wait for each other is commented. Decisions:
 
 * Initial weights, data order and noise are pure functions of ``train.seed``: the global batch of step ``k``
   is the first ``batch_size`` entries of a permutation drawn from ``(seed, k)``, split across processes in
@@ -33,6 +34,7 @@ import importlib.util
 import signal
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +43,9 @@ import torch
 from accelerate import Accelerator
 from tqdm import tqdm
 
-from ctdiff.checkpoint import build_model, build_schedule, read_checkpoint, save_checkpoint
-from ctdiff.config import DiffusionConfig, ModelConfig, TrainConfig, to_dict
+from ctdiff.checkpoint import TrainingData, build_model, build_schedule, read_checkpoint, save_checkpoint
+from ctdiff.config import Config, TrainConfig, to_dict
+from ctdiff.data.preprocess import to_model_range
 from ctdiff.diffusion.schedule import training_loss
 from ctdiff.io import atomic_path, load_volume
 
@@ -70,9 +73,9 @@ def load_training_set(files: Sequence[Path], size: int) -> tuple[torch.Tensor, n
         lo, hi = float(array.min()), float(array.max())
         if lo < -1e-4 or hi > 1 + 1e-4:
             raise ValueError(f"training volume {path} has values in [{lo:.4g}, {hi:.4g}], expected [0, 1]")
-        volumes.append(torch.from_numpy(array))
+        volumes.append(torch.from_numpy(to_model_range(array)))
         affines.append(affine)
-    return torch.stack(volumes)[:, None].mul_(2).sub_(1), affines[0]
+    return torch.stack(volumes)[:, None], affines[0]
 
 
 def batch_indices(n: int, batch_size: int, *, seed: int, step: int) -> np.ndarray:
@@ -122,19 +125,88 @@ def train_step(
     for k in range(micro_batches):
         part = slice(k * size, (k + 1) * size)
         last = k == micro_batches - 1
+        # Distributed: the backward of the last micro-batch all-reduces the summed gradients across processes
+        # (a sync point, overlapped with the backward); no_sync keeps the earlier ones local.
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             with accelerator.autocast():
                 loss = training_loss(schedule, model, x0[part], t=t[part], noise=noise[part]) / micro_batches
             accelerator.backward(loss)
         total += loss.detach().float()
-    if grad_clip is not None:
+    if grad_clip is not None:  # on the all-reduced gradients, so every process clips alike
         accelerator.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    with torch.no_grad():
+    with torch.no_grad():  # every process holds the same parameters now, so the same EMA; no communication
         live = [p.detach() for p in accelerator.unwrap_model(model).parameters()]
         torch._foreach_lerp_(list(ema.parameters()), live, 1.0 - ema_decay)
     return total
+
+
+@dataclass
+class _TrainingState:
+    """What a checkpoint saves and a resume restores, besides the step.
+
+    ``net`` is the plain module (never the distributed or compiled wrapper), so checkpoints hold its keys;
+    ``config`` is what the checkpoint records (plain dicts, see :mod:`ctdiff.checkpoint`).
+    """
+
+    config: dict[str, Any]
+    net: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _accelerator(cfg: TrainConfig, tensorboard_dir: Path | None) -> Accelerator:
+    """The Accelerator for this process (bf16 autocast with ``train.precision: bf16``, TensorBoard with
+    ``train.tensorboard``); refuses TensorBoard without a folder or without the package."""
+    tracking = {}
+    if cfg.tensorboard:
+        if tensorboard_dir is None:
+            raise ValueError("train.tensorboard is true but no TensorBoard folder was given")
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("train.tensorboard is true but the tensorboard package is not installed "
+                             "(pip install tensorboard, or pip install 'ctdiff[tensorboard]')")
+        tracking = {"log_with": "tensorboard", "project_dir": str(tensorboard_dir)}
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no", **tracking)
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest 3D convolution once
+    return accelerator
+
+
+def _per_process_batch(cfg: TrainConfig, processes: int) -> int:
+    """This process's share of the global batch; it must split into ``train.grad_accumulation`` micro-batches."""
+    if cfg.batch_size % (processes * cfg.grad_accumulation):
+        raise ValueError(
+            f"train.batch_size={cfg.batch_size} is not divisible by {processes} processes × "
+            f"train.grad_accumulation={cfg.grad_accumulation} micro-batches"
+        )
+    return cfg.batch_size // processes
+
+
+def _recorded_config(cfg: Config, files: Sequence[Path], affine: np.ndarray) -> dict[str, Any]:
+    """The ``config`` entry of this run's checkpoints: model, diffusion and train sections, and what they
+    record about the data (:class:`~ctdiff.checkpoint.TrainingData`), all plain dicts."""
+    data = TrainingData(
+        size=cfg.preprocess.size,
+        files=tuple(Path(f).name for f in files),
+        affine=tuple(tuple(row) for row in np.asarray(affine, dtype=float).tolist()),
+        spacing_mm=cfg.preprocess.spacing_mm,
+        hu_window=cfg.preprocess.hu_window,
+    )
+    return {"model": to_dict(cfg.model), "diffusion": to_dict(cfg.diffusion), "train": to_dict(cfg.train),
+            "data": to_dict(data)}
+
+
+def _build(cfg: Config, recorded: dict[str, Any], cuda: bool) -> _TrainingState:
+    """Fresh network (initial weights from ``train.seed`` alone), its EMA copy and Adam (fused on CUDA)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        net = build_model(cfg.model, grad_checkpointing=cfg.train.grad_checkpointing,
+                          recompute_norm=cfg.train.recompute_norm)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, fused=cuda)
+    return _TrainingState(recorded, net, ema, optimizer)
 
 
 def _resume_key(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -146,170 +218,146 @@ def _resume_key(cfg: dict[str, Any]) -> dict[str, Any]:
     return {**cfg, "train": keep}
 
 
-class _Stop:
-    """Remembers a SIGTERM so the loop can checkpoint at a step boundary."""
+def _resume(path: Path, state: _TrainingState, accelerator: Accelerator) -> int:
+    """Load the checkpoint at ``path`` into ``state`` when it exists and was written with compatible
+    settings; return the step to start from (0 for a fresh run).
 
-    def __init__(self) -> None:
+    Every process reads the same file itself; nothing is sent between processes.
+    """
+    if not path.exists():
+        return 0
+    saved = read_checkpoint(path)
+    if _resume_key(saved["config"]) != _resume_key(state.config):
+        accelerator.print(f"ignoring {path}: it was written with other settings; starting afresh")
+        return 0
+    state.net.load_state_dict(saved["model"])
+    state.ema.load_state_dict(saved["ema"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.log = list(saved["log"])
+    step = int(saved["step"])
+    accelerator.print(f"resuming from step {step} ({path})")
+    return step
+
+
+def _save(path: Path, step: int, state: _TrainingState, accelerator: Accelerator) -> None:
+    """Write a checkpoint of ``state`` at ``step``; every process must call it, the main process writes."""
+    accelerator.wait_for_everyone()  # sync point (barrier): every process has finished the step
+    if accelerator.is_main_process:  # after the all-reduced updates every process holds the same weights
+        save_checkpoint(path, {
+            "step": step,
+            "config": state.config,
+            "model": state.net.state_dict(),
+            "ema": state.ema.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "log": state.log,
+        })
+
+
+class _Sigterm:
+    """Context that remembers a SIGTERM, so the loop can checkpoint at a step boundary and exit.
+
+    Under ``accelerate launch`` the launcher forwards SIGTERM to every worker process.
+    """
+
+    def __enter__(self) -> _Sigterm:
         self.requested = False
         self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
 
-    def restore(self) -> None:
+    def __exit__(self, *exc) -> None:
         signal.signal(signal.SIGTERM, self._previous)
 
 
 def train(
     files: Sequence[Path],
-    out_model: Path,
-    out_log: Path,
+    out: Path,
+    log_csv: Path,
     state_dir: Path,
+    cfg: Config,
     *,
-    model_cfg: ModelConfig,
-    diffusion_cfg: DiffusionConfig,
-    train_cfg: TrainConfig,
-    size: int,
-    extra_config: dict[str, Any] | None = None,
     tensorboard_dir: Path | None = None,
     progress: bool = True,
 ) -> torch.nn.Module:
-    """Train the U-Net on ``files``, write the self-describing checkpoint and the loss log, and return this
-    process's trained network (unwrapped from any distributed wrapper).
+    """Train the U-Net on ``files``, write the self-describing checkpoint ``out`` and the loss log
+    ``log_csv``, and return this process's trained network (unwrapped from any distributed wrapper).
 
-    ``extra_config`` (e.g. the preprocessing section) is stored in the checkpoint so that samples can be
-    written with the same affine convention as the training data. With ``train.tensorboard`` the loss also
-    goes to TensorBoard event files under ``tensorboard_dir``.
+    Uses the ``model``, ``diffusion``, ``train`` and ``preprocess`` sections of ``cfg``; the checkpoint
+    records the preprocessing's size, spacing and HU window so that samples can be written like the training
+    data. With ``train.tensorboard`` the loss also goes to TensorBoard event files under ``tensorboard_dir``.
     """
-    tracking = {}
-    if train_cfg.tensorboard:
-        if tensorboard_dir is None:
-            raise ValueError("train.tensorboard is true but no TensorBoard folder was given")
-        if importlib.util.find_spec("tensorboard") is None:
-            raise ValueError("train.tensorboard is true but the tensorboard package is not installed "
-                             "(pip install tensorboard, or pip install 'ctdiff[tensorboard]')")
-        tracking = {"log_with": "tensorboard", "project_dir": str(tensorboard_dir)}
-    accelerator = Accelerator(mixed_precision="bf16" if train_cfg.precision == "bf16" else "no", **tracking)
-    n_proc, rank = accelerator.num_processes, accelerator.process_index
-    if train_cfg.batch_size % (n_proc * train_cfg.grad_accumulation):
-        raise ValueError(
-            f"train.batch_size={train_cfg.batch_size} is not divisible by {n_proc} processes × "
-            f"train.grad_accumulation={train_cfg.grad_accumulation} micro-batches"
-        )
-    local_batch = train_cfg.batch_size // n_proc
-
-    data, affine = load_training_set(files, size)
+    train_cfg = cfg.train
+    accelerator = _accelerator(train_cfg, tensorboard_dir)
+    local_batch = _per_process_batch(train_cfg, accelerator.num_processes)
+    data, affine = load_training_set(files, cfg.preprocess.size)
     if len(data) < train_cfg.batch_size:
         raise ValueError(f"training set holds {len(data)} volumes, fewer than train.batch_size={train_cfg.batch_size}")
-
-    cfg = {
-        "model": to_dict(model_cfg),
-        "diffusion": to_dict(diffusion_cfg),
-        "train": to_dict(train_cfg),
-        "data": {
-            "size": size,
-            "files": [Path(f).name for f in files],
-            "affine": np.asarray(affine, dtype=float).tolist(),
-            **(extra_config or {}),
-        },
-    }
-    schedule = build_schedule(cfg["diffusion"])
-    with torch.random.fork_rng(devices=[]):  # initial weights depend on train.seed alone
-        torch.manual_seed(train_cfg.seed)
-        net = build_model(cfg["model"], grad_checkpointing=train_cfg.grad_checkpointing,
-                          recompute_norm=train_cfg.recompute_norm)
-    ema = copy.deepcopy(net).requires_grad_(False)
-    cuda = accelerator.device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest 3D convolution once
-    optimizer = torch.optim.Adam(net.parameters(), lr=train_cfg.lr, fused=cuda)
-
+    schedule = build_schedule(cfg.diffusion)
+    state = _build(cfg, _recorded_config(cfg, files, affine), cuda=accelerator.device.type == "cuda")
     state_path = Path(state_dir) / "state.pt"
-    start, log_rows = 0, []
-    if state_path.exists():
-        state = read_checkpoint(state_path)
-        if _resume_key(state["config"]) == _resume_key(cfg):
-            net.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            optimizer.load_state_dict(state["optimizer"])
-            start, log_rows = int(state["step"]), list(state["log"])
-            accelerator.print(f"resuming from step {start} ({state_path})")
-        else:
-            accelerator.print(f"ignoring {state_path}: it was written with other settings; starting afresh")
+    start = _resume(state_path, state, accelerator)
 
-    model, optimizer = accelerator.prepare(net, optimizer)  # net keeps the plain module's parameters
+    # With several processes, prepare wraps the network in DistributedDataParallel, whose constructor
+    # broadcasts rank 0's parameters (a sync point). state.net keeps the plain module for checkpoints.
+    model, state.optimizer = accelerator.prepare(state.net, state.optimizer)
     if train_cfg.compile:
         model = torch.compile(model)
-    ema.to(accelerator.device)
-    data = data.to(accelerator.device)
-    if tracking:
+    state.ema.to(accelerator.device)
+    data = data.to(accelerator.device)  # the whole training set lives on the device: no loader
+    if train_cfg.tensorboard:
         accelerator.init_trackers("train")
 
-    def save(step: int, path: Path) -> None:
-        accelerator.wait_for_everyone()  # sync point: every process has finished the step
-        if accelerator.is_main_process:
-            payload = {
-                "step": step,
-                "config": cfg,
-                "model": net.state_dict(),
-                "ema": ema.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "log": log_rows,
-            }
-            save_checkpoint(path, payload)
-
-    stop = _Stop()
-    t0 = time.perf_counter() - (log_rows[-1]["elapsed_s"] if log_rows else 0.0)
-    running, n_running, bar = 0.0, 0, None
-    if progress and accelerator.is_local_main_process:
-        bar = tqdm(total=train_cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    rank = accelerator.process_index
+    shard = range(rank * local_batch, (rank + 1) * local_batch)  # this process's positions in each global batch
+    t0 = time.perf_counter() - (state.log[-1]["elapsed_s"] if state.log else 0.0)
+    running, n_running = 0.0, 0
+    bar = tqdm(total=train_cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+               disable=not (progress and accelerator.is_local_main_process))
     model.train()
-    try:
+    with _Sigterm() as stop, bar:
         for step in range(start, train_cfg.steps):
-            shard = range(rank * local_batch, (rank + 1) * local_batch)  # this process's batch positions
+            # Batch indices, timesteps and noise come from the CPU, so they depend on neither the device nor
+            # the process count. Sync point on CUDA: their blocking host-to-device copies make the host wait
+            # for the previous step's kernels.
             idx = batch_indices(len(data), train_cfg.batch_size, seed=train_cfg.seed, step=step)
             x0 = data[idx[shard.start : shard.stop]]
             t, noise = draw_noise(train_cfg.seed, step, shard, tuple(x0.shape[1:]), schedule.timesteps)
-            loss = train_step(
-                model, ema, optimizer, accelerator, schedule, x0, t.to(x0.device), noise.to(x0.device),
-                micro_batches=train_cfg.grad_accumulation, grad_clip=train_cfg.grad_clip,
-                ema_decay=train_cfg.ema_decay,
-            )
-            running += loss
+            t, noise = t.to(x0.device), noise.to(x0.device)
+            loss = train_step(model, state.ema, state.optimizer, accelerator, schedule, x0, t, noise,
+                              micro_batches=train_cfg.grad_accumulation, grad_clip=train_cfg.grad_clip,
+                              ema_decay=train_cfg.ema_decay)
+            running += loss  # stays on the device: no sync per step
             n_running += 1
 
             done = step + 1
             if done % train_cfg.log_every == 0 or done == train_cfg.steps:
-                mean = accelerator.reduce(running, reduction="mean").item() / n_running  # sync point
-                if not np.isfinite(mean):
+                # Sync point: all-reduce of the running loss across processes, then .item() waits for the device.
+                mean = accelerator.reduce(running, reduction="mean").item() / n_running
+                if not np.isfinite(mean):  # stop before anything is saved: the last good checkpoint stays
                     raise FloatingPointError(
                         f"training loss became {mean} at step {done}; last good checkpoint left in {state_dir}"
                     )
-                log_rows.append({"step": done, "loss": mean, "lr": train_cfg.lr,
-                                 "elapsed_s": round(time.perf_counter() - t0, 3)})
+                state.log.append({"step": done, "loss": mean, "lr": train_cfg.lr,
+                                  "elapsed_s": round(time.perf_counter() - t0, 3)})
                 running, n_running = 0.0, 0
-                if tracking:
+                if train_cfg.tensorboard:
                     accelerator.log({"loss": mean, "lr": train_cfg.lr}, step=done)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{mean:.4f}")
-            if bar is not None:
-                bar.update(1)
+                bar.set_postfix(loss=f"{mean:.4f}")
+            bar.update(1)
             if done % train_cfg.checkpoint_every == 0 or stop.requested:
-                save(done, state_path)
+                _save(state_path, done, state, accelerator)
             if stop.requested:
                 accelerator.print(f"SIGTERM: checkpoint written at step {done}; rerun to resume")
                 raise SystemExit(143)
-    finally:
-        stop.restore()
-        if bar is not None:
-            bar.close()
 
-    save(train_cfg.steps, state_path)
-    save(train_cfg.steps, Path(out_model))
+    _save(state_path, train_cfg.steps, state, accelerator)
+    _save(Path(out), train_cfg.steps, state, accelerator)
     if accelerator.is_main_process:
-        write_log(out_log, log_rows)
+        write_log(log_csv, state.log)
     accelerator.end_training()
-    return net
+    return state.net
 
 
 def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctdiff.config import DiffusionConfig, ModelConfig, TrainConfig
+from ctdiff.config import Config, DiffusionConfig, ModelConfig, PreprocessConfig, TrainConfig
 from ctdiff.data.cohort import summarise
 from ctdiff.data.convert import VOLUME_NAME, convert_or_reject
 from ctdiff.data.discover import discover
@@ -46,6 +46,12 @@ def tiny_train_config(**overrides) -> TrainConfig:
     values = dict(steps=6, batch_size=2, lr=1e-3, ema_decay=0.9, checkpoint_every=2, log_every=1, seed=0)
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def tiny_config(**train_overrides) -> Config:
+    """The tiny model and diffusion, :func:`tiny_train_config` with ``train_overrides``, 8³ volumes of 3 mm."""
+    return Config(preprocess=PreprocessConfig(size=SIZE, spacing_mm=3.0), model=TINY_MODEL,
+                  diffusion=TINY_DIFFUSION, train=tiny_train_config(**train_overrides))
 
 
 def run_ingestion(root: Path, out: Path, *, size: int, spacing_mm: float) -> tuple[dict[str, dict], list[str]]:

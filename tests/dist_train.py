@@ -6,12 +6,12 @@ import torch
 from accelerate import PartialState
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import SIZE, TINY_DIFFUSION, TINY_MODEL, tiny_train_config  # noqa: E402
+from conftest import tiny_config  # noqa: E402
 from ctdiff.train import train  # noqa: E402
 
 out = Path(sys.argv[1])
 files = sorted((out / "volumes").glob("*.nii.gz"))
-model = train(files, out / "model.pt", out / "log.csv", out / "state", model_cfg=TINY_MODEL, diffusion_cfg=TINY_DIFFUSION,
-      train_cfg=tiny_train_config(steps=5, batch_size=4, checkpoint_every=100), size=SIZE, progress=False)
+model = train(files, out / "model.pt", out / "log.csv", out / "state",
+              tiny_config(steps=5, batch_size=4, checkpoint_every=100), progress=False)
 state = PartialState()
 torch.save({"world": state.num_processes, "weights": model.state_dict()}, out / f"rank{state.process_index}.pt")

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import SIZE, TINY_DIFFUSION, TINY_MODEL, bin_env, tiny_train_config, write_volumes
+from conftest import SIZE, TINY_DIFFUSION, TINY_MODEL, bin_env, tiny_config, tiny_train_config, write_volumes
 from ctdiff.checkpoint import read_checkpoint
 from ctdiff.config import to_dict
 from ctdiff.train import train
@@ -41,8 +41,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
 
     files = sorted((tmp_path / "volumes").glob("*.nii.gz"))
     single = train(files, tmp_path / "one" / "model.pt", tmp_path / "one" / "log.csv", tmp_path / "one" / "state",
-                   model_cfg=TINY_MODEL, diffusion_cfg=TINY_DIFFUSION,
-                   train_cfg=tiny_train_config(steps=5, batch_size=4, checkpoint_every=100), size=SIZE, progress=False)
+                   tiny_config(steps=5, batch_size=4, checkpoint_every=100), progress=False)
     for name, p in single.state_dict().items():
         torch.testing.assert_close(r0["weights"][name], p, rtol=1e-4, atol=1e-5)
     # Only the main process writes the checkpoint, and it is the ranks' EMA.

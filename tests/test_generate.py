@@ -7,18 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import AFFINE, SIZE, TINY_DIFFUSION, TINY_MODEL, bin_env, tiny_train_config
+from conftest import AFFINE, SIZE, bin_env, tiny_config
 from ctdiff import cli
+from ctdiff.config import SampleConfig
 from ctdiff.generate import generate, sample_affine
 from ctdiff.io import load_volume
 from ctdiff.train import train
 
 
-def train_tiny(volumes, out, steps, extra_config=None):
-    """A tiny trained checkpoint in ``out``; ``extra_config`` as the workflow passes it (e.g. hu_window)."""
-    train(volumes, out / "model.pt", out / "log.csv", out / "state", model_cfg=TINY_MODEL,
-          diffusion_cfg=TINY_DIFFUSION, train_cfg=tiny_train_config(steps=steps), size=SIZE,
-          extra_config=extra_config, progress=False)
+def train_tiny(volumes, out, steps):
+    """A tiny trained checkpoint in ``out`` (HU window [-1000, 400])."""
+    train(volumes, out / "model.pt", out / "log.csv", out / "state", tiny_config(steps=steps), progress=False)
     return out / "model.pt"
 
 
@@ -30,8 +29,8 @@ def checkpoint(volumes, tmp_path):
 def test_samples_independent_of_batching(checkpoint, tmp_path):
     a = [tmp_path / "a" / f"{i}.nii.gz" for i in range(3)]
     b = [tmp_path / "b" / f"{i}.nii.gz" for i in range(3)]
-    generate(checkpoint, a, tmp_path / "cache_a", batch_size=3, seed=5, progress=False)
-    generate(checkpoint, b, tmp_path / "cache_b", batch_size=2, seed=5, progress=False)
+    generate(checkpoint, a, tmp_path / "cache_a", SampleConfig(batch_size=3, seed=5), progress=False)
+    generate(checkpoint, b, tmp_path / "cache_b", SampleConfig(batch_size=2, seed=5), progress=False)
     for pa, pb in zip(a, b):
         va, affine = load_volume(pa)
         vb, _ = load_volume(pb)
@@ -47,18 +46,34 @@ def test_samples_independent_of_batching(checkpoint, tmp_path):
 
 def test_rerun_reuses_finished_samples(checkpoint, tmp_path):
     out = [tmp_path / "s" / f"{i}.nii.gz" for i in range(2)]
-    generate(checkpoint, out, tmp_path / "cache", batch_size=1, progress=False)
+    generate(checkpoint, out, tmp_path / "cache", SampleConfig(batch_size=1), progress=False)
     first = load_volume(out[1])[0]
     (cached,) = [p for p in (tmp_path / "cache").rglob("0001.nii.gz")]
     stamp = cached.stat().st_mtime_ns
     for p in out:
         p.unlink()
-    generate(checkpoint, out, tmp_path / "cache", batch_size=1, progress=False)
+    generate(checkpoint, out, tmp_path / "cache", SampleConfig(batch_size=1), progress=False)
     assert cached.stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(load_volume(out[1])[0], first)
     # Other sampler settings are never served from that cache.
-    generate(checkpoint, out, tmp_path / "cache", sampler="ddim", steps=5, batch_size=1, progress=False)
+    generate(checkpoint, out, tmp_path / "cache", SampleConfig(sampler="ddim", steps=5, batch_size=1), progress=False)
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_cache_key_is_the_hash_of_the_sampler_settings(checkpoint, tmp_path):
+    """The key caches were written under: sha256 of the sorted JSON of these fields, first 16 hex digits
+    (precision and compile join only when not fp32 eager)."""
+    import hashlib
+    import json
+
+    from ctdiff.io import file_sha256
+
+    generate(checkpoint, [tmp_path / "a.nii.gz"], tmp_path / "cache", SampleConfig(sampler="ddim", steps=2, seed=4),
+             progress=False)
+    fields = {"checkpoint_sha256": file_sha256(checkpoint), "sampler": "ddim", "steps": 2, "eta": 0.0, "seed": 4}
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [key]
+    assert json.loads((tmp_path / "cache" / key / "settings.json").read_text()) == fields
 
 
 def test_sample_affine_centres_volume():
@@ -103,19 +118,20 @@ def test_checkpoint_of_another_release_is_refused(checkpoint, tmp_path, capsys):
 
 def test_bad_sampler_settings_name_the_allowed_values(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="sampler must be one of"):
-        generate(checkpoint, [tmp_path / "a.nii.gz"], tmp_path / "c", sampler="euler", progress=False)
+        generate(checkpoint, [tmp_path / "a.nii.gz"], tmp_path / "c", SampleConfig(sampler="euler"), progress=False)
     with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 20\]"):
-        generate(checkpoint, [tmp_path / "a.nii.gz"], tmp_path / "c", sampler="ddim", steps=21, progress=False)
+        generate(checkpoint, [tmp_path / "a.nii.gz"], tmp_path / "c", SampleConfig(sampler="ddim", steps=21),
+                 progress=False)
     assert not (tmp_path / "c").exists() or not list((tmp_path / "c").rglob("*.nii.gz"))
 
 
 def test_hu_output_inverts_the_preprocessing_scale(tmp_path, volumes):
     from ctdiff.data.preprocess import to_hu
 
-    model = train_tiny(volumes, tmp_path / "train", steps=2, extra_config={"hu_window": [-1000.0, 400.0]})
+    model = train_tiny(volumes, tmp_path / "train", steps=2)
     unit = [tmp_path / "s" / f"{i}.nii.gz" for i in range(2)]
     hu = [tmp_path / "hu" / f"{i}.nii.gz" for i in range(2)]
-    generate(model, unit, tmp_path / "cache", sampler="ddim", steps=3, hu_files=hu, progress=False)
+    generate(model, unit, tmp_path / "cache", SampleConfig(sampler="ddim", steps=3), hu_files=hu, progress=False)
     for pu, ph in zip(unit, hu):
         v, affine_u = load_volume(pu)
         h, affine_h = load_volume(ph)
@@ -123,17 +139,48 @@ def test_hu_output_inverts_the_preprocessing_scale(tmp_path, volumes):
         np.testing.assert_array_equal(affine_u, affine_h)
     assert nib.load(hu[0]).get_data_dtype() == np.int16
     assert to_hu(np.array([0.0, 0.5, 1.0, 1.5]), (-1000, 400)).tolist() == [-1000, -300, 400, 400]
-    # A checkpoint without a recorded HU window cannot give HU.
-    no_window = train_tiny(volumes, tmp_path / "nowindow", steps=1)
+    # A checkpoint without a recorded HU window (written before the preprocessing was recorded) cannot give HU.
+    no_window = without_preprocessing(model, tmp_path / "nowindow.pt")
     with pytest.raises(ValueError, match="hu_window"):
-        generate(no_window, unit, tmp_path / "c2", hu_files=hu, progress=False)
+        generate(no_window, unit, tmp_path / "c2", SampleConfig(), hu_files=hu, progress=False)
+
+
+def without_preprocessing(checkpoint, out):
+    """A copy of ``checkpoint`` as earlier files of the same format were written: no spacing_mm or hu_window
+    in its data section, no train.recompute_norm."""
+    payload = torch.load(checkpoint, weights_only=True)
+    for key in ("spacing_mm", "hu_window"):
+        del payload["config"]["data"][key]
+    del payload["config"]["train"]["recompute_norm"]
+    torch.save(payload, out)
+    return out
+
+
+def test_earlier_checkpoints_load_and_unknown_keys_are_refused(checkpoint, tmp_path):
+    from ctdiff.checkpoint import load_for_sampling
+
+    old = without_preprocessing(checkpoint, tmp_path / "old.pt")
+    _, _, cfg = load_for_sampling(checkpoint)
+    _, _, old_cfg = load_for_sampling(old)
+    assert old_cfg.data.hu_window is None and old_cfg.data.spacing_mm is None
+    assert old_cfg.train == cfg.train and old_cfg.model == cfg.model and old_cfg.data.affine == cfg.data.affine
+    a, b = [tmp_path / "new.nii.gz"], [tmp_path / "old.nii.gz"]
+    generate(checkpoint, a, tmp_path / "cache", SampleConfig(sampler="ddim", steps=3), progress=False)
+    generate(old, b, tmp_path / "cache", SampleConfig(sampler="ddim", steps=3), progress=False)
+    np.testing.assert_array_equal(load_volume(a[0])[0], load_volume(b[0])[0])
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["config"]["model"]["width"] = 3
+    torch.save(payload, tmp_path / "unknown.pt")
+    with pytest.raises(ValueError, match=r"unknown.pt .*unknown key model.width"):
+        load_for_sampling(tmp_path / "unknown.pt")
 
 
 def test_bf16_sampling_stays_close_to_fp32(checkpoint, tmp_path):
     a = [tmp_path / "a" / f"{i}.nii.gz" for i in range(2)]
     b = [tmp_path / "b" / f"{i}.nii.gz" for i in range(2)]
-    generate(checkpoint, a, tmp_path / "cache", sampler="ddim", steps=5, progress=False)
-    generate(checkpoint, b, tmp_path / "cache", sampler="ddim", steps=5, precision="bf16", progress=False)
+    generate(checkpoint, a, tmp_path / "cache", SampleConfig(sampler="ddim", steps=5), progress=False)
+    generate(checkpoint, b, tmp_path / "cache", SampleConfig(sampler="ddim", steps=5, precision="bf16"),
+             progress=False)
     assert len(list((tmp_path / "cache").iterdir())) == 2  # bf16 samples are cached apart
     for pa, pb in zip(a, b):
         va, vb = load_volume(pa)[0], load_volume(pb)[0]
@@ -143,7 +190,8 @@ def test_bf16_sampling_stays_close_to_fp32(checkpoint, tmp_path):
 
 def test_two_processes_share_the_samples_and_draw_the_same_volumes(checkpoint, tmp_path):
     one = [tmp_path / "one" / f"{i:04d}.nii.gz" for i in range(5)]
-    generate(checkpoint, one, tmp_path / "one_cache", sampler="ddim", steps=4, batch_size=3, seed=2, progress=False)
+    generate(checkpoint, one, tmp_path / "one_cache", SampleConfig(sampler="ddim", steps=4, batch_size=3, seed=2),
+             progress=False)
     env = bin_env() | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29521",
@@ -191,7 +239,7 @@ def test_killed_sampling_resumes_without_redoing_or_corrupting(checkpoint, tmp_p
         if p.name in done:
             assert p.stat().st_mtime_ns == done[p.name]
     reference = [tmp_path / "ref" / f"{i:04d}.nii.gz" for i in range(n)]
-    generate(checkpoint, reference, tmp_path / "ref_cache", batch_size=4, seed=3, progress=False)
+    generate(checkpoint, reference, tmp_path / "ref_cache", SampleConfig(batch_size=4, seed=3), progress=False)
     for path in reference:
         np.testing.assert_allclose(load_volume(tmp_path / "out" / path.name)[0], load_volume(path)[0], atol=1e-6)
     # (A kill during a write may leave a temporary file in the cache; it never counts as a sample.)

@@ -240,3 +240,28 @@ def test_bad_arguments_are_refused(phantom, tmp_path):
     with pytest.raises(ValueError, match=".nii"):
         preprocess(phantom, tmp_path / "x.mha", size=8, spacing_mm=20.0)
     assert not out.exists()
+
+
+def test_model_range_scaling_is_the_training_and_sampling_arithmetic():
+    """[0, 1] <-> [-1, 1]: bit for bit what training (in place on the stacked tensor) and sampling (numpy)
+    computed before the pair existed, inverse of each other up to one float32 rounding, float32 kept."""
+    import torch
+
+    from ctdiff.data.preprocess import from_model_range, to_model_range
+
+    rng = np.random.default_rng(0)
+    volume = np.concatenate([rng.random(4096, dtype=np.float32), [0.0, 0.5, 1.0, 1e-9]]).astype(np.float32)
+    x = to_model_range(volume)
+    assert x.dtype == np.float32
+    assert np.array_equal(x, torch.from_numpy(volume.copy()).mul_(2).sub_(1).numpy())
+    assert x.min() >= -1 and x.max() <= 1 and x[-4:-1].tolist() == [-1.0, 0.0, 1.0]
+    back = from_model_range(x)
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, volume, rtol=0, atol=np.finfo(np.float32).eps)
+
+    sample = np.concatenate([rng.normal(0.0, 0.7, 4096), [-1.5, -1.0, 0.0, 1.0, 1.5]]).astype(np.float32)
+    unit = from_model_range(sample)
+    assert np.array_equal(unit, ((sample + 1.0) / 2.0).clip(0.0, 1.0).astype(np.float32))
+    assert unit[-5:].tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]  # overshoot is clipped
+    inside = np.abs(sample) <= 1
+    np.testing.assert_allclose(to_model_range(unit)[inside], sample[inside], rtol=0, atol=2 * np.finfo(np.float32).eps)

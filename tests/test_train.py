@@ -8,30 +8,37 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import AFFINE, SIZE, TINY_DIFFUSION, TINY_MODEL, tiny_train_config, write_volumes
-from ctdiff.checkpoint import load_for_sampling, read_checkpoint
+from conftest import AFFINE, SIZE, TINY_DIFFUSION, TINY_MODEL, tiny_config, write_volumes
+from ctdiff.checkpoint import checkpoint_config, load_for_sampling, read_checkpoint
+from ctdiff.config import to_dict
 from ctdiff.io import save_volume
 from ctdiff.train import batch_indices, train
 
 
-def run(files, out, train_cfg, state=None):
-    train(
-        files, out / "model.pt", out / "log.csv", state or out / "state",
-        model_cfg=TINY_MODEL, diffusion_cfg=TINY_DIFFUSION, train_cfg=train_cfg, size=SIZE,
-        extra_config={"spacing_mm": 3.0}, progress=False,
-    )
+def run(files, out, cfg, state=None):
+    train(files, out / "model.pt", out / "log.csv", state or out / "state", cfg, progress=False)
 
 
 def test_checkpoint_describes_itself(volumes, tmp_path):
-    run(volumes, tmp_path, tiny_train_config())
+    run(volumes, tmp_path, tiny_config())
     ckpt = read_checkpoint(tmp_path / "model.pt")
     assert ckpt["step"] == 6
     assert ckpt["config"]["model"]["channels"] == [4, 8]
     assert ckpt["config"]["data"]["size"] == SIZE
     assert np.allclose(ckpt["config"]["data"]["affine"], AFFINE)
     assert {"model", "ema", "optimizer", "version", "format"} <= set(ckpt)
-    model, schedule, meta = load_for_sampling(tmp_path / "model.pt")
-    assert schedule.timesteps == 20 and meta["step"] == 6
+    # On disk: plain dicts (weights_only loading), the data section with the preprocessing settings.
+    assert ckpt["config"]["data"] == {"size": SIZE, "files": [p.name for p in volumes],
+                                      "affine": AFFINE.tolist(), "spacing_mm": 3.0, "hu_window": [-1000.0, 400.0]}
+    assert ckpt["config"]["train"] == to_dict(tiny_config().train)
+    model, schedule, cfg = load_for_sampling(tmp_path / "model.pt")
+    assert schedule.timesteps == 20 and cfg.train.steps == ckpt["step"] == 6
+    # Read back: the typed sections the run was given.
+    assert cfg == checkpoint_config(ckpt["config"])
+    assert (cfg.model, cfg.diffusion, cfg.train) == (TINY_MODEL, TINY_DIFFUSION, tiny_config().train)
+    assert cfg.data.size == SIZE and cfg.data.spacing_mm == 3.0 and cfg.data.hu_window == (-1000.0, 400.0)
+    assert np.array_equal(np.asarray(cfg.data.affine), AFFINE)
+    assert cfg.data.files == tuple(p.name for p in volumes)
     for name, p in model.state_dict().items():
         assert torch.equal(p, ckpt["ema"][name])
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
@@ -40,11 +47,11 @@ def test_checkpoint_describes_itself(volumes, tmp_path):
 
 
 def test_resume_matches_uninterrupted_run(volumes, tmp_path):
-    run(volumes, tmp_path / "straight", tiny_train_config(steps=6))
+    run(volumes, tmp_path / "straight", tiny_config(steps=6))
     # Same state folder: a 4-step run, then extended to 6 steps, resumes at step 4.
     state = tmp_path / "state"
-    run(volumes, tmp_path / "first", tiny_train_config(steps=4), state=state)
-    run(volumes, tmp_path / "second", tiny_train_config(steps=6), state=state)
+    run(volumes, tmp_path / "first", tiny_config(steps=4), state=state)
+    run(volumes, tmp_path / "second", tiny_config(steps=6), state=state)
     a = read_checkpoint(tmp_path / "straight" / "model.pt")
     b = read_checkpoint(tmp_path / "second" / "model.pt")
     for key in ("model", "ema"):
@@ -58,9 +65,9 @@ def test_resume_matches_uninterrupted_run(volumes, tmp_path):
 
 def test_state_from_other_settings_is_not_resumed(volumes, tmp_path):
     state = tmp_path / "state"
-    run(volumes, tmp_path / "a", tiny_train_config(steps=4, lr=1e-2), state=state)
-    run(volumes, tmp_path / "b", tiny_train_config(steps=4), state=state)
-    run(volumes, tmp_path / "c", tiny_train_config(steps=4))
+    run(volumes, tmp_path / "a", tiny_config(steps=4, lr=1e-2), state=state)
+    run(volumes, tmp_path / "b", tiny_config(steps=4), state=state)
+    run(volumes, tmp_path / "c", tiny_config(steps=4))
     b, c = read_checkpoint(tmp_path / "b" / "model.pt"), read_checkpoint(tmp_path / "c" / "model.pt")
     for name in b["model"]:
         torch.testing.assert_close(b["model"][name], c["model"][name])
@@ -78,20 +85,20 @@ def test_bad_training_data_is_named(tmp_path):
     wrong_shape = tmp_path / "bad_shape.nii.gz"
     save_volume(wrong_shape, np.zeros((SIZE, SIZE, SIZE + 1), np.float32), AFFINE)
     with pytest.raises(ValueError, match="bad_shape.nii.gz has shape"):
-        run(files + [wrong_shape], tmp_path, tiny_train_config())
+        run(files + [wrong_shape], tmp_path, tiny_config())
     hu = tmp_path / "in_hu.nii.gz"
     save_volume(hu, np.full((SIZE,) * 3, -1000.0, np.float32), AFFINE)
     with pytest.raises(ValueError, match="in_hu.nii.gz has values"):
-        run(files + [hu], tmp_path, tiny_train_config())
+        run(files + [hu], tmp_path, tiny_config())
     with pytest.raises(ValueError, match="empty"):
-        run([], tmp_path, tiny_train_config())
+        run([], tmp_path, tiny_config())
     with pytest.raises(ValueError, match="fewer than train.batch_size"):
-        run(files, tmp_path, tiny_train_config(batch_size=4))
+        run(files, tmp_path, tiny_config(batch_size=4))
 
 
 def test_non_finite_loss_stops_without_final_checkpoint(volumes, tmp_path):
     with pytest.raises(FloatingPointError, match="training loss became"):
-        run(volumes, tmp_path, tiny_train_config(lr=1e30, grad_clip=None, steps=50, checkpoint_every=1))
+        run(volumes, tmp_path, tiny_config(lr=1e30, grad_clip=None, steps=50, checkpoint_every=1))
     assert not (tmp_path / "model.pt").exists()
     state = read_checkpoint(tmp_path / "state" / "state.pt")
     assert all(torch.isfinite(v).all() for v in state["model"].values())
@@ -104,34 +111,34 @@ def assert_same_weights(a, b, rtol=1e-4, atol=1e-5):
 
 
 def test_grad_accumulation_gives_the_same_update_and_may_change_on_resume(volumes, tmp_path, capfd):
-    run(volumes, tmp_path / "plain", tiny_train_config(steps=6, batch_size=4))
-    run(volumes, tmp_path / "accum", tiny_train_config(steps=6, batch_size=4, grad_accumulation=4))
+    run(volumes, tmp_path / "plain", tiny_config(steps=6, batch_size=4))
+    run(volumes, tmp_path / "accum", tiny_config(steps=6, batch_size=4, grad_accumulation=4))
     plain = read_checkpoint(tmp_path / "plain" / "model.pt")
     assert_same_weights(plain, read_checkpoint(tmp_path / "accum" / "model.pt"))
     # A run that switches from 1 to 2 micro-batches at step 4 resumes (it does not start afresh).
     state = tmp_path / "state"
-    run(volumes, tmp_path / "first", tiny_train_config(steps=4, batch_size=4), state=state)
+    run(volumes, tmp_path / "first", tiny_config(steps=4, batch_size=4), state=state)
     capfd.readouterr()
-    run(volumes, tmp_path / "second", tiny_train_config(steps=6, batch_size=4, grad_accumulation=2), state=state)
+    run(volumes, tmp_path / "second", tiny_config(steps=6, batch_size=4, grad_accumulation=2), state=state)
     assert "resuming from step 4" in capfd.readouterr().out
     assert_same_weights(plain, read_checkpoint(tmp_path / "second" / "model.pt"))
     # Sanity: the comparison can fail — another learning rate gives other weights.
-    run(volumes, tmp_path / "other", tiny_train_config(steps=6, batch_size=4, lr=2e-3))
+    run(volumes, tmp_path / "other", tiny_config(steps=6, batch_size=4, lr=2e-3))
     with pytest.raises(AssertionError):
         assert_same_weights(plain, read_checkpoint(tmp_path / "other" / "model.pt"))
 
 
 def test_grad_accumulation_must_split_the_batch(volumes, tmp_path):
     with pytest.raises(ValueError, match="train.grad_accumulation=3"):
-        run(volumes, tmp_path, tiny_train_config(batch_size=4, grad_accumulation=3))
+        run(volumes, tmp_path, tiny_config(batch_size=4, grad_accumulation=3))
 
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="torch.compile on the CPU needs a C++ compiler (.ci/run installs g++)")
 def test_compiled_training_matches_eager(volumes, tmp_path):
     """Compiled, with the recomputing GroupNorm → SiLU (an autograd Function torch.compile has to trace)."""
-    run(volumes, tmp_path / "eager", tiny_train_config(steps=2, checkpoint_every=100))
-    run(volumes, tmp_path / "compiled", tiny_train_config(steps=2, checkpoint_every=100, compile=True,
+    run(volumes, tmp_path / "eager", tiny_config(steps=2, checkpoint_every=100))
+    run(volumes, tmp_path / "compiled", tiny_config(steps=2, checkpoint_every=100, compile=True,
                                                           recompute_norm=True))
     eager, compiled = (read_checkpoint(tmp_path / name / "model.pt") for name in ("eager", "compiled"))
     assert set(compiled["model"]) == set(eager["model"])  # plain module keys, no "_orig_mod." prefix
@@ -141,9 +148,9 @@ def test_compiled_training_matches_eager(volumes, tmp_path):
 def test_recompute_norm_is_used_and_gives_the_same_weights(volumes, tmp_path):
     from ctdiff.model.norm_conv import _NormSiLUConv
 
-    run(volumes, tmp_path / "plain", tiny_train_config(steps=2, checkpoint_every=100))
+    run(volumes, tmp_path / "plain", tiny_config(steps=2, checkpoint_every=100))
     with mock.patch.object(_NormSiLUConv, "apply", wraps=_NormSiLUConv.apply) as recomputing:
-        run(volumes, tmp_path / "lean", tiny_train_config(steps=2, checkpoint_every=100, recompute_norm=True))
+        run(volumes, tmp_path / "lean", tiny_config(steps=2, checkpoint_every=100, recompute_norm=True))
     assert recomputing.called
     assert_same_weights(*(read_checkpoint(tmp_path / name / "model.pt") for name in ("plain", "lean")))
 
@@ -151,9 +158,8 @@ def test_recompute_norm_is_used_and_gives_the_same_weights(volumes, tmp_path):
 def test_tensorboard_gets_the_logged_loss(volumes, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train(volumes, tmp_path / "model.pt", tmp_path / "log.csv", tmp_path / "state",
-          model_cfg=TINY_MODEL, diffusion_cfg=TINY_DIFFUSION, train_cfg=tiny_train_config(tensorboard=True),
-          size=SIZE, tensorboard_dir=tmp_path / "tb", progress=False)
+    train(volumes, tmp_path / "model.pt", tmp_path / "log.csv", tmp_path / "state", tiny_config(tensorboard=True),
+          tensorboard_dir=tmp_path / "tb", progress=False)
     events = sorted((tmp_path / "tb").rglob("events.out.tfevents.*"))
     assert events
     acc = EventAccumulator(str(events[0].parent))
@@ -166,4 +172,4 @@ def test_tensorboard_gets_the_logged_loss(volumes, tmp_path):
 
 def test_tensorboard_without_a_folder_is_refused(volumes, tmp_path):
     with pytest.raises(ValueError, match="train.tensorboard"):
-        run(volumes, tmp_path, tiny_train_config(tensorboard=True))
+        run(volumes, tmp_path, tiny_config(tensorboard=True))

@@ -5,6 +5,8 @@ import copy
 import pytest
 import torch
 
+from ctdiff.checkpoint import build_model
+from ctdiff.config import ModelConfig
 from ctdiff.model.unet import UNet3D, timestep_embedding
 
 TINY = dict(channels=(8, 16), res_blocks=1, groups=4)
@@ -109,4 +111,7 @@ def test_paper_size_parameter_count():
     """The paper reports 159 M parameters for channels 64-128-256-512 with two res blocks per level."""
     with torch.device("meta"):  # no memory, no initialisation cost
         model = UNet3D(channels=(64, 128, 256, 512), res_blocks=2, attention=False)
+        from_config = build_model(ModelConfig())  # the model section's defaults are the paper's network
     assert sum(p.numel() for p in model.parameters()) == 158_963_329
+    assert [(k, p.shape) for k, p in from_config.state_dict().items()] == \
+        [(k, p.shape) for k, p in model.state_dict().items()]

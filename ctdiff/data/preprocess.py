@@ -34,7 +34,9 @@ rounding (< 0.001 HU), at about a third of the cost of steps 3-4 for a 512 x 512
 Output convention (shared with the sample stage): a NIfTI whose data array, as nibabel returns it, is
 ``[X, Y, Z]`` = ``[R, A, S]`` (``nib.aff2axcodes(affine) == ('R', 'A', 'S')``) with the affine
 ``diag(spacing) + translation`` in NIfTI RAS+ mm, so the output overlays the input in a viewer. The model
-sees this array as ``[D, H, W]``; axial slices are ``array[:, :, k]``.
+sees this array as ``[D, H, W]``; axial slices are ``array[:, :, k]``. The network itself works in
+``[-1, 1]``: training maps volumes there with :func:`to_model_range`, sampling maps its output back with
+:func:`from_model_range`, and :func:`to_hu` undoes step 5.
 """
 
 from __future__ import annotations
@@ -196,6 +198,20 @@ def preprocess(
     affine[:3, :3] = lps_to_ras @ _RAS_DIRECTION @ np.diag(spacing)
     affine[:3, 3] = lps_to_ras @ origin
     save_volume(out_nifti, scaled.astype(np.float32, copy=False), affine)
+
+
+def to_model_range(volume: np.ndarray) -> np.ndarray:
+    """``[0, 1]`` → ``[-1, 1]``, the range the network is trained and sampled in: ``2 v - 1``, in the
+    array's own dtype (float32 volumes stay float32)."""
+    return volume * 2 - 1
+
+
+def from_model_range(x: np.ndarray) -> np.ndarray:
+    """``[-1, 1]`` → ``[0, 1]``: ``(x + 1) / 2``, clipped to ``[0, 1]`` (a sample may overshoot the range).
+
+    The inverse of :func:`to_model_range` on ``[-1, 1]``, up to one float rounding.
+    """
+    return ((x + 1.0) / 2.0).clip(0.0, 1.0)
 
 
 def to_hu(volume: np.ndarray, hu_window: tuple[float, float]) -> np.ndarray:
