@@ -253,6 +253,23 @@ def _save(path: Path, step: int, state: _TrainingState, accelerator: Accelerator
         })
 
 
+def _check_finite(first_bad: torch.Tensor, accelerator: Accelerator, state_dir: Path) -> None:
+    """Raise ``FloatingPointError`` if any process saw a non-finite loss since the start of this run.
+
+    ``first_bad`` is this process's first such step (0 = none). Called before every checkpoint and log
+    row, so a model a NaN has reached (through the all-reduced gradients, every process's) is never saved
+    and the state folder keeps the last good checkpoint.
+    """
+    # Sync point: gathering one integer from every process waits for each one's device.
+    steps = accelerator.gather(first_bad[None]).cpu()
+    bad = steps[steps > 0]
+    if len(bad):
+        raise FloatingPointError(
+            f"training loss became non-finite at step {int(bad.min())}; nothing was saved after it, the last "
+            f"good checkpoint is left in {state_dir} (lower train.lr or set train.grad_clip)"
+        )
+
+
 class _Sigterm:
     """Context that remembers a SIGTERM, so the loop can checkpoint at a step boundary and exit.
 
@@ -309,6 +326,9 @@ def train(
     if train_cfg.tensorboard:
         accelerator.init_trackers("train")
 
+    # The step (counted from 1) of this process's first non-finite loss, 0 while there is none. Updated on
+    # the device without a sync; read only where a checkpoint is about to be written or the loss is logged.
+    first_bad = torch.zeros((), dtype=torch.int64, device=accelerator.device)
     rank = accelerator.process_index
     shard = range(rank * local_batch, (rank + 1) * local_batch)  # this process's positions in each global batch
     t0 = time.perf_counter() - (state.log[-1]["elapsed_s"] if state.log else 0.0)
@@ -332,13 +352,11 @@ def train(
             n_running += 1
 
             done = step + 1
+            first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), done, first_bad)
             if done % train_cfg.log_every == 0 or done == train_cfg.steps:
+                _check_finite(first_bad, accelerator, state_dir)
                 # Sync point: all-reduce of the running loss across processes, then .item() waits for the device.
                 mean = accelerator.reduce(running, reduction="mean").item() / n_running
-                if not np.isfinite(mean):  # stop before anything is saved: the last good checkpoint stays
-                    raise FloatingPointError(
-                        f"training loss became {mean} at step {done}; last good checkpoint left in {state_dir}"
-                    )
                 state.log.append({"step": done, "loss": mean, "lr": train_cfg.lr,
                                   "elapsed_s": round(time.perf_counter() - t0, 3)})
                 running, n_running = 0.0, 0
@@ -347,11 +365,13 @@ def train(
                 bar.set_postfix(loss=f"{mean:.4f}")
             bar.update(1)
             if done % train_cfg.checkpoint_every == 0 or stop.requested:
+                _check_finite(first_bad, accelerator, state_dir)  # never save a model a NaN has reached
                 _save(state_path, done, state, accelerator)
             if stop.requested:
                 accelerator.print(f"SIGTERM: checkpoint written at step {done}; rerun to resume")
                 raise SystemExit(143)
 
+    _check_finite(first_bad, accelerator, state_dir)
     _save(state_path, train_cfg.steps, state, accelerator)
     _save(Path(out), train_cfg.steps, state, accelerator)
     if accelerator.is_main_process:

@@ -104,6 +104,38 @@ def test_non_finite_loss_stops_without_final_checkpoint(volumes, tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_nan_between_log_and_checkpoint_steps_is_never_saved(volumes, tmp_path):
+    """A NaN on step 5 (log every 4, checkpoint every 3) and a SIGTERM right after it: the SIGTERM checkpoint
+    and the step-6 checkpoint are refused, the state folder keeps step 3, and a rerun resumes from it."""
+    import os
+    import signal
+
+    import ctdiff.train as training
+
+    real_step, calls = training.train_step, []
+
+    def poisoned(model, ema, optimizer, accelerator, schedule, x0, *args, **kwargs):
+        calls.append(len(calls) + 1)
+        if len(calls) == 5:
+            x0 = x0 * float("nan")  # loss, gradients and then the weights become NaN
+            os.kill(os.getpid(), signal.SIGTERM)  # and the job is asked to stop at this step
+        return real_step(model, ema, optimizer, accelerator, schedule, x0, *args, **kwargs)
+
+    cfg = tiny_config(steps=12, log_every=4, checkpoint_every=3)
+    with mock.patch.object(training, "train_step", poisoned):
+        with pytest.raises(FloatingPointError, match="non-finite at step 5"):
+            run(volumes, tmp_path, cfg)
+    assert len(calls) == 5 and not (tmp_path / "model.pt").exists()
+    state = read_checkpoint(tmp_path / "state" / "state.pt")
+    assert state["step"] == 3
+    assert all(torch.isfinite(v).all() for key in ("model", "ema") for v in state[key].values())
+    # the rerun resumes from the last good state and matches an uninterrupted run
+    run(volumes, tmp_path, cfg)
+    run(volumes, tmp_path / "straight", cfg)
+    assert_same_weights(read_checkpoint(tmp_path / "model.pt"), read_checkpoint(tmp_path / "straight" / "model.pt"),
+                        rtol=0, atol=0)
+
+
 def assert_same_weights(a, b, rtol=1e-4, atol=1e-5):
     for key in ("model", "ema"):
         for name in a[key]:
