@@ -23,7 +23,7 @@ checkpoint discover:
         inventory=f"{R}/qc/inventory.tsv",
         series=f"{R}/discover/series.json",
     params:
-        root=DICOM.root,
+        root=lambda wildcards, input: input[0] if input else DICOM.root,  # a tree this run writes is the input
         series=CFG.data.series,
     log:
         f"{R}/logs/discover.log",
