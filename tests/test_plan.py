@@ -1,13 +1,10 @@
 """What the workflow decides when it parses: light to import, the DICOM tree, the cohort's items, the compared
-sampler settings, and `ctdiff sample` options that the command line reads back to the same sample section."""
+sampler settings and the `ctdiff sample` options of a sample set (read back by the command line: test_cli.py)."""
 import re
 import subprocess
 import sys
 from dataclasses import replace
 
-import pytest
-
-from ctdiff import cli
 from ctdiff.config import SampleConfig, from_dict
 from ctdiff.options import TAG_REGEX
 from ctdiff.plan import (
@@ -76,27 +73,6 @@ def test_tags_match_the_wildcard_constraint():
     assert all(re.fullmatch(TAG_REGEX, t) for t in comparison_runs(cfg))
 
 
-def _parsed(options: str) -> SampleConfig:
-    """`ctdiff sample` with ``options``, parsed by the command line as it runs (without drawing)."""
-    args = cli.parser().parse_args(["sample", "--checkpoint", "model.pt", "--out", "out", *options.split()])
-    return cli.sample_settings(args)
-
-
-@pytest.mark.parametrize("settings", [
-    SampleConfig(),
-    SampleConfig(n=3, sampler="ddim", steps=50, eta=0.5, batch_size=2, seed=7, precision="bf16", compile=True,
-                 hu=True),
-    SampleConfig(n=1, sampler="dpmpp", steps=25, eta=0, hu=True),
-])
-def test_sample_options_parse_back_to_the_same_section(settings):
-    assert _parsed(sample_options(settings)) == settings
-
-
-def test_the_command_line_defaults_are_the_sample_sections():
-    args = cli.parser().parse_args(["sample", "--checkpoint", "model.pt", "--out", "out", "-n", "500"])
-    assert cli.sample_settings(args) == SampleConfig()
-
-
 def test_sample_options_keep_their_spelling():
     """The options are the sample rules' params: a changed spelling would redraw every sample set."""
     assert sample_options(SampleConfig(n=2, steps=50, hu=True)) == (
@@ -110,6 +86,5 @@ def test_a_compared_sampler_replaces_the_setting_and_drops_hu():
     run = {"sampler": "ddim", "steps": 50, "eta": 0.5}
     compared = compared_sample(main, run)
     assert compared == replace(main, sampler="ddim", steps=50, eta=0.5, hu=False)
-    assert _parsed(sample_options(compared)) == compared
     assert sample_options(compared) == (
         "-n 4 --sampler ddim --eta 0.5 --batch-size 2 --seed 3 --precision bf16 --steps 50 --compile")
