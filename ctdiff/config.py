@@ -11,6 +11,7 @@ plain dict a workflow rule hands its script. Nothing downstream reads raw config
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from numbers import Integral
 from typing import Any
 
 from ctdiff.options import (
@@ -107,7 +108,7 @@ def check_bootstrap(
     :mod:`ctdiff.metrics.bootstrap` to its direct callers: ``n_boot`` replicates, a whole number >= ``least``
     (``evaluate.bootstrap`` may be 0 = no intervals; an interval needs at least 1), and a confidence ``level``
     strictly between 0 and 1. Raises ``ValueError`` naming ``names`` (the config keys by default)."""
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < least:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, Integral) or n_boot < least:
         raise ValueError(f"{names[0]}={n_boot!r} must be a whole number >= {least}"
                          + (" (0 = no intervals)" if least == 0 else ""))
     if not 0.0 < level < 1.0:
