@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from ctdiff.config import from_dict, to_dict
+from ctdiff.options import TAG_REGEX
 from ctdiff.plan import comparison_runs, compared_sample, converted_items, dicom_tree, sample_files, sample_options
 
 min_version("9.0")

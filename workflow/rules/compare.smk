@@ -4,11 +4,8 @@
 # No job exists when the list is empty (COMPARE in common.smk).
 
 
-from ctdiff.options import TAG_REGEX
-
-
 wildcard_constraints:
-    tag=TAG_REGEX,
+    tag=TAG_REGEX,  # the folder names ctdiff.options.tag writes
 
 
 # The sample rule with the compared sampler, steps and eta replacing the sample section's (precision and
