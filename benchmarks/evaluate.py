@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctdiff.config import EvaluateConfig
 from ctdiff.io import save_volume
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci
 from ctdiff.metrics.evaluate import evaluate, real_floor
@@ -71,6 +72,7 @@ def main() -> None:
     assert (_brute_nearest(syn[:4], real[:4]) == nearest_l2(syn[:4], real[:4])[0]).all()
     brute_mib = args.n * args.n * args.size**3 * 8 * 2 / 2**20
     n_div = min(1000, args.n * (args.n - 1) // 2)
+    settings = EvaluateConfig(med3d_depth=args.depth, seed=args.seed, bootstrap=args.n_boot)
 
     tmp = tempfile.TemporaryDirectory()
     folder, paths = Path(tmp.name), {}
@@ -91,9 +93,8 @@ def main() -> None:
         "bootstrap_msssim": lambda: mean_ci(values, n_boot=args.n_boot, seed=0),
         "floor": lambda: real_floor(real, feats_r, [str(i) for i in range(args.n)], seed=0, window=7),
         "memorisation": lambda: nearest_over_chunks([syn, real], [train[i : i + 64] for i in range(0, args.n, 64)]),
-        "evaluate": lambda: evaluate(paths["real"], paths["syn"], folder / "metrics.json", train=paths["train"],
-                                     med3d_weights=None, med3d_depth=args.depth, normalise="none",
-                                     msssim_window=7, seed=args.seed, n_boot=args.n_boot, ci_level=0.95),
+        "evaluate": lambda: evaluate(paths["real"], paths["syn"], folder / "metrics.json", settings,
+                                     train=paths["train"]),
     }
     best = {name: float("inf") for name, fn in stages.items() if fn is not None}
     for _ in range(args.rounds):

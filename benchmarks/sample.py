@@ -26,6 +26,7 @@ from ctdiff.diffusion.samplers import sample
 from ctdiff.diffusion.schedule import make_schedule
 from ctdiff.generate import network, sample_generator
 from ctdiff.model.unet import UNet3D
+from ctdiff.options import PRECISIONS
 
 SAMPLERS = (("ddpm", None), ("ddim", 50), ("dpmpp", 25))
 
@@ -39,7 +40,7 @@ def main() -> None:
     p.add_argument("--res-blocks", type=int, default=2 if gpu else 1)
     p.add_argument("--groups", type=int, default=32 if gpu else 4)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16" if gpu else "fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16" if gpu else "fp32")
     p.add_argument("--modes", nargs="+", choices=("eager", "compile"), default=["eager", "compile"])
     p.add_argument("--ddpm-steps", type=int, default=None,
                    help="time only this many DDPM steps and scale to all T (the cost per step is constant)")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ctdiff import __version__
-from ctdiff.config import DiffusionConfig, ModelConfig, TrainConfig, _section
+from ctdiff.config import DiffusionConfig, ModelConfig, TrainConfig, dataclass_from_dict, section_from_dict
 from ctdiff.diffusion.schedule import Schedule, make_schedule
 from ctdiff.io import atomic_path
 from ctdiff.model.unet import UNet3D
@@ -65,10 +65,10 @@ def checkpoint_config(raw: dict[str, Any]) -> CheckpointConfig:
     data = dict(raw["data"])
     data["affine"] = tuple(tuple(row) for row in data["affine"])
     return CheckpointConfig(
-        model=_section("model", ModelConfig, raw["model"]),
-        diffusion=_section("diffusion", DiffusionConfig, raw["diffusion"]),
-        train=_section("train", TrainConfig, raw["train"]),
-        data=_section("data", TrainingData, data),
+        model=section_from_dict("model", raw["model"]),
+        diffusion=section_from_dict("diffusion", raw["diffusion"]),
+        train=section_from_dict("train", raw["train"]),
+        data=dataclass_from_dict(TrainingData, data, "data", source="checkpoint"),
     )
 
 

@@ -1,9 +1,11 @@
-"""Command line: ``ctdiff train`` (what the workflow's train rule launches) and ``ctdiff sample``.
+"""Command line: ``ctdiff train`` (what the workflow's train rule launches) and ``ctdiff sample`` (what the
+sample rules launch, with the options :func:`ctdiff.plan.sample_options` writes).
 
 ``ctdiff sample --checkpoint results/train/model.pt -n 10 --sampler ddim --steps 50 --out DIR`` draws
 volumes outside Snakemake; sample ``i`` is the same volume the workflow writes as ``samples/{i:04d}``
-for the same seed and sampler. Under ``accelerate launch`` (or ``python -m ctdiff.launch --gpus G -- -m
-ctdiff.cli sample ...``) the processes share the samples by index.
+for the same seed and sampler. Its options are the keys of the ``sample`` config section, with the
+section's defaults (:class:`ctdiff.config.SampleConfig`). Under ``accelerate launch`` (or ``python -m
+ctdiff.launch --gpus G -- -m ctdiff.cli sample ...``) the processes share the samples by index.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
-from ctdiff.config import from_dict
+from ctdiff.config import SampleConfig, from_dict, section_from_dict
+from ctdiff.options import PRECISIONS, SAMPLERS
+from ctdiff.plan import sample_files
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -33,18 +38,22 @@ def _train(args: argparse.Namespace) -> None:
     )
 
 
+def sample_settings(args: argparse.Namespace) -> SampleConfig:
+    """The ``sample`` section a parsed ``ctdiff sample`` command line asks for."""
+    return section_from_dict("sample", {f.name: getattr(args, f.name) for f in fields(SampleConfig)})
+
+
 def _sample(args: argparse.Namespace) -> None:
-    from ctdiff.config import SampleConfig
     from ctdiff.generate import generate
 
+    settings = sample_settings(args)
     out = Path(args.out)
     generate(
         Path(args.checkpoint),
-        [out / f"{i:04d}.nii.gz" for i in range(args.n)],
+        [Path(p) for p in sample_files(out, settings.n)],
         Path(args.cache) if args.cache else out / ".cache",
-        SampleConfig(n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, batch_size=args.batch_size,
-                     seed=args.seed, precision=args.precision, compile=args.compile, hu=args.hu),
-        hu_files=[out / "hu" / f"{i:04d}.nii.gz" for i in range(args.n)] if args.hu else None,
+        settings,
+        hu_files=[Path(p) for p in sample_files(out / "hu", settings.n)] if settings.hu else None,
         device=args.device,
         progress=not args.no_progress,
     )
@@ -65,19 +74,23 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_train)
 
+    # The sample section's keys as options, with its defaults.
+    d = SampleConfig()
     s = sub.add_parser("sample", help="draw synthetic volumes from a checkpoint")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("-n", type=int, required=True, help="number of volumes")
     s.add_argument("--out", required=True, help="output folder; sample i is <out>/<i:04d>.nii.gz")
-    s.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim", "dpmpp"),
-                   help="ddpm (all T steps, the paper's), ddim or dpmpp (DPM-Solver++ 2M)")
-    s.add_argument("--steps", type=int, default=None, help="sampler steps (ddim, dpmpp); default T")
-    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-    s.add_argument("--batch-size", type=int, default=8, help="volumes denoised together per process")
-    s.add_argument("--seed", type=int, default=0, help="sample i depends only on (seed, i)")
-    s.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16 = network under bf16 autocast")
-    s.add_argument("--compile", action="store_true", help="torch.compile the network")
-    s.add_argument("--hu", action="store_true", help="also write each volume in HU (int16) to <out>/hu/")
+    s.add_argument("--sampler", default=d.sampler, choices=SAMPLERS,
+                   help="ddpm (all T steps, the paper's), ddim or dpmpp (DPM-Solver++ 2M); default %(default)s")
+    s.add_argument("--steps", type=int, default=d.steps, help="sampler steps (ddim, dpmpp); default T")
+    s.add_argument("--eta", type=float, default=d.eta, help="DDIM eta; default %(default)s")
+    s.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="volumes denoised together per process; default %(default)s")
+    s.add_argument("--seed", type=int, default=d.seed, help="sample i depends only on (seed, i); default %(default)s")
+    s.add_argument("--precision", default=d.precision, choices=PRECISIONS,
+                   help="bf16 = network under bf16 autocast; default %(default)s")
+    s.add_argument("--compile", action="store_true", default=d.compile, help="torch.compile the network")
+    s.add_argument("--hu", action="store_true", default=d.hu, help="also write each volume in HU (int16) to <out>/hu/")
     s.add_argument("--device", default=None, help="cpu or cuda (default: this process's accelerator device)")
     s.add_argument("--cache", default=None, help="folder of finished samples (default <out>/.cache)")
     s.add_argument("--no-progress", action="store_true")

@@ -1,24 +1,39 @@
 """Typed configuration: the validated config dict becomes frozen dataclasses, once, at the edge.
 
-The schema (``workflow/schemas/config.schema.yaml``) rejects unknown keys and wrong types and fills
-defaults; :func:`from_dict` adds the checks that span several keys and names the offending key.
-Nothing downstream reads raw config keys.
+The schema (``workflow/schemas/config.schema.yaml``) is the one source of every key's default and
+description: it rejects unknown keys and wrong types and fills defaults. The dataclasses below repeat its
+keys and defaults so that code can build a section without the schema; ``tests/test_config.py`` proves them
+equal key by key. The closed option sets come from :mod:`ctdiff.options`. :func:`from_dict` adds the checks
+that span several keys and names the offending key; :func:`section_from_dict` rebuilds one section from the
+plain dict a workflow rule hands its script. Nothing downstream reads raw config keys.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from numbers import Integral
+from typing import Any
+
+from ctdiff.options import (
+    SAMPLERS,
+    BetaSchedule,
+    Normalise,
+    Objective,
+    Precision,
+    Sampler,
+    SeriesChoice,
+    Source,
+)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["phantom", "dicom"] = "phantom"
+    source: Source = "phantom"
     root: str | None = None
     n_patients: int = 16
     seed: int = 0
     phantom_matrix: int = 512
-    series: Literal["largest", "all"] = "largest"
+    series: SeriesChoice = "largest"
 
 
 @dataclass(frozen=True)
@@ -45,10 +60,10 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DiffusionConfig:
     timesteps: int = 1000
-    beta_schedule: Literal["linear"] = "linear"
+    beta_schedule: BetaSchedule = "linear"
     beta_start: float = 1.0e-4
     beta_end: float = 0.02
-    objective: Literal["eps"] = "eps"
+    objective: Objective = "eps"
 
 
 @dataclass(frozen=True)
@@ -57,7 +72,7 @@ class TrainConfig:
     batch_size: int = 2
     lr: float = 1.0e-5
     ema_decay: float = 0.9999
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Precision = "fp32"
     grad_checkpointing: bool = False
     recompute_norm: bool = False
     compile: bool = False
@@ -72,14 +87,32 @@ class TrainConfig:
 @dataclass(frozen=True)
 class SampleConfig:
     n: int = 500
-    sampler: Literal["ddpm", "ddim", "dpmpp"] = "ddpm"
+    sampler: Sampler = "ddpm"
     steps: int | None = None
     eta: float = 0.0
     batch_size: int = 8
     seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Precision = "fp32"
     compile: bool = False
     hu: bool = False
+
+
+def check_bootstrap(
+    n_boot: Any,
+    level: Any,
+    *,
+    least: int = 0,
+    names: tuple[str, str] = ("config: evaluate.bootstrap", "config: evaluate.ci_level"),
+) -> None:
+    """The one rule for bootstrap settings, applied to every :class:`EvaluateConfig` and by
+    :mod:`ctdiff.metrics.bootstrap` to its direct callers: ``n_boot`` replicates, a whole number >= ``least``
+    (``evaluate.bootstrap`` may be 0 = no intervals; an interval needs at least 1), and a confidence ``level``
+    strictly between 0 and 1. Raises ``ValueError`` naming ``names`` (the config keys by default)."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, Integral) or n_boot < least:
+        raise ValueError(f"{names[0]}={n_boot!r} must be a whole number >= {least}"
+                         + (" (0 = no intervals)" if least == 0 else ""))
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"{names[1]}={level!r} must lie strictly between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -87,7 +120,7 @@ class SamplerSetting:
     """One entry of ``evaluate.compare_samplers``: a sampler drawn with the ``sample`` section's ``n`` and
     ``seed`` and scored like the main sample set. ``steps=None`` means every timestep (T)."""
 
-    sampler: Literal["ddpm", "ddim", "dpmpp"]
+    sampler: Sampler
     steps: int | None = None
     eta: float = 0.0
 
@@ -96,7 +129,7 @@ class SamplerSetting:
 class EvaluateConfig:
     med3d_weights: str | None = None
     med3d_depth: int = 50
-    normalise: Literal["none", "zscore"] = "none"
+    normalise: Normalise = "none"
     msssim_window: int = 7
     seed: int = 0
     bootstrap: int = 200
@@ -104,6 +137,7 @@ class EvaluateConfig:
     compare_samplers: tuple[SamplerSetting, ...] = ()
 
     def __post_init__(self):
+        check_bootstrap(self.bootstrap, self.ci_level)
         # Entries arrive as dicts from YAML (or as SamplerSetting from code); unknown keys are named.
         runs = []
         for k, run in enumerate(self.compare_samplers):
@@ -157,13 +191,24 @@ _SECTIONS = {
 }
 
 
-def _section(name: str, cls: type, values: dict[str, Any]):
+def section_from_dict(name: str, values: dict[str, Any]):
+    """The dataclass of config section ``name`` (``"sample"`` → :class:`SampleConfig`, ...) from its plain-dict
+    form, e.g. the ``to_dict`` view a workflow rule passes its script as a param: lists become tuples, keys left
+    out take their defaults, and an unknown key raises ``ValueError`` naming it. Checks that span sections
+    (steps against ``diffusion.timesteps``, ...) belong to :func:`from_dict`, which has them all."""
+    if name not in _SECTIONS:
+        raise ValueError(f"config: no section {name!r} (sections: {', '.join(_SECTIONS)})")
+    return dataclass_from_dict(_SECTIONS[name], values, name)
+
+
+def dataclass_from_dict(cls: type, values: dict[str, Any], name: str, *, source: str = "config"):
+    """``cls`` from a plain dict: lists become tuples, keys left out take their defaults, and an unknown key
+    raises ``ValueError`` naming it as ``{source}: unknown key {name}.{key}``."""
     known = cls.__dataclass_fields__
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"config: unknown key {name}.{unknown[0]} (allowed: {', '.join(known)})")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return cls(**values)
+        raise ValueError(f"{source}: unknown key {name}.{unknown[0]} (allowed: {', '.join(known)})")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
@@ -174,7 +219,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
     unknown = sorted(set(raw) - set(_SECTIONS) - {"results"})
     if unknown:
         raise ValueError(f"config: unknown key {unknown[0]!r} (allowed: results, {', '.join(_SECTIONS)})")
-    sections = {name: _section(name, cls, dict(raw.get(name) or {})) for name, cls in _SECTIONS.items()}
+    sections = {name: section_from_dict(name, dict(raw.get(name) or {})) for name in _SECTIONS}
     cfg = Config(results=str(raw.get("results", "results")), **sections)
     _check(cfg)
     return cfg
@@ -215,8 +260,8 @@ def _check(cfg: Config) -> None:
 def _check_sampler_steps(key: str, sampler: str, steps: int | None, eta: float, T: int) -> None:
     """The sample section's rules for one sampler setting at ``key``: a known sampler, steps in 1..T, ddpm
     runs all T steps; eta >= 0 and, since only DDIM uses it, 0 for the other samplers."""
-    if sampler not in ("ddpm", "ddim", "dpmpp"):
-        raise ValueError(f"config: {key}.sampler={sampler!r} must be one of ddpm, ddim, dpmpp")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"config: {key}.sampler={sampler!r} must be one of {', '.join(SAMPLERS)}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T):
         raise ValueError(f"config: {key}.steps={steps} must lie in 1..{T} (diffusion.timesteps)")
     if sampler == "ddpm" and steps not in (None, T):
@@ -228,10 +273,6 @@ def _check_sampler_steps(key: str, sampler: str, steps: int | None, eta: float, 
 
 
 def _check_evaluate(e: EvaluateConfig, T: int) -> None:
-    if isinstance(e.bootstrap, bool) or not isinstance(e.bootstrap, int) or e.bootstrap < 0:
-        raise ValueError(f"config: evaluate.bootstrap={e.bootstrap} must be a whole number >= 0 (0 = no intervals)")
-    if not 0.0 < e.ci_level < 1.0:
-        raise ValueError(f"config: evaluate.ci_level={e.ci_level} must lie strictly between 0 and 1")
     seen: dict[tuple, int] = {}
     for k, run in enumerate(e.compare_samplers):
         key = f"evaluate.compare_samplers[{k}]"

@@ -1,5 +1,5 @@
-"""The sampler comparison: which settings get their own sample set, what a set's provenance says (network
-evaluations counted against the sampling loop itself), and the per-sampler table from metrics JSONs."""
+"""The sampler comparison: what a set's provenance says (network evaluations counted against the sampling loop
+itself) and the per-sampler table from metrics JSONs. Which settings get their own sample set: test_plan.py."""
 import json
 import math
 
@@ -9,26 +9,9 @@ import torch
 from torch import nn
 
 from ctdiff.checkpoint import save_checkpoint
-from ctdiff.config import from_dict
 from ctdiff.diffusion.samplers import sample
 from ctdiff.diffusion.schedule import make_schedule
-from ctdiff.metrics.compare import comparison_runs, read_sampler_table, sampler_table, sampling_provenance
-
-
-def test_comparison_runs_resolve_steps_and_leave_out_the_main_setting():
-    cfg = from_dict({"sample": {"sampler": "ddpm"}, "evaluate": {"compare_samplers": [
-        {"sampler": "ddim", "steps": 50}, {"sampler": "ddpm"}, {"sampler": "ddim", "steps": 50, "eta": 0.5},
-        {"sampler": "dpmpp"}]}})
-    assert comparison_runs(cfg) == {
-        "ddim-50": {"sampler": "ddim", "steps": 50, "eta": 0.0},
-        "ddim-50-eta0.5": {"sampler": "ddim", "steps": 50, "eta": 0.5},
-        "dpmpp-1000": {"sampler": "dpmpp", "steps": 1000, "eta": 0.0},
-    }
-    # The main set is DDIM 50 now: the DDIM 50 entry is that set, and DDPM becomes a compared sampler.
-    cfg = from_dict({"sample": {"sampler": "ddim", "steps": 50}, "evaluate": {"compare_samplers": [
-        {"sampler": "ddim", "steps": 50}, {"sampler": "ddpm", "steps": 1000}]}})
-    assert list(comparison_runs(cfg)) == ["ddpm-1000"]
-    assert comparison_runs(from_dict({})) == {}
+from ctdiff.metrics.compare import read_sampler_table, sampler_table, sampling_provenance
 
 
 class CountingModel(nn.Module):

@@ -1,12 +1,24 @@
 """Config: the schema fills defaults and rejects bad keys by name; from_dict checks cross-key rules."""
+from dataclasses import MISSING, fields, is_dataclass, replace
 from pathlib import Path
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 import pytest
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from ctdiff.config import Config, SamplerSetting, from_dict, to_dict
+from ctdiff import options
+from ctdiff.config import (
+    Config,
+    EvaluateConfig,
+    SamplerSetting,
+    check_bootstrap,
+    from_dict,
+    section_from_dict,
+    to_dict,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
@@ -118,3 +130,105 @@ def test_from_dict_rejects_unknown_keys():
 def test_evaluate_checks_without_the_schema_name_the_key(evaluate, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("[", r"\[")):
         from_dict({"evaluate": evaluate})
+
+
+def _schema():
+    return yaml.safe_load(Path(SCHEMA).read_text())
+
+
+def _plain(value):
+    """A dataclass default as the schema writes it: tuples as lists."""
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _schema_types(hint) -> set[str]:
+    """The JSON-schema types of a dataclass annotation."""
+    if get_origin(hint) is Literal:
+        return {{str: "string", int: "integer"}[type(a)] for a in get_args(hint)}
+    if get_origin(hint) in (Union, UnionType):
+        return set().union(*(_schema_types(h) for h in get_args(hint)))
+    if get_origin(hint) is tuple:
+        return {"array"}
+    return {{str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}[hint]}
+
+
+def _sections():
+    """(key path, dataclass, schema object) of every section and of a compare_samplers entry."""
+    schema = _schema()
+    hints = get_type_hints(Config)
+    for f in fields(Config):
+        if is_dataclass(hints[f.name]):
+            yield f.name, hints[f.name], schema["properties"][f.name]
+    yield "evaluate.compare_samplers[]", SamplerSetting, schema["properties"]["evaluate"]["properties"][
+        "compare_samplers"]["items"]
+
+
+@pytest.mark.parametrize("path, cls, obj", [pytest.param(*s, id=s[0]) for s in _sections()])
+def test_dataclasses_have_the_schema_keys_types_and_defaults(path, cls, obj):
+    """The schema is the one source of defaults: every dataclass field is a schema key, in the same order,
+    with the schema's type and default (a key without a default in one has none in the other)."""
+    props = obj["properties"]
+    assert [f.name for f in fields(cls)] == list(props), path
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        prop, where = props[f.name], f"{path}.{f.name}"
+        types = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
+        assert _schema_types(hints[f.name]) == set(types), where
+        if f.default is MISSING:
+            assert "default" not in prop and f.name in obj.get("required", []), where
+        else:
+            assert _plain(f.default) == prop["default"], where
+    if "default" in obj:
+        assert obj["default"] == {} and cls() == section_from_dict(path, {}), path
+
+
+def test_schema_results_default_is_the_config_default():
+    assert _schema()["properties"]["results"]["default"] == Config().results
+    assert list(_schema()["properties"]) == [f.name for f in fields(Config)]
+
+
+def test_schema_enums_are_the_option_sets():
+    """Every closed set of the schema is the Literal of its dataclass field, which comes from ctdiff.options."""
+    from ctdiff.metrics.med3d import DEPTHS
+
+    option_sets = {options.Sampler, options.Precision, options.Objective, options.BetaSchedule, options.Source,
+                   options.SeriesChoice, options.Normalise}
+    literals = 0
+    for path, cls, obj in _sections():
+        hints = get_type_hints(cls)
+        for name, prop in obj["properties"].items():
+            if get_origin(hints[name]) is Literal:
+                literals += 1
+                assert hints[name] in option_sets, f"{path}.{name}: a Literal not taken from ctdiff.options"
+                assert tuple(prop["enum"]) == get_args(hints[name]), f"{path}.{name}"
+            elif "enum" in prop:
+                assert (path, name) == ("evaluate", "med3d_depth") and tuple(prop["enum"]) == DEPTHS
+    assert literals == 9
+    assert options.SAMPLERS == ("ddpm", "ddim", "dpmpp") and options.PRECISIONS == ("fp32", "bf16")
+    assert options.NORMALISE == get_args(options.Normalise) and options.SOURCES == get_args(options.Source)
+
+
+def test_section_from_dict_rebuilds_what_rule_params_carry():
+    cfg = from_dict(load("config.yaml"))
+    for f in fields(Config):
+        if f.name != "results":
+            assert section_from_dict(f.name, to_dict(getattr(cfg, f.name))) == getattr(cfg, f.name), f.name
+    evaluate = {k: v for k, v in to_dict(cfg.evaluate).items() if k != "compare_samplers"}
+    assert section_from_dict("evaluate", evaluate) == replace(cfg.evaluate, compare_samplers=())
+    with pytest.raises(ValueError, match="unknown key preprocess.sise"):
+        section_from_dict("preprocess", {"sise": 3})
+    with pytest.raises(ValueError, match="no section 'sampling'"):
+        section_from_dict("sampling", {})
+
+
+def test_bootstrap_settings_have_one_rule():
+    """EvaluateConfig refuses bad bootstrap settings however it is built; the interval functions apply the same
+    rule with at least one replicate."""
+    with pytest.raises(ValueError, match=r"evaluate\.bootstrap=True"):
+        EvaluateConfig(bootstrap=True)
+    with pytest.raises(ValueError, match=r"evaluate\.ci_level=0\.0"):
+        EvaluateConfig(ci_level=0.0)
+    assert EvaluateConfig(bootstrap=0).bootstrap == 0
+    check_bootstrap(1, 0.5, least=1, names=("n_boot", "level"))
+    with pytest.raises(ValueError, match=r"n_boot=0 must be a whole number >= 1"):
+        check_bootstrap(0, 0.5, least=1, names=("n_boot", "level"))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from ctdiff.config import EvaluateConfig
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci, pair_mean_ci
 from ctdiff.metrics.evaluate import evaluate, real_floor
 from ctdiff.metrics.fid import fid_from_features, fid_sample_space, frechet_distance
@@ -32,13 +33,13 @@ def _volumes(n: int, seed: int) -> np.ndarray:
     return ((v - lo) / (hi - lo)).astype(np.float32)
 
 
-def _run(real, synthetic, out, **kw):
-    args = dict(med3d_weights=None, med3d_depth=10, normalise="none", msssim_window=7, seed=0, n_boot=20,
-                ci_level=0.95)
-    args.update(kw)
-    if "train" not in args:
-        args["train"] = [_write(Path(out).parent / "train", f"T{k}", v) for k, v in enumerate(_volumes(3, 99))]
-    return evaluate(real, synthetic, out, **args)
+def _run(real, synthetic, out, *, train=None, provenance=None, diversity_pairs=1000, train_chunk=64, **settings):
+    """``evaluate`` with the evaluate section's defaults but ResNet-10 and 20 replicates; ``settings`` replace
+    section keys."""
+    if train is None:
+        train = [_write(Path(out).parent / "train", f"T{k}", v) for k, v in enumerate(_volumes(3, 99))]
+    return evaluate(real, synthetic, out, EvaluateConfig(**{"med3d_depth": 10, "bootstrap": 20, **settings}),
+                    train=train, provenance=provenance, diversity_pairs=diversity_pairs, train_chunk=train_chunk)
 
 
 def test_identical_sets(tmp_path):
@@ -157,8 +158,8 @@ def test_bootstrap_intervals_contain_estimate_and_repeat_for_a_seed():
 def test_replicate_count_and_level_are_the_ones_given(tmp_path):
     real = [_write(tmp_path / "real", f"r{k}", v) for k, v in enumerate(_volumes(6, 5))]
     syn = [_write(tmp_path / "syn", f"s{k}", v) for k, v in enumerate(_volumes(6, 6))]
-    narrow = _run(real, syn, tmp_path / "narrow.json", n_boot=40, ci_level=0.5)
-    wide = _run(real, syn, tmp_path / "wide.json", n_boot=40, ci_level=0.99)
+    narrow = _run(real, syn, tmp_path / "narrow.json", bootstrap=40, ci_level=0.5)
+    wide = _run(real, syn, tmp_path / "wide.json", bootstrap=40, ci_level=0.99)
     for result, level in ((narrow, 0.5), (wide, 0.99)):
         on_disk = json.loads((tmp_path / ("narrow.json" if level == 0.5 else "wide.json")).read_text())
         assert on_disk["bootstrap"]["n_boot"] == 40 and on_disk["bootstrap"]["level"] == level
@@ -167,15 +168,16 @@ def test_replicate_count_and_level_are_the_ones_given(tmp_path):
         assert w["high"] - w["low"] > n["high"] - n["low"] > 0, key
     # Same seed, same replicates: only the quantiles differ, so the bias estimate is shared.
     assert narrow["bootstrap"]["fid"]["bias"] == wide["bootstrap"]["fid"]["bias"]
-    other = _run(real, syn, tmp_path / "other.json", n_boot=41, ci_level=0.5)
+    other = _run(real, syn, tmp_path / "other.json", bootstrap=41, ci_level=0.5)
     assert other["bootstrap"]["fid"] != narrow["bootstrap"]["fid"]  # one more replicate changes the interval
-    off = _run(real, syn, tmp_path / "off.json", n_boot=0, ci_level=0.9)
+    off = _run(real, syn, tmp_path / "off.json", bootstrap=0, ci_level=0.9)
     assert off["bootstrap"] == {"n_boot": 0, "level": 0.9, "seed": 0}
     assert off["fid"] == narrow["fid"] and off["msssim_diversity"] == narrow["msssim_diversity"]
-    with pytest.raises(ValueError, match="n_boot"):
-        _run(real, syn, tmp_path / "bad.json", n_boot=-1)
-    with pytest.raises(ValueError, match="ci_level"):
+    with pytest.raises(ValueError, match=r"evaluate\.bootstrap=-1"):
+        _run(real, syn, tmp_path / "bad.json", bootstrap=-1)
+    with pytest.raises(ValueError, match=r"evaluate\.ci_level=1\.0"):
         _run(real, syn, tmp_path / "bad.json", ci_level=1.0)
+    assert not (tmp_path / "bad.json").exists()
 
 
 def _pair_mean_by_positions(values, pairs, n_items, rng):

@@ -5,7 +5,8 @@ convert stage's one-row QC tables (one per chosen item, see
 :func:`ctdiff.data.convert.convert_or_reject`). Outputs, both tab-separated and written atomically:
 
 - the cohort table: every convert QC row in one file, sorted by item; downstream stages use the items
-  whose ``decision`` is ``'converted'``;
+  whose ``decision`` is ``'converted'`` (read by :func:`ctdiff.plan.converted_items`, which the workflow
+  calls when it parses);
 - the summary: counts per ``(stage, decision, reason)``. Stage ``discover`` counts series, stage
   ``convert`` counts items, stage ``cohort`` counts the usable items and patients. A reason is reduced to
   its category, the text before the first ``':'`` (``'missing slice(s): spacing ...'`` ->
@@ -40,11 +41,6 @@ def _write_tsv(path: Path, columns: list[str], rows: Iterable[dict]) -> None:
 def reason_category(reason: str) -> str:
     """The category of a reason: its text before the first ':' (the whole reason if it has none)."""
     return reason.split(":", 1)[0].strip()
-
-
-def converted_items(cohort_tsv: Path) -> dict[str, str]:
-    """``{item: patient}`` of the rows of a cohort table whose decision is ``'converted'``."""
-    return {r["item"]: r["patient"] for r in _read_tsv(cohort_tsv) if r["decision"] == "converted"}
 
 
 def summarise(inventory_tsv: Path, convert_qc: Iterable[Path], cohort_tsv: Path,

@@ -24,8 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ctdiff.diffusion.schedule import Schedule, eps_from_x0, predict_x0, q_posterior
-
-SAMPLERS = ("ddpm", "ddim", "dpmpp")
+from ctdiff.options import SAMPLERS
 
 
 def _check_t(s: Schedule, t: int) -> None:

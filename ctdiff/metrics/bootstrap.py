@@ -33,17 +33,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ctdiff.config import check_bootstrap
 from ctdiff.metrics.fid import fid_sample_space
 
 PERCENTILE = "percentile interval"
 SHIFTED = "percentile interval shifted by the bootstrap bias estimate (mean of replicates - point estimate)"
-
-
-def _check(n_boot: int, level: float) -> None:
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie strictly between 0 and 1, got {level}")
 
 
 def bootstrap_ci(
@@ -60,7 +54,7 @@ def bootstrap_ci(
     drawn from in replicate order: the percentile interval, or with ``shift_bias`` Eq. (1), its lower end
     raised to ``floor`` where given.
     Returns {'low', 'high', 'bias' (mean of replicates − point), 'level', 'n_boot', 'seed', 'method'}."""
-    _check(n_boot, level)
+    check_bootstrap(n_boot, level, least=1, names=("n_boot", "level"))
     rng = np.random.default_rng(seed)
     replicates = np.array([statistic(rng) for _ in range(n_boot)], dtype=np.float64)
     alpha = 1.0 - level

@@ -1,5 +1,6 @@
-"""The sampler comparison (``evaluate.compare_samplers``): which further sampler settings to draw, what
-produced a synthetic set, and one table with a row per sampler.
+"""The sampler comparison (``evaluate.compare_samplers``): what produced a synthetic set, and one table with a
+row per sampler. Which settings the comparison draws is decided when the workflow parses
+(:func:`ctdiff.plan.comparison_runs`).
 
 Every set in the comparison is drawn from the same checkpoint with ``sample.n`` and ``sample.seed``, so
 sample ``i`` of every sampler starts from the same noise ``x_T`` (``ctdiff.generate``: sample ``i`` depends only
@@ -14,14 +15,15 @@ Cost is counted in network evaluations per volume, the model calls of ``ctdiff.d
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ctdiff.config import Config
+from ctdiff.checkpoint import read_checkpoint
+from ctdiff.diffusion.samplers import timestep_sequence
 from ctdiff.io import atomic_path, file_sha256
+from ctdiff.plan import setting
 
 COLUMNS = [
     "set", "sampler", "steps", "eta", "network_evaluations", "n_synthetic", "n_real",
@@ -34,38 +36,10 @@ COLUMNS = [
 SHARED = ("checkpoint_sha256", "sample_seed", "n_synthetic", "real_volumes")
 
 
-def setting(sampler: str, steps: int | None, eta: float, timesteps: int) -> dict[str, Any]:
-    """A sampler setting with ``steps`` resolved (None → T) and ``eta`` kept only where it acts (ddim)."""
-    return {"sampler": sampler, "steps": timesteps if steps is None else int(steps),
-            "eta": float(eta) if sampler == "ddim" else 0.0}
-
-
-def tag(run: dict[str, Any]) -> str:
-    """Folder name of a resolved setting: ``ddim-50``, ``dpmpp-25``, ``ddim-50-eta0.5``."""
-    return f"{run['sampler']}-{run['steps']}" + (f"-eta{run['eta']:g}" if run["eta"] else "")
-
-
-def comparison_runs(cfg: Config) -> dict[str, dict[str, Any]]:
-    """``{tag: resolved setting}`` for each ``evaluate.compare_samplers`` entry, in config order, leaving out
-    an entry equal to the ``sample`` section's setting: that set is already drawn, as the table's main row."""
-    T = cfg.diffusion.timesteps
-    main = setting(cfg.sample.sampler, cfg.sample.steps, cfg.sample.eta, T)
-    runs = {}
-    for entry in cfg.evaluate.compare_samplers:
-        run = setting(entry.sampler, entry.steps, entry.eta, T)
-        if run != main:
-            runs[tag(run)] = run
-    return runs
-
-
 def sampling_provenance(checkpoint: Path, *, sampler: str, steps: int | None, eta: float, seed: int) -> dict:
     """What produced a synthetic set, for ``evaluate(provenance=...)``: the resolved sampler setting (see
-    ``setting``), network evaluations per volume, the sample seed, and the checkpoint's path, training step,
-    sha256 and the ctdiff version that wrote it."""
-    # torch-backed modules imported here, not at the top: the workflow imports this module when it parses.
-    from ctdiff.checkpoint import read_checkpoint
-    from ctdiff.diffusion.samplers import timestep_sequence
-
+    :func:`ctdiff.plan.setting`), network evaluations per volume, the sample seed, and the checkpoint's path,
+    training step, sha256 and the ctdiff version that wrote it."""
     ckpt = read_checkpoint(Path(checkpoint))
     T = int(ckpt["config"]["diffusion"]["timesteps"])
     run = setting(sampler, steps, eta, T)

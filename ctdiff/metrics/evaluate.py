@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctdiff.config import EvaluateConfig
 from ctdiff.io import load_volume, write_json
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci, pair_mean_ci
 from ctdiff.metrics.fid import fid_from_features
@@ -100,43 +101,33 @@ def evaluate(
     real: Sequence[Path],
     synthetic: Sequence[Path],
     out: Path,
+    settings: EvaluateConfig,
     *,
     train: Sequence[Path],
-    med3d_weights: Path | None,
-    med3d_depth: int,
-    normalise: str,
-    msssim_window: int,
-    seed: int,
     provenance: dict | None = None,
-    n_boot: int,
-    ci_level: float,
     diversity_pairs: int = 1000,
     train_chunk: int = 64,
     device: str | torch.device = "cpu",
 ) -> dict:
-    """Compare ``synthetic`` with held-out ``real`` NIfTI volumes; write the metrics to ``out`` (JSON) and
-    return them.
+    """Compare ``synthetic`` with held-out ``real`` NIfTI volumes as the ``evaluate`` section ``settings``
+    says; write the metrics to ``out`` (JSON) and return them (``settings.compare_samplers`` plays no part).
 
-    - FID (Heusel et al. 2017) between Med3D ResNet-``med3d_depth`` features of both sets;
-      ``fid_rank_deficient`` flags fewer samples than feature dimensions + 1. Without ``med3d_weights`` a
-      network seeded by ``seed`` is used and ``feature_network.note`` says it is not comparable to the paper.
-    - ``msssim_nearest_real``: the paper's MS-SSIM, each synthetic volume against its L2-nearest real one.
+    - FID (Heusel et al. 2017) between Med3D ResNet-``med3d_depth`` features of both sets, fed as
+      ``normalise`` says; ``fid_rank_deficient`` flags fewer samples than feature dimensions + 1. Without
+      ``med3d_weights`` a network seeded by ``seed`` is used and ``feature_network.note`` says it is not
+      comparable to the paper.
+    - ``msssim_nearest_real``: the paper's MS-SSIM (window ``msssim_window``), each synthetic volume against
+      its L2-nearest real one.
     - ``msssim_diversity``: mean MS-SSIM of min(``diversity_pairs``, all) random distinct synthetic pairs.
-    - ``bootstrap``: ``ci_level`` intervals from ``n_boot`` replicates (``ctdiff.metrics.bootstrap``,
+    - ``bootstrap``: ``ci_level`` intervals from ``bootstrap`` replicates (``ctdiff.metrics.bootstrap``,
       seeded by ``seed``) for FID, the nearest-real MS-SSIM mean and the diversity MS-SSIM mean;
-      ``n_boot = 0`` computes none and records only ``n_boot``, ``level`` and ``seed``.
+      0 replicates compute none and record only ``n_boot``, ``level`` and ``seed``.
     - ``floor``: the same two numbers between two halves of the real volumes (``real_floor``).
     - ``memorisation``: each synthetic and each real volume's L2 distance to its nearest ``train`` volume
       and the near-copies (``ctdiff.metrics.memorisation``).
     - ``real_volumes``: the names of the real volumes, so that sets scored separately can be shown to share them.
     ``provenance`` (e.g. ``ctdiff.metrics.compare.sampling_provenance``) is stored as given.
     """
-    if normalise not in ("none", "zscore"):
-        raise ValueError(f"normalise must be 'none' or 'zscore', got {normalise!r}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
-        raise ValueError(f"n_boot must be a whole number >= 0 (0 = no intervals), got {n_boot!r}")
-    if not 0.0 < ci_level < 1.0:
-        raise ValueError(f"ci_level must lie strictly between 0 and 1, got {ci_level}")
     if train_chunk < 1:
         raise ValueError(f"train_chunk must be >= 1, got {train_chunk}")
     if not train:
@@ -147,24 +138,26 @@ def evaluate(
         raise ValueError(
             f"need at least 2 real and 2 synthetic volumes, got {len(real_vol)} and {len(syn_vol)}"
         )
-    window, weights = msssim_settings(min(real_vol.shape[1:]), msssim_window)
+    window, weights = msssim_settings(min(real_vol.shape[1:]), settings.msssim_window)
     real_names = [Path(p).name for p in real]
     syn_names = [Path(p).name for p in synthetic]
 
-    model, network = load_med3d(med3d_depth, Path(med3d_weights) if med3d_weights else None, seed=seed)
-    network["normalise"] = normalise
+    weights_file = Path(settings.med3d_weights) if settings.med3d_weights else None
+    model, network = load_med3d(settings.med3d_depth, weights_file, seed=settings.seed)
+    network["normalise"] = settings.normalise
     network["features"] = "global average pool of layer4"
-    feats_real = extract_features(model, iter(real_vol), normalise=normalise, device=device)
-    feats_syn = extract_features(model, iter(syn_vol), normalise=normalise, device=device)
+    feats_real = extract_features(model, iter(real_vol), normalise=settings.normalise, device=device)
+    feats_syn = extract_features(model, iter(syn_vol), normalise=settings.normalise, device=device)
     fid = fid_from_features(feats_real, feats_syn)
 
-    paired = paired_msssim(syn_vol, real_vol, window=msssim_window, device=device)
+    paired = paired_msssim(syn_vol, real_vol, window=settings.msssim_window, device=device)
     n_div = min(diversity_pairs, len(syn_vol) * (len(syn_vol) - 1) // 2)
-    diversity = diversity_msssim(syn_vol, n_pairs=n_div, seed=seed, window=msssim_window, device=device)
+    diversity = diversity_msssim(syn_vol, n_pairs=n_div, seed=settings.seed, window=settings.msssim_window,
+                                 device=device)
 
-    boot = {"n_boot": n_boot, "level": ci_level, "seed": seed}
+    boot = {"n_boot": settings.bootstrap, "level": settings.ci_level, "seed": settings.seed}
     bootstrap: dict = dict(boot)
-    if n_boot:
+    if settings.bootstrap:
         intervals = {
             "fid": fid_ci(feats_real, feats_syn, fid["fid"], **boot),
             "msssim_nearest_real": mean_ci(np.asarray(paired["values"]), **boot),
@@ -175,7 +168,8 @@ def evaluate(
             bootstrap[key] = {k: ci[k] for k in ("low", "high", "bias", "method")}
         bootstrap["resampled"] = ("FID: both feature sets, independently; MS-SSIM nearest real: the per-sample "
                                   "values; MS-SSIM diversity: the synthetic volumes of the evaluated pairs")
-    floor = real_floor(real_vol, feats_real, real_names, seed=seed, window=msssim_window, device=device)
+    floor = real_floor(real_vol, feats_real, real_names, seed=settings.seed, window=settings.msssim_window,
+                       device=device)
 
     syn_near, real_near = nearest_over_chunks(
         [syn_vol, real_vol], _chunks(list(train), train_chunk, real_vol.shape[1:], "training"))
@@ -210,7 +204,7 @@ def evaluate(
         "volume_shape": list(real_vol.shape[1:]),
         "msssim": {"window": window, "scales": len(weights), "weights": weights, "sigma": SIGMA,
                    "data_range": 1.0},
-        "seed": seed,
+        "seed": settings.seed,
         "paper": dict(PAPER),
         "provenance": dict(provenance or {}),
     }

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctdiff.io import file_sha256
+from ctdiff.options import NORMALISE, Normalise
 
 # depth -> (block kind, blocks per layer, shortcut type of the published MedicalNet weights)
 _CONFIGS: dict[int, tuple[str, tuple[int, int, int, int], str]] = {
@@ -241,7 +242,7 @@ def extract_features(
     model: Med3DResNet,
     volumes: Iterable[np.ndarray | Tensor],
     *,
-    normalise: Literal["none", "zscore"] = "none",
+    normalise: Normalise = "none",
     batch_size: int = 4,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
@@ -252,8 +253,8 @@ def extract_features(
     voxels only and filled the background with random noise; that randomness is deliberately not reproduced.
     The network runs in float32 without gradients; a constant volume cannot be z-scored and raises.
     """
-    if normalise not in ("none", "zscore"):
-        raise ValueError(f"normalise must be 'none' or 'zscore', got {normalise!r}")
+    if normalise not in NORMALISE:
+        raise ValueError(f"normalise must be one of {', '.join(NORMALISE)}, got {normalise!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model = model.to(device).eval()

@@ -1,4 +1,5 @@
-# Config validation, the item lists (chosen by discover, then converted) and path helpers.
+# Config validation, the item lists (chosen by discover, then converted) and path helpers. Every decision
+# is a function of ctdiff.plan, which imports nothing heavy: every snakemake call parses these files.
 import json
 import os
 
@@ -6,8 +7,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from ctdiff.config import from_dict, to_dict
-from ctdiff.data.cohort import converted_items
-from ctdiff.metrics.compare import comparison_runs
+from ctdiff.options import TAG_REGEX
+from ctdiff.plan import comparison_runs, compared_sample, converted_items, dicom_tree, sample_files, sample_options
 
 min_version("9.0")
 
@@ -18,10 +19,10 @@ except ValueError as err:
     raise WorkflowError(str(err)) from None
 
 R = CFG.results
-DICOM_ROOT = f"{R}/dicom" if CFG.data.source == "phantom" else CFG.data.root
+DICOM = dicom_tree(CFG)  # the phantom written under {results}/dicom, or data.root
 ENV = "../../envs/ctdiff.yaml"
-SAMPLES = [f"{R}/samples/{i:04d}.nii.gz" for i in range(CFG.sample.n)]
-SAMPLES_HU = [f"{R}/samples/hu/{i:04d}.nii.gz" for i in range(CFG.sample.n)] if CFG.sample.hu else []
+SAMPLES = sample_files(f"{R}/samples", CFG.sample.n)
+SAMPLES_HU = sample_files(f"{R}/samples/hu", CFG.sample.n) if CFG.sample.hu else []
 
 
 def section(name):
@@ -61,18 +62,6 @@ def preprocessed(wildcards=None):
     return [f"{R}/preprocessed/{item}.nii.gz" for item in converted()]
 
 
-def sample_options(run=None, hu=None):
-    """`ctdiff sample` options from the sample section, with ``run`` (sampler, steps, eta) replacing its
-    sampler setting for a compared sampler; a change of any of them reruns the rule."""
-    s = {**section("sample"), **(run or {})}
-    options = [f"-n {s['n']}", f"--sampler {s['sampler']}", f"--eta {s['eta']}", f"--batch-size {s['batch_size']}",
-               f"--seed {s['seed']}", f"--precision {s['precision']}"]
-    if s["steps"] is not None:
-        options.append(f"--steps {s['steps']}")
-    options += ["--compile"] * s["compile"] + ["--hu"] * (s["hu"] if hu is None else hu)
-    return " ".join(options)
-
-
 # The sampler comparison (evaluate.compare_samplers): {tag: resolved sampler setting}, without an entry equal
 # to the sample section's (that set is the table's main row). Empty = no comparison jobs.
 COMPARE = comparison_runs(CFG)
@@ -88,7 +77,7 @@ def compare_run(tag):
 
 def compare_samples(tag):
     """The sample files of one compared sampler: sample.n volumes, like samples/."""
-    return [f"{R}/compare/{tag}/samples/{i:04d}.nii.gz" for i in range(CFG.sample.n)]
+    return sample_files(f"{R}/compare/{tag}/samples", CFG.sample.n)
 
 
 def evaluate_settings():

@@ -5,16 +5,16 @@
 
 
 wildcard_constraints:
-    tag=r"(ddpm|ddim|dpmpp)-[0-9]+(-eta[0-9.e+-]+)?",
+    tag=TAG_REGEX,  # the folder names ctdiff.options.tag writes
 
 
 # The sample rule with the compared sampler, steps and eta replacing the sample section's (precision and
 # compile stay, no HU copies); the cache folder is shared, keyed by checkpoint and sampler settings.
 use rule sample as sample_compare with:
     output:
-        samples=[f"{R}/compare/{{tag}}/samples/{i:04d}.nii.gz" for i in range(CFG.sample.n)],
+        samples=sample_files(f"{R}/compare/{{tag}}/samples", CFG.sample.n),
     params:
-        options=lambda wildcards: sample_options(compare_run(wildcards.tag), hu=False),
+        options=lambda wildcards: sample_options(compared_sample(CFG.sample, compare_run(wildcards.tag))),
         out=lambda wildcards, output: os.path.dirname(output.samples[0]),
         cache=f"{R}/sample_cache",
     log:

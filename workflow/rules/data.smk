@@ -1,11 +1,11 @@
 # DICOM tree -> per-item NIfTI (HU) or rejection -> cohort table and summary -> per-item preprocessed
 # volume -> patient-level split.
 
-if CFG.data.source == "phantom":
+if DICOM.phantom:
 
     rule phantom:
         output:
-            directory(f"{R}/dicom"),
+            directory(DICOM.root),
         params:
             data=section("data"),
         log:
@@ -18,12 +18,12 @@ if CFG.data.source == "phantom":
 
 checkpoint discover:
     input:
-        DICOM_ROOT if CFG.data.source == "phantom" else [],
+        DICOM.written,
     output:
         inventory=f"{R}/qc/inventory.tsv",
         series=f"{R}/discover/series.json",
     params:
-        root=lambda wildcards, input: input[0] if CFG.data.source == "phantom" else CFG.data.root,
+        root=lambda wildcards, input: input[0] if input else DICOM.root,  # a tree this run writes is the input
         series=CFG.data.series,
     log:
         f"{R}/logs/discover.log",
@@ -42,7 +42,7 @@ rule convert:
         nifti=directory(f"{R}/nifti/{{item}}"),
         qc=f"{R}/qc/convert/{{item}}.tsv",
     params:
-        root=DICOM_ROOT,
+        root=DICOM.root,
     log:
         f"{R}/logs/convert/{{item}}.log",
     conda:

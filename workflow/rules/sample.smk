@@ -10,7 +10,7 @@ rule sample:
         samples=SAMPLES,
         hu=SAMPLES_HU,
     params:
-        options=lambda wildcards: sample_options(),
+        options=sample_options(CFG.sample),
         out=lambda wildcards, output: os.path.dirname(output.samples[0]),
         cache=f"{R}/sample_cache",
     threads: 8  # capped at --cores; profiles may set their own

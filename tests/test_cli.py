@@ -1,0 +1,48 @@
+"""`ctdiff sample`: its options are the sample section's keys with the section's defaults, the options the
+workflow writes parse back to the same section, and that section is what the sampling stage receives."""
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ctdiff import cli
+from ctdiff.config import SampleConfig
+from ctdiff.plan import compared_sample, sample_options
+
+
+def _parsed(options: list[str]) -> SampleConfig:
+    """`ctdiff sample` with ``options``, parsed by the command line as it runs (without drawing)."""
+    args = cli.parser().parse_args(["sample", "--checkpoint", "model.pt", "--out", "out", *options])
+    return cli.sample_settings(args)
+
+
+@pytest.mark.parametrize("settings", [
+    SampleConfig(),
+    SampleConfig(n=3, sampler="ddim", steps=50, eta=0.5, batch_size=2, seed=7, precision="bf16", compile=True,
+                 hu=True),
+    SampleConfig(n=1, sampler="dpmpp", steps=25, eta=0, hu=True),
+    compared_sample(SampleConfig(n=4, hu=True, compile=True), {"sampler": "ddim", "steps": 10, "eta": 1.0}),
+])
+def test_sample_options_parse_back_to_the_same_section(settings):
+    assert _parsed(sample_options(settings).split()) == settings
+
+
+def test_the_command_line_defaults_are_the_sample_sections():
+    assert _parsed(["-n", str(SampleConfig().n)]) == SampleConfig()
+    with pytest.raises(SystemExit):  # the count has no default on the command line
+        _parsed([])
+    with pytest.raises(SystemExit):
+        _parsed(["-n", "2", "--sampler", "euler"])
+
+
+def test_sample_hands_generate_the_sample_section(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr("ctdiff.generate.generate", lambda *args, **kwargs: calls.append((args, kwargs)))
+    assert cli.main(["sample", "--checkpoint", "model.pt", "-n", "2", "--sampler", "ddim", "--steps", "4", "--hu",
+                     "--out", str(tmp_path), "--device", "cpu", "--no-progress"]) == 0
+    (checkpoint, out_files, cache, settings), kwargs = calls[0]
+    assert checkpoint == Path("model.pt") and cache == tmp_path / ".cache"
+    assert out_files == [tmp_path / "0000.nii.gz", tmp_path / "0001.nii.gz"]
+    assert settings == replace(SampleConfig(), n=2, sampler="ddim", steps=4, hu=True)
+    assert kwargs == {"hu_files": [tmp_path / "hu" / "0000.nii.gz", tmp_path / "hu" / "0001.nii.gz"],
+                      "device": "cpu", "progress": False}

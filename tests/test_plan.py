@@ -1,0 +1,90 @@
+"""What the workflow decides when it parses: light to import, the DICOM tree, the cohort's items, the compared
+sampler settings and the `ctdiff sample` options of a sample set (read back by the command line: test_cli.py)."""
+import re
+import subprocess
+import sys
+from dataclasses import replace
+
+from ctdiff.config import SampleConfig, from_dict
+from ctdiff.options import TAG_REGEX
+from ctdiff.plan import (
+    DicomTree,
+    comparison_runs,
+    compared_sample,
+    converted_items,
+    dicom_tree,
+    sample_files,
+    sample_options,
+)
+
+HEAVY = ("torch", "numpy", "pandas", "scipy", "nibabel", "pydicom", "dicom2nifti", "isal", "SimpleITK",
+         "matplotlib", "accelerate")
+
+
+def test_parse_time_modules_import_nothing_heavy():
+    """Every snakemake call, a dry run included, imports these; the heavy libraries wait for the jobs."""
+    code = ("import sys, ctdiff.plan, ctdiff.config, ctdiff.options; "
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_dicom_tree_is_the_phantom_or_the_given_root():
+    phantom = dicom_tree(from_dict({"results": "out"}))
+    assert phantom == DicomTree("out/dicom", phantom=True) and phantom.written == ["out/dicom"]
+    given = dicom_tree(from_dict({"data": {"source": "dicom", "root": "/data/LIDC-IDRI"}}))
+    assert given == DicomTree("/data/LIDC-IDRI", phantom=False) and given.written == []
+
+
+def test_converted_items_are_the_rows_decided_converted(tmp_path):
+    table = tmp_path / "cohort.tsv"
+    table.write_text("item\tpatient\tdecision\treason\n"
+                     "LIDC-0001\tLIDC-0001\tconverted\t\n"
+                     "LIDC-0002_s2\tLIDC-0002\trejected\tmissing slice(s): gap\n"
+                     "LIDC-0002_s3\tLIDC-0002\tconverted\t\n")
+    assert converted_items(table) == {"LIDC-0001": "LIDC-0001", "LIDC-0002_s3": "LIDC-0002"}
+
+
+def test_sample_files_name_sample_i_by_its_index():
+    assert sample_files("r/samples", 3) == ["r/samples/0000.nii.gz", "r/samples/0001.nii.gz", "r/samples/0002.nii.gz"]
+    assert sample_files("r/compare/{tag}/samples", 1) == ["r/compare/{tag}/samples/0000.nii.gz"]
+
+
+def test_comparison_runs_resolve_steps_and_leave_out_the_main_setting():
+    cfg = from_dict({"sample": {"sampler": "ddpm"}, "evaluate": {"compare_samplers": [
+        {"sampler": "ddim", "steps": 50}, {"sampler": "ddpm"}, {"sampler": "ddim", "steps": 50, "eta": 0.5},
+        {"sampler": "dpmpp"}]}})
+    assert comparison_runs(cfg) == {
+        "ddim-50": {"sampler": "ddim", "steps": 50, "eta": 0.0},
+        "ddim-50-eta0.5": {"sampler": "ddim", "steps": 50, "eta": 0.5},
+        "dpmpp-1000": {"sampler": "dpmpp", "steps": 1000, "eta": 0.0},
+    }
+    # The main set is DDIM 50 now: the DDIM 50 entry is that set, and DDPM becomes a compared sampler.
+    cfg = from_dict({"sample": {"sampler": "ddim", "steps": 50}, "evaluate": {"compare_samplers": [
+        {"sampler": "ddim", "steps": 50}, {"sampler": "ddpm", "steps": 1000}]}})
+    assert list(comparison_runs(cfg)) == ["ddpm-1000"]
+    assert comparison_runs(from_dict({})) == {}
+
+
+def test_tags_match_the_wildcard_constraint():
+    cfg = from_dict({"evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 7, "eta": 1e-5},
+                                                       {"sampler": "dpmpp", "steps": 3}]}})
+    assert list(comparison_runs(cfg)) == ["ddim-7-eta1e-05", "dpmpp-3"]
+    assert all(re.fullmatch(TAG_REGEX, t) for t in comparison_runs(cfg))
+
+
+def test_sample_options_keep_their_spelling():
+    """The options are the sample rules' params: a changed spelling would redraw every sample set."""
+    assert sample_options(SampleConfig(n=2, steps=50, hu=True)) == (
+        "-n 2 --sampler ddpm --eta 0.0 --batch-size 8 --seed 0 --precision fp32 --steps 50 --hu")
+    assert sample_options(SampleConfig(n=2, compile=True)) == (
+        "-n 2 --sampler ddpm --eta 0.0 --batch-size 8 --seed 0 --precision fp32 --compile")
+
+
+def test_a_compared_sampler_replaces_the_setting_and_drops_hu():
+    main = SampleConfig(n=4, sampler="ddpm", batch_size=2, seed=3, precision="bf16", compile=True, hu=True)
+    run = {"sampler": "ddim", "steps": 50, "eta": 0.5}
+    compared = compared_sample(main, run)
+    assert compared == replace(main, sampler="ddim", steps=50, eta=0.5, hu=False)
+    assert sample_options(compared) == (
+        "-n 4 --sampler ddim --eta 0.5 --batch-size 2 --seed 3 --precision bf16 --steps 50 --compile")
