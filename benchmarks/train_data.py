@@ -7,7 +7,8 @@ Paths (each configuration in a fresh child process, so its peak resident set is 
 - ``memory``: today's ``ctdiff.train.load_training_set`` — every volume decoded into one
   ``[N, 1, S, S, S]`` tensor — and per step ``data[idx]``, ``idx`` from ``batch_indices(seed, step)``.
 - ``stream``: ``ctdiff.data.trainset.TrainingSet`` built in an empty cache folder (every volume checked and
-  written as an uncompressed ``.npy``), then per step the batch read by a ``Prefetcher`` one step ahead.
+  written as an uncompressed ``.npy``), then per step the batch read by ``ctdiff.data.prefetch.Prefetcher``
+  one step ahead.
 
 Printed per configuration: setup seconds (for ``stream`` also a second construction on the filled folder,
 as a resumed run pays it), seconds per step of batch loading alone (``--steps`` steps; the consumer does
@@ -64,7 +65,8 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from torch.nn import functional as F
 
-    from ctdiff.data.trainset import Prefetcher, TrainingSet
+    from ctdiff.data.prefetch import Prefetcher
+    from ctdiff.data.trainset import TrainingSet
     from ctdiff.model.unet import UNet3D
     from ctdiff.train import batch_indices, load_training_set
 

@@ -9,7 +9,8 @@ import torch
 
 from conftest import AFFINE, SIZE, write_volumes
 from ctdiff.data import trainset as trainset_module
-from ctdiff.data.trainset import GIB, Prefetcher, TrainingSet
+from ctdiff.data.prefetch import Prefetcher
+from ctdiff.data.trainset import GIB, TrainingSet
 from ctdiff.io import save_volume
 from ctdiff.train import batch_indices, load_training_set
 
