@@ -4,7 +4,7 @@
     python benchmarks/train_data.py --volumes 16 128 512 --steps 100 --model-steps 0
 
 Paths (each configuration in a fresh child process, so its peak resident set is its own):
-- ``memory``: today's ``ctdiff.train.load_training_set`` — every volume decoded into one
+- ``memory``: the whole-set loader training used before ``TrainingSet`` — every volume decoded into one
   ``[N, 1, S, S, S]`` tensor — and per step ``data[idx]``, ``idx`` from ``batch_indices(seed, step)``.
 - ``stream``: ``ctdiff.data.trainset.TrainingSet`` built in an empty cache folder (every volume checked and
   written as an uncompressed ``.npy``), then per step the batch read by ``ctdiff.data.prefetch.Prefetcher``
@@ -68,7 +68,8 @@ def child(args: argparse.Namespace) -> None:
     from ctdiff.data.prefetch import Prefetcher
     from ctdiff.data.trainset import TrainingSet
     from ctdiff.model.unet import UNet3D
-    from ctdiff.train import batch_indices, load_training_set
+    from ctdiff.io import load_volume
+    from ctdiff.train import batch_indices
 
     torch.set_num_threads(args.threads)
     files = sorted(Path(args.dir).glob("*.nii.gz"))[: args.n]
@@ -77,7 +78,7 @@ def child(args: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     if args.child == "memory":
-        data, _ = load_training_set(files, size)
+        data = torch.stack([torch.from_numpy(load_volume(f)[0]) for f in files])[:, None].mul_(2).sub_(1)
         n = len(data)
     else:
         cache = Path(args.cache)

@@ -81,6 +81,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 10
     tensorboard: bool = False
+    cache_gb: float = 0.0
     seed: int = 0
 
 

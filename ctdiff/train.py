@@ -13,6 +13,10 @@ or host and device wait for each other is commented. Decisions:
   fails). It is resumed only when model, diffusion, data and optimisation settings match; ``train.steps``
   may grow, so a finished run can be extended, and settings that change speed or memory but not the update
   (compile, gradient checkpointing, gradient accumulation) may change.
+* The training volumes stay on the host (:class:`ctdiff.data.trainset.TrainingSet`: checked once, cached
+  uncompressed in ``state_dir/volumes``, read a batch at a time), and only each step's batch goes to the
+  device, prefetched by a background thread (:class:`ctdiff.data.prefetch.Prefetcher`): host and device
+  memory do not grow with the cohort. A volume that changes or vanishes during the run is refused by name.
 * SIGTERM (what SLURM sends before preemption) finishes the current step, writes a checkpoint and exits
   with status 143; the rerun continues from there.
 * A non-finite loss stops the run before anything is saved, so the last good checkpoint stays intact.
@@ -30,7 +34,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import functools
 import importlib.util
+import os
 import signal
 import time
 from collections.abc import Sequence
@@ -45,42 +51,27 @@ from tqdm import tqdm
 
 from ctdiff.checkpoint import TrainingData, build_model, build_schedule, read_checkpoint, save_checkpoint
 from ctdiff.config import Config, TrainConfig, to_dict
-from ctdiff.data.preprocess import to_model_range
+from ctdiff.data.prefetch import Prefetcher
+from ctdiff.data.trainset import TrainingSet
 from ctdiff.diffusion.schedule import training_loss
-from ctdiff.io import atomic_path, load_volume
+from ctdiff.io import atomic_path
 
 LOG_COLUMNS = ("step", "loss", "lr", "elapsed_s")
-
-
-def load_training_set(files: Sequence[Path], size: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Load and check the training volumes.
-
-    Returns ``([N, 1, size, size, size]`` float32 in [-1, 1], the first volume's 4×4 affine``)``; the affine
-    is stored in the checkpoint so that samples share the training data's orientation and spacing.
-
-    Refuses (``ValueError`` naming the file) a volume of the wrong shape, with non-finite values or
-    values outside [0, 1].
-    """
-    if not files:
-        raise ValueError("training set is empty: the split left no training volume")
-    volumes, affines = [], []
-    for path in files:
-        array, affine = load_volume(path)
-        if array.shape != (size, size, size):
-            raise ValueError(f"training volume {path} has shape {array.shape}, expected {(size,) * 3}")
-        if not np.isfinite(array).all():
-            raise ValueError(f"training volume {path} holds NaN or infinite values")
-        lo, hi = float(array.min()), float(array.max())
-        if lo < -1e-4 or hi > 1 + 1e-4:
-            raise ValueError(f"training volume {path} has values in [{lo:.4g}, {hi:.4g}], expected [0, 1]")
-        volumes.append(torch.from_numpy(to_model_range(array)))
-        affines.append(affine)
-    return torch.stack(volumes)[:, None], affines[0]
 
 
 def batch_indices(n: int, batch_size: int, *, seed: int, step: int) -> np.ndarray:
     """Indices of the global batch of ``step``: the head of a permutation drawn from ``(seed, step)``."""
     return np.random.default_rng([seed, step]).permutation(n)[:batch_size]
+
+
+def _host_batch(trainset: TrainingSet, cfg: TrainConfig, shard: range, timesteps: int, step: int):
+    """This process's share of the global batch of ``step`` on the host: volumes ``[b, 1, S, S, S]`` in
+    [-1, 1], timesteps ``[b]`` and noise. A pure function of ``(train.seed, step)`` and the shard, so it
+    depends on neither the device nor the process count, and a resumed run sees the same batches."""
+    idx = batch_indices(len(trainset), cfg.batch_size, seed=cfg.seed, step=step)
+    x0 = trainset.read(idx[shard.start : shard.stop])
+    t, noise = draw_noise(cfg.seed, step, shard, tuple(x0.shape[1:]), timesteps)
+    return x0, t, noise
 
 
 def draw_noise(seed: int, step: int, positions: Sequence[int], shape: tuple[int, ...], timesteps: int):
@@ -213,7 +204,7 @@ def _resume_key(cfg: dict[str, Any]) -> dict[str, Any]:
     """The settings a checkpoint must share with this run to be resumed (``steps`` may change)."""
     # Settings that do not change the update (only its speed, memory or logging) may change on resume.
     run_only = ("steps", "checkpoint_every", "log_every", "tensorboard", "compile", "grad_accumulation",
-                "grad_checkpointing", "recompute_norm")
+                "grad_checkpointing", "recompute_norm", "cache_gb")
     keep = {k: v for k, v in cfg["train"].items() if k not in run_only}
     return {**cfg, "train": keep}
 
@@ -308,11 +299,15 @@ def train(
     train_cfg = cfg.train
     accelerator = _accelerator(train_cfg, tensorboard_dir)
     local_batch = _per_process_batch(train_cfg, accelerator.num_processes)
-    data, affine = load_training_set(files, cfg.preprocess.size)
-    if len(data) < train_cfg.batch_size:
-        raise ValueError(f"training set holds {len(data)} volumes, fewer than train.batch_size={train_cfg.batch_size}")
+    # The volumes stay on the host, checked and cached uncompressed under the state folder; one process per
+    # host builds the cache while the others wait (a sync point), then they reuse it.
+    with accelerator.local_main_process_first():
+        trainset = TrainingSet(files, cfg.preprocess.size, Path(state_dir) / "volumes", cache_gb=train_cfg.cache_gb,
+                               processes_on_host=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    if len(trainset) < train_cfg.batch_size:
+        raise ValueError(f"training set holds {len(trainset)} volumes, fewer than train.batch_size={train_cfg.batch_size}")
     schedule = build_schedule(cfg.diffusion)
-    state = _build(cfg, _recorded_config(cfg, files, affine), cuda=accelerator.device.type == "cuda")
+    state = _build(cfg, _recorded_config(cfg, files, trainset.affine), cuda=accelerator.device.type == "cuda")
     state_path = Path(state_dir) / "state.pt"
     start = _resume(state_path, state, accelerator)
 
@@ -322,7 +317,6 @@ def train(
     if train_cfg.compile:
         model = torch.compile(model)
     state.ema.to(accelerator.device)
-    data = data.to(accelerator.device)  # the whole training set lives on the device: no loader
     if train_cfg.tensorboard:
         accelerator.init_trackers("train")
 
@@ -336,15 +330,12 @@ def train(
     bar = tqdm(total=train_cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=not (progress and accelerator.is_local_main_process))
     model.train()
-    with _Sigterm() as stop, bar:
-        for step in range(start, train_cfg.steps):
-            # Batch indices, timesteps and noise come from the CPU, so they depend on neither the device nor
-            # the process count. Sync point on CUDA: their blocking host-to-device copies make the host wait
-            # for the previous step's kernels.
-            idx = batch_indices(len(data), train_cfg.batch_size, seed=train_cfg.seed, step=step)
-            x0 = data[idx[shard.start : shard.stop]]
-            t, noise = draw_noise(train_cfg.seed, step, shard, tuple(x0.shape[1:]), schedule.timesteps)
-            t, noise = t.to(x0.device), noise.to(x0.device)
+    # Each step's batch, timesteps and noise are read and drawn on the host by a background thread while the
+    # previous step runs, and copied to the device without blocking the host (pinned memory on CUDA).
+    fetch = functools.partial(_host_batch, trainset, train_cfg, shard, schedule.timesteps)
+    batches = Prefetcher(range(start, train_cfg.steps), fetch, device=accelerator.device)
+    with _Sigterm() as stop, bar, batches:
+        for step, (x0, t, noise) in batches:
             loss = train_step(model, state.ema, state.optimizer, accelerator, schedule, x0, t, noise,
                               micro_batches=train_cfg.grad_accumulation, grad_clip=train_cfg.grad_clip,
                               ema_decay=train_cfg.ema_decay)
@@ -388,4 +379,4 @@ def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-__all__ = ["train", "train_step", "load_training_set", "batch_indices", "draw_noise", "write_log"]
+__all__ = ["train", "train_step", "batch_indices", "draw_noise", "write_log"]

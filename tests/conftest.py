@@ -35,6 +35,17 @@ def volumes(tmp_path):
     return write_volumes(tmp_path / "volumes", 4)
 
 
+def unactivated_env() -> dict[str, str]:
+    """The environment with this interpreter's bin folder removed from ``PATH``: a user who runs
+    ``.venv/bin/snakemake`` without activating the venv."""
+    env = dict(os.environ)
+    here = Path(sys.executable).parent.resolve()
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if p and Path(p).resolve() != here)
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
 def bin_env() -> dict[str, str]:
     """The environment with this interpreter's bin folder first, so ``accelerate`` is this env's."""
     env = dict(os.environ)

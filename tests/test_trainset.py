@@ -11,10 +11,18 @@ from conftest import AFFINE, SIZE, write_volumes
 from ctdiff.data import trainset as trainset_module
 from ctdiff.data.prefetch import Prefetcher
 from ctdiff.data.trainset import GIB, TrainingSet
-from ctdiff.io import save_volume
-from ctdiff.train import batch_indices, load_training_set
+from ctdiff.io import load_volume, save_volume
+from ctdiff.train import batch_indices
 
 N, BATCH = 6, 4
+
+
+def load_training_set(files, size):
+    """The whole-set loader training used before the host-side set, as the reference: every volume decoded
+    and stacked, then ``x * 2 - 1`` in float32 (``.mul_(2).sub_(1)``)."""
+    volumes = [load_volume(path) for path in files]
+    assert all(v.shape == (size,) * 3 for v, _ in volumes)
+    return torch.stack([torch.from_numpy(v) for v, _ in volumes])[:, None].mul_(2).sub_(1), volumes[0][1]
 
 
 def bits(x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ Decisions:
 
 * Volumes stay on the host; only each step's batch goes to the device. On construction every source volume
   (``.nii.gz``, float32 in [0, 1], ``S``³) is checked (shape ``S``³, finite, values in [0, 1] ± 1e-4;
-  ``ValueError`` naming the file), scaled to [-1, 1] with the float32 arithmetic ``x.mul_(2).sub_(1)``,
+  ``ValueError`` naming the file), scaled to [-1, 1] (:func:`ctdiff.data.preprocess.to_model_range`, float32),
   and written once, uncompressed, as ``<cache_dir>/<name>.npy`` (``[S, S, S]`` little-endian float32, C
   order, ``.npy`` format 1.0) beside ``<name>.json``, which records the source's byte size, ``mtime_ns``
   and sha256 and the volume's affine. ``<name>`` is the source's file name, so names must be unique.
@@ -51,6 +51,7 @@ import numpy as np
 import psutil  # installed with Accelerate, which depends on it
 import torch
 
+from ctdiff.data.preprocess import to_model_range
 from ctdiff.io import atomic_path, file_sha256, load_volume, write_json
 
 #: version of the cache folder's layout; entries of another version are rebuilt
@@ -75,12 +76,6 @@ def check_volume(path: Path, array: np.ndarray, size: int) -> None:
     lo, hi = float(array.min()), float(array.max())
     if lo < -1e-4 or hi > 1 + 1e-4:
         raise ValueError(f"training volume {path} has values in [{lo:.4g}, {hi:.4g}], expected [0, 1]")
-
-
-def scale_to_unit_interval(array: np.ndarray) -> torch.Tensor:
-    """``[S, S, S]`` float32 in [0, 1] → a new C-contiguous ``[S, S, S]`` float32 tensor in [-1, 1]:
-    ``x * 2 - 1`` as two rounded float32 operations, bit for bit what the whole-set loader computed."""
-    return torch.from_numpy(np.array(array, dtype=np.float32, order="C")).mul_(2).sub_(1)
 
 
 @dataclass(frozen=True)
@@ -203,7 +198,7 @@ class TrainingSet:
         before = path.stat()
         array, affine = load_volume(path)
         check_volume(path, array, self.shape[0])
-        scaled = scale_to_unit_interval(array)
+        scaled = torch.from_numpy(np.ascontiguousarray(to_model_range(array), dtype=np.float32))
         sha256 = file_sha256(path)
         after = path.stat()
         if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
@@ -318,4 +313,4 @@ def _new_batch(shape: tuple[int, ...], pin_memory: bool) -> torch.Tensor:
     return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.float32).view(shape)
 
 
-__all__ = ["TrainingSet", "check_volume", "scale_to_unit_interval", "available_memory", "CACHE_FORMAT"]
+__all__ = ["TrainingSet", "check_volume", "available_memory", "CACHE_FORMAT"]

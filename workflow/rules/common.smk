@@ -2,8 +2,10 @@
 # is a function of ctdiff.plan, which imports nothing heavy: every snakemake call parses these files.
 import json
 import os
+import sys
 
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, validate
 
 from ctdiff.config import from_dict, to_dict
@@ -21,6 +23,12 @@ except ValueError as err:
 R = CFG.results
 DICOM = dicom_tree(CFG)  # the phantom written under {results}/dicom, or data.root
 ENV = "../../envs/ctdiff.yaml"
+# The interpreter of the shell rules (train, sample), which run "${CTDIFF_PYTHON:-python}": this Snakemake's
+# own, as for script rules, so that `.venv/bin/snakemake` works without the venv on PATH; under --sdm conda
+# the variable is left unset and the rule environment's python runs. An environment variable, not a param,
+# so that a venv in another folder reruns nothing.
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    os.environ["CTDIFF_PYTHON"] = sys.executable
 SAMPLES = sample_files(f"{R}/samples", CFG.sample.n)
 SAMPLES_HU = sample_files(f"{R}/samples/hu", CFG.sample.n) if CFG.sample.hu else []
 

@@ -21,6 +21,6 @@ rule sample:
     conda:
         ENV
     shell:
-        "python -m ctdiff.launch --gpus {resources.gpu} --threads {threads} -- -m ctdiff.cli sample"
+        "\"${{CTDIFF_PYTHON:-python}}\" -m ctdiff.launch --gpus {resources.gpu} --threads {threads} -- -m ctdiff.cli sample"
         " --checkpoint {input.model} {params.options} --out {params.out} --cache {params.cache} --no-progress"
         " > {log} 2>&1"

@@ -26,7 +26,7 @@ rule train:
     conda:
         ENV
     shell:
-        "{params.srun}python -m ctdiff.launch --gpus {resources.gpu} --threads {threads} -- -m ctdiff.cli train"
+        "{params.srun}\"${{CTDIFF_PYTHON:-python}}\" -m ctdiff.launch --gpus {resources.gpu} --threads {threads} -- -m ctdiff.cli train"
         " --train-list {input.train} --volumes {params.volumes} --state {params.state}"
         " --settings {params.settings:q} --out {output.model} --log-csv {output.log}"
         " --tensorboard-dir {params.tensorboard} > {log} 2>&1"
