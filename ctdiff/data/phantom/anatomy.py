@@ -1,13 +1,14 @@
-"""The phantom's chest: one patient's anatomy drawn from a random generator, rendered as an HU volume.
+"""The phantom's chest: one patient's anatomy drawn from a random generator as z-invariant 2-D maps and
+parameters, one function per structure (rendered into slices by :mod:`ctdiff.data.phantom.scan`).
 
-Geometry is the DICOM patient frame (LPS). Volumes are arrays ``[Z, Y, X]``: column index x increases
-toward the patient's Left, row index y toward Posterior, slice index z toward Superior. Lengths are in mm,
-values in Hounsfield units (HU). The heart lies on the patient's left, so a left/right flip is detectable.
+Geometry is the DICOM patient frame (LPS): ``x`` [1, X] mm toward the patient's Left and ``y`` [Y, 1] mm
+toward Posterior, both from the image centre (the reconstruction centre); ``z`` mm above the lowest slice,
+toward Superior. Values are Hounsfield units (HU). The heart lies on the patient's left, so a left/right
+flip is detectable. In-plane sizes scale with the body scale ``s``, z landmarks with the scan length (the
+scan is planned to cover the lungs).
 
-Each structure is drawn by its own function, in a fixed order (body, landmarks, spine, ribs, heart,
-vessels, table, lung texture, noise), so one generator state gives one patient. Values follow a GE
-scanner: outside the circular reconstruction field of view ``PADDING_HU`` (-3024 HU, stored raw -2000 with
-``HU = raw - 1024``), inside the 12-bit range ``HU_RANGE``.
+:func:`draw_chest` calls the structures' functions in a fixed order (body, landmarks, spine, ribs, heart,
+vessels, table, lung texture), so one generator state gives one patient.
 """
 
 from __future__ import annotations
@@ -16,11 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
-
-RESCALE_INTERCEPT = -1024
-PADDING_RAW = -2000                              # stored value outside the reconstruction circle
-PADDING_HU = PADDING_RAW + RESCALE_INTERCEPT     # -3024 HU after rescale
-HU_RANGE = (-1024, 3071)                         # what a 12-bit scanner stores inside the field of view
 
 # Tissue values, HU.
 AIR, LUNG, FAT, SOFT, MUSCLE, BLOOD, LIVER = -1000.0, -860.0, -100.0, 35.0, 45.0, 40.0, 58.0
@@ -52,10 +48,6 @@ def _bbox(mask: np.ndarray) -> tuple[slice, slice]:
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-# In the functions below ``x`` [1, X] is mm toward Left and ``y`` [Y, 1] mm toward Posterior, both from the
-# image centre (the reconstruction centre); ``s`` is the body scale: in-plane sizes scale with it.
-
-
 @dataclass(frozen=True, eq=False)
 class _Body:
     """Body wall (a fat layer over muscle) and the thoracic cavity inside the rib cage."""
@@ -71,8 +63,8 @@ class _Body:
 
 
 def _body(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, s: float) -> _Body:
-    """Body wall with its back flattened on the table (a flatter superellipse behind the centre) and a fat
-    layer; the cavity is a superellipse inside it, behind the sternum and in front of the spine."""
+    """Body wall with its back flattened on the table (a squarer superellipse behind the centre) under a fat
+    layer; the cavity is a superellipse inside the wall, 6 mm (scaled) further forward."""
     half_width = 155 * s * rng.uniform(0.94, 1.06)
     half_depth = 105 * s * rng.uniform(0.93, 1.07)
     centre_y = rng.uniform(-25, -8)
@@ -259,8 +251,8 @@ def _vessels(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, length: flo
 
 def _table(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, body: _Body,
            shape: tuple[int, int]) -> np.ndarray:
-    """[Y, X] float32 air with the table below the back (z-invariant): a cradle of two carbon shells around
-    foam, 0-5 mm below the skin."""
+    """[Y, X] float32 air with the table behind the back (z-invariant): a cradle of two carbon shells around
+    foam, 0-5 mm from the skin at the midline, curving up at the sides."""
     top = body.back + rng.uniform(0, 5) - 30 * (x / 400.0) ** 2
     image = np.full(shape, AIR, np.float32)
     for lo, hi, hu in ((0, 2.5, TABLE_SHELL), (2.5, 14, TABLE_FOAM), (14, 16.5, TABLE_SHELL)):
@@ -297,150 +289,68 @@ def _lung_texture(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, lungs:
                         hilum_x=[np.exp(-((x[:, rx] - hx) / 60.0) ** 2) for hx, _ in hila])
 
 
-class _Chest:
-    """One patient's anatomy: random parameters and z-invariant 2-D maps, rendered one axial slice at a time.
-
-    Coordinates: ``x`` [1, X] mm toward Left, ``y`` [Y, 1] mm toward Posterior, both from the image centre
-    (the reconstruction centre); ``z`` mm above the lowest slice. In-plane sizes scale with ``body_scale``,
-    z landmarks with the scan length (the scan is planned to cover the lungs).
-    """
-
-    def __init__(self, rng: np.random.Generator, shape_zyx, spacing_zyx, body_scale: float):
-        (nz, ny, nx), (dz, dy, dx) = shape_zyx, spacing_zyx
-        self.z = np.arange(nz) * dz
-        length = max(float(self.z[-1]), dz)
-        self.x = x = ((np.arange(nx) - (nx - 1) / 2) * dx).astype(np.float32)[None, :]
-        self.y = y = ((np.arange(ny) - (ny - 1) / 2) * dy).astype(np.float32)[:, None]
-        s = body_scale
-        # The order of these calls is the order of the random draws: it decides every patient.
-        self.body = body = _body(rng, x, y, s)
-        self.marks = marks = _landmarks(rng, length)
-        ac, bc = body.cavity_width, body.cavity_depth
-        self.lung_axes = (ac, bc, body.cavity_y + 0.1 * bc)  # lateral half-axis, depth, centre y
-        self.dome = _diaphragm(x, y, body, marks)
-        self.liver = np.broadcast_to(x < marks.midline + 15 * s, (ny, nx))
-        self.mediastinum = _mediastinum(x, y, body, marks, s)
-        self.spine = spine = _spine(rng, x, y, body, s)
-        self.ribs = _ribs(rng, x, y, body, marks, s)
-        self.heart = heart = _heart(rng, x, y, body, marks, s)
-        self.vessels = _vessels(rng, x, y, length, marks, spine, heart, s)
-        self.trachea = (marks.midline, spine.y - 44 * s, 9 * s)  # x, y, radius
-        # Stomach gas: an ellipsoid (centre x, y, z, half-axes) under the left dome.
-        self.stomach = (marks.midline + 58 * s, body.cavity_y - 0.3 * bc, marks.dome_left - 28 * s, 30 * s,
-                        20 * s, 16 * s)
-        self.sternum = (np.abs(x - marks.midline) < 14 * s) & (np.abs(y - body.cavity_y + bc + 7.5 * s) < 5.5 * s)
-        self.sternum_z = (heart.z - 0.3 * heart.half_height, marks.apex - 20)
-        self.base = _table(rng, x, y, body, (ny, nx))
-        self.fov_outside = np.broadcast_to(np.hypot(x, y) > min(nx * dx, ny * dy) / 2, (ny, nx))
-        hila = [(marks.midline - 55 * s, body.cavity_y + 5), (marks.midline + 55 * s, body.cavity_y + 5)]
-        self.texture = _lung_texture(rng, x, y, self._lungs(1.0), hila, length)
-        self.noise_sd, self.rng = rng.uniform(10, 20), rng
-        self.noise_bank = rng.standard_normal(4 * ny * nx, dtype=np.float32)
-
-    def _lungs(self, s_lung: float) -> np.ndarray:
-        """[Y, X] mask of both lung ellipses at apex taper ``s_lung`` in [0, 1] (1 = full size)."""
-        ac, bc, ly = self.lung_axes
-        if s_lung <= 0:
-            return np.zeros(self.fov_outside.shape, bool)
-        yy = ((self.y - ly) / (bc * s_lung)) ** 2
-        right, left = (((self.x - side * (0.3 + 0.18 * s_lung) * ac) / (0.58 * ac * s_lung)) ** 2 + yy < 1
-                       for side in (-1, 1))
-        return right | left
-
-    def _lung_slice(self, z: float) -> np.ndarray:
-        """Lung HU inside the texture's box at height z: parenchyma, gravity gradient, branching vessels."""
-        tex = self.texture
-        t = np.clip(z / (tex.z[1] - tex.z[0]) + 1, 0, len(tex.z) - 1.000001)
-        i, w = int(t), np.float32(t - int(t))
-        f1, f2 = tex.weights_y @ ((1 - w) * tex.fields[:, i] + w * tex.fields[:, i + 1]) @ tex.weights_x
-        hilum = np.exp(-((z - self.marks.carina + 30) / 70.0) ** 2) * (
-            tex.hilum_y[0] * tex.hilum_x[0] + tex.hilum_y[1] * tex.hilum_x[1])
-        vessel = np.exp(-(f1 * f1 + f2 * f2) / (2 * (0.12 + 0.22 * hilum) ** 2))     # tubes where f1 = f2 = 0
-        gravity = 0.5 * (self.y[tex.box[0]] - self.body.cavity_y)       # dependent lung is denser
-        return LUNG + gravity + 12 * f1 + (BLOOD - LUNG) * (0.55 + 0.45 * hilum) * vessel
-
-    def render(self, k: int) -> np.ndarray:
-        """HU slice k, float32 [Y, X], before noise and field-of-view padding (painter's order)."""
-        body, marks, ribs = self.body, self.marks, self.ribs
-        z, img = float(self.z[k]), self.base.copy()
-        s_lung = float(np.clip((marks.apex - z) / marks.apex_taper, 0, 1)) ** 0.6
-        s_cav = 0.55 + 0.45 * s_lung if z > marks.recess else 1.0
-        s_body = 1 - 0.07 * np.clip((z - marks.apex + 30) / 60, 0, 1)      # neck narrower than chest
-        np.copyto(img, FAT, where=body.outline < s_body)
-        np.copyto(img, MUSCLE, where=body.outline < s_body - body.fat_depth)
-        cavity = body.cavity < s_cav
-        if marks.recess - 40 < z < marks.apex + 15:
-            band = (body.cavity < s_cav + ribs.band) & ~cavity
-            height = z + ribs.drop - ribs.phase
-            rib = band & (height - np.floor(height / ribs.pitch) * ribs.pitch < ribs.height)
-            np.copyto(img, RIB, where=rib & ~ribs.cartilage)
-            np.copyto(img, CARTILAGE, where=rib & ribs.cartilage)
-        np.copyto(img, SOFT, where=cavity)
-        lung, (ry, rx) = cavity & self._lungs(s_lung) & (z > self.dome), self.texture.box
-        if lung[ry, rx].any():
-            np.copyto(img[ry, rx], self._lung_slice(z), where=lung[ry, rx])
-        np.copyto(img, FAT, where=self.mediastinum & cavity & (z > self.dome))
-        if z < marks.dome_right:                                         # upper abdomen under the domes
-            below = cavity & (z <= self.dome)
-            np.copyto(img, SOFT, where=below)
-            np.copyto(img, LIVER, where=below & self.liver)
-            gx, gy, gz, ga, gb, gc = self.stomach
-            if abs(z - gz) < gc:
-                inside = ((self.x - gx) / ga) ** 2 + ((self.y - gy) / gb) ** 2 < 1 - ((z - gz) / gc) ** 2
-                np.copyto(img, AIR, where=below & inside)
-        np.copyto(img, MUSCLE, where=self.spine.muscle)
-        self._paint_heart_and_vessels(img, z)
-        spine = self.spine
-        (sy, sx), level = spine.box, (z - spine.phase) % spine.pitch
-        arch = [] if 0.55 < level / spine.pitch < 0.85 else spine.arch    # gap between spinous processes
-        for mask, hu in spine.canal + arch + (spine.disc if level < spine.disc_height else spine.vertebra):
-            np.copyto(img[sy, sx], hu, where=mask[sy, sx])
-        if self.sternum_z[0] < z < self.sternum_z[1]:
-            np.copyto(img, CANCELLOUS + 100, where=self.sternum)
-        return img
-
-    def _paint_heart_and_vessels(self, img: np.ndarray, z: float) -> None:
-        """Paint heart, pericardial fat, great vessels, oesophagus, trachea and bronchi into ``img`` [Y, X]."""
-        heart, vessels = self.heart, self.vessels
-        dzh = (z - heart.z) / heart.half_height
-        if abs(dzh) < 1:
-            (hy, hx), s_h = heart.box, np.sqrt(1 - dzh * dzh)
-            np.copyto(img[hy, hx], FAT - 10, where=heart.radius[hy, hx] < s_h + heart.pericardium)
-            np.copyto(img[hy, hx], BLOOD, where=heart.radius[hy, hx] < s_h)
-        for (_, _, radius, lo, hi, hu), d in zip(vessels.tubes, vessels.distance):
-            if lo < z < hi:
-                np.copyto(img, hu, where=d < radius)
-        if abs(z - vessels.arch_z) < vessels.aorta:
-            np.copyto(img, BLOOD, where=vessels.arch < np.sqrt(vessels.aorta ** 2 - (z - vessels.arch_z) ** 2))
-        tx, ty, tr = self.trachea
-        drop = self.marks.carina - z              # below the carina the main bronchi diverge, the left flatter
-        airways = [(tx, tr)] if drop < 0 else [(tx - 0.9 * drop, 0.72 * tr), (tx + 1.4 * drop, 0.68 * tr)]
-        for cx, radius in airways if drop < 35 else []:
-            d = np.hypot(self.x - cx, self.y - ty)
-            np.copyto(img, SOFT, where=d < radius + 2)
-            np.copyto(img, AIR, where=d < radius)
-
-    def noise(self) -> np.ndarray:
-        """Gaussian scanner noise [Y, X], HU: a random window of a white-noise bank (white itself)."""
-        n, start = self.fov_outside.size, int(self.rng.integers(0, self.noise_bank.size - self.fov_outside.size))
-        return self.noise_bank[start:start + n].reshape(self.fov_outside.shape) * np.float32(self.noise_sd)
+def lung_mask(x: np.ndarray, y: np.ndarray, axes: tuple[float, float, float], s_lung: float) -> np.ndarray:
+    """[Y, X] mask of both lung ellipses at apex taper ``s_lung`` in [0, 1] (1 = full size); ``axes`` is the
+    cavity's (half-width, half-depth) and the lungs' centre y."""
+    ac, bc, ly = axes
+    if s_lung <= 0:
+        return np.zeros((y.size, x.size), bool)
+    yy = ((y - ly) / (bc * s_lung)) ** 2
+    right, left = (((x - side * (0.3 + 0.18 * s_lung) * ac) / (0.58 * ac * s_lung)) ** 2 + yy < 1
+                   for side in (-1, 1))
+    return right | left
 
 
-def phantom_volume(rng: np.random.Generator, shape_zyx: tuple[int, int, int],
-                   spacing_zyx: tuple[float, float, float], *, body_scale: float = 1.0) -> np.ndarray:
-    """int16 HU array [Z, Y, X] in DICOM patient frame (LPS): column index x increases toward patient Left,
-    row index y toward Posterior, z index toward Superior (slice k at z = z0 + k*dz).
+@dataclass(frozen=True, eq=False)
+class Chest:
+    """One patient's anatomy on the slice grid: every structure's maps and parameters."""
 
-    ``spacing_zyx`` is (dz, dy, dx) in mm; the image centre is the reconstruction centre. Voxels outside the
-    circle of diameter ``min(X*dx, Y*dy)`` hold ``PADDING_HU`` (-3024); inside, values lie in ``HU_RANGE``.
-    ``body_scale`` (~0.85-1.15) scales the patient's in-plane size; the lungs span ~80% of the z extent.
-    """
-    if min(shape_zyx) < 1 or min(spacing_zyx) <= 0 or body_scale <= 0:
-        raise ValueError(f"need a positive shape, spacing and body_scale, got {shape_zyx}, {spacing_zyx}, {body_scale}")
-    chest, out = _Chest(rng, shape_zyx, spacing_zyx, body_scale), np.empty(shape_zyx, np.int16)
-    for k in range(shape_zyx[0]):
-        hu = chest.render(k) + chest.noise()
-        np.clip(np.rint(hu, out=hu), *HU_RANGE, out=hu)
-        hu[chest.fov_outside] = PADDING_HU
-        out[k] = hu
-    return out
+    x: np.ndarray            # [1, X] mm toward Left
+    y: np.ndarray            # [Y, 1] mm toward Posterior
+    z: np.ndarray            # [Z] mm above the lowest slice
+    body: _Body
+    marks: _Landmarks
+    lung_axes: tuple[float, float, float]  # for lung_mask
+    dome: np.ndarray         # [Y, X] diaphragm height, mm
+    liver: np.ndarray        # [Y, X] the liver's side under the domes
+    mediastinum: np.ndarray  # [Y, X]
+    spine: _Spine
+    ribs: _Ribs
+    heart: _Heart
+    vessels: _Vessels
+    trachea: tuple[float, float, float]  # x, y, radius
+    stomach: tuple[float, float, float, float, float, float]  # gas ellipsoid: centre x, y, z, half-axes
+    sternum: np.ndarray      # [Y, X]
+    sternum_z: tuple[float, float]
+    table: np.ndarray        # [Y, X] HU of air and table, the background of every slice
+    texture: _LungTexture
+
+
+def draw_chest(rng: np.random.Generator, shape_zyx: tuple[int, int, int],
+               spacing_zyx: tuple[float, float, float], body_scale: float) -> Chest:
+    """Draw one patient's chest on a grid of ``shape_zyx`` voxels of ``spacing_zyx`` (dz, dy, dx) mm."""
+    (nz, ny, nx), (dz, dy, dx) = shape_zyx, spacing_zyx
+    z = np.arange(nz) * dz
+    length = max(float(z[-1]), dz)
+    x = ((np.arange(nx) - (nx - 1) / 2) * dx).astype(np.float32)[None, :]
+    y = ((np.arange(ny) - (ny - 1) / 2) * dy).astype(np.float32)[:, None]
+    s = body_scale
+    # The order of these calls is the order of the random draws: it decides every patient.
+    body = _body(rng, x, y, s)
+    marks = _landmarks(rng, length)
+    ac, bc = body.cavity_width, body.cavity_depth
+    lung_axes = (ac, bc, body.cavity_y + 0.1 * bc)
+    spine = _spine(rng, x, y, body, s)
+    ribs = _ribs(rng, x, y, body, marks, s)
+    heart = _heart(rng, x, y, body, marks, s)
+    vessels = _vessels(rng, x, y, length, marks, spine, heart, s)
+    table = _table(rng, x, y, body, (ny, nx))
+    hila = [(marks.midline - 55 * s, body.cavity_y + 5), (marks.midline + 55 * s, body.cavity_y + 5)]
+    texture = _lung_texture(rng, x, y, lung_mask(x, y, lung_axes, 1.0), hila, length)
+    return Chest(
+        x=x, y=y, z=z, body=body, marks=marks, lung_axes=lung_axes, dome=_diaphragm(x, y, body, marks),
+        liver=np.broadcast_to(x < marks.midline + 15 * s, (ny, nx)), mediastinum=_mediastinum(x, y, body, marks, s),
+        spine=spine, ribs=ribs, heart=heart, vessels=vessels, trachea=(marks.midline, spine.y - 44 * s, 9 * s),
+        stomach=(marks.midline + 58 * s, body.cavity_y - 0.3 * bc, marks.dome_left - 28 * s, 30 * s, 20 * s, 16 * s),
+        sternum=(np.abs(x - marks.midline) < 14 * s) & (np.abs(y - body.cavity_y + bc + 7.5 * s) < 5.5 * s),
+        sternum_z=(heart.z - 0.3 * heart.half_height, marks.apex - 20), table=table, texture=texture)

@@ -2,7 +2,7 @@
 
 Each patient comes from one ``np.random.Generator``: first the acquisition (body size, field of view, slice
 spacing, scan length, z position, slice order, UID key), then the anatomy
-(:func:`ctdiff.data.phantom.anatomy.phantom_volume`). Stored values follow a GE scanner:
+(:func:`ctdiff.data.phantom.scan.phantom_volume`). Stored values follow a GE scanner:
 ``HU = raw - 1024``, raw -2000 (PixelPaddingValue, -3024 HU) outside the circular reconstruction field of
 view. Every UID is hashed from the patient, its random key and the object's role, so equal seeds give
 byte-identical files.
@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds as _ds  # a float as a DICOM decimal string of <= 16 chars
 
-from ctdiff.data.phantom.anatomy import PADDING_RAW, RESCALE_INTERCEPT, phantom_volume
+from ctdiff.data.phantom.scan import PADDING_RAW, RESCALE_INTERCEPT, phantom_volume
 
 
 @dataclass(frozen=True)
