@@ -127,8 +127,8 @@ def nearest_l2(
 
     Returns (index [Nq] int64 into ``reference``, distance [Nq] float64, ‖q − r‖₂ = √D over all voxels), the
     reference with the smallest direct sum D, ties to the lowest index (module docstring). ``block`` query
-    volumes are searched at a time: at most block × Nr expanded distances and (block + Nr) × chunk float64
-    voxel values exist at once (~64 MiB); the answer does not depend on ``block``.
+    volumes are searched at a time: three block × Nr float64 tables (E, T, E − T) and (block + Nr) × chunk
+    float64 voxel values (~64 MiB) exist at once; the answer does not depend on ``block``.
     """
     _check_block(block)
     q, r = _flat_pair(query, reference)
