@@ -32,8 +32,8 @@ from ctdiff.metrics.bootstrap import fid_ci, mean_ci
 from ctdiff.metrics.evaluate import evaluate, real_floor
 from ctdiff.metrics.fid import fid_from_features, frechet_distance
 from ctdiff.metrics.med3d import extract_features, load_med3d
-from ctdiff.metrics.memorisation import nearest_over_chunks
-from ctdiff.metrics.msssim import diversity_msssim, nearest_l2, paired_msssim
+from ctdiff.metrics.msssim import diversity_msssim, paired_msssim
+from ctdiff.metrics.nearest import nearest_l2, nearest_over_chunks
 
 
 def _brute_nearest(query: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Tests for ctdiff.io.save_volume: its ISA-L .nii.gz holds exactly what nibabel's own writer stores."""
+"""Tests for ctdiff.io: save_volume's ISA-L .nii.gz holds exactly what nibabel's own writer stores; write_tsv's
+bytes, quoting and atomicity."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ctdiff.io import save_volume
+from ctdiff.io import save_volume, write_tsv
 
 AFFINE = np.array([[-0.7, 0, 0, 90.0], [0, 0.7, 0, -120.0], [0, 0, 2.5, -40.0], [0, 0, 0, 1]])
 
@@ -41,3 +42,27 @@ def test_gzip_volume_holds_nibabels_bytes(tmp_path, layout, dtype):
 
     save_volume(tmp_path / "again.nii.gz", array, AFFINE)
     assert (tmp_path / "again.nii.gz").read_bytes() == ours
+
+
+def test_tsv_bytes_quoting_and_missing_fields(tmp_path):
+    rows = [{"item": "LIDC-0001", "n": 3, "reason": ""},
+            {"item": "LIDC-0002", "reason": 'bad\tseries "x"\nsecond line'},  # n missing -> empty
+            {"n": 0.5, "item": "ümlaut"}]
+    write_tsv(tmp_path / "t.tsv", iter(rows), ["item", "n", "reason"])
+    assert (tmp_path / "t.tsv").read_bytes() == (
+        "item\tn\treason\n"
+        "LIDC-0001\t3\t\n"
+        'LIDC-0002\t\t"bad\tseries ""x""\nsecond line"\n'
+        "ümlaut\t0.5\t\n"
+    ).encode("utf-8")
+    write_tsv(tmp_path / "empty.tsv", [], ["a", "b"])
+    assert (tmp_path / "empty.tsv").read_bytes() == b"a\tb\n"
+
+
+def test_tsv_is_written_atomically(tmp_path):
+    path = tmp_path / "sub" / "t.tsv"
+    write_tsv(path, [{"a": 1}], ["a"])
+    with pytest.raises(ValueError, match="not in fieldnames"):  # a key outside the columns fails mid-way
+        write_tsv(path, [{"a": 2}, {"a": 3, "b": 4}], ["a"])
+    assert path.read_bytes() == b"a\n1\n"  # the old table stays whole
+    assert [p.name for p in path.parent.iterdir()] == ["t.tsv"]  # no temporary file left behind

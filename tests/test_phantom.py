@@ -15,8 +15,8 @@ import pytest
 from pydicom.pixels import apply_rescale
 from scipy import ndimage
 
-from ctdiff.data.phantom import (HU_RANGE, PADDING_HU, PADDING_RAW, _draw_acquisition, phantom_volume,
-                                 write_cohort, write_patient)
+from ctdiff.data.phantom import HU_RANGE, PADDING_HU, PADDING_RAW, phantom_volume, write_cohort, write_patient
+from ctdiff.data.phantom.dicom import _draw_acquisition
 
 MATRIX, SEED = 48, 3
 

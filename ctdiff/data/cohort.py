@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ctdiff.data.convert import QC_COLUMNS
-from ctdiff.io import atomic_path
+from ctdiff.io import write_tsv
 
 SUMMARY_COLUMNS = ["stage", "decision", "reason", "count"]
 
@@ -29,13 +29,6 @@ SUMMARY_COLUMNS = ["stage", "decision", "reason", "count"]
 def _read_tsv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh, delimiter="\t"))
-
-
-def _write_tsv(path: Path, columns: list[str], rows: Iterable[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, delimiter="\t", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def reason_category(reason: str) -> str:
@@ -58,7 +51,7 @@ def summarise(inventory_tsv: Path, convert_qc: Iterable[Path], cohort_tsv: Path,
         without a usable scan is an error, after both tables are written to show why).
     """
     qc_rows = sorted((row for path in convert_qc for row in _read_tsv(path)), key=lambda r: r["item"])
-    _write_tsv(cohort_tsv, QC_COLUMNS, qc_rows)
+    write_tsv(cohort_tsv, qc_rows, QC_COLUMNS)
 
     series = Counter((r["decision"], reason_category(r["reason"])) for r in _read_tsv(inventory_tsv))
     items = Counter((r["decision"], reason_category(r["reason"])) for r in qc_rows)
@@ -72,5 +65,5 @@ def summarise(inventory_tsv: Path, convert_qc: Iterable[Path], cohort_tsv: Path,
         {"stage": "cohort", "decision": "usable", "reason": "items", "count": len(usable)},
         {"stage": "cohort", "decision": "usable", "reason": "patients", "count": len(set(usable.values()))},
     ]
-    _write_tsv(summary_tsv, SUMMARY_COLUMNS, summary)
+    write_tsv(summary_tsv, summary, SUMMARY_COLUMNS)
     return usable

@@ -30,7 +30,6 @@ both qform and sform.
 
 from __future__ import annotations
 
-import csv
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,7 +42,7 @@ from dicom2nifti.convert_dicom import dicom_array_to_nifti
 from dicom2nifti.exceptions import ConversionError, ConversionValidationError
 
 from ctdiff.data.zstack import SPACING_ATOL_MM, diagnose, recover
-from ctdiff.io import atomic_path, save_volume
+from ctdiff.io import save_volume, write_tsv
 
 #: HU below this is scanner padding, not tissue (air is -1000 HU); clamped before saving.
 PADDING_FLOOR_HU = -1024
@@ -245,14 +244,6 @@ def _to_int16_hu(data) -> tuple[np.ndarray, int]:
     return hu.astype(np.int16), n_clamped
 
 
-def _write_qc(path: Path, row: dict) -> None:
-    """Write the one-row QC table (tab-separated, :data:`QC_COLUMNS`) atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=QC_COLUMNS, delimiter="\t", lineterminator="\n")
-        writer.writeheader()
-        writer.writerow(row)
-
-
 def convert_item(root: Path, series_json: Path, item: str, out_nifti: Path, out_qc: Path, *,
                  recover_stacks: bool = False) -> dict:
     """Convert the series of one item to an int16 HU NIfTI.
@@ -312,7 +303,7 @@ def convert_item(root: Path, series_json: Path, item: str, out_nifti: Path, out_
         "decision": "converted",
         "reason": note,
     }
-    _write_qc(out_qc, row)
+    write_tsv(out_qc, [row], QC_COLUMNS)
     return row
 
 
@@ -342,5 +333,5 @@ def convert_or_reject(root: Path, series_json: Path, item: str, out_dir: Path, o
     row = dict.fromkeys(QC_COLUMNS, "")
     row.update(item=item, patient=entry.get("patient", ""), series_uid=entry.get("series_uid", ""),
                decision="rejected", reason=reason)
-    _write_qc(out_qc, row)
+    write_tsv(out_qc, [row], QC_COLUMNS)
     return row

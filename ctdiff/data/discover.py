@@ -23,7 +23,6 @@ attribute is read at all.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ from typing import Literal
 import numpy as np
 import pydicom
 
-from ctdiff.io import atomic_path
+from ctdiff.io import atomic_path, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -295,13 +294,7 @@ def discover(
             }
         )
 
-    def write_tsv(fh) -> None:
-        writer = csv.DictWriter(fh, fieldnames=INVENTORY_COLUMNS, delimiter="\t", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-
-    with atomic_path(inventory_tsv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        write_tsv(fh)
+    write_tsv(inventory_tsv, rows, INVENTORY_COLUMNS)
 
     if not items:
         log.warning(

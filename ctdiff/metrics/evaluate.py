@@ -21,8 +21,9 @@ from ctdiff.io import load_volume, write_json
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci, pair_mean_ci
 from ctdiff.metrics.fid import fid_from_features
 from ctdiff.metrics.med3d import extract_features, load_med3d
-from ctdiff.metrics.memorisation import audit, nearest_over_chunks
+from ctdiff.metrics.memorisation import audit
 from ctdiff.metrics.msssim import SIGMA, diversity_msssim, msssim_settings, paired_msssim
+from ctdiff.metrics.nearest import nearest_over_chunks
 
 PAPER = {"fid": 9.70, "msssim": 0.266}
 RANGE_TOLERANCE = 1e-4

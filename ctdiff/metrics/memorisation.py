@@ -10,38 +10,17 @@ i.e. it lies closer to a training volume than any held-out scan does. With few t
 itself noisy, so the 5th percentile of d(r) and each synthetic volume's percentile rank within d(r) are
 recorded beside it; an exact copy has d(s) = 0 and is flagged whenever no test volume equals a training one.
 
-Memory: the training volumes arrive in chunks (``nearest_over_chunks``), so only the queries and one chunk are
-held at once; within a chunk the search is ``ctdiff.metrics.msssim.nearest_l2`` (blockwise float64).
+The distances come from ``ctdiff.metrics.nearest.nearest_over_chunks``: the training volumes arrive in chunks,
+so only the queries and one chunk are held at once, and an exact copy has distance exactly 0.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from ctdiff.metrics.msssim import nearest_l2
-
 RULE = "flagged when the synthetic-to-train distance is below the minimum test-to-train distance"
-
-
-def nearest_over_chunks(
-    queries: Sequence[np.ndarray], reference_chunks: Iterable[np.ndarray], block: int = 64
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Nearest reference volume for every volume of each query set, the reference given as consecutive chunks
-    [n_k, D, H, W] (indices count across chunks). Returns one (index [Nq], distance [Nq]) per query set, equal
-    to ``nearest_l2(query, concatenated reference)`` (ties to the lowest index)."""
-    best = [(np.full(len(q), -1, np.int64), np.full(len(q), np.inf)) for q in queries]
-    offset = 0
-    for chunk in reference_chunks:
-        for q, (index, dist) in zip(queries, best):
-            i, d = nearest_l2(q, chunk, block)
-            closer = d < dist
-            index[closer], dist[closer] = i[closer] + offset, d[closer]
-        offset += len(chunk)
-    if offset == 0:
-        raise ValueError("no reference volumes to search")
-    return best
 
 
 def _reference_summary(d: np.ndarray) -> dict:

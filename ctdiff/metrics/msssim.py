@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ctdiff.metrics.nearest import as_volumes, nearest_real
+
 STANDARD_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 SIGMA = 1.5
 _K1, _K2 = 0.01, 0.03
@@ -107,53 +109,6 @@ def msssim(x: Tensor, y: Tensor, *, window: int = 7) -> Tensor:
     return torch.prod(torch.stack(factors) ** w, dim=0)
 
 
-def _as_array(v: np.ndarray | Tensor, name: str) -> np.ndarray:
-    a = v.detach().cpu().numpy() if isinstance(v, Tensor) else np.asarray(v)
-    if a.ndim != 4:
-        raise ValueError(f"{name}: expected [N, D, H, W], got shape {a.shape}")
-    return a
-
-
-def nearest_l2(
-    query: np.ndarray | Tensor, reference: np.ndarray | Tensor, block: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest ``reference`` [Nr, D, H, W] volume (L2 over voxels) to each ``query`` [Nq, D, H, W] volume.
-
-    Returns (index [Nq] int64 into ``reference``, distance [Nq] float64, the Euclidean norm ‖q − r‖₂ over all
-    voxels). ‖q − r‖² = ‖q‖² + ‖r‖² − 2 q·r in float64, accumulated over voxel chunks, for ``block`` query
-    volumes at a time: at most block × Nr distances and (block + Nr) × chunk float64 values exist at once
-    (~64 MiB). Round-off can make ‖q − r‖² of a copy slightly negative; it is clamped to 0 before the root.
-    Ties go to the lowest reference index.
-    """
-    q, r = _as_array(query, "query"), _as_array(reference, "reference")
-    if q.shape[1:] != r.shape[1:]:
-        raise ValueError(f"query volumes {q.shape[1:]} and reference volumes {r.shape[1:]} differ in shape")
-    if block < 1:
-        raise ValueError(f"block must be >= 1, got {block}")
-    q, r = q.reshape(len(q), -1), r.reshape(len(r), -1)
-    if len(r) == 0:
-        raise ValueError("no reference volumes to search")
-    chunk = max(1, (64 << 20) // 8 // (min(block, max(len(q), 1)) + len(r)))
-    index = np.empty(len(q), dtype=np.int64)
-    dist = np.empty(len(q), dtype=np.float64)
-    for i0 in range(0, len(q), block):
-        d2 = torch.zeros(len(q[i0 : i0 + block]), len(r), dtype=torch.float64)
-        for v0 in range(0, q.shape[1], chunk):
-            a = torch.from_numpy(np.ascontiguousarray(q[i0 : i0 + block, v0 : v0 + chunk], dtype=np.float64))
-            b = torch.from_numpy(np.ascontiguousarray(r[:, v0 : v0 + chunk], dtype=np.float64))
-            d2 += (a * a).sum(1, keepdim=True) + (b * b).sum(1) - 2.0 * (a @ b.T)
-        best, arg = d2.min(1)  # first minimum on ties
-        index[i0 : i0 + block] = arg.numpy()
-        dist[i0 : i0 + block] = best.clamp_min(0.0).sqrt().numpy()
-    return index, dist
-
-
-def nearest_real(synthetic: np.ndarray | Tensor, real: np.ndarray | Tensor, block: int = 64) -> np.ndarray:
-    """Index [Ns] into ``real`` [Nr, D, H, W] of the nearest real volume (L2 over voxels) to each synthetic one
-    (``nearest_l2`` without the distances)."""
-    return nearest_l2(synthetic, real, block)[0]
-
-
 def _pairs_msssim(
     x: np.ndarray, y: np.ndarray, i: np.ndarray, j: np.ndarray, window: int, device
 ) -> np.ndarray:
@@ -182,7 +137,7 @@ def paired_msssim(
     synthetic [Ns, D, H, W], real [Nr, D, H, W], both in [0, 1]. Higher = closer to real data.
     Returns {'mean', 'std', 'n', 'values' [Ns], 'nearest' [Ns] (indices into real), 'window', 'weights'}.
     """
-    s, r = _as_array(synthetic, "synthetic"), _as_array(real, "real")
+    s, r = as_volumes(synthetic, "synthetic"), as_volumes(real, "real")
     if len(s) == 0:
         raise ValueError("no synthetic volumes")
     nearest = nearest_real(s, r)
@@ -201,7 +156,7 @@ def diversity_msssim(
     ``numpy.random.default_rng(seed)``. Lower = more diverse samples.
     Returns {'mean', 'std', 'n_pairs', 'values' [n_pairs], 'pairs' [n_pairs, 2], 'window', 'weights'}.
     """
-    s = _as_array(synthetic, "synthetic")
+    s = as_volumes(synthetic, "synthetic")
     total = len(s) * (len(s) - 1) // 2
     if not 1 <= n_pairs <= total:
         raise ValueError(f"n_pairs must be in 1..{total} for {len(s)} synthetic volumes, got {n_pairs}")
