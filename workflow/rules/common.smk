@@ -2,6 +2,7 @@
 # is a function of ctdiff.plan, which imports nothing heavy: every snakemake call parses these files.
 import json
 import os
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -25,10 +26,10 @@ DICOM = dicom_tree(CFG)  # the phantom written under {results}/dicom, or data.ro
 ENV = "../../envs/ctdiff.yaml"
 # The interpreter of the shell rules (train, sample), which run "${CTDIFF_PYTHON:-python}": this Snakemake's
 # own, as for script rules, so that `.venv/bin/snakemake` works without the venv on PATH; under --sdm conda
-# the variable is left unset and the rule environment's python runs. An environment variable, not a param,
-# so that a venv in another folder reruns nothing.
+# it is left unset and the rule environment's python runs. A shell prefix, not a param, so that a venv in
+# another folder reruns nothing.
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
-    os.environ["CTDIFF_PYTHON"] = sys.executable
+    shell.prefix(f"export CTDIFF_PYTHON={shlex.quote(sys.executable)}; ")
 SAMPLES = sample_files(f"{R}/samples", CFG.sample.n)
 SAMPLES_HU = sample_files(f"{R}/samples/hu", CFG.sample.n) if CFG.sample.hu else []
 
