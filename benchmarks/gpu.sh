@@ -123,7 +123,7 @@ run_part() {
   say "== $name (budget ${budget} s): $*"
   t0=$(date +%s.%N)
   # timeout stops the command's whole process group (train_step.py's and sample.py's children included).
-  { timeout --kill-after=10 "$budget" "$@" 2>&1 || echo $? >"$work/$name.rc"; } | tee -a "$log" "$work/$name.out"
+  { timeout --kill-after=5 "$budget" "$@" 2>&1 || echo $? >"$work/$name.rc"; } | tee -a "$log" "$work/$name.out"
   t1=$(date +%s.%N)
   [ -z "$sampler" ] || { kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true; }
   [ ! -f "$work/$name.rc" ] || rc=$(cat "$work/$name.rc")
@@ -132,7 +132,7 @@ run_part() {
   say "-- $name: exit $rc, $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s"
 }
 
-step() {  # step NAME BUDGET VARIANT [--batch B]: one train_step.py variant
+step() {  # step NAME BUDGET VARIANT: one train_step.py variant (-bN in its name sets another batch)
   local name=$1 budget=$2 variant=$3; shift 3
   run_part "$name" "$budget" "$py" "$work/train_step_variant.py" "$variant" "${unet[@]}" --batch 2 "${steps[@]}" "$@"
 }
@@ -202,7 +202,8 @@ for line in (work / "parts.tsv").read_text().splitlines():
         "gpu_used_mib_max": max(used) if used else None,
         "rows": rows, "output": text.splitlines()[-60:],
     })
-dest.write_text(json.dumps({"machine": json.loads((work / "machine.json").read_text()), "parts": parts}, indent=1))
+dest.write_text(json.dumps({"machine": json.loads((work / "machine.json").read_text()), "parts": parts,
+                            "train_step_variant.py": (work / "train_step_variant.py").read_text()}, indent=1))
 # GPU MiB: the most nvidia-smi saw in use during the part, less what was in use before it; beside the reserved
 # peak it shows the CUDA context (GPU MiB - reserved MiB).
 ref = next((r for p in parts for r in p["rows"] if r.get("variant") == "reference" and "s_per_step" in r), None)
