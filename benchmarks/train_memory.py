@@ -99,8 +99,8 @@ class _EachCallTracked:
         return self.module.parameters()
 
 
-def _host_batch(batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A step's batch as the loop hands it over: volumes ``[b, 1, S, S, S]``, timesteps ``[b]``, noise."""
+def _step_batch(batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A step's batch on the device: volumes ``[b, 1, S, S, S]``, timesteps ``[b]``, noise like the volumes."""
     shape = (batch, 1, size, size, size)
     return torch.randn(shape), torch.zeros(batch, dtype=torch.long), torch.randn(shape)
 
@@ -133,8 +133,8 @@ def estimate(args: argparse.Namespace, batch: int, micro_batches: int, checkpoin
         tracker.track_external(model, optimizer, ema)
         with tracker:
             buckets = torch.empty(n_params) if args.processes > 1 else None  # DDP's fp32 gradient buckets
-            x0, t, noise = _host_batch(batch, args.size)  # this step's batch
-            prefetched = _host_batch(batch, args.size)  # the next step's copy
+            x0, t, noise = _step_batch(batch, args.size)  # this step's batch
+            prefetched = _step_batch(batch, args.size)  # the next step's copy
             train_step(_EachCallTracked(model, tracker), ema, optimizer, _OneProcess(), schedule, x0, t, noise,
                        micro_batches=micro_batches, grad_clip=1.0, ema_decay=0.9999)
             del buckets, prefetched
