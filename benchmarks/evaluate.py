@@ -2,7 +2,10 @@
 
     python benchmarks/evaluate.py                       # 16 vs 16 at 32³, Med3D ResNet-10, B = 200
     python benchmarks/evaluate.py --n 32 --size 48 --depth 50
+    python benchmarks/evaluate.py --n 16 --size 128 --depth 50 --device cuda
 
+Med3D features and MS-SSIM run on ``--device`` (the GPU when there is one, as in the workflow's evaluate
+rule); pairing, FID and the bootstraps run on the CPU.
 Stages are timed by calling the functions ``ctdiff.metrics.evaluate.evaluate`` is built from, on the same
 arrays, then ``evaluate`` itself end to end (writing and reading NIfTI files included). After a warm-up, all
 stages run once per round for --rounds rounds and each stage's fastest round is reported: rounds spread the
@@ -60,15 +63,18 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds over all stages; the fastest is reported")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where features and MS-SSIM run (default: cuda when there is one, as in the workflow)")
     args = p.parse_args()
+    dev = args.device
     torch.set_num_threads(args.threads)
 
     rng = np.random.default_rng(args.seed)
     shape = (args.n, args.size, args.size, args.size)
     real, syn, train = (rng.random(shape, dtype=np.float32) for _ in range(3))
     model, _ = load_med3d(args.depth, None, seed=args.seed)
-    feats_r, feats_s = extract_features(model, real), extract_features(model, syn)  # also the warm-up
-    values = np.asarray(paired_msssim(syn, real)["values"])
+    feats_r, feats_s = extract_features(model, real, device=dev), extract_features(model, syn, device=dev)  # warm-up
+    values = np.asarray(paired_msssim(syn, real, device=dev)["values"])
     assert (_brute_nearest(syn[:4], real[:4]) == nearest_l2(syn[:4], real[:4])[0]).all()
     brute_mib = args.n * args.n * args.size**3 * 8 * 2 / 2**20
     n_div = min(1000, args.n * (args.n - 1) // 2)
@@ -82,19 +88,19 @@ def main() -> None:
             save_volume(path, v, np.eye(4))
 
     stages: dict[str, Callable[[], object]] = {
-        "features": lambda: (extract_features(model, real), extract_features(model, syn)),
+        "features": lambda: (extract_features(model, real, device=dev), extract_features(model, syn, device=dev)),
         "fid": lambda: fid_from_features(feats_r, feats_s),
         "pairing": lambda: nearest_l2(syn, real),
         "pairing_brute": (lambda: _brute_nearest(syn, real)) if brute_mib <= args.brute_mib else None,
-        "msssim_paired": lambda: paired_msssim(syn, real),
-        "msssim_diversity": lambda: diversity_msssim(syn, n_pairs=n_div, seed=0),
+        "msssim_paired": lambda: paired_msssim(syn, real, device=dev),
+        "msssim_diversity": lambda: diversity_msssim(syn, n_pairs=n_div, seed=0, device=dev),
         "bootstrap_fid": lambda: fid_ci(feats_r, feats_s, 0.0, n_boot=args.n_boot, seed=0),
         "bootstrap_fid_covariance": lambda: _covariance_form_replicates(feats_r, feats_s, args.reference_reps, 0),
         "bootstrap_msssim": lambda: mean_ci(values, n_boot=args.n_boot, seed=0),
-        "floor": lambda: real_floor(real, feats_r, [str(i) for i in range(args.n)], seed=0, window=7),
+        "floor": lambda: real_floor(real, feats_r, [str(i) for i in range(args.n)], seed=0, window=7, device=dev),
         "memorisation": lambda: nearest_over_chunks([syn, real], [train[i : i + 64] for i in range(0, args.n, 64)]),
         "evaluate": lambda: evaluate(paths["real"], paths["syn"], folder / "metrics.json", settings,
-                                     train=paths["train"]),
+                                     train=paths["train"], device=dev),
     }
     best = {name: float("inf") for name, fn in stages.items() if fn is not None}
     for _ in range(args.rounds):
@@ -125,7 +131,8 @@ def main() -> None:
     ]
     print(f"{args.n} vs {args.n} volumes (+ {args.n} training) at {args.size}^3, Med3D ResNet-{args.depth} "
           f"(random weights), B = {args.n_boot}, fastest of {args.rounds} rounds, {args.threads} threads, "
-          f"torch {torch.__version__}, {platform.machine()}")
+          f"torch {torch.__version__}, {platform.machine()}, device {dev}"
+          f"{' (' + torch.cuda.get_device_name(dev) + ')' if torch.device(dev).type == 'cuda' else ''}")
     width = max(len(r[0]) for r in rows)
     for name, seconds, note in rows:
         print(f"{name:<{width}}  {seconds:9.3f} s  {note}")
