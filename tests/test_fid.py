@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from ctdiff.metrics.fid import fid_from_features, frechet_distance
+from ctdiff.metrics.fid import fid_from_features, fid_sample_space, frechet_distance
 
 
 def _random_spd(rng, n, rank=None):
@@ -66,7 +66,7 @@ def test_fid_from_features_identity_symmetry_and_flags():
     a = rng.standard_normal((20, 64)) * 3 + 1
     b = rng.standard_normal((30, 64))
     same = fid_from_features(a, a)
-    assert abs(same["fid"]) < 1e-9 * np.trace(np.cov(a, rowvar=False))
+    assert 0.0 <= same["fid"] < 1e-9 * np.trace(np.cov(a, rowvar=False))  # a squared distance: never below 0
     assert same["rank_deficient"] is True and same["dim"] == 64 and same["n_a"] == 20
     ab, ba = fid_from_features(a, b)["fid"], fid_from_features(b, a)["fid"]
     assert ab == pytest.approx(ba, rel=1e-10) and ab > 0
@@ -77,6 +77,15 @@ def test_fid_from_features_identity_symmetry_and_flags():
     assert ab == pytest.approx(ref, rel=1e-6)
     full = fid_from_features(rng.standard_normal((40, 4)), rng.standard_normal((40, 4)))
     assert full["rank_deficient"] is False
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_identical_sets_never_go_negative(seed):
+    """The cancellation μ·μ + tr Σ₁ + tr Σ₂ − 2 tr √(Σ₁Σ₂) leaves round-off of either sign for equal sets (which
+    sign depends on the CPU's kernels); the estimate, like its bootstrap interval, is clipped at 0."""
+    a = np.random.default_rng(seed).standard_normal((6, 512))
+    assert 0.0 <= fid_sample_space(a, a) < 1e-9 * a.var(0).sum()
+    assert 0.0 <= frechet_distance(a.mean(0), np.cov(a, rowvar=False), a.mean(0), np.cov(a, rowvar=False))
 
 
 def test_bad_inputs_raise():

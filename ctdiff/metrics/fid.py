@@ -62,7 +62,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         raise ValueError(f"dimension mismatch: {mu1.shape[0]} vs {mu2.shape[0]}")
     tr_sqrt = np.linalg.svd(_psd_sqrt(sigma1) @ _psd_sqrt(sigma2), compute_uv=False).sum()
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_sqrt)
+    # A squared distance: round-off in the cancellation can leave a tiny negative value for (nearly) equal
+    # Gaussians, which depends on the CPU's kernels; the estimate is clipped at 0, as its intervals are.
+    return max(0.0, float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_sqrt))
 
 
 def fid_from_features(a: np.ndarray, b: np.ndarray) -> dict:
@@ -106,4 +108,4 @@ def fid_sample_space(a: np.ndarray, b: np.ndarray) -> float:
     cb = (b - mu_b) / np.sqrt(b.shape[0] - 1)
     tr_sqrt = np.linalg.svd(ca @ cb.T, compute_uv=False).sum()
     diff = mu_a - mu_b
-    return float(diff @ diff + (ca * ca).sum() + (cb * cb).sum() - 2.0 * tr_sqrt)
+    return max(0.0, float(diff @ diff + (ca * ca).sum() + (cb * cb).sum() - 2.0 * tr_sqrt))  # clipped as above
