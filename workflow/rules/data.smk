@@ -6,8 +6,10 @@ if DICOM.phantom:
     rule phantom:
         output:
             directory(DICOM.root),
-        params:
-            data=section("data"),
+        params:  # only what the phantom depends on: other data keys rerun no phantom
+            n_patients=CFG.data.n_patients,
+            seed=CFG.data.seed,
+            matrix=CFG.data.phantom_matrix,
         log:
             f"{R}/logs/phantom.log",
         conda:
@@ -43,6 +45,7 @@ rule convert:
         qc=f"{R}/qc/convert/{{item}}.tsv",
     params:
         root=DICOM.root,
+        recover_stacks=CFG.data.recover_stacks,
     log:
         f"{R}/logs/convert/{{item}}.log",
     conda:

@@ -11,5 +11,6 @@ row = convert_or_reject(
     snakemake.wildcards.item,
     Path(snakemake.output.nifti),
     Path(snakemake.output.qc),
+    recover_stacks=snakemake.params.recover_stacks,
 )
 print(f"{row['item']}: {row['decision']} {row['reason']}".rstrip())
