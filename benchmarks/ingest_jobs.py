@@ -1,6 +1,6 @@
 """What one convert or preprocess job costs beyond its work: start-up, measured through Snakemake.
 
-    python benchmarks/ingest_jobs.py [--patients 2 10] [--repeats 2] [--workdir DIR]
+    python benchmarks/ingest_jobs.py [--patients 2 10] [--repeats 3] [--workdir DIR] [--scheduler greedy]
 
 Two cohorts of tiny phantom patients (32 x 32 pixels, 16 slices: the work of a job is a few milliseconds)
 are written as DICOM trees, not timed. For each, Snakemake runs discover and every patient's convert and
@@ -57,7 +57,7 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_cohort(work: Path, root: Path, ids: list[str]) -> tuple[float, float, float]:
+def run_cohort(work: Path, root: Path, ids: list[str], scheduler: str | None) -> tuple[float, float, float]:
     """Snakemake's discover + convert + preprocess of ``ids`` in a fresh folder: (CPU s of everything, CPU s
     of Snakemake's main process alone, wall s)."""
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
@@ -65,7 +65,7 @@ def run_cohort(work: Path, root: Path, ids: list[str]) -> tuple[float, float, fl
     config.write_text(f"data: {{source: dicom, root: {root}}}\npreprocess: {{size: 8, spacing_mm: 48.0}}\n")
     cmd = [str(Path(sys.executable).parent / "snakemake"), *[f"results/preprocessed/{pid}.nii.gz" for pid in ids],
            "--snakefile", str(REPO / "Snakefile"), "--directory", str(run_dir), "--configfile", str(config),
-           "--cores", "1", "--quiet", "all"]
+           "--cores", "1", *(["--scheduler", scheduler] if scheduler else []), "--quiet", "all"]
     cpu, wall = children_cpu(), time.perf_counter()
     with open(run_dir / "snakemake.out", "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=run_dir,
@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--patients", type=int, nargs=2, default=[2, 10])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None, help="keeps the DICOM trees between runs")
+    parser.add_argument("--scheduler", choices=["ilp", "greedy"], default=None,
+                        help="Snakemake's job scheduler (default: Snakemake's own default)")
     args = parser.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ctdiff-jobs-"))
@@ -117,8 +119,8 @@ def main() -> None:
             shutil.copytree(root / pid, small_root / pid)
 
     load = os.getloadavg()[0]
-    cpu_small, main_small, wall_small = run_cohort(work, small_root, ids[:small])
-    cpu_large, main_large, wall_large = run_cohort(work, root, ids)
+    cpu_small, main_small, wall_small = run_cohort(work, small_root, ids[:small], args.scheduler)
+    cpu_large, main_large, wall_large = run_cohort(work, root, ids, args.scheduler)
     n_jobs = 2 * (large - small)
     per_job, main_per_job = (cpu_large - cpu_small) / n_jobs, (main_large - main_small) / n_jobs
     for n, cpu, main, wall in ((small, cpu_small, main_small, wall_small), (large, cpu_large, main_large, wall_large)):
@@ -137,6 +139,7 @@ def main() -> None:
         import_cpu[name] = runs[len(runs) // 2]
         print(f"{name:<38} CPU {import_cpu[name]:.3f} s (median of {args.repeats})")
     print(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_1min": round(load, 2),
+                      "scheduler": args.scheduler or "default",
                       "cpu_per_job_s": round(per_job, 3), "main_process_cpu_per_job_s": round(main_per_job, 3),
                       "import_cpu_s": {k: round(v, 3) for k, v in import_cpu.items()}}))
 
