@@ -34,6 +34,7 @@ class DataConfig:
     seed: int = 0
     phantom_matrix: int = 512
     series: SeriesChoice = "largest"
+    recover_stacks: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """What the workflow decides when the Snakefile is parsed: where the DICOM tree comes from, which items the
-cohort kept, which sampler settings the comparison draws, the sample file names and the ``ctdiff sample``
-options of a sample set.
+cohort kept, how much memory an item's ingestion jobs declare, which sampler settings the comparison draws,
+the sample file names and the ``ctdiff sample`` options of a sample set.
 
 Every ``snakemake`` call, a dry run included, parses the Snakefile, so this module imports only the standard
 library, :mod:`ctdiff.config` and :mod:`ctdiff.options`: no torch, numpy, pandas or DICOM/NIfTI readers
@@ -11,9 +11,13 @@ code imports them too, so each decision is written once.
 from __future__ import annotations
 
 import csv
+import json
+import math
+import os
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ctdiff.config import Config, SampleConfig
 from ctdiff.options import tag
@@ -46,6 +50,61 @@ def converted_items(cohort_tsv: Path | str) -> dict[str, str]:
     is ``'converted'``: the items every stage after ingestion uses."""
     with open(cohort_tsv, newline="", encoding="utf-8") as fh:
         return {r["item"]: r["patient"] for r in csv.DictReader(fh, delimiter="\t") if r["decision"] == "converted"}
+
+
+#: Peak resident memory (MB, 10^6 bytes) of one convert / preprocess job, interpreter and imports included:
+#: ``base + per_in * voxels / 10^6 + per_out * size**3 / 10^6`` for a series of ``voxels = files x rows x
+#: columns`` (the preprocess output, ``size``³ voxels, adds to preprocess only). Least-squares fits to the
+#: peaks that ``benchmarks/convert_preprocess.py`` measured for 32 x 32 x 16 and 512 x 512 x 100, 400 and 764
+#: slices (preprocess at sizes 64, 128 and 256); the table is in benchmarks/README.md.
+INGEST_MEMORY_MB = {  # stage: (base, per million input voxels, per million output voxels)
+    "convert": (101.0, 12.13, 0.0),
+    "preprocess": (182.0, 8.75, 12.4),
+}
+
+#: A job declares the fitted peak times this factor, rounded up to 10 MB: room for the fit's error (up to
+#: 15 % below a measured peak), other library versions and Snakemake's script preamble (~15 MB), which the
+#: benchmark does not run. Every measured peak lies at least 6 % below what its job declares.
+INGEST_MEMORY_MARGIN = 1.25
+
+#: Image matrix assumed for a series table written before discovery recorded ``rows`` and ``columns``
+#: (LIDC-IDRI's CT slices are all 512 x 512).
+DEFAULT_MATRIX = (512, 512)
+
+
+@lru_cache(maxsize=4)
+def _series_voxels(path: str, mtime_ns: int, size: int) -> dict[str, int]:
+    """``{item: files x rows x columns}`` of a series table; cached per file version, because the workflow
+    asks once per job and LIDC-IDRI's table lists ~240,000 file names."""
+    with open(path, encoding="utf-8") as fh:
+        table = json.load(fh)
+    return {item: int(entry["n_files"]) * int(entry.get("rows") or DEFAULT_MATRIX[0])
+            * int(entry.get("columns") or DEFAULT_MATRIX[1]) for item, entry in table.items()}
+
+
+def mem_mb_for(stage: Literal["convert", "preprocess"], voxels: int, size: int = 0) -> int:
+    """The memory (MB) a ``stage`` job declares for a series of ``voxels`` (files x rows x columns) and, for
+    preprocess, an output of ``size``³ voxels: :data:`INGEST_MEMORY_MB`'s fit times
+    :data:`INGEST_MEMORY_MARGIN`, rounded up to 10 MB. Grows with ``voxels`` and ``size``; the smallest
+    series gets the fit's base, the memory of the interpreter and its imports."""
+    if stage not in INGEST_MEMORY_MB:
+        raise ValueError(f"stage must be one of {', '.join(INGEST_MEMORY_MB)}, got {stage!r}")
+    base, per_in, per_out = INGEST_MEMORY_MB[stage]
+    peak = base + per_in * voxels / 1e6 + per_out * size**3 / 1e6
+    return int(math.ceil(peak * INGEST_MEMORY_MARGIN / 10) * 10)
+
+
+def ingest_mem_mb(stage: Literal["convert", "preprocess"], series_json: Path | str, item: str,
+                  size: int = 0) -> int:
+    """The memory (MB) the ``stage`` job of ``item`` declares (the rules' ``mem_mb`` resource, so that
+    Snakemake runs jobs together only within ``--resources mem_mb``): :func:`mem_mb_for` of the item's
+    files x rows x columns in discovery's series table (:func:`ctdiff.data.discover.discover`) and the
+    preprocess ``size``. Raises ``ValueError`` naming the table when ``item`` is not in it."""
+    st = os.stat(series_json)
+    voxels = _series_voxels(str(series_json), st.st_mtime_ns, st.st_size)
+    if item not in voxels:
+        raise ValueError(f"{item}: not in the series table {series_json}")
+    return mem_mb_for(stage, voxels[item], size)
 
 
 def sample_files(folder: Path | str, n: int) -> list[str]:

@@ -1,12 +1,17 @@
 """The workflow on a DICOM tree with faulty scans: a faulty scan is recorded, never fatal, unless none is left."""
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
+from pydicom.uid import generate_uid
 
 from ctdiff.data.phantom import write_patient
+from ctdiff.plan import ingest_mem_mb
 from test_workflow import planned_rules, snakemake
 
 CONFIG = """data: {{source: dicom, root: {root}}}
@@ -76,3 +81,49 @@ def test_run_stops_with_a_clear_message_when_no_series_is_usable(tmp_path):
     assert "no usable scan left" in proc.stdout + proc.stderr
     inventory = pd.read_csv(tmp_path / "results/qc/inventory.tsv", sep="\t", keep_default_na=False)
     assert list(inventory.reason) == ["localizer"]
+
+
+def test_logs_memory_and_recovered_stacks(tmp_path):
+    """One patient whose stack has a stray slice 38 mm beyond its top, with an LIDC annotation file and a
+    note beside its slices: discover's log counts the files it skipped; convert and preprocess declare the
+    memory of the series' size; data.recover_stacks reaches convert, which then drops the stray slice."""
+    root = tmp_path / "dicom"
+    write_patient(root, "WF-0002", np.random.default_rng([3, 2]), matrix=32)
+    folder = max({f.parent for f in root.glob("WF-0002/*/*/*.dcm")}, key=lambda d: len(list(d.iterdir())))
+    files = sorted(folder.glob("*.dcm"), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
+    (folder / "069.xml").write_text("<LidcReadMessage/>")
+    (folder / "notes.txt").write_text("reader notes\n")
+    ds = pydicom.dcmread(files[-1])
+    ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) + 38.0]
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(folder / "stray.dcm", enforce_file_format=True)
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(root=root))
+    qc, pre = "results/qc/convert/WF-0002.tsv", "results/preprocessed/WF-0002.nii.gz"
+
+    snakemake(tmp_path, qc, "--cores", "1", "--configfile", str(config))
+    log = (tmp_path / "results/logs/discover.log").read_text()
+    assert f"read {len(files) + 3} files under {root}: {len(files) + 1} DICOM files in 1 series" in log
+    assert "skipped 2 files: not DICOM (.txt) 1, not DICOM (.xml) 1" in log
+    row = pd.read_csv(tmp_path / qc, sep="\t", keep_default_na=False).iloc[0]
+    assert (row.decision, row.reason.split(":")[0]) == ("rejected", "stray slice(s)")
+
+    series = tmp_path / "results/discover/series.json"
+    assert json.loads(series.read_text())["WF-0002"]["rows"] == 32
+    mem = {"convert": ingest_mem_mb("convert", series, "WF-0002"),
+           "preprocess": ingest_mem_mb("preprocess", series, "WF-0002", 8)}  # CONFIG's preprocess.size
+    recover = tmp_path / "recover.yaml"
+    recover.write_text("data: {recover_stacks: true}\n")
+    limit = ["--resources", f"mem_mb={max(mem.values())}"]
+    proc = snakemake(tmp_path, pre, "-n", "--cores", "1", *limit, "--configfile", str(config), str(recover))
+    assert planned_rules(proc) == {"convert", "preprocess"}  # the new parameter reruns convert
+    jobs = dict(re.findall(r"^rule (\w+):\n((?:    .*\n)+)", proc.stdout, flags=re.M))
+    for stage in ("convert", "preprocess"):
+        assert re.search(rf"resources: .*\bmem_mb={mem[stage]}\b", jobs[stage]), jobs[stage]
+
+    snakemake(tmp_path, pre, "--cores", "1", *limit, "--configfile", str(config), str(recover))
+    row = pd.read_csv(tmp_path / qc, sep="\t", keep_default_na=False).iloc[0]
+    assert (row.decision, row.n_slices) == ("converted", len(files))
+    assert row.reason.startswith("recovered: dropped 1 stray slice 38.0 mm beyond the last slice")
+    assert "WF-0002: converted recovered: dropped 1 stray slice" in (
+        tmp_path / "results/logs/convert/WF-0002.log").read_text()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -276,3 +278,14 @@ def test_dicom2nifti_settings_are_restored(tmp_path):
         assert settings.validate_slice_increment is False
     finally:
         settings.enable_validate_slice_increment()
+
+
+def test_jobs_that_only_read_converted_volumes_do_not_import_dicom2nifti():
+    """The preprocess and cohort jobs import this module for VOLUME_NAME and QC_COLUMNS; dicom2nifti (and the
+    scipy.ndimage it loads) waits for the convert job, and no ingestion job imports torch or matplotlib."""
+    code = ("import sys, ctdiff.logs, ctdiff.config, ctdiff.data.convert, ctdiff.data.cohort, "
+            "ctdiff.data.preprocess, ctdiff.data.discover; "
+            "print(sorted(m for m in ('dicom2nifti', 'scipy.ndimage', 'torch', 'matplotlib', 'pandas') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
 from pathlib import Path
 
 import pydicom
@@ -101,6 +102,7 @@ def test_largest_series_per_patient(tree, tmp_path):
     entry = table["LIDC-IDRI-0002"]
     assert entry["series_uid"] == uids["b_main"] and entry["patient"] == "LIDC-IDRI-0002"
     assert entry["files"] == sorted(entry["files"]) and len(entry["files"]) == 12
+    assert (entry["n_files"], entry["rows"], entry["columns"]) == (12, 128, 128)  # CT_small's matrix
     assert all(f.startswith("LIDC-IDRI-0002/ct/m") for f in entry["files"])
     for f in entry["files"]:
         assert pydicom.dcmread(root / f).SeriesInstanceUID == uids["b_main"]
@@ -125,6 +127,31 @@ def test_all_series_mode(tree, tmp_path):
     rows = read_inventory(inv)
     assert rows[uids["a_small"]]["decision"] == "chosen"
     assert rows[uids["a_small"]]["item"] == "LIDC-IDRI-0001_1"
+
+
+def test_counts_of_read_and_skipped_files_are_logged(tree, tmp_path, caplog):
+    """What the walk passed over is counted by kind in the log: LIDC's XML annotations and other files that
+    are not DICOM (by extension), a broken DICOM file, a DICOM file without a series (a DICOMDIR)."""
+    root, _ = tree
+    junk = root / "junk"
+    junk.mkdir()
+    (junk / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x07" * 64)
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.SeriesInstanceUID
+    ds.save_as(junk / "DICOMDIR", enforce_file_format=True)
+    (junk / "README").write_text("no extension")
+    (junk / "annotations.XML").write_text("<LidcReadMessage/>")
+
+    with caplog.at_level(logging.INFO, logger="ctdiff.data.discover"):
+        discover(root, tmp_path / "inv.tsv", tmp_path / "s.json")
+    text = caplog.text
+    n_dicom = 14 + 11 + 12 + 2 + 3 + 12 + 15
+    assert f"read {n_dicom + 6} files under {root}: {n_dicom} DICOM files in 7 series" in text
+    assert "(files per modality: CT 67, CR 2)" in text
+    assert ("skipped 6 files: not DICOM (.xml) 2, DICOM without SeriesInstanceUID 1, broken DICOM 1, "
+            "not DICOM (.csv) 1, not DICOM (no extension) 1") in text
+    assert ("2 series chosen as 2 items; 5 rejected: localizer 1, missing ImagePositionPatient in 1 file(s) 1, "
+            "modality CR is not CT 1, only 3 slices 1, smaller CT series of the same patient 1") in text
 
 
 def test_duplicate_positions_count_once(tmp_path):

@@ -26,7 +26,8 @@ from pydicom.uid import generate_uid
 
 from conftest import run_ingestion
 
-from ctdiff.data.convert import VOLUME_NAME
+from ctdiff.data.convert import VOLUME_NAME, convert_or_reject
+from ctdiff.data.discover import discover
 from ctdiff.data.phantom import write_patient
 
 MATRIX = 32
@@ -161,6 +162,17 @@ def duplicate_position(root: Path) -> None:
     ds.save_as(f.with_name("dup.dcm"), enforce_file_format=True)
 
 
+def stray_slice(root: Path) -> None:
+    """A perfect stack and one more slice 38 mm beyond its top, as LIDC-IDRI-0514 holds."""
+    top = slices(phantom(root, 30))[-1]
+    ds = pydicom.dcmread(top)
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    ds.ImagePositionPatient = [x, y, z + 38.0]
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(top.with_name("stray.dcm"), enforce_file_format=True)
+
+
 def gantry_tilt(root: Path) -> None:
     """Slice origins move in y by tan(15 deg) per mm of z while the image plane stays axial."""
     def tilt(k, ds):
@@ -194,6 +206,7 @@ FAULTY = {  # patient: (builder, discovery (decision, reason) of its main series
     "FC-0012": (truncated_pixels, ("chosen", ""), "truncated pixel data"),
     "FC-0015": (missing_slice, ("chosen", ""), "missing slice(s)"),
     "FC-0018": (duplicate_position, ("chosen", ""), "duplicate slice position(s)"),
+    "FC-0030": (stray_slice, ("chosen", ""), "stray slice(s)"),  # converted with recover_stacks, see below
     "FC-0020": (gantry_tilt, ("chosen", ""), "gantry tilt or sheared stack"),
     "FC-0004": (localizer_only, ("rejected", "localizer"), None),
     "FC-0023": (empty_folder, None, None),
@@ -270,6 +283,7 @@ def test_summary_counts_decisions_and_reasons(corpus):
     assert summary["convert", "rejected", "missing slice(s)"] == 1
     assert summary["discover", "rejected", "unreadable DICOM file(s) in the series folder"] == 2
     assert summary["convert", "rejected", "truncated pixel data"] == 1
+    assert summary["convert", "rejected", "stray slice(s)"] == 1
     assert summary["discover", "rejected", "localizer"] == 2
     assert summary["discover", "rejected", "smaller CT series of the same patient"] == 2
     assert summary["cohort", "usable", "items"] == summary["cohort", "usable", "patients"] == len(GOOD)
@@ -294,3 +308,21 @@ def test_descending_slices_are_sorted_by_position(corpus):
     img = nib.load(corpus["base"] / "clean" / "nifti" / "FC-0002" / VOLUME_NAME)
     assert nib.aff2axcodes(img.affine)[2] == "S"
     assert np.allclose(img.header.get_zooms()[2], z[0] - z[1], atol=1e-3)
+
+
+def test_stray_slice_is_dropped_with_recover_stacks(corpus, tmp_path):
+    """With recover_stacks, FC-0030 converts to the very volume of its stack without the stray slice."""
+    root, rows = corpus["full"]
+    assert rows["FC-0030"]["reason"].startswith("stray slice(s): 1 slice 38.0 mm beyond the last slice of a "
+                                                "uniform ")
+    series = corpus["base"] / "full" / "discover" / "series.json"
+    row = convert_or_reject(root, series, "FC-0030", tmp_path / "recovered", tmp_path / "recovered.tsv",
+                            recover_stacks=True)
+    assert row["decision"] == "converted", row["reason"]
+    assert row["reason"] == "recovered: dropped 1 stray " + rows["FC-0030"]["reason"].split(": 1 ", 1)[1]
+
+    clean = tmp_path / "clean"
+    phantom(clean, 30)
+    discover(clean, tmp_path / "inventory.tsv", tmp_path / "series.json")
+    convert_or_reject(clean, tmp_path / "series.json", "FC-0030", tmp_path / "stack", tmp_path / "stack.tsv")
+    assert (tmp_path / "recovered" / VOLUME_NAME).read_bytes() == (tmp_path / "stack" / VOLUME_NAME).read_bytes()

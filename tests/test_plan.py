@@ -1,18 +1,26 @@
 """What the workflow decides when it parses: light to import, the DICOM tree, the cohort's items, the compared
 sampler settings and the `ctdiff sample` options of a sample set (read back by the command line: test_cli.py)."""
+import json
+import os
 import re
 import subprocess
 import sys
 from dataclasses import replace
 
+import pytest
+
 from ctdiff.config import SampleConfig, from_dict
 from ctdiff.options import TAG_REGEX
 from ctdiff.plan import (
+    INGEST_MEMORY_MARGIN,
+    INGEST_MEMORY_MB,
     DicomTree,
     comparison_runs,
     compared_sample,
     converted_items,
     dicom_tree,
+    ingest_mem_mb,
+    mem_mb_for,
     sample_files,
     sample_options,
 )
@@ -43,6 +51,56 @@ def test_converted_items_are_the_rows_decided_converted(tmp_path):
                      "LIDC-0002_s2\tLIDC-0002\trejected\tmissing slice(s): gap\n"
                      "LIDC-0002_s3\tLIDC-0002\tconverted\t\n")
     assert converted_items(table) == {"LIDC-0001": "LIDC-0001", "LIDC-0002_s3": "LIDC-0002"}
+
+
+#: Peak memory (MB) of one job, measured by benchmarks/convert_preprocess.py (table in benchmarks/README.md):
+#: (stage, files, rows = columns, preprocess size, peak).
+MEASURED_MB = [
+    ("convert", 16, 32, 0, 101), ("convert", 100, 512, 0, 420), ("convert", 400, 512, 0, 1374),
+    ("convert", 764, 512, 0, 2531),
+    ("preprocess", 16, 32, 128, 226), ("preprocess", 100, 512, 128, 427), ("preprocess", 400, 512, 128, 1135),
+    ("preprocess", 764, 512, 128, 1993), ("preprocess", 16, 32, 256, 459), ("preprocess", 100, 512, 256, 565),
+    ("preprocess", 400, 512, 256, 1239), ("preprocess", 764, 512, 256, 2193), ("preprocess", 100, 512, 64, 414),
+    ("preprocess", 764, 512, 64, 1894),
+]
+
+
+@pytest.mark.parametrize("stage, files, matrix, size, peak", MEASURED_MB)
+def test_declared_memory_covers_each_measured_peak(stage, files, matrix, size, peak):
+    """Above every measured peak, with room (>= 5 %), and not wastefully far above it (<= 40 %)."""
+    declared = mem_mb_for(stage, files * matrix * matrix, size)
+    assert 1.05 * peak <= declared <= 1.4 * peak, declared
+
+
+def test_declared_memory_grows_with_the_series_and_has_a_floor():
+    for stage in INGEST_MEMORY_MB:
+        sizes = [0, 1, 10**4, 10**6, 10**7, 5 * 10**7, 10**8, 2 * 10**8, 10**9]
+        mem = [mem_mb_for(stage, v, 128) for v in sizes]
+        assert mem == sorted(mem) and mem[-1] > mem[0], stage
+        floor = INGEST_MEMORY_MB[stage][0] * INGEST_MEMORY_MARGIN
+        assert floor <= mem_mb_for(stage, 0) == mem_mb_for(stage, 1) < floor + 10, stage  # rounded up to 10 MB
+        assert all(m % 10 == 0 for m in mem)
+    assert mem_mb_for("preprocess", 10**8, 64) < mem_mb_for("preprocess", 10**8, 128) < mem_mb_for(
+        "preprocess", 10**8, 256)
+    assert mem_mb_for("convert", 10**8, 64) == mem_mb_for("convert", 10**8, 256)  # convert writes no cube
+    with pytest.raises(ValueError, match="stage must be one of convert, preprocess"):
+        mem_mb_for("train", 10)
+
+
+def test_ingest_memory_comes_from_the_series_table(tmp_path):
+    """files x rows x columns of the item's entry; a table without rows and columns (written before they were
+    recorded) counts 512 x 512 slices; a rewritten table is read again."""
+    table = tmp_path / "series.json"
+    table.write_text(json.dumps({"A": {"n_files": 300, "rows": 256, "columns": 256, "files": []},
+                                 "B": {"n_files": 300, "files": []}}))
+    assert ingest_mem_mb("convert", table, "A") == mem_mb_for("convert", 300 * 256 * 256)
+    assert ingest_mem_mb("convert", table, "B") == mem_mb_for("convert", 300 * 512 * 512)
+    assert ingest_mem_mb("preprocess", str(table), "A", 128) == mem_mb_for("preprocess", 300 * 256 * 256, 128)
+    table.write_text(json.dumps({"A": {"n_files": 600, "rows": 256, "columns": 256, "files": ["x"]}}))
+    os.utime(table, ns=(1, 1))  # another version of the file even where the clock is coarse
+    assert ingest_mem_mb("convert", table, "A") == mem_mb_for("convert", 600 * 256 * 256)
+    with pytest.raises(ValueError, match="B: not in the series table"):
+        ingest_mem_mb("convert", table, "B")
 
 
 def test_sample_files_name_sample_i_by_its_index():

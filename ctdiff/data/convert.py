@@ -26,6 +26,10 @@ result is checked against the geometry computed here from the DICOM tags (slice 
 position of every corner voxel), padding below -1024 HU (e.g. GE's -2000 stored -> -3024 HU) is clamped
 to -1024 HU, and the volume is saved as int16 HU with the dicom2nifti affine (NIfTI RAS+ world, mm) as
 both qform and sform.
+
+dicom2nifti is imported where it is called, not with this module: importing it loads scipy.ndimage for its
+resampler (unused here), ~0.3 CPU s that the preprocess and cohort jobs, which import this module only for
+:data:`VOLUME_NAME` and :data:`QC_COLUMNS`, would pay for nothing.
 """
 
 from __future__ import annotations
@@ -34,12 +38,9 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
-import dicom2nifti.settings as d2n_settings
 import nibabel as nib
 import numpy as np
 import pydicom
-from dicom2nifti.convert_dicom import dicom_array_to_nifti
-from dicom2nifti.exceptions import ConversionError, ConversionValidationError
 
 from ctdiff.data.zstack import SPACING_ATOL_MM, diagnose, recover
 from ctdiff.io import save_volume, write_tsv
@@ -84,6 +85,8 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 @contextmanager
 def _dicom2nifti_settings():
     """Apply :data:`_D2N_SETTINGS` to dicom2nifti's process-global settings, then restore them."""
+    import dicom2nifti.settings as d2n_settings
+
     saved = {key: getattr(d2n_settings, key) for key in _D2N_SETTINGS}
     try:
         for key, value in _D2N_SETTINGS.items():
@@ -218,6 +221,9 @@ def _dicom2nifti_las(item: str, datasets: list[pydicom.Dataset]) -> nib.Nifti1Im
 
     Raises ValueError naming ``item`` when dicom2nifti refuses the series.
     """
+    from dicom2nifti.convert_dicom import dicom_array_to_nifti
+    from dicom2nifti.exceptions import ConversionError, ConversionValidationError
+
     with _dicom2nifti_settings():
         try:
             result = dicom_array_to_nifti(datasets, None, reorient_nifti=False)

@@ -14,8 +14,13 @@ and ``DICM`` marker, unreadable header: most likely one of its slices) and it ha
 Outputs (both written atomically):
 
 - inventory TSV, one row per series: every series found, chosen or rejected, with the reason;
-- series JSON, ``{item_id: {patient, series_uid, study_uid, n_files, n_positions, folder, files}}`` with
-  ``files`` relative to ``root``, sorted.
+- series JSON, ``{item_id: {patient, series_uid, study_uid, n_files, n_positions, rows, columns, folder,
+  files}}`` with ``files`` relative to ``root``, sorted (``rows`` x ``columns``: the largest image matrix
+  of the series; with ``n_files`` it sizes the memory of the item's jobs, see :mod:`ctdiff.plan`).
+
+What was read and skipped is logged (``ctdiff.data.discover`` logger, INFO): files read, DICOM files per
+series modality, files skipped by kind (not DICOM by file extension, e.g. LIDC's ``.xml`` annotations;
+broken DICOM; DICOM without a series, e.g. a ``DICOMDIR``) and the series decisions by reason.
 
 Only ``PatientID`` (the LIDC identifier) and UIDs are written; no name, birth date or other identifying
 attribute is read at all.
@@ -27,7 +32,7 @@ import json
 import logging
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -54,6 +59,8 @@ _TAGS = [
     "ImageType",
     "ImagePositionPatient",
     "ImageOrientationPatient",
+    "Rows",
+    "Columns",
 ]
 
 #: Item ids become file names in the pipeline, so a PatientID must be a plain token.
@@ -89,6 +96,8 @@ class _Series:
     n_localizer: int = 0
     n_broken: int = 0  # files in the series' folder(s) that claim to be DICOM but cannot be read
     positions: list[float] = field(default_factory=list)
+    rows: int = 0  # the largest Rows and Columns of its files (0 when missing)
+    columns: int = 0
 
     def add(self, rel_path: str, ds: pydicom.Dataset) -> None:
         """Record one file's header (``rel_path`` relative to the tree root)."""
@@ -108,6 +117,8 @@ class _Series:
             self.n_missing_position += 1
         if iop is None or len(iop) != 6:
             self.n_missing_orientation += 1
+        self.rows = max(self.rows, _int(ds.get("Rows", None)))
+        self.columns = max(self.columns, _int(ds.get("Columns", None)))
         if ipp is not None and len(ipp) == 3 and iop is not None and len(iop) == 6:
             normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
             self.positions.append(float(np.dot(np.asarray(ipp, float), normal)))
@@ -153,6 +164,14 @@ class _Series:
         return ""
 
 
+def _int(value) -> int:
+    """A header number as an int, 0 when missing or not a number."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _read_header(path: str) -> pydicom.Dataset | None:
     """Header of one file with only :data:`_TAGS`, or None if it is not a readable DICOM file."""
     try:
@@ -170,17 +189,27 @@ def _claims_dicom(path: str) -> bool:
         return False
 
 
-def _scan(root: Path) -> tuple[dict[str, _Series], int]:
+def _skip_kind(name: str, ds: pydicom.Dataset | None, broken: bool) -> str:
+    """How a skipped file is counted in the log: broken DICOM, DICOM without a series, or not DICOM by its
+    file extension (lower case, e.g. ``'not DICOM (.xml)'``)."""
+    if broken:
+        return "broken DICOM"
+    if ds is not None:
+        return "DICOM without SeriesInstanceUID"
+    return f"not DICOM ({os.path.splitext(name)[1].lower() or 'no extension'})"
+
+
+def _scan(root: Path) -> tuple[dict[str, _Series], Counter[str]]:
     """Walk ``root`` (sorted, not following links) and group DICOM files by SeriesInstanceUID.
 
-    Returns the series by UID and the number of files skipped (not DICOM, unreadable, or without a
-    SeriesInstanceUID such as a DICOMDIR). A file with the DICOM marker but no readable file meta
-    information (pydicom reads garbage after ``DICM`` as an empty dataset) is a broken slice, not a stray
-    file: every series in its folder counts it (``n_broken``), because
+    Returns the series by UID and the skipped files (not DICOM, unreadable, or without a
+    SeriesInstanceUID such as a DICOMDIR) counted by :func:`_skip_kind`. A file with the DICOM marker but no
+    readable file meta information (pydicom reads garbage after ``DICM`` as an empty dataset) is a broken
+    slice, not a stray file: every series in its folder counts it (``n_broken``), because
     dicom2nifti would silently build the volume without it.
     """
     series: dict[str, _Series] = {}
-    n_skipped = 0
+    skipped: Counter[str] = Counter()
     broken: dict[str, int] = defaultdict(int)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -189,16 +218,38 @@ def _scan(root: Path) -> tuple[dict[str, _Series], int]:
             ds = _read_header(path)
             uid = str(ds.get("SeriesInstanceUID", "") or "") if ds is not None else ""
             if not uid:
-                n_skipped += 1
                 meta = getattr(ds, "file_meta", None) if ds is not None else None
-                if _claims_dicom(path) and (meta is None or "TransferSyntaxUID" not in meta):
+                is_broken = _claims_dicom(path) and (meta is None or "TransferSyntaxUID" not in meta)
+                if is_broken:
                     broken[os.path.relpath(dirpath, root).replace(os.sep, "/")] += 1
+                skipped[_skip_kind(name, ds, is_broken)] += 1
                 continue
             rel = os.path.relpath(path, root).replace(os.sep, "/")
             series.setdefault(uid, _Series(uid)).add(rel, ds)
     for s in series.values():
         s.n_broken = sum(broken.get(folder, 0) for folder in s.folder.split("; "))
-    return series, n_skipped
+    return series, skipped
+
+
+def _counts(counter: Counter[str]) -> str:
+    """``'a 3, b 1'``: a counter's entries, most common first (ties by name)."""
+    return ", ".join(f"{key} {n:,}" for key, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _log_counts(root: Path, found: dict[str, _Series], skipped: Counter[str],
+                decisions: dict[str, tuple[str, str]], n_items: int) -> None:
+    """Log what the walk read and skipped and how the series were decided (INFO)."""
+    n_dicom = sum(len(s.files) for s in found.values())
+    modalities = Counter()
+    for s in found.values():
+        modalities[s.modality or "no modality"] += len(s.files)
+    log.info("read %s files under %s: %s DICOM files in %s series (files per modality: %s)",
+             f"{n_dicom + sum(skipped.values()):,}", root, f"{n_dicom:,}", f"{len(found):,}",
+             _counts(modalities) or "none")
+    log.info("skipped %s files: %s", f"{sum(skipped.values()):,}", _counts(skipped) or "none")
+    rejected = Counter(reason.split(":", 1)[0] for decision, reason in decisions.values() if decision == "rejected")
+    log.info("%s series chosen as %s items; %s rejected: %s", f"{len(found) - sum(rejected.values()):,}",
+             f"{n_items:,}", f"{sum(rejected.values()):,}", _counts(rejected) or "none")
 
 
 def _choose(
@@ -244,8 +295,8 @@ def discover(
     Args:
         root: top folder of the DICOM tree (any layout; walked recursively).
         inventory_tsv: written: one row per series with :data:`INVENTORY_COLUMNS`.
-        series_json: written: ``{item_id: {patient, series_uid, study_uid, n_files, n_positions,
-            folder, files}}``, ``files`` relative to ``root`` and sorted.
+        series_json: written: ``{item_id: {patient, series_uid, study_uid, n_files, n_positions, rows,
+            columns, folder, files}}``, ``files`` relative to ``root`` and sorted.
         series: ``'largest'`` (one item per patient, id = PatientID) or ``'all'`` (one item per usable
             CT series, id ``f'{patient}_{k}'``).
 
@@ -263,17 +314,10 @@ def discover(
     if not root.is_dir():
         raise ValueError(f"DICOM root {root} is not a folder")
 
-    found, n_skipped = _scan(root)
+    found, skipped = _scan(root)
     items, decisions = _choose(found, series)
     item_of = {s.uid: item for item, s in items.items()}
-    log.info(
-        "%d series in %d DICOM files under %s; %d files skipped (not DICOM or no series); %d items",
-        len(found),
-        sum(len(s.files) for s in found.values()),
-        root,
-        n_skipped,
-        len(items),
-    )
+    _log_counts(root, found, skipped, decisions, len(items))
 
     rows = []
     for s in sorted(found.values(), key=lambda s: (s.patient, s.uid)):
@@ -300,7 +344,8 @@ def discover(
         log.warning(
             "no usable CT series under %s: %d series in %d DICOM files (%d other files skipped), none is CT "
             "with positions, orientations and >= %d slices; see %s for the reason per series",
-            root, len(found), sum(len(s.files) for s in found.values()), n_skipped, MIN_SLICES, inventory_tsv,
+            root, len(found), sum(len(s.files) for s in found.values()), sum(skipped.values()), MIN_SLICES,
+            inventory_tsv,
         )
 
     table = {
@@ -310,6 +355,8 @@ def discover(
             "study_uid": s.study_uid,
             "n_files": len(s.files),
             "n_positions": s.n_positions,
+            "rows": s.rows,
+            "columns": s.columns,
             "folder": s.folder,
             "files": sorted(s.files),
         }

@@ -1,13 +1,17 @@
 # DICOM tree -> per-item NIfTI (HU) or rejection -> cohort table and summary -> per-item preprocessed
 # volume -> patient-level split.
 
+from ctdiff.plan import ingest_mem_mb
+
 if DICOM.phantom:
 
     rule phantom:
         output:
             directory(DICOM.root),
-        params:
-            data=section("data"),
+        params:  # only what the phantom depends on: other data keys rerun no phantom
+            n_patients=CFG.data.n_patients,
+            seed=CFG.data.seed,
+            matrix=CFG.data.phantom_matrix,
         log:
             f"{R}/logs/phantom.log",
         conda:
@@ -34,7 +38,9 @@ checkpoint discover:
 
 
 # One job per chosen item that always succeeds on bad data: it writes the QC row (converted, or rejected
-# with the reason) and a folder holding the volume only when it was converted.
+# with the reason) and a folder holding the volume only when it was converted. Convert and preprocess
+# declare the memory their item's series needs (ctdiff.plan.ingest_mem_mb), so that Snakemake runs jobs
+# together only within --resources mem_mb=...
 rule convert:
     input:
         series=f"{R}/discover/series.json",
@@ -43,6 +49,9 @@ rule convert:
         qc=f"{R}/qc/convert/{{item}}.tsv",
     params:
         root=DICOM.root,
+        recover_stacks=CFG.data.recover_stacks,
+    resources:
+        mem_mb=lambda wildcards, input: ingest_mem_mb("convert", input.series, wildcards.item),
     log:
         f"{R}/logs/convert/{{item}}.log",
     conda:
@@ -75,6 +84,10 @@ rule preprocess:
         f"{R}/preprocessed/{{item}}.nii.gz",
     params:
         preprocess=section("preprocess"),
+    resources:
+        mem_mb=lambda wildcards: ingest_mem_mb(
+            "preprocess", f"{R}/discover/series.json", wildcards.item, CFG.preprocess.size
+        ),
     log:
         f"{R}/logs/preprocess/{{item}}.log",
     conda:

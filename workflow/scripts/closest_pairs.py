@@ -1,10 +1,10 @@
 """The memorisation audit's closest synthetic/training pairs as images."""
-import sys
 from pathlib import Path
 
+from ctdiff.logs import to_file
 from ctdiff.plots import audit_closest_pairs
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+to_file(snakemake.log[0])
 audit_closest_pairs(
     Path(snakemake.input.metrics),
     Path(snakemake.params.samples),

@@ -1,10 +1,10 @@
 """Gather the convert QC rows into the cohort table and count decisions and reasons."""
-import sys
 from pathlib import Path
 
 from ctdiff.data.cohort import summarise
+from ctdiff.logs import to_file
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+to_file(snakemake.log[0])
 usable = summarise(
     Path(snakemake.input.inventory),
     [Path(p) for p in snakemake.input.qc],

@@ -1,10 +1,10 @@
 """Inventory every DICOM series under the root and choose the series to convert."""
-import sys
 from pathlib import Path
 
 from ctdiff.data.discover import discover
+from ctdiff.logs import to_file
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+to_file(snakemake.log[0])
 items = discover(
     Path(snakemake.params.root),
     Path(snakemake.output.inventory),

@@ -1,16 +1,16 @@
 """FID and MS-SSIM of one synthetic set (the main samples, or one sampler of the comparison) against the
 held-out real volumes; memorisation audit against the training volumes."""
-import sys
 from pathlib import Path
 
 import torch
 
 from ctdiff.config import section_from_dict
 from ctdiff.data.split import read_ids
+from ctdiff.logs import to_file
 from ctdiff.metrics.compare import sampling_provenance
 from ctdiff.metrics.evaluate import evaluate
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 folder = Path(snakemake.params.volumes)
 evaluate(

@@ -1,11 +1,11 @@
 """Figure 1 of the chosen real and synthetic volumes, and the sample grid."""
-import sys
 from pathlib import Path
 
 from ctdiff.config import FigureConfig
+from ctdiff.logs import to_file
 from ctdiff.plots import chosen_figures
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+to_file(snakemake.log[0])
 chosen_figures(
     Path(snakemake.input.test),
     Path(snakemake.params.volumes),

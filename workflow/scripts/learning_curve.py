@@ -1,8 +1,8 @@
 """The training loss against the step."""
-import sys
 from pathlib import Path
 
+from ctdiff.logs import to_file
 from ctdiff.plots import learning_curve
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+to_file(snakemake.log[0])
 learning_curve(Path(snakemake.input.log), Path(snakemake.output[0]))

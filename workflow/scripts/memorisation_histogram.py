@@ -1,8 +1,8 @@
 """The memorisation audit's distance histogram."""
-import sys
 from pathlib import Path
 
+from ctdiff.logs import to_file
 from ctdiff.plots import audit_histogram
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+to_file(snakemake.log[0])
 audit_histogram(Path(snakemake.input.metrics), Path(snakemake.output[0]))

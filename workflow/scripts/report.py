@@ -1,10 +1,10 @@
 """Write the Markdown and self-contained HTML reports."""
-import sys
 from pathlib import Path
 
+from ctdiff.logs import to_file
 from ctdiff.report import write_report
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+to_file(snakemake.log[0])
 write_report(
     Path(snakemake.input.metrics),
     Path(snakemake.input.qc),

@@ -1,10 +1,10 @@
 """One row per sampler: the main set's metrics and those of every compared sampler."""
-import sys
 from pathlib import Path
 
+from ctdiff.logs import to_file
 from ctdiff.metrics.compare import sampler_table
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+to_file(snakemake.log[0])
 table = sampler_table(
     Path(snakemake.input.main),
     dict(zip(snakemake.params.tags, (Path(p) for p in snakemake.input.compare))),
