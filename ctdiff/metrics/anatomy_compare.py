@@ -22,7 +22,9 @@ volume): what ``metrics.json`` records under ``anatomy``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from scipy.stats import wasserstein_distance
 
@@ -197,3 +199,8 @@ def evaluate_anatomy(
                           hu_window=hu_window, seed=seed, n_boot=n_boot, level=level)
     out["per_volume"] = per_volume
     return out
+
+
+def read_affines(paths: Sequence[Path]) -> list[np.ndarray]:
+    """The 4×4 affine of every NIfTI file (its header only)."""
+    return [nib.load(str(p)).affine for p in paths]
