@@ -193,3 +193,19 @@ def test_class_bins_cover_the_window():
     assert np.array_equal(covered, np.arange(n))
     assert s["fat"] == slice(-190 - first, -30 - first)
     assert voxel_ml(np.diag([2.0, 3.0, 4.0, 1.0])) == pytest.approx(0.024)
+
+
+def test_anatomy_figure(tmp_path):
+    from ctdiff.plots import anatomy_figure
+
+    _, hu = _chest()
+    real = np.stack([_scaled(hu)] * 2)
+    syn = np.stack([_scaled(hu), np.zeros(SHAPE, np.float32)])  # one diverged volume: no body, nothing to plot
+    out = evaluate_anatomy(real, [_ras()] * 2, ["r0", "r1"], syn, [_ras()] * 2, ["s0", "s1"], hu_window=WINDOW,
+                           seed=0, n_boot=5, level=0.95)
+    (tmp_path / "metrics.json").write_text(json.dumps({"anatomy": out}))
+    anatomy_figure(tmp_path / "metrics.json", tmp_path / "anatomy.png")
+    assert (tmp_path / "anatomy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "old.json").write_text(json.dumps({"fid": 1.0}))
+    with pytest.raises(ValueError, match="records no anatomy"):
+        anatomy_figure(tmp_path / "old.json", tmp_path / "x.png")
