@@ -40,6 +40,10 @@ affine, so volumes in mL; orientation from the affine, NIfTI RAS+ world: +x = pa
    HU ranges, not segmentations: 'lung' is the HU class, 'lungs' the mask of step 2.
    Each volume's HU histogram of its body voxels (1-HU bins over the window) is kept for the distributions
    (:mod:`ctdiff.metrics.anatomy_compare`).
+
+The lungs are air-like components, not a recognised organ: noise with air-like pockets inside a "body" (an
+untrained model) can show two "lungs". What tells it apart is the comparison with the real set: lung
+volumes, balance, class fractions and HU distributions (:mod:`ctdiff.metrics.anatomy_compare`).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from ctdiff.data.preprocess import to_hu
 BODY_HU = -500.0
 AIR_LIKE_HU = -400.0
 MIN_BODY_ML = 500.0      # an adult chest section in the field of view holds litres
-MIN_LUNG_ML = 50.0       # an adult lung holds 1-4 L at CT; 50 mL keeps bowel gas and the trachea alone out
+MIN_LUNG_ML = 50.0       # an adult lung holds 1-4 L at CT; 50 mL keeps small gas pockets and a lone trachea out
 SPLIT_EROSIONS = 3
 # (low, high) HU, half-open [low, high); together they cover every HU value.
 CLASSES: dict[str, tuple[float, float]] = {
