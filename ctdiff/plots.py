@@ -1,5 +1,5 @@
 """Every plot of a run, each written to a file: Figure 1 of the paper, the sample grid, the memorisation
-audit's closest pairs and distance histogram, and the learning curve.
+audit's closest pairs and distance histogram, the learning curve, and the anatomy in HU.
 
 Volumes are brought to RAS+ canonical orientation (nibabel) and shown in radiological convention: the
 patient's right on the image's left, anterior up in axial views, superior up in coronal and sagittal
@@ -142,6 +142,65 @@ def learning_curve(log_csv: Path, out: Path | Sequence[Path]) -> None:
     _save(fig, out, dpi=120)
 
 
+def anatomy_plot(anatomy: dict, out: Path | Sequence[Path]) -> None:
+    """The anatomy in HU, real against synthetic (``metrics.json``'s ``anatomy``, see
+    ``ctdiff.metrics.anatomy_compare``): (a) the pooled HU histogram of the bodies' voxels with the tissue
+    classes' limits, (b) every volume's total lung volume, (c) each class's HU W1 with its interval beside the
+    real-vs-real floor. An absent class or set is written where its bar would be."""
+    fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.4), constrained_layout=True)
+    hist, colours = anatomy["histograms"], {"real": "tab:blue", "synthetic": "tab:orange"}
+    width = 10  # HU per displayed bin: the 1-HU histograms summed in groups (the last holds the window's top)
+    starts = np.arange(0, len(hist["real"]), width)
+    hu = hist["first_hu"] + starts * hist["bin_hu"]
+    ax = axes[0]
+    for kind in ("real", "synthetic"):
+        counts = np.add.reduceat(np.asarray(hist[kind], float), starts)
+        if counts.sum():
+            ax.step(hu, counts / counts.sum(), where="post", color=colours[kind], linewidth=0.8, label=kind)
+        else:
+            ax.plot([], [], color=colours[kind], label=f"{kind}: no body")
+    for name, entry in anatomy["classes"].items():
+        if entry["hu_range"][0] is not None:
+            ax.axvline(entry["hu_range"][0], color="0.6", linestyle=":", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel(f"HU (window {anatomy['hu_window'][0]:g} to {anatomy['hu_window'][1]:g}; dotted: class limits)")
+    ax.set_ylabel(f"share of body voxels per {width} HU")
+    ax.set_title("(a) HU of the body", fontsize=9)
+    ax.legend(fontsize=7)
+
+    ax = axes[1]
+    for x, kind in enumerate(("real", "synthetic")):
+        litres = np.array([r["lung_ml"] for r in anatomy["per_volume"][kind]]) / 1000.0
+        jitter = np.random.default_rng(x).uniform(-0.15, 0.15, len(litres))
+        ax.scatter(x + jitter, litres, s=10, alpha=0.6, color=colours[kind])
+        ax.hlines(litres.mean(), x - 0.3, x + 0.3, color="k", linewidth=1)
+    ax.set_xticks([0, 1], ["real", "synthetic"])
+    ax.set_ylabel("total lung volume (L)")
+    ax.set_title("(b) lungs per volume (line: mean)", fontsize=9)
+
+    ax = axes[2]
+    names, labelled = list(anatomy["classes"]), set()
+    for k, name in enumerate(names):
+        entry = anatomy["classes"][name]
+        if entry["w1_hu"] is None:
+            ax.text(k, 0, "absent", rotation=90, ha="center", va="bottom", fontsize=7)
+        else:
+            ci = entry.get("interval")
+            err = None if not ci else [[max(entry["w1_hu"] - ci["low"], 0)], [max(ci["high"] - entry["w1_hu"], 0)]]
+            ax.bar(k, entry["w1_hu"], color=colours["synthetic"], yerr=err, capsize=3,
+                   label=None if "bar" in labelled else "synthetic vs real")
+            labelled.add("bar")
+        floor = entry["floor"]["w1_hu"]
+        if floor is not None:
+            ax.plot(k, floor, "D", color="tab:blue", markersize=6, label=None if "floor" in labelled else "floor: real vs real")
+            labelled.add("floor")
+    ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names])
+    ax.set_ylabel("W1 of the HU distribution (HU)")
+    ax.set_title("(c) per tissue class (lower = closer)", fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, out, dpi=120)
+
+
 def _save(fig, out: Path | Sequence[Path], dpi: int = 150) -> None:
     for path in [out] if isinstance(out, (str, Path)) else out:
         path = Path(path)
@@ -196,3 +255,11 @@ def audit_closest_pairs(metrics_json: Path, samples: Path, train_volumes: Path, 
 def audit_histogram(metrics_json: Path, out: Path) -> None:
     """:func:`memorisation_histogram` of the audit recorded in ``metrics.json``."""
     memorisation_histogram(_audit(metrics_json), out)
+
+
+def anatomy_figure(metrics_json: Path, out: Path) -> None:
+    """:func:`anatomy_plot` of the anatomy recorded in ``metrics.json``; ``ValueError`` when it records none."""
+    metrics = json.loads(Path(metrics_json).read_text())
+    if "anatomy" not in metrics:
+        raise ValueError(f"{metrics_json} records no anatomy (written before it was measured? rerun the evaluation)")
+    anatomy_plot(metrics["anatomy"], out)

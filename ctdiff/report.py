@@ -1,6 +1,6 @@
 """The run's report: metrics with bootstrap intervals beside the paper's and the real-vs-real floor, the
-sampler comparison (when configured), the memorisation audit, Figure 1, the learning curve, the data QC
-summary, provenance and config.
+sampler comparison (when configured), the memorisation audit, the anatomy in HU, Figure 1, the learning
+curve, the data QC summary, provenance and config.
 
 The report is a list of :class:`Section` built once from the run's files (:func:`build_sections`) and
 rendered twice, so the two renderings cannot differ in content:
@@ -135,12 +135,14 @@ def sampler_rows(table: pd.DataFrame) -> tuple[list[str], list[tuple], str]:
     level = table["ci_level"].dropna()
     ci = f" [{round(100 * level.iloc[0])} % CI]" if len(level) else ""
     header = ["set", "sampler", "steps", "eta", "network evaluations per volume", f"FID{ci}",
-              f"MS-SSIM, nearest real (higher = closer){ci}", f"MS-SSIM, diversity (lower = more diverse){ci}"]
+              f"MS-SSIM, nearest real (higher = closer){ci}", f"MS-SSIM, diversity (lower = more diverse){ci}",
+              "two lungs (share of synthetic)", "lung volume, synthetic / real"]
     rows = [
         (r.set, r.sampler, int(r.steps), "—" if pd.isna(r.eta) else f"{r.eta:g}", int(r.network_evaluations),
          _value_ci(r.fid, r.fid_low, r.fid_high),
          _value_ci(r.msssim_nearest_real, r.msssim_nearest_real_low, r.msssim_nearest_real_high),
-         _value_ci(r.msssim_diversity, r.msssim_diversity_low, r.msssim_diversity_high))
+         _value_ci(r.msssim_diversity, r.msssim_diversity_low, r.msssim_diversity_high),
+         _number(r.two_lungs_share, ".2f"), _number(r.lung_volume_ratio, ".3f"))
         for r in table.itertuples(index=False)
     ]
     first = table.iloc[0]
@@ -150,6 +152,71 @@ def sampler_rows(table: pd.DataFrame) -> tuple[list[str], list[tuple], str]:
                 "held-out real volumes; 'main' is the sample section's set used above, and network evaluations per "
                 "volume are the cost, whatever the machine.")
     return header, rows, sentence
+
+
+def _number(value: float | None, fmt: str) -> str:
+    """``value`` formatted, or '—' where it is missing (None or NaN)."""
+    return "—" if value is None or pd.isna(value) else format(value, fmt)
+
+
+# Anatomy in HU (ctdiff.metrics.anatomy_compare): text and tables of the "Anatomy (HU)" section.
+
+ANATOMY_QUANTITIES = {"body_ml": ("body volume (mL)", ".0f"), "n_lungs": ("lungs found per volume", ".2f"),
+                      "lung_ml": ("total lung volume (mL)", ".0f"),
+                      "lung_balance": ("lung balance, smaller / larger (two lungs only)", ".3f")}
+
+
+def _w1_cell(entry: dict, key: str, level: float | None, fmt: str) -> str:
+    """'W1 [95 % CI low to high]', or 'absent: reason' where a set had nothing to compare."""
+    if entry[key] is None:
+        return f"absent: {entry.get('reason', 'no value')}"
+    ci = entry.get("interval")
+    text = format(entry[key], fmt)
+    return text + (f" [{round(100 * level)} % CI {format(ci['low'], fmt)} to {format(ci['high'], fmt)}]"
+                   if ci else "")
+
+
+def _mean_sd(summary: dict, fmt: str) -> str:
+    if summary["mean"] is None:
+        return "— (n = 0)"
+    return f"{format(summary['mean'], fmt)} ± {format(summary['sd'], fmt)} (n = {summary['n']})"
+
+
+def anatomy_text(anatomy: dict[str, Any]) -> str:
+    """The section's introduction: how many volumes have a body and two, one or no lungs, and what the
+    window's clipping does to the numbers."""
+    def counts(kind: str) -> str:
+        c = anatomy["counts"][kind]
+        n = sum(c.values())
+        return (f"{kind}: {c['2_lungs']} of {n} volumes with two lungs, {c['1_lungs']} with one, {c['0_lungs']} "
+                f"with none, {c['no_body']} without a body")
+    return (f"Body, lungs and tissue classes measured in HU on every volume; {counts('real')}; "
+            f"{counts('synthetic')}. {anatomy['clipping']}. W1 is the Wasserstein-1 distance between the real and "
+            "synthetic distributions (lower = closer; 0 = equal); the floor is the same distance between two "
+            "halves of the real volumes.")
+
+
+def anatomy_tables(anatomy: dict[str, Any]) -> tuple[Table, Table]:
+    """(per-volume quantities, tissue classes) of the anatomy comparison."""
+    level = anatomy["bootstrap"]["level"]
+    rows = []
+    for key, (label, fmt) in ANATOMY_QUANTITIES.items():
+        q = anatomy["quantities"][key]
+        rows.append((label, _mean_sd(q["real"], fmt), _mean_sd(q["synthetic"], fmt), _w1_cell(q, "w1", level, fmt),
+                     _w1_cell(q["floor"], "w1", None, fmt)))
+    quantities = _table(["per volume", "real (mean ± sd)", "synthetic (mean ± sd)", "W1", "floor W1 (real vs real)"],
+                        rows, caption="Per volume", id="anatomy-volumes")
+    rows = []
+    for name, c in anatomy["classes"].items():
+        low, high = c["hu_range"]
+        span = f"< {high:g}" if low is None else f">= {low:g}" if high is None else f"{low:g} to {high:g}"
+        share = anatomy["quantities"][f"fraction_{name}"]
+        rows.append((f"{name.replace('_', ' ')} ({span} HU)", _number(share["real"]["mean"], ".3f"),
+                     _number(share["synthetic"]["mean"], ".3f"), _w1_cell(c, "w1_hu", level, ".1f"),
+                     _w1_cell(c["floor"], "w1_hu", None, ".1f")))
+    classes = _table(["tissue class", "share of body, real", "share of body, synthetic", "W1 of HU (HU)",
+                      "floor W1 (HU)"], rows, caption="Tissue classes (voxels pooled per set)", id="anatomy-classes")
+    return quantities, classes
 
 
 def memorisation_rows(memorisation: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -188,12 +255,15 @@ def build_sections(
     memorisation_png: Path | None = None,
     pairs_png: Path | None = None,
     samplers_tsv: Path | None = None,
+    anatomy_png: Path | None = None,
 ) -> list[Section]:
     """The report's sections, in order, from the run's files.
 
     ``samplers_tsv`` (the sampler comparison, ``ctdiff.metrics.compare.sampler_table``) adds a section after
     the metrics; ``memorisation_png`` (the distance histogram) and ``pairs_png`` (the closest pairs as
-    images) go into the memorisation section, which exists when ``metrics.json`` records the audit.
+    images) go into the memorisation section, which exists when ``metrics.json`` records the audit;
+    ``anatomy_png`` (``ctdiff.plots.anatomy_plot``) goes into the "Anatomy (HU)" section, which exists when
+    ``metrics.json`` records the anatomy.
     """
     metrics = json.loads(Path(metrics_json).read_text())
     sections = [Section("Metrics", tables=(
@@ -212,6 +282,13 @@ def build_sections(
         ) if png is not None]
         sections.append(Section("Memorisation", text=memorisation_summary(memorisation), tables=(pairs,),
                                 images=tuple(images)))
+    anatomy = metrics.get("anatomy")
+    if anatomy:
+        images = () if anatomy_png is None else (
+            Image(Path(anatomy_png), "anatomy in HU: body HU histogram, lung volumes, per-class W1 with the floor",
+                  "anatomy"),)
+        sections.append(Section("Anatomy (HU)", text=anatomy_text(anatomy), tables=anatomy_tables(anatomy),
+                                images=images))
     figure1 = Image(Path(figure1_png), "Figure 1: axial, coronal and sagittal slices, real (a) and synthetic (b)",
                     "figure1")
     sections.append(Section("Figure 1", images=(figure1,)))
@@ -298,12 +375,13 @@ def write_report(
     memorisation_png: Path | None = None,
     pairs_png: Path | None = None,
     samplers_tsv: Path | None = None,
+    anatomy_png: Path | None = None,
 ) -> None:
     """Write ``report.md`` and the self-contained ``report.html`` of :func:`build_sections` (same
     arguments)."""
     sections = build_sections(metrics_json, qc_summary_tsv, config, figure1_png=figure1_png,
                               learning_curve_png=learning_curve_png, memorisation_png=memorisation_png,
-                              pairs_png=pairs_png, samplers_tsv=samplers_tsv)
+                              pairs_png=pairs_png, samplers_tsv=samplers_tsv, anatomy_png=anatomy_png)
     with atomic_path(Path(out_md)) as tmp:
         tmp.write_text(render_markdown(sections, Path(out_md).parent))
     with atomic_path(Path(out_html)) as tmp:

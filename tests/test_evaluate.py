@@ -84,6 +84,11 @@ def test_identical_sets(tmp_path):
     assert mem["test_to_train"]["n"] == 6 and {p["nearest_train"] for p in mem["per_sample"]} <= {
         f"T{k}.nii.gz" for k in range(3)}
     assert set(result) >= {"fid", "msssim_nearest_real", "msssim_diversity", "bootstrap", "floor", "memorisation"}
+    anatomy = result["anatomy"]  # 16³ voxels of 2.5 mm hold 62.5 mL, less than a body: anatomy absent, not NaN
+    assert anatomy["hu_window"] == [-1000.0, 400.0] and anatomy["counts"]["synthetic"]["no_body"] == 6
+    assert anatomy["classes"]["lung"]["w1_hu"] is None and "reason" in anatomy["classes"]["lung"]
+    assert [r["volume"] for r in anatomy["per_volume"]["synthetic"]] == [f"{k:04d}.nii.gz" for k in range(6)]
+    json.dumps(result, allow_nan=False)
 
 
 def test_different_sets_and_determinism(tmp_path):
@@ -241,3 +246,40 @@ def test_refuses_bad_volumes_naming_each_file(tmp_path):
         _run(real, [good, slightly], out, train=[_write(tmp_path / "train", "T_bad", vols[0][:8])])
     with pytest.raises(ValueError, match="training split"):
         _run(real, [good, slightly], out, train=[])
+
+
+def _chests(n: int, lung_hu: float) -> np.ndarray:
+    """[n, 16, 16, 16] in [0, 1]: a soft-tissue ball (40 HU, radius 7 voxels) holding two lung balls (radius 2.5)
+    of ``lung_hu``; at 12 mm per voxel a body of ~2.5 L and lungs of ~110 mL each."""
+    grid = np.indices(SHAPE, dtype=float)
+    ball = lambda c, r: sum((g - x) ** 2 for g, x in zip(grid, c)) <= r * r  # noqa: E731
+    hu = np.full(SHAPE, -1000.0)
+    hu[ball((7.5, 7.5, 7.5), 7)] = 40.0
+    hu[ball((4.5, 7.5, 7.5), 2.5) | ball((10.5, 7.5, 7.5), 2.5)] = lung_hu
+    return np.repeat(((hu + 1000) / 1400)[None].astype(np.float32), n, axis=0)
+
+
+def test_anatomy_in_hu_through_the_window(tmp_path):
+    affine = np.diag([12.0, 12.0, 12.0, 1.0])
+
+    def write(folder, vols):
+        folder.mkdir()
+        paths = [folder / f"{k}.nii.gz" for k in range(len(vols))]
+        for path, v in zip(paths, vols):
+            nib.save(nib.Nifti1Image(v, affine), path)
+        return paths
+
+    real, syn = write(tmp_path / "real", _chests(4, -850.0)), write(tmp_path / "syn", _chests(3, -800.0))
+    train = write(tmp_path / "train", _chests(2, -850.0))
+    result = evaluate(real, syn, tmp_path / "m.json", EvaluateConfig(med3d_depth=10, bootstrap=10), train=train)
+    anatomy = result["anatomy"]
+    assert anatomy["counts"]["synthetic"]["2_lungs"] == 3 and anatomy["summary"]["two_lungs_share_synthetic"] == 1
+    assert anatomy["classes"]["lung"]["w1_hu"] == pytest.approx(50.0, rel=1e-12)  # every lung voxel 50 HU higher
+    assert anatomy["classes"]["lung"]["floor"]["w1_hu"] == 0.0  # identical real volumes
+    assert anatomy["quantities"]["lung_ml"]["w1"] == pytest.approx(0.0, abs=1e-9)
+    # the same volumes read through another window are other HU: lung -850 → -1100 + 0.107·1600
+    other = evaluate(real, syn, tmp_path / "o.json", EvaluateConfig(med3d_depth=10, bootstrap=0), train=train,
+                     hu_window=(-1100.0, 500.0))
+    assert other["anatomy"]["hu_window"] == [-1100.0, 500.0]
+    # each side rounded to whole HU (±0.5 each)
+    assert other["anatomy"]["classes"]["lung"]["w1_hu"] == pytest.approx(50 * 1600 / 1400, abs=1.0)

@@ -221,3 +221,56 @@ def test_markdown_and_html_hold_the_same_sections(tmp_path):
 def test_a_pipe_in_a_cell_keeps_the_markdown_table_whole():
     sections = [Section("QC", tables=(Table(("reason",), (("a | b",),)),))]
     assert "| a \\| b |" in render_markdown(sections, Path(".")) and "<td>a | b</td>" in render_html(sections)
+
+
+def anatomy_record() -> dict:
+    """``metrics.json``'s ``anatomy`` for 4 real chests (16³ balls at 12 mm: a body with two lungs) against 2
+    chests, an all-air and an all-bone volume."""
+    from ctdiff.metrics.anatomy_compare import evaluate_anatomy
+
+    grid = np.indices((16, 16, 16), dtype=float)
+    ball = lambda c, r: sum((g - x) ** 2 for g, x in zip(grid, c)) <= r * r  # noqa: E731
+    hu = np.full((16, 16, 16), -1000.0)
+    hu[ball((7.5, 7.5, 7.5), 7)] = 40.0
+    hu[ball((4.5, 7.5, 7.5), 2.5) | ball((10.5, 7.5, 7.5), 2.5)] = -850.0
+    chest = ((hu + 1000) / 1400).astype(np.float32)
+    syn = np.stack([chest, chest, np.zeros_like(chest), np.ones_like(chest)])
+    affines = [np.diag([12.0, 12.0, 12.0, 1.0])] * 4
+    return evaluate_anatomy(np.stack([chest] * 4), affines, [f"r{k}" for k in range(4)], syn, affines,
+                            [f"s{k}" for k in range(4)], hu_window=(-1000.0, 400.0), seed=0, n_boot=20, level=0.95)
+
+
+def test_anatomy_section_in_both_renderings(tmp_path):
+    from ctdiff.plots import anatomy_plot
+
+    m = metrics(pretrained=True, rank_deficient=False)
+    m["anatomy"] = anatomy_record()
+    write_inputs(tmp_path, m)
+    anatomy_plot(m["anatomy"], tmp_path / "anatomy.png")
+    sections = build_sections(tmp_path / "metrics.json", tmp_path / "inv.tsv", {},
+                              anatomy_png=tmp_path / "anatomy.png", **figures(tmp_path, m))
+    titles = [s.title for s in sections]
+    assert titles.index("Memorisation") < titles.index("Anatomy (HU)") < titles.index("Figure 1")
+    section = sections[titles.index("Anatomy (HU)")]
+    assert "real: 4 of 4 volumes with two lungs" in section.text
+    assert "synthetic: 2 of 4 volumes with two lungs, 0 with one, 1 with none, 1 without a body" in section.text
+    assert "bone is truncated" in section.text
+    volumes, classes = section.tables
+    rows = {r[0]: r for r in volumes.rows}
+    lungs = rows["lungs found per volume"]
+    assert lungs[1] == "2.00 ± 0.00 (n = 4)" and lungs[2] == "1.00 ± 1.15 (n = 4)"  # sd of 2, 2, 0, 0 is 2/√3
+    # the balance of a volume without two lungs is undefined: two synthetic values remain
+    assert rows["lung balance, smaller / larger (two lungs only)"][2] == "1.000 ± 0.000 (n = 2)"
+    cls = {r[0]: r for r in classes.rows}
+    assert cls["fat (-190 to -30 HU)"][3].startswith("absent: no real voxel")  # neither set has fat
+    assert cls["bone (>= 150 HU)"][2] == "0.333" and cls["lung (-950 to -190 HU)"][4] == "0.0"
+    assert cls["air (< -950 HU)"][4] == "absent: no first-half real voxel in this class"
+    assert cls["soft tissue (-30 to 150 HU)"][3].startswith("0.0 [95 % CI")
+    md, page = render_markdown(sections, tmp_path), render_html(sections)
+    assert "## Anatomy (HU)" in md and "(anatomy.png)" in md and 'id="anatomy"' in page
+    assert 'id="anatomy-classes"' in page and 'id="anatomy-volumes"' in page
+    for t in section.tables:
+        for row in t.rows:
+            assert "| " + " | ".join(row) + " |" in md
+            assert "".join(f"<td>{html.escape(c)}</td>" for c in row) in page
+    json.dumps(m["anatomy"], allow_nan=False)

@@ -140,6 +140,14 @@ def test_end_to_end_outputs(run_dir):
     assert list(table["set"]) == ["main", "ddim-10"] and list(table["network_evaluations"]) == [50, 10]
     assert table["fid"].tolist() == [metrics["fid"], compared["fid"]]
     assert "## Samplers" in (run_dir / "report.md").read_text()
+    anatomy = metrics["anatomy"]  # the phantom's test volumes: a body with two lungs each, even at 16³ of 24 mm
+    assert anatomy["hu_window"] == [-1000.0, 400.0] and anatomy["counts"]["real"]["2_lungs"] == 2
+    assert [r["volume"] for r in anatomy["per_volume"]["real"]] == metrics["real_volumes"]
+    assert table["two_lungs_share"].tolist() == [anatomy["summary"]["two_lungs_share_synthetic"],
+                                                 compared["anatomy"]["summary"]["two_lungs_share_synthetic"]]
+    assert (run_dir / "figures" / "anatomy.png").stat().st_size > 5_000
+    assert "## Anatomy (HU)" in (run_dir / "report.md").read_text() and 'id="anatomy"' in (
+        run_dir / "report.html").read_text()
     assert "9.70" in (run_dir / "report.md").read_text()
     assert "data:image/png;base64" in (run_dir / "report.html").read_text()
     assert not list(run_dir.rglob(".*.tmp*")), "no temporary file may be left behind"

@@ -30,6 +30,7 @@ COLUMNS = [
     "fid", "fid_low", "fid_high",
     "msssim_nearest_real", "msssim_nearest_real_low", "msssim_nearest_real_high",
     "msssim_diversity", "msssim_diversity_low", "msssim_diversity_high",
+    "two_lungs_share", "lung_volume_ratio",
     "ci_level", "n_boot", "checkpoint_step", "sample_seed",
 ]
 # What every row must share for the comparison to be fair; checked by sampler_table.
@@ -83,6 +84,11 @@ def _row(name: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     for key in ("fid", "msssim_nearest_real", "msssim_diversity"):
         row[f"{key}_low"], row[f"{key}_high"] = interval(key)
+    # Anatomy in HU (ctdiff.metrics.anatomy_compare): the share of synthetic volumes with two lungs and the mean
+    # synthetic / mean real lung volume; empty for metrics written before the anatomy was measured.
+    summary = m.get("anatomy", {}).get("summary", {})
+    row["two_lungs_share"] = summary.get("two_lungs_share_synthetic")
+    row["lung_volume_ratio"] = summary.get("lung_volume_ratio")
     shared = {"checkpoint_sha256": prov["checkpoint_sha256"], "sample_seed": prov["sample_seed"],
               "n_synthetic": m["n_synthetic"], "real_volumes": sorted(m["real_volumes"])}
     return row, shared

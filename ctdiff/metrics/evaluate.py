@@ -18,6 +18,7 @@ import torch
 
 from ctdiff.config import EvaluateConfig
 from ctdiff.io import load_volume, write_json
+from ctdiff.metrics.anatomy_compare import evaluate_anatomy, read_affines
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci, pair_mean_ci
 from ctdiff.metrics.fid import fid_from_features
 from ctdiff.metrics.med3d import extract_features, load_med3d
@@ -109,6 +110,7 @@ def evaluate(
     diversity_pairs: int = 1000,
     train_chunk: int = 64,
     device: str | torch.device = "cpu",
+    hu_window: tuple[float, float] = (-1000.0, 400.0),
 ) -> dict:
     """Compare ``synthetic`` with held-out ``real`` NIfTI volumes as the ``evaluate`` section ``settings``
     says; write the metrics to ``out`` (JSON) and return them (``settings.compare_samplers`` plays no part).
@@ -127,6 +129,9 @@ def evaluate(
     - ``memorisation``: each synthetic and each real volume's L2 distance to its nearest ``train`` volume
       and the near-copies (``ctdiff.metrics.memorisation``).
     - ``real_volumes``: the names of the real volumes, so that sets scored separately can be shown to share them.
+    - ``anatomy``: body, lungs and tissue classes in HU (through ``hu_window``, the preprocessing window) per
+      volume, and real against synthetic as distributions with the real-vs-real floor and intervals
+      (``ctdiff.metrics.anatomy_compare.evaluate_anatomy``).
     ``provenance`` (e.g. ``ctdiff.metrics.compare.sampling_provenance``) is stored as given.
     """
     if train_chunk < 1:
@@ -209,5 +214,8 @@ def evaluate(
         "paper": dict(PAPER),
         "provenance": dict(provenance or {}),
     }
+    metrics["anatomy"] = evaluate_anatomy(
+        real_vol, read_affines(real), real_names, syn_vol, read_affines(synthetic), syn_names, hu_window=hu_window,
+        seed=settings.seed, n_boot=settings.bootstrap, level=settings.ci_level)
     write_json(Path(out), metrics)
     return metrics

@@ -36,6 +36,7 @@ use rule evaluate as evaluate_compare with:
         volumes=f"{R}/preprocessed",
         run=lambda wildcards: compare_run(wildcards.tag),
         seed=CFG.sample.seed,
+        hu_window=list(CFG.preprocess.hu_window),  # the anatomy is measured in HU
     log:
         f"{R}/logs/compare/{{tag}}/evaluate.log",
 

@@ -16,6 +16,7 @@ rule evaluate:
         volumes=f"{R}/preprocessed",
         run={"sampler": CFG.sample.sampler, "steps": CFG.sample.steps, "eta": CFG.sample.eta},
         seed=CFG.sample.seed,
+        hu_window=list(CFG.preprocess.hu_window),  # the anatomy is measured in HU
     threads: 8  # capped at --cores; profiles may set their own
     resources:
         gpu=0,

@@ -1,4 +1,4 @@
-# The figures (Figure 1, sample grid, learning curve, memorisation audit) and the report (Markdown, which
+# The figures (Figure 1, sample grid, learning curve, memorisation audit, anatomy) and the report (Markdown, which
 # links the figures, and self-contained HTML, which embeds them).
 
 
@@ -49,6 +49,19 @@ rule memorisation_histogram:
         "../scripts/memorisation_histogram.py"
 
 
+rule anatomy_figure:
+    input:
+        metrics=f"{R}/metrics/metrics.json",
+    output:
+        report(f"{R}/figures/anatomy.png", caption="../report/anatomy.rst", category="Metrics"),
+    log:
+        f"{R}/logs/anatomy_figure.log",
+    conda:
+        ENV
+    script:
+        "../scripts/anatomy_figure.py"
+
+
 rule closest_pairs:
     input:
         metrics=f"{R}/metrics/metrics.json",
@@ -74,6 +87,7 @@ rule report:
         curve=f"{R}/figures/learning_curve.png",
         histogram=f"{R}/figures/memorisation.png",
         pairs=f"{R}/figures/closest_pairs.png",
+        anatomy=f"{R}/figures/anatomy.png",
         samplers=sampler_table_input,
     output:
         md=f"{R}/report.md",

@@ -21,4 +21,5 @@ evaluate(
     train=[folder / f"{item}.nii.gz" for item in read_ids(snakemake.input.train)],
     device="cuda" if torch.cuda.is_available() else "cpu",
     provenance=sampling_provenance(Path(snakemake.input.model), **snakemake.params.run, seed=snakemake.params.seed),
+    hu_window=tuple(snakemake.params.hu_window),
 )

@@ -15,5 +15,6 @@ write_report(
     learning_curve_png=Path(snakemake.input.curve),
     memorisation_png=Path(snakemake.input.histogram),
     pairs_png=Path(snakemake.input.pairs),
+    anatomy_png=Path(snakemake.input.anatomy),
     samplers_tsv=Path(snakemake.input.samplers[0]) if snakemake.input.samplers else None,
 )

@@ -1,0 +1,223 @@
+"""Anatomical plausibility of one CT volume in Hounsfield units: body, lungs, tissue classes.
+
+A volume in [0, 1] is brought back to HU through the preprocessing window ``(lo, hi)``
+(:func:`ctdiff.data.preprocess.to_hu`, default [-1000, 400]): whole HU, and the window's clipping cannot be
+undone, so every number here is a number about the *windowed* volume:
+
+- bone above ``hi`` (400 HU) reads as 400: the bone class's HU histogram ends in a spike at 400 and its HU
+  distances (W1) see only the part of bone within the window; cortical bone (~700-1900 HU) is invisible
+  as such;
+- air below ``lo`` (-1000 HU; padding, -1024 air of a real scanner) reads as -1000: the 'air' class merges
+  everything <= -1000 and says nothing about what lies below;
+- the thresholds below all lie inside the default window, so masks and class fractions are what they would
+  be on the unclipped scan. A narrower window that cuts a threshold makes the corresponding mask empty or full;
+  :func:`volume_anatomy` refuses a window that does not contain ``BODY_HU`` and ``AIR_LIKE_HU``.
+
+Per volume (:func:`volume_anatomy`), on the voxel grid of the file's affine (spacing = column norms of the
+affine, so volumes in mL; orientation from the affine, NIfTI RAS+ world: +x = patient's Right):
+
+1. body: voxels above ``BODY_HU`` (-500 HU, between air and every tissue), the largest 3-D connected
+   component (face connectivity), with its holes filled in every axial slice (a lung open at the top or
+   bottom slice of the volume is still a hole of its slice); at least ``MIN_BODY_ML`` or the body is absent.
+   The patient table, where it touches the body, is part of it.
+2. lungs: air-like voxels (below ``AIR_LIKE_HU``, -400 HU; the lung/body thresholds of Hu, Hoffman &
+   Reinhardt 2001, IEEE TMI 20:490, lie near -400 to -500) inside the filled body, hence not connected in
+   their slice to the outside air; 3-D components of at least ``MIN_LUNG_ML``, the largest two. Trachea and
+   main bronchi join both lungs into one component at CT resolutions: when only one component is found it is
+   eroded (up to ``SPLIT_EROSIONS`` times) until it falls into two parts of at least ``MIN_LUNG_ML / 8`` on
+   either side of the body's centre (world x), and its voxels go to the nearer part. Airways inside the
+   body (trachea, bronchi; bowel gas that joins a lung) count as lung.
+3. left/right: the lung whose centroid has the smaller world x (RAS+) is the patient's left; a single lung
+   is left or right of the body's centroid. Balance = smaller / larger lung volume (1 = equal; the left lung
+   is normally ~10 % smaller, the heart lies on the left).
+4. tissue classes of the body (filled body: lungs included), by HU, :data:`CLASSES`, half-open ranges
+   [low, high) that cover the whole HU axis:
+   air < -950 (the emphysema threshold, Gevenois et al. 1996, AJRCCM 154:187; with the window: everything
+   <= -1000 too), lung [-950, -190) (aerated parenchyma -950 to -700 and its partial-volume edge up to where
+   fat begins), fat [-190, -30) (adipose tissue, Kvist et al. 1988, AJCN 48:1351), soft tissue [-30, 150)
+   (muscle -29 to 150, Mitsiopoulos et al. 1998, J Appl Physiol 85:115; blood, organs), bone >= 150
+   (cancellous and cortical bone, cartilage calcification; with the window: 150 to 400 only). The classes are
+   HU ranges, not segmentations: 'lung' is the HU class, 'lungs' the mask of step 2.
+   Each volume's HU histogram of its body voxels (1-HU bins over the window) is kept for the distributions
+   (:mod:`ctdiff.metrics.anatomy_compare`).
+
+The lungs are air-like components, not a recognised organ: noise with air-like pockets inside a "body" (an
+untrained model) can show two "lungs". What tells it apart is the comparison with the real set: lung
+volumes, balance, class fractions and HU distributions (:mod:`ctdiff.metrics.anatomy_compare`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from ctdiff.data.preprocess import to_hu
+
+BODY_HU = -500.0
+AIR_LIKE_HU = -400.0
+MIN_BODY_ML = 500.0      # an adult chest section in the field of view holds litres
+MIN_LUNG_ML = 50.0       # an adult lung holds 1-4 L at CT; 50 mL keeps small gas pockets and a lone trachea out
+SPLIT_EROSIONS = 3
+# (low, high) HU, half-open [low, high); together they cover every HU value.
+CLASSES: dict[str, tuple[float, float]] = {
+    "air": (-math.inf, -950.0),
+    "lung": (-950.0, -190.0),
+    "fat": (-190.0, -30.0),
+    "soft_tissue": (-30.0, 150.0),
+    "bone": (150.0, math.inf),
+}
+
+
+def hu_bins(hu_window: tuple[float, float]) -> tuple[int, int]:
+    """(lowest HU, number of 1-HU bins) of the whole HU values ``to_hu`` can return for ``hu_window``."""
+    lo, hi = (float(v) for v in hu_window)
+    if not lo < hi:
+        raise ValueError(f"hu_window must be (low, high) with low < high, got {hu_window!r}")
+    first, last = int(np.rint(lo)), int(np.rint(hi))
+    return first, last - first + 1
+
+
+def class_slices(hu_window: tuple[float, float]) -> dict[str, slice]:
+    """Per class of :data:`CLASSES`, the slice of the 1-HU histogram bins (:func:`hu_bins`) it covers."""
+    first, n = hu_bins(hu_window)
+    out = {}
+    for name, (low, high) in CLASSES.items():
+        a = 0 if low == -math.inf else int(np.clip(math.ceil(low) - first, 0, n))
+        b = n if high == math.inf else int(np.clip(math.ceil(high) - first, 0, n))
+        out[name] = slice(a, b)
+    return out
+
+
+def voxel_ml(affine: np.ndarray) -> float:
+    """Volume of one voxel in mL from a 4×4 affine in mm (|det| of its 3×3 part / 1000)."""
+    return float(abs(np.linalg.det(np.asarray(affine, float)[:3, :3]))) / 1000.0
+
+
+def axial_axis(affine: np.ndarray) -> int:
+    """The voxel axis closest to the world's superior-inferior (z) axis."""
+    return int(np.argmax(np.abs(np.asarray(affine, float)[2, :3])))
+
+
+def _largest(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The largest connected component of ``mask`` (face connectivity) and its voxel count (0: empty)."""
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros_like(mask), 0
+    sizes = np.bincount(labels.ravel())[1:]
+    k = int(np.argmax(sizes))
+    return labels == k + 1, int(sizes[k])
+
+
+def _fill_slices(mask: np.ndarray, axis: int) -> np.ndarray:
+    """``mask`` with the holes of every slice across ``axis`` filled (2-D, face connectivity)."""
+    out = np.moveaxis(mask.copy(), axis, 0)
+    for k in range(out.shape[0]):
+        if out[k].any():
+            out[k] = ndimage.binary_fill_holes(out[k])
+    return np.moveaxis(out, 0, axis)
+
+
+def _world_x(points_ijk: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World x (mm, RAS+: toward the patient's Right) of voxel coordinates [K, 3]."""
+    a = np.asarray(affine, float)
+    return np.asarray(points_ijk, float) @ a[0, :3] + a[0, 3]
+
+
+def _split(component: np.ndarray, min_voxels: int, body_x: float, affine: np.ndarray) -> list[np.ndarray]:
+    """Two lungs joined by the airways as one component: erode until two parts of at least ``min_voxels / 8``
+    lie on either side of ``body_x``, then give every voxel of ``component`` to the nearer part. Returns the
+    two masks, or ``[component]`` when no erosion separates it so."""
+    box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in ndimage.find_objects(component.astype(np.int8))[0])
+    affine = np.array(affine, float)
+    affine[:3, 3] += affine[:3, :3] @ np.array([b.start for b in box], float)
+    parts = _split_in_box(component[box], min_voxels, body_x, affine)
+    out = []
+    for part in parts:
+        full = np.zeros_like(component)
+        full[box] = part
+        out.append(full)
+    return out
+
+
+def _split_in_box(component: np.ndarray, min_voxels: int, body_x: float, affine: np.ndarray) -> list[np.ndarray]:
+    """:func:`_split` on the component's bounding box (``affine`` of the box)."""
+    eroded = component
+    for _ in range(SPLIT_EROSIONS):
+        eroded = ndimage.binary_erosion(eroded)
+        labels, n = ndimage.label(eroded)
+        if n < 2:
+            continue
+        sizes = np.bincount(labels.ravel())[1:]
+        a, b = np.argsort(sizes)[::-1][:2] + 1
+        if sizes[b - 1] * 8 < min_voxels:
+            continue
+        xa, xb = (_world_x(np.array(ndimage.center_of_mass(labels == k)), affine) for k in (a, b))
+        if (xa - body_x) * (xb - body_x) >= 0:
+            continue
+        seeds = np.where(labels == a, 1, np.where(labels == b, 2, 0))
+        _, idx = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+        nearest = seeds[tuple(idx)]
+        return [component & (nearest == 1), component & (nearest == 2)]
+    return [component]
+
+
+def volume_anatomy(volume: np.ndarray, affine: np.ndarray, hu_window: tuple[float, float], *,
+                   min_body_ml: float = MIN_BODY_ML, min_lung_ml: float = MIN_LUNG_ML) -> tuple[dict, np.ndarray]:
+    """Body, lungs and tissue classes of one volume [X, Y, Z] in [0, 1] (see the module docstring; the size
+    thresholds can be lowered for a small field of view).
+
+    Returns (row, histogram): the row holds ``status`` ('two lungs', 'one lung', 'no lungs', 'no body'),
+    ``body_ml``, ``n_lungs`` (0, 1 or 2), ``lung_ml`` (total, 0 without lungs), ``left_lung_ml``,
+    ``right_lung_ml``, ``lung_balance`` (smaller / larger; None with fewer than two lungs) and ``fractions``
+    {class: share of the body's voxels} (None per class without a body); the histogram [n_bins] int64 counts
+    the body's voxels per whole HU from the window's low end (:func:`hu_bins`; all zero without a body).
+    """
+    first, n_bins = hu_bins(hu_window)
+    lo, hi = (float(v) for v in hu_window)
+    if not (lo < BODY_HU < hi and lo < AIR_LIKE_HU < hi):
+        raise ValueError(f"hu_window {list(hu_window)} must contain the body ({BODY_HU}) and air-like "
+                         f"({AIR_LIKE_HU}) thresholds for the anatomy to be measured")
+    if volume.ndim != 3:
+        raise ValueError(f"expected a 3-D volume, got shape {volume.shape}")
+    hu = to_hu(volume, hu_window)
+    ml = voxel_ml(affine)
+    hist = np.zeros(n_bins, np.int64)
+    row: dict = {"status": "no body", "body_ml": 0.0, "n_lungs": 0, "lung_ml": 0.0, "left_lung_ml": 0.0,
+                 "right_lung_ml": 0.0, "lung_balance": None, "fractions": {c: None for c in CLASSES}}
+    body, size = _largest(hu > BODY_HU)
+    if size * ml < min_body_ml:
+        return row, hist
+    # Everything else happens inside the body's bounding box: the affine moves its origin there.
+    box = ndimage.find_objects(body.astype(np.int8))[0]
+    affine = np.array(affine, float)
+    affine[:3, 3] += affine[:3, :3] @ np.array([b.start for b in box], float)
+    hu, body = hu[box], _fill_slices(body[box], axial_axis(affine))
+    hist = np.bincount((hu[body].astype(np.int64) - first).clip(0, n_bins - 1), minlength=n_bins)
+    n_body = int(body.sum())
+    slices = class_slices(hu_window)
+    row.update(status="no lungs", body_ml=n_body * ml,
+               fractions={c: float(hist[s].sum()) / n_body for c, s in slices.items()})
+    body_x = float(_world_x(np.array(ndimage.center_of_mass(body)), affine))
+
+    labels, n = ndimage.label((hu < AIR_LIKE_HU) & body)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    min_voxels = max(1, math.ceil(min_lung_ml / ml))
+    keep = [k + 1 for k in np.argsort(sizes)[::-1][:2] if sizes[k] >= min_voxels]
+    lungs = [labels == k for k in keep]
+    if len(lungs) == 1:
+        lungs = _split(lungs[0], min_voxels, body_x, affine)
+    if not lungs:
+        return row, hist
+    volumes = [float(m.sum()) * ml for m in lungs]
+    xs = [float(_world_x(np.array(ndimage.center_of_mass(m)), affine)) for m in lungs]
+    if len(lungs) == 2:
+        left, right = (0, 1) if xs[0] < xs[1] else (1, 0)
+        row.update(status="two lungs", left_lung_ml=volumes[left], right_lung_ml=volumes[right],
+                   lung_balance=min(volumes) / max(volumes))
+    else:
+        side = "left_lung_ml" if xs[0] < body_x else "right_lung_ml"
+        row.update({"status": "one lung", side: volumes[0]})
+    row.update(n_lungs=len(lungs), lung_ml=sum(volumes))
+    return row, hist
