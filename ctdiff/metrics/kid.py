@@ -62,16 +62,30 @@ def _check(a: np.ndarray, b: np.ndarray, subset_size: int, subsets: int) -> None
                          "subsets are drawn without replacement")
 
 
+def _counts(rows: np.ndarray, n: int) -> np.ndarray:
+    """[S, m] row indices → [S, n] float64 counts of each row per subset."""
+    flat = (np.arange(len(rows))[:, None] * n + rows).ravel()
+    return np.bincount(flat, minlength=len(rows) * n).reshape(len(rows), n).astype(np.float64)
+
+
 def _subset_values(kxx, kyy, kxy, ia: np.ndarray, ib: np.ndarray, subset_size: int, subsets: int,
                    rng: np.random.Generator) -> np.ndarray:
     """Eq. (2) on ``subsets`` subsets of ``subset_size`` positions of the index arrays ``ia``, ``ib`` (rows of the
-    kernel matrices; a bootstrap replicate passes resampled ones, repeats included)."""
-    values = np.empty(subsets)
-    for s in range(subsets):
-        xa = ia[rng.choice(len(ia), subset_size, replace=False)]
-        xb = ib[rng.choice(len(ib), subset_size, replace=False)]
-        values[s] = mmd2_unbiased(kxx[np.ix_(xa, xa)], kyy[np.ix_(xb, xb)], kxy[np.ix_(xa, xb)])
-    return values
+    kernel matrices; a bootstrap replicate passes resampled ones, repeats included), drawn in order: X's
+    positions, then Y's, subset after subset.
+
+    With c [N_a] counting how often each row of X is in a subset, the sum of k over ordered pairs of distinct
+    positions is cᵀ K c − Σ_i c_i K_ii (a row drawn twice pairs with itself, as distinct positions should), and
+    the cross sum is c_aᵀ K_xy c_b: three [S, N] × [N, N] products instead of S gathers of [m, m] blocks."""
+    m = subset_size
+    draws = [(ia[rng.choice(len(ia), m, replace=False)], ib[rng.choice(len(ib), m, replace=False)])
+             for _ in range(subsets)]
+    ca = _counts(np.array([d[0] for d in draws]), kxx.shape[0])
+    cb = _counts(np.array([d[1] for d in draws]), kyy.shape[0])
+    xx = (((ca @ kxx) * ca).sum(1) - ca @ np.diagonal(kxx)) / (m * (m - 1))
+    yy = (((cb @ kyy) * cb).sum(1) - cb @ np.diagonal(kyy)) / (m * (m - 1))
+    xy = ((ca @ kxy) * cb).sum(1) / (m * m)
+    return xx + yy - 2.0 * xy
 
 
 def _kernels(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
