@@ -19,7 +19,8 @@ each subset drawn without replacement, independently of the others, from ``numpy
 does not depend on b. ``std`` is the sample standard deviation (ddof = 1) of the S subset values, as Bińkowski
 et al. report it: subsets overlap, so it describes the spread of one subset's estimate, not the standard
 error of the mean (for that use the bootstrap interval, :func:`kid_ci`). Everything is float64; the three
-kernel matrices are computed once and every subset and bootstrap replicate indexes into them.
+kernel matrices are computed once, and every subset and bootstrap replicate reads them through count vectors
+(``_subset_values``).
 
 Identical sets. For X = Y (b = N, any order) the u-statistic (2) is not 0 but
 
