@@ -41,7 +41,8 @@ def _run(real, synthetic, out, *, train=None, provenance=None, diversity_pairs=1
     volumes (the smallest set here); ``settings`` replace section keys."""
     if train is None:
         train = [_write(Path(out).parent / "train", f"T{k}", v) for k, v in enumerate(_volumes(3, 99))]
-    return evaluate(real, synthetic, out, EvaluateConfig(**{"med3d_depth": 10, "bootstrap": 20, "kid_subset_size": 2, **settings}),
+    section = {"med3d_depth": 10, "bootstrap": 20, "kid_subset_size": 2, **settings}
+    return evaluate(real, synthetic, out, EvaluateConfig(**section),
                     train=train, provenance=provenance, diversity_pairs=diversity_pairs, train_chunk=train_chunk)
 
 

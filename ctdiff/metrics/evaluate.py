@@ -141,7 +141,8 @@ def evaluate(
     - ``bootstrap``: ``ci_level`` intervals from ``bootstrap`` replicates (``ctdiff.metrics.bootstrap``,
       seeded by ``seed``) for FID, KID, the nearest-real MS-SSIM mean and the diversity MS-SSIM mean;
       0 replicates compute none and record only ``n_boot``, ``level`` and ``seed``.
-    - ``floor``: the same numbers (FID, KID, nearest-real MS-SSIM) between two halves of the real volumes (``real_floor``).
+    - ``floor``: the same numbers (FID, KID, nearest-real MS-SSIM) between two halves of the real volumes
+      (``real_floor``).
     - ``memorisation``: each synthetic and each real volume's L2 distance to its nearest ``train`` volume
       and the near-copies (``ctdiff.metrics.memorisation``).
     - ``real_volumes``: the names of the real volumes, so that sets scored separately can be shown to share them.
