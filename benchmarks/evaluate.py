@@ -23,6 +23,7 @@ import argparse
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from ctdiff.io import save_volume
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci
 from ctdiff.metrics.evaluate import evaluate, real_floor
 from ctdiff.metrics.fid import fid_from_features, frechet_distance
+from ctdiff.metrics.kid import kid_ci, kid_from_features
 from ctdiff.metrics.med3d import extract_features, load_med3d
 from ctdiff.metrics.msssim import diversity_msssim, paired_msssim
 from ctdiff.metrics.nearest import nearest_l2, nearest_over_chunks
@@ -79,6 +81,9 @@ def main() -> None:
     brute_mib = args.n * args.n * args.size**3 * 8 * 2 / 2**20
     n_div = min(1000, args.n * (args.n - 1) // 2)
     settings = EvaluateConfig(med3d_depth=args.depth, seed=args.seed, bootstrap=args.n_boot)
+    # KID subsets must fit the sets: the default size, or all N volumes where N is smaller
+    kid_settings = {"subset_size": min(settings.kid_subset_size, args.n), "subsets": settings.kid_subsets}
+    settings = replace(settings, kid_subset_size=kid_settings["subset_size"])
 
     tmp = tempfile.TemporaryDirectory()
     folder, paths = Path(tmp.name), {}
@@ -97,6 +102,8 @@ def main() -> None:
         "bootstrap_fid": lambda: fid_ci(feats_r, feats_s, 0.0, n_boot=args.n_boot, seed=0),
         "bootstrap_fid_covariance": lambda: _covariance_form_replicates(feats_r, feats_s, args.reference_reps, 0),
         "bootstrap_msssim": lambda: mean_ci(values, n_boot=args.n_boot, seed=0),
+        "kid": lambda: kid_from_features(feats_r, feats_s, **kid_settings, seed=0),
+        "bootstrap_kid": lambda: kid_ci(feats_r, feats_s, 0.0, **kid_settings, n_boot=args.n_boot, seed=0),
         "floor": lambda: real_floor(real, feats_r, [str(i) for i in range(args.n)], seed=0, window=7, device=dev),
         "memorisation": lambda: nearest_over_chunks([syn, real], [train[i : i + 64] for i in range(0, args.n, 64)]),
         "evaluate": lambda: evaluate(paths["real"], paths["syn"], folder / "metrics.json", settings,
@@ -125,6 +132,9 @@ def main() -> None:
          f"{per_rep * 1e3:.2f} ms/replicate; covariance form {per_ref * 1e3:.1f} ms/replicate "
          f"(covariance / sample-space = {per_ref / per_rep:.0f})"),
         (f"bootstrap MS-SSIM mean, B = {args.n_boot}", best["bootstrap_msssim"], ""),
+        ("KID point estimate", best["kid"], f"{kid_settings['subsets']} subsets of {kid_settings['subset_size']}"),
+        (f"bootstrap KID, B = {args.n_boot}", best["bootstrap_kid"],
+         f"{best['bootstrap_kid'] / args.n_boot * 1e3:.2f} ms/replicate"),
         ("real-vs-real floor", best["floor"], f"{args.n // 2} vs {args.n - args.n // 2}"),
         ("memorisation distances", best["memorisation"], f"{2 * args.n} queries vs {args.n} training volumes"),
         ("evaluate() end to end (reads NIfTI)", best["evaluate"], ""),

@@ -136,6 +136,8 @@ class EvaluateConfig:
     seed: int = 0
     bootstrap: int = 200
     ci_level: float = 0.95
+    kid_subset_size: int = 100
+    kid_subsets: int = 100
     compare_samplers: tuple[SamplerSetting, ...] = ()
 
     def __post_init__(self):
@@ -257,6 +259,7 @@ def _check(cfg: Config) -> None:
     if cfg.figure.synthetic >= cfg.sample.n:
         raise ValueError(f"config: figure.synthetic={cfg.figure.synthetic} must be below sample.n={cfg.sample.n}")
     _check_evaluate(cfg.evaluate, T)
+    _check_kid(cfg)
 
 
 def _check_sampler_steps(key: str, sampler: str, steps: int | None, eta: float, T: int) -> None:
@@ -284,6 +287,22 @@ def _check_evaluate(e: EvaluateConfig, T: int) -> None:
             raise ValueError(f"config: {key} repeats evaluate.compare_samplers[{seen[same]}] "
                              f"({run.sampler}, {same[1]} steps, eta {run.eta})")
         seen[same] = k
+
+
+def _check_kid(cfg: Config) -> None:
+    """KID subsets are drawn without replacement from each set: the subset size must fit the synthetic set and,
+    where split.test is a whole count, the real one (a fraction is checked when the real set is known)."""
+    e = cfg.evaluate
+    if e.kid_subset_size < 2 or e.kid_subsets < 1:
+        raise ValueError(f"config: evaluate.kid_subset_size={e.kid_subset_size} must be >= 2 and "
+                         f"evaluate.kid_subsets={e.kid_subsets} >= 1")
+    sets = [("sample.n", cfg.sample.n)]
+    if cfg.split.test >= 1:
+        sets.append(("split.test", int(cfg.split.test)))
+    for key, n in sets:
+        if e.kid_subset_size > n:
+            raise ValueError(f"config: evaluate.kid_subset_size={e.kid_subset_size} exceeds {key}={n}: KID draws "
+                             f"subsets without replacement; lower evaluate.kid_subset_size to at most {n}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -103,6 +103,8 @@ def metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          _with_ci(f"{diversity['mean']:.3f} ± {diversity['std']:.3f}", boot.get("msssim_diversity"), level),
          "—", "diversity, as WDM-3D reports it; the interval is for the mean"),
     ]
+    if "kid" in metrics:
+        rows.insert(1, kid_row(metrics["kid"], boot.get("kid"), level))
     floor = metrics.get("floor")
     if floor is not None:
         if floor.get("fid") is None:
@@ -112,14 +114,43 @@ def metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             note = (f"two halves of the test set ({len(floor['half_a'])} vs {len(floor['half_b'])} volumes), "
                     "what real data scores against real data")
         rows.append(("Floor: real vs real (FID; nearest-real MS-SSIM)", value, "—", note))
+        if "kid" in floor:
+            rows.append(kid_floor_row(floor))
     if boot.get("n_boot"):
         methods = "; ".join(f"{name}: {boot[key]['method']}" for name, key in
-                            (("FID", "fid"), ("MS-SSIM", "msssim_nearest_real"), ("diversity", "msssim_diversity"))
+                            (("FID", "fid"), ("MS-SSIM", "msssim_nearest_real"), ("diversity", "msssim_diversity"),
+                             ("KID", "kid"))
                             if "method" in boot.get(key, {}))
         rows.append(("Intervals", f"{boot['n_boot']} bootstrap replicates, seed {boot['seed']}", "—", methods))
     elif boot:
         rows.append(("Intervals", "none (evaluate.bootstrap is 0)", "—", ""))
     return rows
+
+
+def _kid_text(value: float) -> str:
+    """KID to 4 significant digits: its values are small (often below 0.01) and of either sign."""
+    return f"{value:.4g}"
+
+
+def kid_row(kid: dict[str, Any], interval: dict | None, level: float | None) -> tuple[str, str, str, str]:
+    """The metrics-table row of KID (``metrics["kid"]``, ``ctdiff.metrics.kid``): mean ± sd over subsets with
+    its bootstrap interval; the paper reports none."""
+    text = f"{_kid_text(kid['mean'])} ± {_kid_text(kid['std'])}"
+    if interval:
+        text += f" [{round(100 * level)} % CI {_kid_text(interval['low'])} to {_kid_text(interval['high'])}]"
+    note = (f"mean ± sd over {kid['subsets']} subsets of {kid['subset_size']} volumes per set; unbiased, so 0 "
+            "for matching distributions at any N (can be negative), unlike FID")
+    return ("KID (Med3D features; lower = closer)", text, "—", note)
+
+
+def kid_floor_row(floor: dict[str, Any]) -> tuple[str, str, str, str]:
+    """The metrics-table row of KID's real-vs-real floor (``floor["kid"]``, None where a half is too small)."""
+    kid = floor["kid"]
+    if kid is None:
+        return ("Floor: real vs real (KID)", "—", "—",
+                f"not computed: {floor.get('reason', 'no reason recorded')}")
+    note = "; ".join(filter(None, ["two halves of the test set; its expectation is 0", kid.get("note", "")]))
+    return ("Floor: real vs real (KID)", f"{_kid_text(kid['mean'])} ± {_kid_text(kid['std'])}", "—", note)
 
 
 def _value_ci(value: float, low: float, high: float) -> str:
@@ -130,19 +161,30 @@ def _value_ci(value: float, low: float, high: float) -> str:
     return text
 
 
+def _kid_ci(value: float, low: float, high: float) -> str:
+    """KID '0.01234 [0.005, 0.02]' as ``_value_ci`` but to 4 significant digits; '—' where it is missing."""
+    if pd.isna(value):
+        return "—"
+    text = _kid_text(value)
+    if pd.notna(low) and pd.notna(high):
+        text += f" [{_kid_text(low)}, {_kid_text(high)}]"
+    return text
+
+
 def sampler_rows(table: pd.DataFrame) -> tuple[list[str], list[tuple], str]:
     """(header, rows, the sentence that introduces them) of the sampler comparison, from ``samplers.tsv``."""
     level = table["ci_level"].dropna()
     ci = f" [{round(100 * level.iloc[0])} % CI]" if len(level) else ""
     header = ["set", "sampler", "steps", "eta", "network evaluations per volume", f"FID{ci}",
               f"MS-SSIM, nearest real (higher = closer){ci}", f"MS-SSIM, diversity (lower = more diverse){ci}",
-              "two lungs (share of synthetic)", "lung volume, synthetic / real"]
+              f"KID (lower = closer){ci}", "two lungs (share of synthetic)", "lung volume, synthetic / real"]
     rows = [
         (r.set, r.sampler, int(r.steps), "—" if pd.isna(r.eta) else f"{r.eta:g}", int(r.network_evaluations),
          _value_ci(r.fid, r.fid_low, r.fid_high),
          _value_ci(r.msssim_nearest_real, r.msssim_nearest_real_low, r.msssim_nearest_real_high),
          _value_ci(r.msssim_diversity, r.msssim_diversity_low, r.msssim_diversity_high),
-         _number(r.two_lungs_share, ".2f"), _number(r.lung_volume_ratio, ".3f"))
+         _kid_ci(r.kid, r.kid_low, r.kid_high), _number(r.two_lungs_share, ".2f"),
+         _number(r.lung_volume_ratio, ".3f"))
         for r in table.itertuples(index=False)
     ]
     first = table.iloc[0]

@@ -45,9 +45,10 @@ REAL = ["r0.nii.gz", "r1.nii.gz", "r2.nii.gz"]
 
 
 def metrics_json(path, *, sampler, steps, eta, nfe, fid, near, div, real=REAL, seed=0, sha="a" * 64,
-                 intervals=True, anatomy=None):
+                 intervals=True, kid=0.02, anatomy=None):
     m = {
         "fid": fid, "msssim_nearest_real": {"mean": near, "std": 0.01, "n": 2},
+        "kid": {"mean": kid, "std": 0.005, "subset_size": 2, "subsets": 100},
         "msssim_diversity": {"mean": div, "std": 0.02, "n_pairs": 1},
         "n_real": len(real), "n_synthetic": 2, "real_volumes": real,
         "bootstrap": {"n_boot": 0, "level": 0.95, "seed": 0},
@@ -59,7 +60,8 @@ def metrics_json(path, *, sampler, steps, eta, nfe, fid, near, div, real=REAL, s
     if intervals:
         m["bootstrap"].update(n_boot=200, level=0.9, fid={"low": fid - 1, "high": fid + 2},
                               msssim_nearest_real={"low": near - 0.01, "high": near + 0.02},
-                              msssim_diversity={"low": div - 0.03, "high": div + 0.04})
+                              msssim_diversity={"low": div - 0.03, "high": div + 0.04},
+                              kid={"low": kid - 0.01, "high": kid + 0.03})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(m))
     return path
@@ -69,7 +71,7 @@ def test_sampler_table_has_a_row_per_sampler_main_first(tmp_path):
     main = metrics_json(tmp_path / "metrics" / "metrics.json", sampler="ddpm", steps=1000, eta=0.0, nfe=1000,
                         fid=10.5, near=0.5, div=0.3, anatomy=(1.0, 0.98))
     ddim = metrics_json(tmp_path / "compare" / "ddim-50-eta0.5" / "metrics.json", sampler="ddim", steps=50,
-                        eta=0.5, nfe=50, fid=12.25, near=0.45, div=0.35, anatomy=(0.5, None))
+                        eta=0.5, nfe=50, fid=12.25, near=0.45, div=0.35, kid=-0.0025, anatomy=(0.5, None))
     dpmpp = metrics_json(tmp_path / "compare" / "dpmpp-25" / "metrics.json", sampler="dpmpp", steps=25, eta=0.0,
                          nfe=25, fid=11.0, near=0.48, div=0.31, real=list(reversed(REAL)), intervals=False)
     out = tmp_path / "metrics" / "samplers.tsv"
@@ -85,6 +87,8 @@ def test_sampler_table_has_a_row_per_sampler_main_first(tmp_path):
     assert back["msssim_diversity_low"][0] == pytest.approx(0.27)
     assert back["msssim_nearest_real_high"][1] == pytest.approx(0.47)
     assert math.isnan(back["fid_low"][2]) and math.isnan(back["ci_level"][2]) and back["n_boot"][2] == 0
+    assert list(back["kid"]) == [0.02, -0.0025, 0.02] and math.isnan(back["kid_low"][2])
+    assert (back["kid_low"][1], back["kid_high"][1]) == pytest.approx((-0.0125, 0.0275))
     assert list(back["ci_level"][:2]) == [0.9, 0.9] and set(back["checkpoint_step"]) == {800}
     assert back["two_lungs_share"][0] == 1.0 and back["two_lungs_share"][1] == 0.5
     assert back["lung_volume_ratio"][0] == 0.98 and math.isnan(back["lung_volume_ratio"][1])  # no real lungs
@@ -114,3 +118,12 @@ def test_sampler_table_names_a_file_without_provenance(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(old))
     with pytest.raises(ValueError, match=r"old\.json: no network_evaluations, real_volumes"):
         sampler_table(main, {"ddim-50": tmp_path / "old.json"}, tmp_path / "samplers.tsv")
+
+
+def test_sampler_table_leaves_kid_empty_for_metrics_written_before_it(tmp_path):
+    main = metrics_json(tmp_path / "main.json", sampler="ddpm", steps=1000, eta=0.0, nfe=1000, fid=1, near=1, div=1)
+    old = json.loads(main.read_text())
+    del old["kid"], old["bootstrap"]["kid"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    back = sampler_table(main, {"ddim-50": tmp_path / "old.json"}, tmp_path / "samplers.tsv")
+    assert back["kid"][0] == 0.02 and pd.isna(back["kid"][1]) and pd.isna(back["kid_high"][1])

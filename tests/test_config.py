@@ -68,6 +68,8 @@ def test_schema_fills_nested_defaults():
         ({"evaluate": {"compare_samplers": [{"steps": 5}]}}, "sampler"),
         ({"evaluate": {"bootstrap": -1}}, "bootstrap"),
         ({"evaluate": {"ci_level": 1.0}}, "ci_level"),
+        ({"evaluate": {"kid_subset_size": 1}}, "kid_subset_size"),
+        ({"evaluate": {"kid_subsets": 0}}, "kid_subsets"),
     ],
 )
 def test_schema_rejects_bad_keys_by_name(patch, key):
@@ -98,6 +100,9 @@ def test_schema_rejects_bad_keys_by_name(patch, key):
          "evaluate.compare_samplers[0].eta=0.5: only the ddim sampler"),
         ({"evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 1000}, {"sampler": "ddim"}]}},
          "evaluate.compare_samplers[1] repeats evaluate.compare_samplers[0]"),
+        ({"sample": {"n": 50}}, "evaluate.kid_subset_size=100 exceeds sample.n=50"),
+        ({"split": {"test": 20}}, "evaluate.kid_subset_size=100 exceeds split.test=20"),
+        ({"sample": {"n": 50}, "evaluate": {"kid_subset_size": 60}}, "lower evaluate.kid_subset_size to at most 50"),
     ],
 )
 def test_cross_key_errors_name_the_key(patch, message):
@@ -125,6 +130,8 @@ def test_from_dict_rejects_unknown_keys():
         ({"ci_level": 0}, "evaluate.ci_level=0"),
         ({"compare_samplers": [{"sampler": "ddim", "steps": 10, "eta": -1}]}, r"compare_samplers[0].eta=-1"),
         ({"compare_samplers": ["ddim"]}, r"evaluate.compare_samplers[0] must be a mapping"),
+        ({"kid_subset_size": 1}, "evaluate.kid_subset_size=1 must be >= 2"),
+        ({"kid_subsets": 0}, "evaluate.kid_subsets=0 >= 1"),
     ],
 )
 def test_evaluate_checks_without_the_schema_name_the_key(evaluate, message):

@@ -1,5 +1,6 @@
 """The evaluate stage end to end on tiny NIfTI volumes with a seeded random ResNet-10; bootstrap intervals
-(their replicate count and level as given) and the real-vs-real floor."""
+(their replicate count and level as given), the real-vs-real floor and KID's refusal of sets smaller than its
+subsets."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from ctdiff.config import EvaluateConfig
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci, pair_mean_ci
 from ctdiff.metrics.evaluate import evaluate, real_floor
 from ctdiff.metrics.fid import fid_from_features, fid_sample_space, frechet_distance
+from ctdiff.metrics.kid import kid_from_features, polynomial_kernel
+from ctdiff.metrics.med3d import extract_features, load_med3d
 
 SHAPE = (16, 16, 16)
 
@@ -34,11 +37,12 @@ def _volumes(n: int, seed: int) -> np.ndarray:
 
 
 def _run(real, synthetic, out, *, train=None, provenance=None, diversity_pairs=1000, train_chunk=64, **settings):
-    """``evaluate`` with the evaluate section's defaults but ResNet-10 and 20 replicates; ``settings`` replace
-    section keys."""
+    """``evaluate`` with the evaluate section's defaults but ResNet-10, 20 replicates and KID subsets of 2
+    volumes (the smallest set here); ``settings`` replace section keys."""
     if train is None:
         train = [_write(Path(out).parent / "train", f"T{k}", v) for k, v in enumerate(_volumes(3, 99))]
-    return evaluate(real, synthetic, out, EvaluateConfig(**{"med3d_depth": 10, "bootstrap": 20, **settings}),
+    section = {"med3d_depth": 10, "bootstrap": 20, "kid_subset_size": 2, **settings}
+    return evaluate(real, synthetic, out, EvaluateConfig(**section),
                     train=train, provenance=provenance, diversity_pairs=diversity_pairs, train_chunk=train_chunk)
 
 
@@ -49,7 +53,7 @@ def test_identical_sets(tmp_path):
     syn = [_write(tmp_path / "samples", f"{k:04d}", vols[j]) for k, j in enumerate(order)]
     out = tmp_path / "metrics" / "metrics.json"
     train = [_write(tmp_path / "train", f"T{k}", v) for k, v in enumerate(_volumes(3, 7))]
-    result = _run(real, syn, out, train=train, provenance={"checkpoint": "model.pt", "step": 12})
+    result = _run(real, syn, out, train=train, provenance={"checkpoint": "model.pt", "step": 12}, kid_subset_size=6)
     on_disk = json.loads(out.read_text())
     assert on_disk == json.loads(json.dumps(result))
     assert [p.name for p in out.parent.iterdir()] == ["metrics.json"]  # no temporary file left behind
@@ -90,6 +94,18 @@ def test_identical_sets(tmp_path):
     assert [r["volume"] for r in anatomy["per_volume"]["synthetic"]] == [f"{k:04d}.nii.gz" for k in range(6)]
     json.dumps(result, allow_nan=False)
 
+    # KID on the same features; subsets of all 6 volumes make every subset value Eq. (4) of ctdiff.metrics.kid
+    model, _ = load_med3d(10, None, seed=0)
+    feats = extract_features(model, iter(vols), normalise="none")
+    K = polynomial_kernel(feats, feats)
+    identical = -2.0 / 5 * (np.trace(K) / 6 - K.sum() / 36)
+    kid = result["kid"]
+    assert kid == kid_from_features(feats, feats[order], subset_size=6, subsets=100, seed=0)
+    assert kid["subset_size"] == 6 and kid["subsets"] == 100 and kid["mean"] < 0
+    assert kid["mean"] == pytest.approx(identical, rel=1e-9, abs=1e-12)
+    assert boot["kid"]["low"] <= kid["mean"] <= boot["kid"]["high"] and "shifted" in boot["kid"]["method"]
+    assert floor["kid"]["subset_size"] == 3 and "a half has 3 volumes" in floor["kid"]["note"]
+
 
 def test_different_sets_and_determinism(tmp_path):
     real = [_write(tmp_path / "real", f"r{k}", v) for k, v in enumerate(_volumes(5, 1))]
@@ -101,6 +117,7 @@ def test_different_sets_and_determinism(tmp_path):
     assert a["msssim_diversity"]["mean"] == b["msssim_diversity"]["mean"]
     assert a["provenance"] == {} and a["feature_network"]["normalise"] == "zscore"
     assert a["bootstrap"] == b["bootstrap"] and a["floor"] == b["floor"]
+    assert a["kid"] == b["kid"] and a["kid"]["subset_size"] == 2 and a["kid"]["std"] > 0
 
 
 def test_memorised_training_volume_is_flagged(tmp_path):
@@ -116,6 +133,7 @@ def test_memorised_training_volume_is_flagged(tmp_path):
     assert mem["closest_pairs"][0]["train"] == "T2.nii.gz" and mem["closest_pairs"][0]["distance"] < 1e-5
     # 4 real volumes: halves of 2, the smallest floor that exists
     assert result["floor"]["fid"] is not None and "reason" not in result["floor"]
+    assert result["floor"]["kid"]["subset_size"] == 2 and "note" not in result["floor"]["kid"]
 
 
 def test_floor_is_null_for_tiny_sets():
@@ -271,15 +289,30 @@ def test_anatomy_in_hu_through_the_window(tmp_path):
 
     real, syn = write(tmp_path / "real", _chests(4, -850.0)), write(tmp_path / "syn", _chests(3, -800.0))
     train = write(tmp_path / "train", _chests(2, -850.0))
-    result = evaluate(real, syn, tmp_path / "m.json", EvaluateConfig(med3d_depth=10, bootstrap=10), train=train)
+    result = evaluate(real, syn, tmp_path / "m.json", EvaluateConfig(med3d_depth=10, bootstrap=10, kid_subset_size=2),
+                      train=train)
     anatomy = result["anatomy"]
     assert anatomy["counts"]["synthetic"]["2_lungs"] == 3 and anatomy["summary"]["two_lungs_share_synthetic"] == 1
     assert anatomy["classes"]["lung"]["w1_hu"] == pytest.approx(50.0, rel=1e-12)  # every lung voxel 50 HU higher
     assert anatomy["classes"]["lung"]["floor"]["w1_hu"] == 0.0  # identical real volumes
     assert anatomy["quantities"]["lung_ml"]["w1"] == pytest.approx(0.0, abs=1e-9)
     # the same volumes read through another window are other HU: lung -850 → -1100 + 0.107·1600
-    other = evaluate(real, syn, tmp_path / "o.json", EvaluateConfig(med3d_depth=10, bootstrap=0), train=train,
+    other = evaluate(real, syn, tmp_path / "o.json", EvaluateConfig(med3d_depth=10, bootstrap=0, kid_subset_size=2),
+                     train=train,
                      hu_window=(-1100.0, 500.0))
     assert other["anatomy"]["hu_window"] == [-1100.0, 500.0]
     # each side rounded to whole HU (±0.5 each)
     assert other["anatomy"]["classes"]["lung"]["w1_hu"] == pytest.approx(50 * 1600 / 1400, abs=1.0)
+
+
+def test_kid_refuses_sets_smaller_than_its_subsets(tmp_path):
+    real = [_write(tmp_path / "real", f"r{k}", v) for k, v in enumerate(_volumes(3, 13))]
+    syn = [_write(tmp_path / "syn", f"s{k}", v) for k, v in enumerate(_volumes(2, 14))]
+    out = tmp_path / "m.json"
+    with pytest.raises(ValueError, match=r"evaluate\.kid_subset_size=3 exceeds the 2 synthetic volumes.*sample\.n"):
+        _run(real, syn, out, kid_subset_size=3)
+    with pytest.raises(ValueError, match=r"evaluate\.kid_subset_size=4 exceeds the 3 real \(test\) volumes"):
+        _run(real, syn + syn, out, kid_subset_size=4)
+    assert not out.exists()
+    result = _run(real, syn, out)  # 3 real volumes: halves of 1 and 2, no floor
+    assert result["floor"]["kid"] is None and result["floor"]["fid"] is None and result["kid"]["subset_size"] == 2

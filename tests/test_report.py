@@ -46,9 +46,12 @@ def metrics(pretrained: bool, rank_deficient: bool, floor=None, extended=True):
         m["bootstrap"] = {"fid": {"low": 100.0, "high": 140.25, "bias": 3.0, "method": "shifted percentile"},
                           "msssim_nearest_real": {"low": 0.5, "high": 0.525, "bias": 0.0, "method": "percentile"},
                           "msssim_diversity": {"low": 0.28, "high": 0.33, "bias": 0.0, "method": "percentile"},
+                          "kid": {"low": 0.002, "high": 0.02512, "bias": 0.001, "method": "shifted percentile"},
                           "level": 0.95, "n_boot": 200, "seed": 0}
         m["floor"] = floor or {"fid": 45.5, "msssim_nearest_real": 0.4321, "half_a": ["a", "b"],
-                               "half_b": ["c", "d"], "seed": 0}
+                               "half_b": ["c", "d"], "seed": 0,
+                               "kid": {"mean": -0.0004321, "std": 0.003, "subset_size": 2, "subsets": 100}}
+        m["kid"] = {"mean": 0.012341, "std": 0.005, "subset_size": 4, "subsets": 100}
         m["memorisation"] = memorisation()
     return m
 
@@ -89,6 +92,10 @@ def test_report_contents(tmp_path):
     assert "| Floor: real vs real (FID; nearest-real MS-SSIM) | FID 45.500; MS-SSIM 0.432 |" in md
     assert "2 vs 2 volumes" in md and "200 bootstrap replicates, seed 0" in md
     assert "FID: shifted percentile; MS-SSIM: percentile; diversity: percentile" in md
+    assert "| KID (Med3D features; lower = closer) | 0.01234 ± 0.005 [95 % CI 0.002 to 0.02512] | — |" in md
+    assert "mean ± sd over 100 subsets of 4 volumes per set" in md and "; KID: shifted percentile" in md
+    assert md.index("| FID (Med3D features)") < md.index("| KID (Med3D") < md.index("| MS-SSIM, synthetic vs nearest")
+    assert "| Floor: real vs real (KID) | -0.0004321 ± 0.003 | — | two halves of the test set" in md
     assert "| 0.300 ± 0.020 [95 % CI 0.280 to 0.330] | — |" in md
     assert "not comparable to the paper" in md and "rank-deficient" in md
     assert "## Memorisation" in md and "1 of 3 synthetic volumes flagged" in md and "(0000.nii.gz)" in md
@@ -108,9 +115,10 @@ def test_report_contents(tmp_path):
 
 def test_null_floor_shows_its_reason(tmp_path):
     floor = {"fid": None, "msssim_nearest_real": None, "seed": 0,
-             "reason": "2 real volumes: each half needs at least 2 (FID needs 2 per set)"}
+             "reason": "2 real volumes: each half needs at least 2 (FID needs 2 per set)", "kid": None}
     md, _ = _report(tmp_path, metrics(pretrained=True, rank_deficient=False, floor=floor))
     assert "| Floor: real vs real (FID; nearest-real MS-SSIM) | — | — | not computed: 2 real volumes" in md
+    assert "| Floor: real vs real (KID) | — | — | not computed: 2 real volumes" in md
 
 
 def test_pretrained_features_carry_no_warning(tmp_path):
@@ -118,6 +126,7 @@ def test_pretrained_features_carry_no_warning(tmp_path):
     assert "not comparable" not in md and "rank-deficient" not in md
     # metrics written before intervals, floor and memorisation existed still render
     assert "| 123.456 | 9.70 |" in md and "Floor" not in md and "Memorisation" not in md
+    assert "KID" not in md  # nor KID
     assert page.count("data:image/png;base64,") == 2
 
 
@@ -141,6 +150,8 @@ def test_sampler_comparison_table(tmp_path):
     assert "| set | sampler | steps | eta | network evaluations per volume | FID [95 % CI] |" in md
     assert ("| main | ddpm | 1000 | — | 1000 | 123.456 [100.000, 140.250] | 0.512 [0.500, 0.525] "
             "| 0.300 [0.280, 0.330] |" in md)
+    assert "| MS-SSIM, diversity (lower = more diverse) [95 % CI] | KID (lower = closer) [95 % CI] |" in md
+    assert "| 0.300 [0.280, 0.330] | 0.01234 [0.002, 0.02512] |" in md
     del other["bootstrap"]["msssim_diversity"]  # a missing interval leaves the value alone
     (tmp_path / "ddim.json").write_text(json.dumps(other))
     sampler_table(tmp_path / "main.json", {"ddim-50-eta0.5": tmp_path / "ddim.json"}, tmp_path / "samplers.tsv")

@@ -28,6 +28,7 @@ from ctdiff.plan import setting
 COLUMNS = [
     "set", "sampler", "steps", "eta", "network_evaluations", "n_synthetic", "n_real",
     "fid", "fid_low", "fid_high",
+    "kid", "kid_low", "kid_high",
     "msssim_nearest_real", "msssim_nearest_real_low", "msssim_nearest_real_high",
     "msssim_diversity", "msssim_diversity_low", "msssim_diversity_high",
     "two_lungs_share", "lung_volume_ratio",
@@ -84,6 +85,9 @@ def _row(name: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     for key in ("fid", "msssim_nearest_real", "msssim_diversity"):
         row[f"{key}_low"], row[f"{key}_high"] = interval(key)
+    # KID (mean over subsets); a metrics.json written before KID leaves its cells empty
+    row["kid"] = m["kid"]["mean"] if "kid" in m else None
+    row["kid_low"], row["kid_high"] = interval("kid")
     # Anatomy in HU (ctdiff.metrics.anatomy_compare): the share of synthetic volumes with two lungs and the mean
     # synthetic / mean real lung volume; empty for metrics written before the anatomy was measured.
     summary = m.get("anatomy", {}).get("summary", {})

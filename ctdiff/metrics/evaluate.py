@@ -1,4 +1,4 @@
-"""The evaluate stage: FID on Med3D features and both MS-SSIM protocols with bootstrap intervals, the
+"""The evaluate stage: FID and KID on Med3D features and both MS-SSIM protocols with bootstrap intervals, the
 real-vs-real floor and the memorisation audit, written to one JSON file.
 
 Memory: the test and synthetic volumes are held in memory as float32, (Nr + Ns) · D·H·W · 4 bytes, e.g.
@@ -21,6 +21,7 @@ from ctdiff.io import load_volume, write_json
 from ctdiff.metrics.anatomy_compare import evaluate_anatomy, read_affines
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci, pair_mean_ci
 from ctdiff.metrics.fid import fid_from_features
+from ctdiff.metrics.kid import kid_ci, kid_from_features, kid_real_floor
 from ctdiff.metrics.med3d import extract_features, load_med3d
 from ctdiff.metrics.memorisation import audit
 from ctdiff.metrics.msssim import SIGMA, diversity_msssim, msssim_settings, paired_msssim
@@ -78,8 +79,7 @@ def real_floor(
     carries more small-sample bias than a full-size comparison. Where a half has fewer than 2 volumes both
     values are None and ``reason`` says why.
     """
-    perm = np.random.default_rng(seed).permutation(len(real_vol))
-    a, b = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2 :])
+    a, b = real_halves(len(real_vol), seed)
     if len(a) < 2:
         return {"fid": None, "msssim_nearest_real": None, "seed": seed,
                 "reason": f"{len(real_vol)} real volumes: each half needs at least 2 (FID needs 2 per set)"}
@@ -92,6 +92,21 @@ def real_floor(
         "seed": seed,
         "note": "two halves of the test set; N/2 volumes per set, so FID is biased upward against full N",
     }
+
+
+def real_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two halves of ``n`` real volumes behind every real-vs-real floor (sorted indices, ⌊n/2⌋ and ⌈n/2⌉)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])
+
+
+def check_kid_sizes(n_real: int, n_synthetic: int, settings: EvaluateConfig) -> None:
+    """Refuse, naming the ``evaluate`` keys, sets too small for KID subsets of ``kid_subset_size``."""
+    for kind, n, other in (("real (test)", n_real, "split.test"), ("synthetic", n_synthetic, "sample.n")):
+        if settings.kid_subset_size > n:
+            raise ValueError(
+                f"evaluate.kid_subset_size={settings.kid_subset_size} exceeds the {n} {kind} volumes: KID draws "
+                f"subsets without replacement; lower evaluate.kid_subset_size to at most {n} (or raise {other})")
 
 
 def _chunks(paths: Sequence[Path], size: int, shape: tuple[int, ...], kind: str):
@@ -119,13 +134,17 @@ def evaluate(
       ``normalise`` says; ``fid_rank_deficient`` flags fewer samples than feature dimensions + 1. Without
       ``med3d_weights`` a network seeded by ``seed`` is used and ``feature_network.note`` says it is not
       comparable to the paper.
+    - ``kid``: KID (``ctdiff.metrics.kid``, Bińkowski et al. 2018) on the same features, mean and sd over
+      ``kid_subsets`` subsets of ``kid_subset_size`` volumes per set; a set smaller than ``kid_subset_size``
+      is refused (ValueError naming the key).
     - ``msssim_nearest_real``: the paper's MS-SSIM (window ``msssim_window``), each synthetic volume against
       its L2-nearest real one.
     - ``msssim_diversity``: mean MS-SSIM of min(``diversity_pairs``, all) random distinct synthetic pairs.
     - ``bootstrap``: ``ci_level`` intervals from ``bootstrap`` replicates (``ctdiff.metrics.bootstrap``,
-      seeded by ``seed``) for FID, the nearest-real MS-SSIM mean and the diversity MS-SSIM mean;
+      seeded by ``seed``) for FID, KID, the nearest-real MS-SSIM mean and the diversity MS-SSIM mean;
       0 replicates compute none and record only ``n_boot``, ``level`` and ``seed``.
-    - ``floor``: the same two numbers between two halves of the real volumes (``real_floor``).
+    - ``floor``: the same numbers (FID, KID, nearest-real MS-SSIM) between two halves of the real volumes
+      (``real_floor``).
     - ``memorisation``: each synthetic and each real volume's L2 distance to its nearest ``train`` volume
       and the near-copies (``ctdiff.metrics.memorisation``).
     - ``real_volumes``: the names of the real volumes, so that sets scored separately can be shown to share them.
@@ -144,6 +163,7 @@ def evaluate(
         raise ValueError(
             f"need at least 2 real and 2 synthetic volumes, got {len(real_vol)} and {len(syn_vol)}"
         )
+    check_kid_sizes(len(real_vol), len(syn_vol), settings)
     window, weights = msssim_settings(min(real_vol.shape[1:]), settings.msssim_window)
     real_names = [Path(p).name for p in real]
     syn_names = [Path(p).name for p in synthetic]
@@ -155,6 +175,8 @@ def evaluate(
     feats_real = extract_features(model, iter(real_vol), normalise=settings.normalise, device=device)
     feats_syn = extract_features(model, iter(syn_vol), normalise=settings.normalise, device=device)
     fid = fid_from_features(feats_real, feats_syn)
+    kid_settings = {"subset_size": settings.kid_subset_size, "subsets": settings.kid_subsets}
+    kid = kid_from_features(feats_real, feats_syn, **kid_settings, seed=settings.seed)
 
     paired = paired_msssim(syn_vol, real_vol, window=settings.msssim_window, device=device)
     n_div = min(diversity_pairs, len(syn_vol) * (len(syn_vol) - 1) // 2)
@@ -166,16 +188,21 @@ def evaluate(
     if settings.bootstrap:
         intervals = {
             "fid": fid_ci(feats_real, feats_syn, fid["fid"], **boot),
+            "kid": kid_ci(feats_real, feats_syn, kid["mean"], **kid_settings, **boot),
             "msssim_nearest_real": mean_ci(np.asarray(paired["values"]), **boot),
             "msssim_diversity": pair_mean_ci(np.asarray(diversity["values"]), np.asarray(diversity["pairs"]),
                                              len(syn_vol), **boot),
         }
         for key, ci in intervals.items():
             bootstrap[key] = {k: ci[k] for k in ("low", "high", "bias", "method")}
-        bootstrap["resampled"] = ("FID: both feature sets, independently; MS-SSIM nearest real: the per-sample "
+        bootstrap["resampled"] = ("FID and KID: both feature sets, independently; MS-SSIM nearest real: the per-sample "
                                   "values; MS-SSIM diversity: the synthetic volumes of the evaluated pairs")
     floor = real_floor(real_vol, feats_real, real_names, seed=settings.seed, window=settings.msssim_window,
                        device=device)
+    # KID's floor on the same halves (None where a half has fewer than 2 volumes; floor["reason"] says so)
+    half_a, half_b = real_halves(len(real_vol), settings.seed)
+    floor["kid"] = (kid_real_floor(feats_real, half_a, half_b, **kid_settings, seed=settings.seed)
+                    if len(half_a) >= 2 else None)
 
     syn_near, real_near = nearest_over_chunks(
         [syn_vol, real_vol], _chunks(list(train), train_chunk, real_vol.shape[1:], "training"))
@@ -185,6 +212,7 @@ def evaluate(
         "fid": fid["fid"],
         "fid_rank_deficient": fid["rank_deficient"],
         "fid_feature_dim": fid["dim"],
+        "kid": kid,
         "msssim_nearest_real": {
             "mean": paired["mean"],
             "std": paired["std"],
