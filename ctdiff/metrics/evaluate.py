@@ -1,9 +1,10 @@
 """The evaluate stage: FID on Med3D features and both MS-SSIM protocols with bootstrap intervals, the
-real-vs-real floor and the memorisation audit, written to one JSON file.
+real-vs-real floor and the memorisation audits (voxels and Med3D features), written to one JSON file.
 
 Memory: the test and synthetic volumes are held in memory as float32, (Nr + Ns) · D·H·W · 4 bytes, e.g.
 500 + 500 volumes of 128³ take 8 GiB; the training volumes are read ``train_chunk`` at a time for the
-memorisation audit (64 at 128³: 0.5 GiB more) and never held together. Each file is read once. Med3D
+memorisation audits (64 at 128³: 0.5 GiB more) and never held together; their Med3D features are kept
+(N_train · C · 8 bytes) for the feature-space audit. Each file is read once. Med3D
 features are computed ``batch_size`` volumes at a time, nearest-volume searches in float64 chunks of
 ~64 MiB, and MS-SSIM four pairs at a time.
 """
@@ -19,6 +20,7 @@ import torch
 from ctdiff.config import EvaluateConfig
 from ctdiff.io import load_volume, write_json
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci, pair_mean_ci
+from ctdiff.metrics.feature_memorisation import feature_audit, features_while_reading
 from ctdiff.metrics.fid import fid_from_features
 from ctdiff.metrics.med3d import extract_features, load_med3d
 from ctdiff.metrics.memorisation import audit
@@ -126,6 +128,8 @@ def evaluate(
     - ``floor``: the same two numbers between two halves of the real volumes (``real_floor``).
     - ``memorisation``: each synthetic and each real volume's L2 distance to its nearest ``train`` volume
       and the near-copies (``ctdiff.metrics.memorisation``).
+    - ``memorisation.features``: the same audit on the Med3D features above, the training volumes' features
+      computed from the chunks the voxel audit reads (``ctdiff.metrics.feature_memorisation``).
     - ``real_volumes``: the names of the real volumes, so that sets scored separately can be shown to share them.
     ``provenance`` (e.g. ``ctdiff.metrics.compare.sampling_provenance``) is stored as given.
     """
@@ -172,9 +176,14 @@ def evaluate(
     floor = real_floor(real_vol, feats_real, real_names, seed=settings.seed, window=settings.msssim_window,
                        device=device)
 
-    syn_near, real_near = nearest_over_chunks(
-        [syn_vol, real_vol], _chunks(list(train), train_chunk, real_vol.shape[1:], "training"))
+    train_feats: list[np.ndarray] = []  # filled chunk by chunk as the voxel search reads the training volumes
+    train_chunks = features_while_reading(_chunks(list(train), train_chunk, real_vol.shape[1:], "training"),
+                                          model, train_feats, normalise=settings.normalise, device=device)
+    syn_near, real_near = nearest_over_chunks([syn_vol, real_vol], train_chunks)
     memorisation = audit(syn_names, syn_near, real_names, real_near, [Path(p).name for p in train])
+    memorisation["features"] = feature_audit(syn_names, feats_syn, real_names, feats_real,
+                                             [Path(p).name for p in train], np.concatenate(train_feats),
+                                             network=network)
 
     metrics = {
         "fid": fid["fid"],
