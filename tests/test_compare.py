@@ -45,7 +45,7 @@ REAL = ["r0.nii.gz", "r1.nii.gz", "r2.nii.gz"]
 
 
 def metrics_json(path, *, sampler, steps, eta, nfe, fid, near, div, real=REAL, seed=0, sha="a" * 64,
-                 intervals=True):
+                 intervals=True, flagged=None):
     m = {
         "fid": fid, "msssim_nearest_real": {"mean": near, "std": 0.01, "n": 2},
         "msssim_diversity": {"mean": div, "std": 0.02, "n_pairs": 1},
@@ -58,6 +58,8 @@ def metrics_json(path, *, sampler, steps, eta, nfe, fid, near, div, real=REAL, s
         m["bootstrap"].update(n_boot=200, level=0.9, fid={"low": fid - 1, "high": fid + 2},
                               msssim_nearest_real={"low": near - 0.01, "high": near + 0.02},
                               msssim_diversity={"low": div - 0.03, "high": div + 0.04})
+    if flagged is not None:  # (voxel audit, feature audit) near-copy counts
+        m["memorisation"] = {"n_flagged": flagged[0], "features": {"n_flagged": flagged[1]}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(m))
     return path
@@ -65,9 +67,9 @@ def metrics_json(path, *, sampler, steps, eta, nfe, fid, near, div, real=REAL, s
 
 def test_sampler_table_has_a_row_per_sampler_main_first(tmp_path):
     main = metrics_json(tmp_path / "metrics" / "metrics.json", sampler="ddpm", steps=1000, eta=0.0, nfe=1000,
-                        fid=10.5, near=0.5, div=0.3)
+                        fid=10.5, near=0.5, div=0.3, flagged=(1, 2))
     ddim = metrics_json(tmp_path / "compare" / "ddim-50-eta0.5" / "metrics.json", sampler="ddim", steps=50,
-                        eta=0.5, nfe=50, fid=12.25, near=0.45, div=0.35)
+                        eta=0.5, nfe=50, fid=12.25, near=0.45, div=0.35, flagged=(0, 0))
     dpmpp = metrics_json(tmp_path / "compare" / "dpmpp-25" / "metrics.json", sampler="dpmpp", steps=25, eta=0.0,
                          nfe=25, fid=11.0, near=0.48, div=0.31, real=list(reversed(REAL)), intervals=False)
     out = tmp_path / "metrics" / "samplers.tsv"
@@ -84,6 +86,9 @@ def test_sampler_table_has_a_row_per_sampler_main_first(tmp_path):
     assert back["msssim_nearest_real_high"][1] == pytest.approx(0.47)
     assert math.isnan(back["fid_low"][2]) and math.isnan(back["ci_level"][2]) and back["n_boot"][2] == 0
     assert list(back["ci_level"][:2]) == [0.9, 0.9] and set(back["checkpoint_step"]) == {800}
+    assert list(back["memorisation_flagged_voxels"][:2]) == [1, 0]
+    assert list(back["memorisation_flagged_features"][:2]) == [2, 0]
+    assert math.isnan(back["memorisation_flagged_features"][2])  # a set without the audit: an empty cell
     header = out.read_text().splitlines()[0].split("\t")
     assert header[:5] == ["set", "sampler", "steps", "eta", "network_evaluations"]
 

@@ -31,6 +31,7 @@ COLUMNS = [
     "msssim_nearest_real", "msssim_nearest_real_low", "msssim_nearest_real_high",
     "msssim_diversity", "msssim_diversity_low", "msssim_diversity_high",
     "ci_level", "n_boot", "checkpoint_step", "sample_seed",
+    "memorisation_flagged_voxels", "memorisation_flagged_features",
 ]
 # What every row must share for the comparison to be fair; checked by sampler_table.
 SHARED = ("checkpoint_sha256", "sample_seed", "n_synthetic", "real_volumes")
@@ -83,6 +84,10 @@ def _row(name: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     for key in ("fid", "msssim_nearest_real", "msssim_diversity"):
         row[f"{key}_low"], row[f"{key}_high"] = interval(key)
+    # near-copies of training volumes by the voxel and the feature-space audit (empty: not audited)
+    memorisation = m.get("memorisation", {})
+    row["memorisation_flagged_voxels"] = memorisation.get("n_flagged")
+    row["memorisation_flagged_features"] = memorisation.get("features", {}).get("n_flagged")
     shared = {"checkpoint_sha256": prov["checkpoint_sha256"], "sample_seed": prov["sample_seed"],
               "n_synthetic": m["n_synthetic"], "real_volumes": sorted(m["real_volumes"])}
     return row, shared
