@@ -224,7 +224,8 @@ def build_sections(
     pairs_png: Path | None = None,
     samplers_tsv: Path | None = None,
 ) -> list[Section]:
-    """The report's sections, in order, from the run's files.
+    """The report's sections, in order, from the run's files: the metrics table, then how to read it
+    (``ctdiff.report_guide``), then the rest.
 
     ``samplers_tsv`` (the sampler comparison, ``ctdiff.metrics.compare.sampler_table``) adds a section after
     the metrics; ``memorisation_png`` (the distance histogram) and ``pairs_png`` (the closest pairs as
