@@ -13,6 +13,8 @@ repeats over time, so a burst of other load on the machine spoils one round, not
 Each optimised stage is set against a reference measured in the same round:
 - pairing: blockwise float64 ``nearest_l2`` vs brute force (all N·N voxel differences at once; skipped when
   that would need more than --brute-mib);
+- feature memorisation: the training volumes' Med3D features and the feature-space audit on them, the stage
+  ``ctdiff.metrics.feature_memorisation`` adds, against reading every NIfTI file evaluate() reads;
 - bootstrap FID: per replicate, the sample-space form (one [N, N] SVD) vs the covariance form (two [C, C]
   eigendecompositions), the reference timed on --reference-reps replicates.
 """
@@ -31,9 +33,10 @@ import numpy as np
 import torch
 
 from ctdiff.config import EvaluateConfig
-from ctdiff.io import save_volume
+from ctdiff.io import load_volume, save_volume
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci
 from ctdiff.metrics.evaluate import evaluate, real_floor
+from ctdiff.metrics.feature_memorisation import feature_audit
 from ctdiff.metrics.fid import fid_from_features, frechet_distance
 from ctdiff.metrics.kid import kid_ci, kid_from_features
 from ctdiff.metrics.med3d import extract_features, load_med3d
@@ -92,6 +95,7 @@ def main() -> None:
         for path, v in zip(paths[name], vols):
             save_volume(path, v, np.eye(4))
 
+    names = [f"{i:04d}.nii.gz" for i in range(args.n)]
     stages: dict[str, Callable[[], object]] = {
         "features": lambda: (extract_features(model, real, device=dev), extract_features(model, syn, device=dev)),
         "fid": lambda: fid_from_features(feats_r, feats_s),
@@ -106,6 +110,11 @@ def main() -> None:
         "bootstrap_kid": lambda: kid_ci(feats_r, feats_s, 0.0, **kid_settings, n_boot=args.n_boot, seed=0),
         "floor": lambda: real_floor(real, feats_r, [str(i) for i in range(args.n)], seed=0, window=7, device=dev),
         "memorisation": lambda: nearest_over_chunks([syn, real], [train[i : i + 64] for i in range(0, args.n, 64)]),
+        # reading every file evaluate() reads, and the feature-space memorisation audit: the training volumes'
+        # Med3D features (the test and synthetic features are FID's) and the search and rule on them
+        "read_files": lambda: [load_volume(path) for name in ("real", "syn", "train") for path in paths[name]],
+        "feature_memorisation": lambda: feature_audit(
+            names, feats_s, names, feats_r, names, extract_features(model, train, device=dev), network={}),
         "evaluate": lambda: evaluate(paths["real"], paths["syn"], folder / "metrics.json", settings,
                                      train=paths["train"], device=dev),
     }
@@ -138,6 +147,10 @@ def main() -> None:
         ("real-vs-real floor", best["floor"], f"{args.n // 2} vs {args.n - args.n // 2}"),
         ("memorisation distances", best["memorisation"], f"{2 * args.n} queries vs {args.n} training volumes"),
         ("evaluate() end to end (reads NIfTI)", best["evaluate"], ""),
+        ("reading the NIfTI files", best["read_files"], f"{3 * args.n} files"),
+        ("feature memorisation (train features + audit)", best["feature_memorisation"],
+         f"{best['feature_memorisation'] / best['read_files']:.2f} x reading the files; "
+         f"{best['feature_memorisation'] / best['evaluate']:.2f} x evaluate()"),
     ]
     print(f"{args.n} vs {args.n} volumes (+ {args.n} training) at {args.size}^3, Med3D ResNet-{args.depth} "
           f"(random weights), B = {args.n_boot}, fastest of {args.rounds} rounds, {args.threads} threads, "

@@ -1,6 +1,7 @@
-"""The run's report: metrics with bootstrap intervals beside the paper's and the real-vs-real floor, the
-sampler comparison (when configured), the memorisation audit, the anatomy in HU, Figure 1, the learning
-curve, the data QC summary, provenance and config.
+"""The run's report: metrics with bootstrap intervals beside the paper's and the real-vs-real floor, how to
+read them (``ctdiff.report_guide``), the sampler comparison (when configured), the memorisation audits
+(voxels and Med3D features), the anatomy in HU, Figure 1, the learning curve, the data QC summary,
+provenance and config.
 
 The report is a list of :class:`Section` built once from the run's files (:func:`build_sections`) and
 rendered twice, so the two renderings cannot differ in content:
@@ -33,6 +34,8 @@ import yaml
 from ctdiff.data.cohort import SUMMARY_COLUMNS
 from ctdiff.io import atomic_path
 from ctdiff.metrics.compare import read_sampler_table
+from ctdiff.report_guide import HEADER as GUIDE_HEADER
+from ctdiff.report_guide import guide_rows, guide_text
 
 
 @dataclass(frozen=True)
@@ -171,20 +174,27 @@ def _kid_ci(value: float, low: float, high: float) -> str:
     return text
 
 
+def _flagged(voxels: float, features: float) -> str:
+    """'1 / 2' near-copies by the voxel / feature audit, '—' for an audit a set lacks (NaN)."""
+    return " / ".join("—" if pd.isna(n) else str(int(n)) for n in (voxels, features))
+
+
 def sampler_rows(table: pd.DataFrame) -> tuple[list[str], list[tuple], str]:
     """(header, rows, the sentence that introduces them) of the sampler comparison, from ``samplers.tsv``."""
     level = table["ci_level"].dropna()
     ci = f" [{round(100 * level.iloc[0])} % CI]" if len(level) else ""
     header = ["set", "sampler", "steps", "eta", "network evaluations per volume", f"FID{ci}",
               f"MS-SSIM, nearest real (higher = closer){ci}", f"MS-SSIM, diversity (lower = more diverse){ci}",
-              f"KID (lower = closer){ci}", "two lungs (share of synthetic)", "lung volume, synthetic / real"]
+              f"KID (lower = closer){ci}", "two lungs (share of synthetic)", "lung volume, synthetic / real",
+              "near-copies flagged (voxels / features)"]
     rows = [
         (r.set, r.sampler, int(r.steps), "—" if pd.isna(r.eta) else f"{r.eta:g}", int(r.network_evaluations),
          _value_ci(r.fid, r.fid_low, r.fid_high),
          _value_ci(r.msssim_nearest_real, r.msssim_nearest_real_low, r.msssim_nearest_real_high),
          _value_ci(r.msssim_diversity, r.msssim_diversity_low, r.msssim_diversity_high),
          _kid_ci(r.kid, r.kid_low, r.kid_high), _number(r.two_lungs_share, ".2f"),
-         _number(r.lung_volume_ratio, ".3f"))
+         _number(r.lung_volume_ratio, ".3f"),
+         _flagged(r.memorisation_flagged_voxels, r.memorisation_flagged_features))
         for r in table.itertuples(index=False)
     ]
     first = table.iloc[0]
@@ -277,6 +287,32 @@ def memorisation_summary(memorisation: dict[str, Any]) -> str:
             f"{ref['p05']:.4g}, median {ref['median']:.4g}, max {ref['max']:.4g}.")
 
 
+def memorisation_comparison(memorisation: dict[str, Any]) -> tuple[list[str], list[tuple[str, ...]]]:
+    """(header, rows) of the voxel and the feature-space audit side by side: flagged count and volumes, the
+    threshold, the held-out distances and the closest pair of each (``memorisation['features']``)."""
+    audits = [memorisation, memorisation["features"]]
+    n = len(memorisation["per_sample"])
+
+    def closest(a: dict) -> str:
+        if not a["closest_pairs"]:
+            return "—"
+        p = a["closest_pairs"][0]
+        return f"{p['synthetic']} – {p['train']} ({p['distance']:.4g})"
+
+    rows = [
+        ("near-copies flagged", *(f"{a['n_flagged']} of {n}" for a in audits)),
+        ("flagged volumes", *(", ".join(a["flagged"]) or "none" for a in audits)),
+        ("threshold: closest held-out volume to the training set", *(f"{a['threshold']:.4g}" for a in audits)),
+        ("held-out to training, median", *(f"{a['test_to_train']['median']:.4g}" for a in audits)),
+        ("closest synthetic–training pair", *(closest(a) for a in audits)),
+    ]
+    net = memorisation["features"].get("feature_network", {})
+    name = f"Med3D ResNet-{net['depth']} features" if "depth" in net else "Med3D features"
+    if net and not net.get("pretrained", True):
+        name += " (random weights)"
+    return ["", "voxels (L2)", f"{name} (L2)"], rows
+
+
 def qc_summary(summary_tsv: Path) -> pd.DataFrame:
     """The cohort summary (``qc/summary.tsv``, :data:`ctdiff.data.cohort.SUMMARY_COLUMNS`): counts per
     stage, decision and reason."""
@@ -299,7 +335,8 @@ def build_sections(
     samplers_tsv: Path | None = None,
     anatomy_png: Path | None = None,
 ) -> list[Section]:
-    """The report's sections, in order, from the run's files.
+    """The report's sections, in order, from the run's files: the metrics table, then how to read it
+    (``ctdiff.report_guide``), then the rest.
 
     ``samplers_tsv`` (the sampler comparison, ``ctdiff.metrics.compare.sampler_table``) adds a section after
     the metrics; ``memorisation_png`` (the distance histogram) and ``pairs_png`` (the closest pairs as
@@ -310,6 +347,8 @@ def build_sections(
     metrics = json.loads(Path(metrics_json).read_text())
     sections = [Section("Metrics", tables=(
         _table(["metric", "this run", "paper", "note"], metrics_rows(metrics), id="metrics"),))]
+    sections.append(Section("How to read the numbers", text=guide_text(metrics), tables=(
+        _table(GUIDE_HEADER, guide_rows(metrics), id="reading-guide"),)))
     if samplers_tsv is not None:
         header, rows, sentence = sampler_rows(read_sampler_table(samplers_tsv))
         sections.append(Section("Samplers", text=sentence, tables=(_table(header, rows, id="samplers"),)))
@@ -322,7 +361,13 @@ def build_sections(
              "memorisation-histogram"),
             (pairs_png, "closest synthetic and training volumes", "closest-pairs"),
         ) if png is not None]
-        sections.append(Section("Memorisation", text=memorisation_summary(memorisation), tables=(pairs,),
+        tables = [pairs]
+        if "features" in memorisation:  # the feature-space audit, side by side with the voxel audit
+            header, rows = memorisation_comparison(memorisation)
+            tables = [_table(header, rows, caption="Voxels and Med3D features", id="memorisation-audits"), pairs,
+                      _table(["synthetic", "nearest training volume", "feature distance"],
+                             memorisation_rows(memorisation["features"]), caption="Closest pairs in feature space")]
+        sections.append(Section("Memorisation", text=memorisation_summary(memorisation), tables=tuple(tables),
                                 images=tuple(images)))
     anatomy = metrics.get("anatomy")
     if anatomy:

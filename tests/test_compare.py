@@ -45,7 +45,7 @@ REAL = ["r0.nii.gz", "r1.nii.gz", "r2.nii.gz"]
 
 
 def metrics_json(path, *, sampler, steps, eta, nfe, fid, near, div, real=REAL, seed=0, sha="a" * 64,
-                 intervals=True, kid=0.02, anatomy=None):
+                 intervals=True, kid=0.02, anatomy=None, flagged=None):
     m = {
         "fid": fid, "msssim_nearest_real": {"mean": near, "std": 0.01, "n": 2},
         "kid": {"mean": kid, "std": 0.005, "subset_size": 2, "subsets": 100},
@@ -62,6 +62,8 @@ def metrics_json(path, *, sampler, steps, eta, nfe, fid, near, div, real=REAL, s
                               msssim_nearest_real={"low": near - 0.01, "high": near + 0.02},
                               msssim_diversity={"low": div - 0.03, "high": div + 0.04},
                               kid={"low": kid - 0.01, "high": kid + 0.03})
+    if flagged is not None:  # (voxel audit, feature audit) near-copy counts
+        m["memorisation"] = {"n_flagged": flagged[0], "features": {"n_flagged": flagged[1]}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(m))
     return path
@@ -69,9 +71,10 @@ def metrics_json(path, *, sampler, steps, eta, nfe, fid, near, div, real=REAL, s
 
 def test_sampler_table_has_a_row_per_sampler_main_first(tmp_path):
     main = metrics_json(tmp_path / "metrics" / "metrics.json", sampler="ddpm", steps=1000, eta=0.0, nfe=1000,
-                        fid=10.5, near=0.5, div=0.3, anatomy=(1.0, 0.98))
+                        fid=10.5, near=0.5, div=0.3, anatomy=(1.0, 0.98), flagged=(1, 2))
     ddim = metrics_json(tmp_path / "compare" / "ddim-50-eta0.5" / "metrics.json", sampler="ddim", steps=50,
-                        eta=0.5, nfe=50, fid=12.25, near=0.45, div=0.35, kid=-0.0025, anatomy=(0.5, None))
+                        eta=0.5, nfe=50, fid=12.25, near=0.45, div=0.35, kid=-0.0025, anatomy=(0.5, None),
+                        flagged=(0, 0))
     dpmpp = metrics_json(tmp_path / "compare" / "dpmpp-25" / "metrics.json", sampler="dpmpp", steps=25, eta=0.0,
                          nfe=25, fid=11.0, near=0.48, div=0.31, real=list(reversed(REAL)), intervals=False)
     out = tmp_path / "metrics" / "samplers.tsv"
@@ -93,6 +96,9 @@ def test_sampler_table_has_a_row_per_sampler_main_first(tmp_path):
     assert back["two_lungs_share"][0] == 1.0 and back["two_lungs_share"][1] == 0.5
     assert back["lung_volume_ratio"][0] == 0.98 and math.isnan(back["lung_volume_ratio"][1])  # no real lungs
     assert math.isnan(back["two_lungs_share"][2])  # metrics written before the anatomy was measured
+    assert list(back["memorisation_flagged_voxels"][:2]) == [1, 0]
+    assert list(back["memorisation_flagged_features"][:2]) == [2, 0]
+    assert math.isnan(back["memorisation_flagged_features"][2])  # a set without the audit: an empty cell
     header = out.read_text().splitlines()[0].split("\t")
     assert header[:5] == ["set", "sampler", "steps", "eta", "network_evaluations"]
 

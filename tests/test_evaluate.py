@@ -87,6 +87,8 @@ def test_identical_sets(tmp_path):
     assert [p["synthetic"] for p in mem["per_sample"]] == [f"{k:04d}.nii.gz" for k in range(6)]
     assert mem["test_to_train"]["n"] == 6 and {p["nearest_train"] for p in mem["per_sample"]} <= {
         f"T{k}.nii.gz" for k in range(3)}
+    assert mem["features"]["n_flagged"] == 0 and mem["features"]["test_to_train"]["n"] == 6
+    assert mem["features"]["feature_network"]["depth"] == 10
     assert set(result) >= {"fid", "msssim_nearest_real", "msssim_diversity", "bootstrap", "floor", "memorisation"}
     anatomy = result["anatomy"]  # 16³ voxels of 2.5 mm hold 62.5 mL, less than a body: anatomy absent, not NaN
     assert anatomy["hu_window"] == [-1000.0, 400.0] and anatomy["counts"]["synthetic"]["no_body"] == 6
@@ -131,9 +133,42 @@ def test_memorised_training_volume_is_flagged(tmp_path):
     mem = result["memorisation"]
     assert mem["flagged"] == ["s1.nii.gz"]
     assert mem["closest_pairs"][0]["train"] == "T2.nii.gz" and mem["closest_pairs"][0]["distance"] < 1e-5
+    features = mem["features"]  # the exact copy is flagged in feature space too
+    assert features["flagged"] == ["s1.nii.gz"] and features["closest_pairs"][0]["train"] == "T2.nii.gz"
     # 4 real volumes: halves of 2, the smallest floor that exists
     assert result["floor"]["fid"] is not None and "reason" not in result["floor"]
     assert result["floor"]["kid"]["subset_size"] == 2 and "note" not in result["floor"]["kid"]
+
+
+def test_feature_audit_end_to_end(tmp_path):
+    """The feature audit of evaluate() against its definition recomputed here: the same network and batches
+    give the same features, brute-force distances give the nearest training volumes, and the rule is applied
+    as stated. The synthetic set holds a copy of a training volume rolled by 2 voxels and an exact copy."""
+    train_vols = _volumes(5, 20)
+    train = [_write(tmp_path / "train", f"T{k}", v) for k, v in enumerate(train_vols)]
+    real_vols = _volumes(4, 21)
+    real = [_write(tmp_path / "real", f"r{k}", v) for k, v in enumerate(real_vols)]
+    syn_vols = _volumes(4, 22)
+    syn_vols[0] = np.roll(train_vols[3], 2, axis=1)
+    syn_vols[2] = train_vols[1]
+    syn = [_write(tmp_path / "syn", f"s{k}", v) for k, v in enumerate(syn_vols)]
+    result = _run(real, syn, tmp_path / "m.json", train=train, train_chunk=2, bootstrap=0)
+    voxels, features = result["memorisation"], result["memorisation"]["features"]
+    assert "s2.nii.gz" in voxels["flagged"] and "s2.nii.gz" in features["flagged"]
+    assert features["feature_network"] == result["feature_network"] and "Med3D" in features["distance"]
+
+    model, _ = load_med3d(10, None, seed=0)
+    f_train = np.concatenate([extract_features(model, iter(train_vols[i : i + 2])) for i in range(0, 5, 2)])
+    f_syn, f_real = extract_features(model, iter(syn_vols)), extract_features(model, iter(real_vols))
+    for feats, records in ((f_syn, features["per_sample"]), (f_real, features["test_to_train"]["per_sample"])):
+        brute = np.linalg.norm(feats[:, None] - f_train[None], axis=2)
+        assert [r["nearest_train"] for r in records] == [f"T{j}.nii.gz" for j in brute.argmin(1)]
+        # both sums of C = 512 squares carry a relative error below (C + 2) u ~ 6e-14 (nearest.py, eq. (2))
+        np.testing.assert_allclose([r["distance"] for r in records], brute.min(1), rtol=1e-12)
+    threshold = features["threshold"]
+    assert threshold == min(r["distance"] for r in features["test_to_train"]["per_sample"])
+    assert [p["flagged"] for p in features["per_sample"]] == [p["distance"] < threshold for p in features["per_sample"]]
+    assert features["flagged"] == [p["synthetic"] for p in features["per_sample"] if p["flagged"]]
 
 
 def test_floor_is_null_for_tiny_sets():

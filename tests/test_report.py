@@ -29,6 +29,25 @@ def memorisation():
         "flagged": ["0000.nii.gz"], "n_flagged": 1,
         "closest_pairs": [{"synthetic": "0000.nii.gz", "train": "T1.nii.gz", "distance": 0.0},
                           {"synthetic": "0001.nii.gz", "train": "T1.nii.gz", "distance": 3.5}],
+        "features": feature_audit(),
+    }
+
+
+def feature_audit():
+    """The feature-space audit: flags 0000 (the exact copy) and 0002 (e.g. a shifted copy) with threshold 0.75."""
+    syn = [{"synthetic": f"{k:04d}.nii.gz", "nearest_train": t, "distance": d, "test_percentile": 0.0,
+            "flagged": d < 0.75} for k, (t, d) in enumerate([("T1.nii.gz", 1e-6), ("T0.nii.gz", 1.5),
+                                                              ("T2.nii.gz", 0.125)])]
+    test = [{"test": f"r{k}.nii.gz", "nearest_train": "T0.nii.gz", "distance": d} for k, d in enumerate([0.75, 1.25])]
+    return {
+        "rule": "flagged when the synthetic-to-train distance is below the minimum test-to-train distance",
+        "threshold": 0.75, "per_sample": syn,
+        "test_to_train": {"n": 2, "min": 0.75, "p05": 0.8, "median": 1.0, "mean": 1.0, "max": 1.25,
+                          "per_sample": test},
+        "flagged": ["0000.nii.gz", "0002.nii.gz"], "n_flagged": 2,
+        "closest_pairs": [{"synthetic": "0000.nii.gz", "train": "T1.nii.gz", "distance": 1e-6},
+                          {"synthetic": "0002.nii.gz", "train": "T2.nii.gz", "distance": 0.125}],
+        "feature_network": {"depth": 10, "pretrained": False, "normalise": "none"},
     }
 
 
@@ -100,6 +119,15 @@ def test_report_contents(tmp_path):
     assert "not comparable to the paper" in md and "rank-deficient" in md
     assert "## Memorisation" in md and "1 of 3 synthetic volumes flagged" in md and "(0000.nii.gz)" in md
     assert "| 0000.nii.gz | T1.nii.gz | 0 |" in md and "| 0001.nii.gz | T1.nii.gz | 3.5 |" in md
+    # the feature-space audit beside the voxel audit
+    assert "|  | voxels (L2) | Med3D ResNet-10 features (random weights) (L2) |" in md
+    assert "| near-copies flagged | 1 of 3 | 2 of 3 |" in md
+    assert "| flagged volumes | 0000.nii.gz | 0000.nii.gz, 0002.nii.gz |" in md
+    assert "| threshold: closest held-out volume to the training set | 2 | 0.75 |" in md
+    assert ("| closest synthetic–training pair | 0000.nii.gz – T1.nii.gz (0) | 0000.nii.gz – T1.nii.gz (1e-06) |"
+            in md)
+    assert "Closest pairs in feature space:" in md and "| 0002.nii.gz | T2.nii.gz | 0.125 |" in md
+    assert 'id="memorisation-audits"' in page and "<td>2 of 3</td>" in page
     assert "| discover | rejected | modality CR is not CT | 1 |" in md
     assert "| cohort | usable | patients | 2 |" in md
     assert "checkpoint_step: 7" in md
@@ -158,6 +186,9 @@ def test_sampler_comparison_table(tmp_path):
     md, page = _report(tmp_path, m, samplers_tsv=tmp_path / "samplers.tsv")
     assert "| ddim-50-eta0.5 | ddim | 50 | 0.5 | 50 | 98.000 [90.000, 101.500] | 0.512 [0.500, 0.525] | 0.250 |" in md
     assert md.index("## Samplers") < md.index("## Memorisation")
+    assert "| set | sampler | steps |" in md and "| near-copies flagged (voxels / features) |" in md
+    # both sets hold the same audits: the last column of each row
+    assert re.search(r"\| 0\.300 \[0\.280, 0\.330\] \|[^\n]* \| 1 / 2 \|\n", md)
     assert 'id="samplers"' in page and "<td>ddim-50-eta0.5</td>" in page and "same seeds" in page
 
 
@@ -208,7 +239,7 @@ def test_markdown_and_html_hold_the_same_sections(tmp_path):
     sections = build_sections(tmp_path / "metrics.json", tmp_path / "inv.tsv", {"train": {"lr": 0.0001}},
                               samplers_tsv=tmp_path / "samplers.tsv", **figures(tmp_path, m, tmp_path / "figure1.png"))
     titles = [s.title for s in sections]
-    assert titles == ["Metrics", "Samplers", "Memorisation", "Figure 1", "Learning curve", "Data QC", "Provenance",
+    assert titles == ["Metrics", "How to read the numbers", "Samplers", "Memorisation", "Figure 1", "Learning curve", "Data QC", "Provenance",
                       "Config"]
     md = render_markdown(sections, tmp_path)
     page = render_html(sections)
@@ -285,3 +316,37 @@ def test_anatomy_section_in_both_renderings(tmp_path):
             assert "| " + " | ".join(row) + " |" in md
             assert "".join(f"<td>{html.escape(c)}</td>" for c in row) in page
     json.dumps(m["anatomy"], allow_nan=False)
+
+
+def _guide(md: str) -> str:
+    return md.split("## How to read the numbers")[1].split("\n## ")[0]
+
+
+def test_reading_guide_in_both_renderings_with_rows_for_the_metrics_present(tmp_path):
+    m = metrics(pretrained=False, rank_deficient=True)
+    for part in (m, m["bootstrap"], m["floor"]):  # a file without KID first
+        part.pop("kid", None)
+    md, page = _report(tmp_path, m)
+    assert md.index("## Metrics") < md.index("## How to read the numbers") < md.index("## Memorisation")
+    assert "<h2>How to read the numbers</h2>" in page and 'id="reading-guide"' in page
+    guide = _guide(md)
+    assert "| question | metric | better | reference |" in guide
+    assert "| FID (Med3D features) | lower;" in guide and "MS-SSIM, synthetic vs nearest real" in guide
+    assert "lower = more diverse" in guide and "near-copies flagged (voxels and Med3D features)" in guide
+    assert "95 % bootstrap intervals (200 replicates)" in guide
+    assert "here 4 volumes per set against" not in guide  # no feature dimension recorded in this file
+    assert "seeded random network" in guide
+    assert "KID" not in guide and "Anatomy" not in guide  # no rows for metrics the file does not hold
+    for text in ("FID (Med3D features)", "lower = more diverse", "bootstrap intervals"):
+        assert text in page.split("<h2>How to read the numbers</h2>")[1].split("<h2>")[0]
+
+    m.update(kid={"mean": 0.01, "std": 0.005, "subset_size": 4, "subsets": 100}, anatomy=anatomy_record(),
+             fid_feature_dim=512)
+    guide = _guide(_report(tmp_path, m)[0])
+    assert "| KID (same features) |" in guide and "KID does not carry this bias" in guide
+    assert "| Anatomy (HU) |" in guide and "here 4 volumes per set against 512 feature dimensions" in guide
+
+    old = metrics(pretrained=True, rank_deficient=False, extended=False)  # no intervals, floor or audits
+    guide = _guide(_report(tmp_path, old)[0])
+    assert "bootstrap" not in guide and "near-copies" not in guide and "seeded random" not in guide
+    assert "| FID (Med3D features) |" in guide

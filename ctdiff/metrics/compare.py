@@ -33,6 +33,7 @@ COLUMNS = [
     "msssim_diversity", "msssim_diversity_low", "msssim_diversity_high",
     "two_lungs_share", "lung_volume_ratio",
     "ci_level", "n_boot", "checkpoint_step", "sample_seed",
+    "memorisation_flagged_voxels", "memorisation_flagged_features",
 ]
 # What every row must share for the comparison to be fair; checked by sampler_table.
 SHARED = ("checkpoint_sha256", "sample_seed", "n_synthetic", "real_volumes")
@@ -93,6 +94,10 @@ def _row(name: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     summary = m.get("anatomy", {}).get("summary", {})
     row["two_lungs_share"] = summary.get("two_lungs_share_synthetic")
     row["lung_volume_ratio"] = summary.get("lung_volume_ratio")
+    # near-copies of training volumes by the voxel and the feature-space audit (empty: not audited)
+    memorisation = m.get("memorisation", {})
+    row["memorisation_flagged_voxels"] = memorisation.get("n_flagged")
+    row["memorisation_flagged_features"] = memorisation.get("features", {}).get("n_flagged")
     shared = {"checkpoint_sha256": prov["checkpoint_sha256"], "sample_seed": prov["sample_seed"],
               "n_synthetic": m["n_synthetic"], "real_volumes": sorted(m["real_volumes"])}
     return row, shared

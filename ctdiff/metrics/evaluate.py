@@ -1,9 +1,11 @@
 """The evaluate stage: FID and KID on Med3D features and both MS-SSIM protocols with bootstrap intervals, the
-real-vs-real floor and the memorisation audit, written to one JSON file.
+real-vs-real floor, the memorisation audits (voxels and Med3D features) and the anatomy in HU, written to one
+JSON file.
 
 Memory: the test and synthetic volumes are held in memory as float32, (Nr + Ns) · D·H·W · 4 bytes, e.g.
 500 + 500 volumes of 128³ take 8 GiB; the training volumes are read ``train_chunk`` at a time for the
-memorisation audit (64 at 128³: 0.5 GiB more) and never held together. Each file is read once. Med3D
+memorisation audits (64 at 128³: 0.5 GiB more) and never held together; their Med3D features are kept
+(N_train · C · 8 bytes) for the feature-space audit. Each file is read once. Med3D
 features are computed ``batch_size`` volumes at a time, nearest-volume searches in float64 chunks of
 ~64 MiB, and MS-SSIM four pairs at a time.
 """
@@ -20,6 +22,7 @@ from ctdiff.config import EvaluateConfig
 from ctdiff.io import load_volume, write_json
 from ctdiff.metrics.anatomy_compare import evaluate_anatomy, read_affines
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci, pair_mean_ci
+from ctdiff.metrics.feature_memorisation import feature_audit, features_while_reading
 from ctdiff.metrics.fid import fid_from_features
 from ctdiff.metrics.kid import kid_ci, kid_from_features, kid_real_floor
 from ctdiff.metrics.med3d import extract_features, load_med3d
@@ -147,6 +150,8 @@ def evaluate(
       (``real_floor``).
     - ``memorisation``: each synthetic and each real volume's L2 distance to its nearest ``train`` volume
       and the near-copies (``ctdiff.metrics.memorisation``).
+    - ``memorisation.features``: the same audit on the Med3D features above, the training volumes' features
+      computed from the chunks the voxel audit reads (``ctdiff.metrics.feature_memorisation``).
     - ``real_volumes``: the names of the real volumes, so that sets scored separately can be shown to share them.
     - ``anatomy``: body, lungs and tissue classes in HU (through ``hu_window``, the preprocessing window) per
       volume, and real against synthetic as distributions with the real-vs-real floor and intervals
@@ -204,9 +209,14 @@ def evaluate(
     floor["kid"] = (kid_real_floor(feats_real, half_a, half_b, **kid_settings, seed=settings.seed)
                     if len(half_a) >= 2 else None)
 
-    syn_near, real_near = nearest_over_chunks(
-        [syn_vol, real_vol], _chunks(list(train), train_chunk, real_vol.shape[1:], "training"))
+    train_feats: list[np.ndarray] = []  # filled chunk by chunk as the voxel search reads the training volumes
+    train_chunks = features_while_reading(_chunks(list(train), train_chunk, real_vol.shape[1:], "training"),
+                                          model, train_feats, normalise=settings.normalise, device=device)
+    syn_near, real_near = nearest_over_chunks([syn_vol, real_vol], train_chunks)
     memorisation = audit(syn_names, syn_near, real_names, real_near, [Path(p).name for p in train])
+    memorisation["features"] = feature_audit(syn_names, feats_syn, real_names, feats_real,
+                                             [Path(p).name for p in train], np.concatenate(train_feats),
+                                             network=network)
 
     metrics = {
         "fid": fid["fid"],

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 RULE = "flagged when the synthetic-to-train distance is below the minimum test-to-train distance"
+VOXEL_DISTANCE = "Euclidean norm of the voxel difference over the whole volume (intensities in [0, 1])"
 
 
 def _reference_summary(d: np.ndarray) -> dict:
@@ -42,13 +43,15 @@ def audit(
     train_names: Sequence[str],
     *,
     n_closest: int = 5,
+    distance: str = VOXEL_DISTANCE,
 ) -> dict:
     """The audit record from (index, distance) of synthetic and test volumes to their nearest training volume.
 
     Returns {'rule', 'threshold', 'distance', 'per_sample', 'test_to_train', 'flagged', 'n_flagged',
     'closest_pairs'}: per_sample gives each synthetic volume's nearest training volume, distance, percentile
     rank among the test-to-train distances (% of test volumes closer) and flag; closest_pairs the
-    ``n_closest`` synthetic volumes nearest to the training set, closest first.
+    ``n_closest`` synthetic volumes nearest to the training set, closest first. ``distance`` says what the
+    distances measure (voxels by default; ``ctdiff.metrics.feature_memorisation`` passes feature space).
     """
     s_idx, s_dist = (np.asarray(x) for x in synthetic_nearest)
     t_idx, t_dist = (np.asarray(x) for x in test_nearest)
@@ -67,7 +70,7 @@ def audit(
     return {
         "rule": RULE,
         "threshold": threshold,
-        "distance": "Euclidean norm of the voxel difference over the whole volume (intensities in [0, 1])",
+        "distance": distance,
         "per_sample": per_sample,
         "test_to_train": {
             **_reference_summary(t_dist),

@@ -136,6 +136,22 @@ def nearest_l2(
     return index, np.sqrt(squared)
 
 
+def nearest_rows(
+    query: np.ndarray, reference: np.ndarray, block: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest row of ``reference`` [Nr, C] (L2 over the C entries) to each row of ``query`` [Nq, C]: the search of
+    ``nearest_l2`` for vectors, e.g. feature vectors. The bound of the module docstring holds for any finite
+    float64 entries (n = C). Returns (index [Nq] int64, distance [Nq] float64); ValueError for other shapes."""
+    _check_block(block)
+    q, r = np.asarray(query), np.asarray(reference)
+    if q.ndim != 2 or r.ndim != 2 or q.shape[1] != r.shape[1]:
+        raise ValueError(f"expected query [Nq, C] and reference [Nr, C], got shapes {q.shape} and {r.shape}")
+    if len(r) == 0:
+        raise ValueError("no reference vectors to search")
+    index, squared = _nearest_squared(q, r, block)
+    return index, np.sqrt(squared)
+
+
 def nearest_real(synthetic: np.ndarray | Tensor, real: np.ndarray | Tensor, block: int = 64) -> np.ndarray:
     """Index [Ns] into ``real`` [Nr, D, H, W] of the nearest real volume (L2 over voxels) to each synthetic one
     (``nearest_l2`` without the distances)."""
