@@ -290,19 +290,17 @@ def _check_evaluate(e: EvaluateConfig, T: int) -> None:
 
 
 def _check_kid(cfg: Config) -> None:
-    """KID subsets are drawn without replacement from each set: the subset size must fit the synthetic set and,
-    where split.test is a whole count, the real one (a fraction is checked when the real set is known)."""
+    """KID subsets are drawn without replacement from each set: the subset size must fit the synthetic set
+    (``sample.n``). The real set is checked by the evaluate stage, where it is known (the usable cohort decides
+    it); checking a whole-count ``split.test`` here would also stop runs that only ingest."""
     e = cfg.evaluate
     if e.kid_subset_size < 2 or e.kid_subsets < 1:
         raise ValueError(f"config: evaluate.kid_subset_size={e.kid_subset_size} must be >= 2 and "
                          f"evaluate.kid_subsets={e.kid_subsets} >= 1")
-    sets = [("sample.n", cfg.sample.n)]
-    if cfg.split.test >= 1:
-        sets.append(("split.test", int(cfg.split.test)))
-    for key, n in sets:
-        if e.kid_subset_size > n:
-            raise ValueError(f"config: evaluate.kid_subset_size={e.kid_subset_size} exceeds {key}={n}: KID draws "
-                             f"subsets without replacement; lower evaluate.kid_subset_size to at most {n}")
+    if e.kid_subset_size > cfg.sample.n:
+        raise ValueError(f"config: evaluate.kid_subset_size={e.kid_subset_size} exceeds sample.n={cfg.sample.n}: "
+                         f"KID draws subsets without replacement; lower evaluate.kid_subset_size to at most "
+                         f"{cfg.sample.n}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
