@@ -23,6 +23,7 @@ from ctdiff.options import (
     Sampler,
     SeriesChoice,
     Source,
+    TrainPrecision,
 )
 
 
@@ -72,7 +73,7 @@ class TrainConfig:
     batch_size: int = 2
     lr: float = 1.0e-5
     ema_decay: float = 0.9999
-    precision: Precision = "fp32"
+    precision: TrainPrecision = "fp32"
     grad_checkpointing: bool = False
     recompute_norm: bool = False
     compile: bool = False

@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args
 
 Sampler = Literal["ddpm", "ddim", "dpmpp"]
 Precision = Literal["fp32", "bf16"]
+TrainPrecision = Literal["fp32", "bf16", "auto"]  # auto: bf16 where it is measured faster (ctdiff.train)
 Objective = Literal["eps"]
 BetaSchedule = Literal["linear"]
 Source = Literal["phantom", "dicom"]
@@ -20,6 +21,7 @@ Normalise = Literal["none", "zscore"]
 
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+TRAIN_PRECISIONS: tuple[str, ...] = get_args(TrainPrecision)
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 BETA_SCHEDULES: tuple[str, ...] = get_args(BetaSchedule)
 SOURCES: tuple[str, ...] = get_args(Source)

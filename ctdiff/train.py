@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -47,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import parse_flag_from_env
 from tqdm import tqdm
 
 from ctdiff.checkpoint import TrainingData, build_model, build_schedule, read_checkpoint, save_checkpoint
@@ -148,9 +150,36 @@ class _TrainingState:
     log: list[dict[str, Any]] = field(default_factory=list)
 
 
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU has AMX-BF16 tile instructions (Intel Xeon since Sapphire Rapids).
+
+    Only these made bf16 autocast faster on the CPU: the demo's U-Net trained 2.5x faster than in fp32 with
+    them, but 1.2-1.6x slower on the same CPU with oneDNN limited to AVX512-BF16 (docs/facts.md).
+    """
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.9
+    if capabilities is not None:
+        return bool(capabilities().get("amx_bf16", False))
+    # Older torch: every CPU with AMX tiles has AMX-BF16.
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``train.precision`` as it will run on ``device_type`` (``"cuda"``, ``"cpu"``, ...): ``auto`` becomes
+    ``bf16`` on a CUDA GPU that supports it or a CPU with AMX-BF16 (:func:`cpu_has_amx_bf16`), else ``fp32``;
+    ``fp32`` and ``bf16`` stay as they are."""
+    if precision != "auto":
+        return precision
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device_type == "cpu":
+        return "bf16" if cpu_has_amx_bf16() else "fp32"
+    return "fp32"
+
+
 def _accelerator(cfg: TrainConfig, tensorboard_dir: Path | None) -> Accelerator:
-    """The Accelerator for this process (bf16 autocast with ``train.precision: bf16``, TensorBoard with
-    ``train.tensorboard``); refuses TensorBoard without a folder or without the package."""
+    """The Accelerator for this process (bf16 autocast with ``train.precision: bf16``, or with ``auto`` where
+    :func:`resolve_precision` chooses it; the resolved precision is printed to the log), TensorBoard with
+    ``train.tensorboard``; refuses TensorBoard without a folder or without the package."""
     tracking = {}
     if cfg.tensorboard:
         if tensorboard_dir is None:
@@ -159,10 +188,26 @@ def _accelerator(cfg: TrainConfig, tensorboard_dir: Path | None) -> Accelerator:
             raise ValueError("train.tensorboard is true but the tensorboard package is not installed "
                              "(pip install tensorboard, or pip install 'ctdiff[tensorboard]')")
         tracking = {"log_with": "tensorboard", "project_dir": str(tensorboard_dir)}
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no", **tracking)
+    # The device Accelerate will choose (ctdiff.launch runs CPU jobs with ACCELERATE_USE_CPU set); auto is
+    # resolved for it before the Accelerator exists, since its autocast is fixed at construction.
+    device_type = "cuda" if torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU") else "cpu"
+    precision = resolve_precision(cfg.precision, device_type)
+    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", **tracking)
+    if cfg.precision == "auto":
+        if accelerator.device.type != device_type:
+            raise ValueError(f"train.precision: auto knows CUDA and CPU devices, not {accelerator.device.type}: "
+                             "set fp32 or bf16")
+        feature = "bf16 support" if device_type == "cuda" else "AMX-BF16"
+        accelerator.print(f"train.precision: auto -> {precision} ({device_type}, {feature}: "
+                          f"{'yes' if precision == 'bf16' else 'no'})")
     if accelerator.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest 3D convolution once
     return accelerator
+
+
+def _run_precision(accelerator: Accelerator) -> str:
+    """The precision ``accelerator`` trains in, as ``train.precision`` spells it."""
+    return "bf16" if accelerator.mixed_precision == "bf16" else "fp32"
 
 
 def _per_process_batch(cfg: TrainConfig, processes: int) -> int:
@@ -296,8 +341,10 @@ def train(
     records the preprocessing's size, spacing and HU window so that samples can be written like the training
     data. With ``train.tensorboard`` the loss also goes to TensorBoard event files under ``tensorboard_dir``.
     """
+    accelerator = _accelerator(cfg.train, tensorboard_dir)
+    # train.precision: auto is recorded (checkpoint, resume) as what it resolved to on this machine.
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=_run_precision(accelerator)))
     train_cfg = cfg.train
-    accelerator = _accelerator(train_cfg, tensorboard_dir)
     local_batch = _per_process_batch(train_cfg, accelerator.num_processes)
     # The volumes stay on the host, checked and cached uncompressed under the state folder; one process per
     # host builds the cache while the others wait (a sync point), then they reuse it.

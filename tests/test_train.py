@@ -12,7 +12,8 @@ from conftest import AFFINE, SIZE, TINY_DIFFUSION, TINY_MODEL, tiny_config, writ
 from ctdiff.checkpoint import checkpoint_config, load_for_sampling, read_checkpoint
 from ctdiff.config import to_dict
 from ctdiff.io import save_volume
-from ctdiff.train import batch_indices, train
+import ctdiff.train
+from ctdiff.train import batch_indices, cpu_has_amx_bf16, resolve_precision, train
 
 
 def run(files, out, cfg, state=None):
@@ -205,3 +206,62 @@ def test_tensorboard_gets_the_logged_loss(volumes, tmp_path):
 def test_tensorboard_without_a_folder_is_refused(volumes, tmp_path):
     with pytest.raises(ValueError, match="train.tensorboard"):
         run(volumes, tmp_path, tiny_config(tensorboard=True))
+
+
+def test_auto_precision_resolves_from_the_device(monkeypatch):
+    """auto is bf16 on a CUDA GPU with bf16 and on a CPU with AMX-BF16, fp32 elsewhere; fp32 and bf16 stay."""
+    for amx, cpu_choice in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(ctdiff.train, "cpu_has_amx_bf16", lambda amx=amx: amx)
+        assert resolve_precision("auto", "cpu") == cpu_choice
+        assert [resolve_precision(p, "cpu") for p in ("fp32", "bf16")] == ["fp32", "bf16"]
+    for bf16, cuda_choice in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, bf16=bf16, **k: bf16)
+        assert resolve_precision("auto", "cuda") == cuda_choice
+    assert resolve_precision("auto", "mps") == "fp32"
+
+
+def test_amx_bf16_is_read_from_the_cpu_capabilities(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": True})
+    assert cpu_has_amx_bf16()
+    # AVX512-BF16 without AMX (e.g. AMD Zen 4) ran bf16 autocast slower than fp32: auto keeps fp32 there.
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": False})
+    assert not cpu_has_amx_bf16()
+
+
+@pytest.fixture
+def fresh_autocast():
+    """Accelerate fixes mixed precision once per process; let this test's runs choose their own."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield AcceleratorState._reset_state
+    AcceleratorState._reset_state()
+
+
+def test_auto_precision_is_logged_recorded_and_resumed(volumes, tmp_path, monkeypatch, capfd, fresh_autocast):
+    # Without AMX-BF16: auto says so, trains in fp32 and records fp32, the very run that fp32 gives.
+    monkeypatch.setattr(ctdiff.train, "cpu_has_amx_bf16", lambda: False)
+    run(volumes, tmp_path / "auto", tiny_config(steps=4, precision="auto"))
+    assert "train.precision: auto -> fp32 (cpu, AMX-BF16: no)" in capfd.readouterr().out
+    auto = read_checkpoint(tmp_path / "auto" / "model.pt")
+    assert auto["config"]["train"]["precision"] == "fp32"
+    run(volumes, tmp_path / "fp32", tiny_config(steps=4))
+    fp32 = read_checkpoint(tmp_path / "fp32" / "model.pt")
+    assert all(torch.equal(auto["model"][k], fp32["model"][k]) for k in fp32["model"])
+
+    # With AMX-BF16: bf16 autocast (other weights), recorded as bf16; a rerun with auto resumes it.
+    monkeypatch.setattr(ctdiff.train, "cpu_has_amx_bf16", lambda: True)
+    fresh_autocast()
+    state = tmp_path / "state"
+    run(volumes, tmp_path / "bf16", tiny_config(steps=4, precision="auto"), state=state)
+    assert "train.precision: auto -> bf16 (cpu, AMX-BF16: yes)" in capfd.readouterr().out
+    bf16 = read_checkpoint(tmp_path / "bf16" / "model.pt")
+    assert bf16["config"]["train"]["precision"] == "bf16"
+    assert not all(torch.equal(bf16["model"][k], fp32["model"][k]) for k in fp32["model"])
+    run(volumes, tmp_path / "longer", tiny_config(steps=6, precision="auto"), state=state)
+    assert "resuming from step 4" in capfd.readouterr().out
+    # A machine where auto means fp32 does not resume that bf16 state: it starts afresh.
+    monkeypatch.setattr(ctdiff.train, "cpu_has_amx_bf16", lambda: False)
+    fresh_autocast()
+    run(volumes, tmp_path / "elsewhere", tiny_config(steps=6, precision="auto"), state=state)
+    assert "starting afresh" in capfd.readouterr().out
