@@ -17,6 +17,7 @@ from typing import Any
 from ctdiff.options import (
     SAMPLERS,
     BetaSchedule,
+    LrSchedule,
     Normalise,
     Objective,
     Precision,
@@ -72,6 +73,7 @@ class TrainConfig:
     steps: int = 1_000_000
     batch_size: int = 2
     lr: float = 1.0e-5
+    lr_schedule: LrSchedule = "constant"
     ema_decay: float = 0.9999
     precision: TrainPrecision = "fp32"
     grad_checkpointing: bool = False

@@ -37,6 +37,7 @@ import csv
 import dataclasses
 import functools
 import importlib.util
+import math
 import os
 import signal
 import time
@@ -52,7 +53,7 @@ from accelerate.utils import parse_flag_from_env
 from tqdm import tqdm
 
 from ctdiff.checkpoint import TrainingData, build_model, build_schedule, read_checkpoint, save_checkpoint
-from ctdiff.config import Config, TrainConfig, to_dict
+from ctdiff.config import Config, TrainConfig, section_from_dict, to_dict
 from ctdiff.data.prefetch import Prefetcher
 from ctdiff.data.trainset import TrainingSet
 from ctdiff.diffusion.schedule import training_loss
@@ -64,6 +65,15 @@ LOG_COLUMNS = ("step", "loss", "lr", "elapsed_s")
 def batch_indices(n: int, batch_size: int, *, seed: int, step: int) -> np.ndarray:
     """Indices of the global batch of ``step``: the head of a permutation drawn from ``(seed, step)``."""
     return np.random.default_rng([seed, step]).permutation(n)[:batch_size]
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of ``step`` (counted from 0): ``train.lr`` throughout with ``lr_schedule: constant``
+    (the paper); with ``cosine``, ``lr · (1 + cos(π · step / steps)) / 2``, from ``lr`` at the first step
+    towards 0 at the last, so the final weights settle instead of jittering at the full rate."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / cfg.steps))
 
 
 def _host_batch(trainset: TrainingSet, cfg: TrainConfig, shard: range, timesteps: int, step: int):
@@ -246,11 +256,16 @@ def _build(cfg: Config, recorded: dict[str, Any], cuda: bool) -> _TrainingState:
 
 
 def _resume_key(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The settings a checkpoint must share with this run to be resumed (``steps`` may change)."""
+    """The settings a checkpoint must share with this run to be resumed (``steps`` may grow unless the
+    learning-rate schedule depends on it)."""
+    # Keys a checkpoint predates take their defaults, so adding a key does not orphan older state.
+    train = to_dict(section_from_dict("train", cfg["train"]))
     # Settings that do not change the update (only its speed, memory or logging) may change on resume.
-    run_only = ("steps", "checkpoint_every", "log_every", "tensorboard", "compile", "grad_accumulation",
-                "grad_checkpointing", "recompute_norm", "cache_gb")
-    keep = {k: v for k, v in cfg["train"].items() if k not in run_only}
+    run_only = {"steps", "checkpoint_every", "log_every", "tensorboard", "compile", "grad_accumulation",
+                "grad_checkpointing", "recompute_norm", "cache_gb"}
+    if train["lr_schedule"] != "constant":
+        run_only.remove("steps")  # the rate of every step depends on the total
+    keep = {k: v for k, v in train.items() if k not in run_only}
     return {**cfg, "train": keep}
 
 
@@ -383,6 +398,9 @@ def train(
     batches = Prefetcher(range(start, train_cfg.steps), fetch, device=accelerator.device)
     with _Sigterm() as stop, bar, batches:
         for step, (x0, t, noise) in batches:
+            lr = learning_rate(train_cfg, step)
+            for group in state.optimizer.param_groups:
+                group["lr"] = lr
             loss = train_step(model, state.ema, state.optimizer, accelerator, schedule, x0, t, noise,
                               micro_batches=train_cfg.grad_accumulation, grad_clip=train_cfg.grad_clip,
                               ema_decay=train_cfg.ema_decay)
@@ -395,11 +413,11 @@ def train(
                 _check_finite(first_bad, accelerator, state_dir)
                 # Sync point: all-reduce of the running loss across processes, then .item() waits for the device.
                 mean = accelerator.reduce(running, reduction="mean").item() / n_running
-                state.log.append({"step": done, "loss": mean, "lr": train_cfg.lr,
+                state.log.append({"step": done, "loss": mean, "lr": lr,
                                   "elapsed_s": round(time.perf_counter() - t0, 3)})
                 running, n_running = 0.0, 0
                 if train_cfg.tensorboard:
-                    accelerator.log({"loss": mean, "lr": train_cfg.lr}, step=done)
+                    accelerator.log({"loss": mean, "lr": lr}, step=done)
                 bar.set_postfix(loss=f"{mean:.4f}")
             bar.update(1)
             if done % train_cfg.checkpoint_every == 0 or stop.requested:
@@ -426,4 +444,4 @@ def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-__all__ = ["train", "train_step", "batch_indices", "draw_noise", "write_log"]
+__all__ = ["train", "train_step", "batch_indices", "draw_noise", "learning_rate", "write_log"]

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import AFFINE, SIZE, TINY_DIFFUSION, TINY_MODEL, tiny_config, write_volumes
+from conftest import AFFINE, SIZE, TINY_DIFFUSION, TINY_MODEL, tiny_config, tiny_train_config, write_volumes
 from ctdiff.checkpoint import checkpoint_config, load_for_sampling, read_checkpoint
 from ctdiff.config import to_dict
 from ctdiff.io import save_volume
 import ctdiff.train
-from ctdiff.train import batch_indices, cpu_has_amx_bf16, resolve_precision, train
+from ctdiff.train import _resume_key, batch_indices, cpu_has_amx_bf16, learning_rate, resolve_precision, train
 
 
 def run(files, out, cfg, state=None):
@@ -265,3 +265,40 @@ def test_auto_precision_is_logged_recorded_and_resumed(volumes, tmp_path, monkey
     fresh_autocast()
     run(volumes, tmp_path / "elsewhere", tiny_config(steps=6, precision="auto"), state=state)
     assert "starting afresh" in capfd.readouterr().out
+
+
+def test_learning_rate_schedules_match_their_closed_form():
+    constant = tiny_train_config(steps=100, lr=2e-3)
+    assert [learning_rate(constant, k) for k in (0, 50, 99)] == [2e-3] * 3
+    cosine = tiny_train_config(steps=100, lr=2e-3, lr_schedule="cosine")
+    assert learning_rate(cosine, 0) == 2e-3
+    assert learning_rate(cosine, 25) == pytest.approx(1e-3 * (1 + math.sqrt(0.5)), rel=1e-12)
+    assert learning_rate(cosine, 50) == pytest.approx(1e-3, rel=1e-12)
+    # (1 + cos(π·99/100)) / 2 = sin²(π/200): the last step trains at a small but non-zero rate.
+    assert learning_rate(cosine, 99) == pytest.approx(2e-3 * math.sin(math.pi / 200) ** 2, rel=1e-9)
+
+
+def test_cosine_schedule_is_what_adam_uses_and_logs_and_ties_resume_to_steps(volumes, tmp_path, capfd):
+    cfg = tiny_config(steps=6, lr=1e-2, lr_schedule="cosine")
+    state = tmp_path / "state"
+    run(volumes, tmp_path / "six", cfg, state=state)
+    rows = list(csv.DictReader(open(tmp_path / "six" / "log.csv")))
+    assert [float(r["lr"]) for r in rows] == pytest.approx([learning_rate(cfg.train, k) for k in range(6)])
+    six = read_checkpoint(tmp_path / "six" / "model.pt")
+    assert six["optimizer"]["param_groups"][0]["lr"] == pytest.approx(learning_rate(cfg.train, 5))
+    # The rate of every step depends on train.steps: a longer cosine run does not resume the 6-step state ...
+    capfd.readouterr()
+    run(volumes, tmp_path / "eight", tiny_config(steps=8, lr=1e-2, lr_schedule="cosine"), state=state)
+    assert "starting afresh" in capfd.readouterr().out
+    run(volumes, tmp_path / "fresh", tiny_config(steps=8, lr=1e-2, lr_schedule="cosine"))
+    assert_same_weights(*(read_checkpoint(tmp_path / name / "model.pt") for name in ("eight", "fresh")), rtol=0, atol=0)
+    # ... and it is a different run from the constant rate.
+    constant = read_checkpoint(run(volumes, tmp_path / "constant", tiny_config(steps=6, lr=1e-2)) or
+                               tmp_path / "constant" / "model.pt")
+    assert not all(torch.equal(six["model"][k], constant["model"][k]) for k in six["model"])
+
+
+def test_state_from_before_the_lr_schedule_key_still_resumes():
+    recorded = {"model": {}, "train": to_dict(tiny_train_config())}
+    older = {"model": {}, "train": {k: v for k, v in recorded["train"].items() if k != "lr_schedule"}}
+    assert _resume_key(older) == _resume_key(recorded)
