@@ -17,12 +17,14 @@ from typing import Any
 from ctdiff.options import (
     SAMPLERS,
     BetaSchedule,
+    LrSchedule,
     Normalise,
     Objective,
     Precision,
     Sampler,
     SeriesChoice,
     Source,
+    TrainPrecision,
 )
 
 
@@ -72,8 +74,9 @@ class TrainConfig:
     steps: int = 1_000_000
     batch_size: int = 2
     lr: float = 1.0e-5
+    lr_schedule: LrSchedule = "constant"
     ema_decay: float = 0.9999
-    precision: Precision = "fp32"
+    precision: TrainPrecision = "fp32"
     grad_checkpointing: bool = False
     recompute_norm: bool = False
     compile: bool = False

@@ -12,16 +12,20 @@ from typing import Any, Literal, get_args
 
 Sampler = Literal["ddpm", "ddim", "dpmpp"]
 Precision = Literal["fp32", "bf16"]
+TrainPrecision = Literal["fp32", "bf16", "auto"]  # auto: bf16 where it is measured faster (ctdiff.train)
 Objective = Literal["eps"]
 BetaSchedule = Literal["linear"]
+LrSchedule = Literal["constant", "cosine"]
 Source = Literal["phantom", "dicom"]
 SeriesChoice = Literal["largest", "all"]
 Normalise = Literal["none", "zscore"]
 
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+TRAIN_PRECISIONS: tuple[str, ...] = get_args(TrainPrecision)
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 BETA_SCHEDULES: tuple[str, ...] = get_args(BetaSchedule)
+LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
 SOURCES: tuple[str, ...] = get_args(Source)
 SERIES_CHOICES: tuple[str, ...] = get_args(SeriesChoice)
 NORMALISE: tuple[str, ...] = get_args(Normalise)

@@ -34,8 +34,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import dataclasses
 import functools
 import importlib.util
+import math
 import os
 import signal
 import time
@@ -47,10 +49,11 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import parse_flag_from_env
 from tqdm import tqdm
 
 from ctdiff.checkpoint import TrainingData, build_model, build_schedule, read_checkpoint, save_checkpoint
-from ctdiff.config import Config, TrainConfig, to_dict
+from ctdiff.config import Config, TrainConfig, section_from_dict, to_dict
 from ctdiff.data.prefetch import Prefetcher
 from ctdiff.data.trainset import TrainingSet
 from ctdiff.diffusion.schedule import training_loss
@@ -62,6 +65,15 @@ LOG_COLUMNS = ("step", "loss", "lr", "elapsed_s")
 def batch_indices(n: int, batch_size: int, *, seed: int, step: int) -> np.ndarray:
     """Indices of the global batch of ``step``: the head of a permutation drawn from ``(seed, step)``."""
     return np.random.default_rng([seed, step]).permutation(n)[:batch_size]
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of ``step`` (counted from 0): ``train.lr`` throughout with ``lr_schedule: constant``
+    (the paper); with ``cosine``, ``lr · (1 + cos(π · step / steps)) / 2``, from ``lr`` at the first step
+    towards 0 at the last, so the final weights settle instead of jittering at the full rate."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / cfg.steps))
 
 
 def _host_batch(trainset: TrainingSet, cfg: TrainConfig, shard: range, timesteps: int, step: int):
@@ -148,9 +160,36 @@ class _TrainingState:
     log: list[dict[str, Any]] = field(default_factory=list)
 
 
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU has AMX-BF16 tile instructions (Intel Xeon since Sapphire Rapids).
+
+    Only these made bf16 autocast faster on the CPU: the demo's U-Net trained 2.5x faster than in fp32 with
+    them, but 1.2-1.6x slower on the same CPU with oneDNN limited to AVX512-BF16 (docs/facts.md).
+    """
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.9
+    if capabilities is not None:
+        return bool(capabilities().get("amx_bf16", False))
+    # Older torch: every CPU with AMX tiles has AMX-BF16.
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``train.precision`` as it will run on ``device_type`` (``"cuda"``, ``"cpu"``, ...): ``auto`` becomes
+    ``bf16`` on a CUDA GPU that supports it or a CPU with AMX-BF16 (:func:`cpu_has_amx_bf16`), else ``fp32``;
+    ``fp32`` and ``bf16`` stay as they are."""
+    if precision != "auto":
+        return precision
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device_type == "cpu":
+        return "bf16" if cpu_has_amx_bf16() else "fp32"
+    return "fp32"
+
+
 def _accelerator(cfg: TrainConfig, tensorboard_dir: Path | None) -> Accelerator:
-    """The Accelerator for this process (bf16 autocast with ``train.precision: bf16``, TensorBoard with
-    ``train.tensorboard``); refuses TensorBoard without a folder or without the package."""
+    """The Accelerator for this process (bf16 autocast with ``train.precision: bf16``, or with ``auto`` where
+    :func:`resolve_precision` chooses it; the resolved precision is printed to the log), TensorBoard with
+    ``train.tensorboard``; refuses TensorBoard without a folder or without the package."""
     tracking = {}
     if cfg.tensorboard:
         if tensorboard_dir is None:
@@ -159,10 +198,26 @@ def _accelerator(cfg: TrainConfig, tensorboard_dir: Path | None) -> Accelerator:
             raise ValueError("train.tensorboard is true but the tensorboard package is not installed "
                              "(pip install tensorboard, or pip install 'ctdiff[tensorboard]')")
         tracking = {"log_with": "tensorboard", "project_dir": str(tensorboard_dir)}
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no", **tracking)
+    # The device Accelerate will choose (ctdiff.launch runs CPU jobs with ACCELERATE_USE_CPU set); auto is
+    # resolved for it before the Accelerator exists, since its autocast is fixed at construction.
+    device_type = "cuda" if torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU") else "cpu"
+    precision = resolve_precision(cfg.precision, device_type)
+    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", **tracking)
+    if cfg.precision == "auto":
+        if accelerator.device.type != device_type:
+            raise ValueError(f"train.precision: auto knows CUDA and CPU devices, not {accelerator.device.type}: "
+                             "set fp32 or bf16")
+        feature = "bf16 support" if device_type == "cuda" else "AMX-BF16"
+        accelerator.print(f"train.precision: auto -> {precision} ({device_type}, {feature}: "
+                          f"{'yes' if precision == 'bf16' else 'no'})")
     if accelerator.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest 3D convolution once
     return accelerator
+
+
+def _run_precision(accelerator: Accelerator) -> str:
+    """The precision ``accelerator`` trains in, as ``train.precision`` spells it."""
+    return "bf16" if accelerator.mixed_precision == "bf16" else "fp32"
 
 
 def _per_process_batch(cfg: TrainConfig, processes: int) -> int:
@@ -201,11 +256,16 @@ def _build(cfg: Config, recorded: dict[str, Any], cuda: bool) -> _TrainingState:
 
 
 def _resume_key(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The settings a checkpoint must share with this run to be resumed (``steps`` may change)."""
+    """The settings a checkpoint must share with this run to be resumed (``steps`` may grow unless the
+    learning-rate schedule depends on it)."""
+    # Keys a checkpoint predates take their defaults, so adding a key does not orphan older state.
+    train = to_dict(section_from_dict("train", cfg["train"]))
     # Settings that do not change the update (only its speed, memory or logging) may change on resume.
-    run_only = ("steps", "checkpoint_every", "log_every", "tensorboard", "compile", "grad_accumulation",
-                "grad_checkpointing", "recompute_norm", "cache_gb")
-    keep = {k: v for k, v in cfg["train"].items() if k not in run_only}
+    run_only = {"steps", "checkpoint_every", "log_every", "tensorboard", "compile", "grad_accumulation",
+                "grad_checkpointing", "recompute_norm", "cache_gb"}
+    if train["lr_schedule"] != "constant":
+        run_only.remove("steps")  # the rate of every step depends on the total
+    keep = {k: v for k, v in train.items() if k not in run_only}
     return {**cfg, "train": keep}
 
 
@@ -296,8 +356,10 @@ def train(
     records the preprocessing's size, spacing and HU window so that samples can be written like the training
     data. With ``train.tensorboard`` the loss also goes to TensorBoard event files under ``tensorboard_dir``.
     """
+    accelerator = _accelerator(cfg.train, tensorboard_dir)
+    # train.precision: auto is recorded (checkpoint, resume) as what it resolved to on this machine.
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=_run_precision(accelerator)))
     train_cfg = cfg.train
-    accelerator = _accelerator(train_cfg, tensorboard_dir)
     local_batch = _per_process_batch(train_cfg, accelerator.num_processes)
     # The volumes stay on the host, checked and cached uncompressed under the state folder; one process per
     # host builds the cache while the others wait (a sync point), then they reuse it.
@@ -336,6 +398,9 @@ def train(
     batches = Prefetcher(range(start, train_cfg.steps), fetch, device=accelerator.device)
     with _Sigterm() as stop, bar, batches:
         for step, (x0, t, noise) in batches:
+            lr = learning_rate(train_cfg, step)
+            for group in state.optimizer.param_groups:
+                group["lr"] = lr
             loss = train_step(model, state.ema, state.optimizer, accelerator, schedule, x0, t, noise,
                               micro_batches=train_cfg.grad_accumulation, grad_clip=train_cfg.grad_clip,
                               ema_decay=train_cfg.ema_decay)
@@ -348,11 +413,11 @@ def train(
                 _check_finite(first_bad, accelerator, state_dir)
                 # Sync point: all-reduce of the running loss across processes, then .item() waits for the device.
                 mean = accelerator.reduce(running, reduction="mean").item() / n_running
-                state.log.append({"step": done, "loss": mean, "lr": train_cfg.lr,
+                state.log.append({"step": done, "loss": mean, "lr": lr,
                                   "elapsed_s": round(time.perf_counter() - t0, 3)})
                 running, n_running = 0.0, 0
                 if train_cfg.tensorboard:
-                    accelerator.log({"loss": mean, "lr": train_cfg.lr}, step=done)
+                    accelerator.log({"loss": mean, "lr": lr}, step=done)
                 bar.set_postfix(loss=f"{mean:.4f}")
             bar.update(1)
             if done % train_cfg.checkpoint_every == 0 or stop.requested:
@@ -379,4 +444,4 @@ def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-__all__ = ["train", "train_step", "batch_indices", "draw_noise", "write_log"]
+__all__ = ["train", "train_step", "batch_indices", "draw_noise", "learning_rate", "write_log"]

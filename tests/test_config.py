@@ -205,8 +205,8 @@ def test_schema_enums_are_the_option_sets():
     """Every closed set of the schema is the Literal of its dataclass field, which comes from ctdiff.options."""
     from ctdiff.metrics.med3d import DEPTHS
 
-    option_sets = {options.Sampler, options.Precision, options.Objective, options.BetaSchedule, options.Source,
-                   options.SeriesChoice, options.Normalise}
+    option_sets = {options.Sampler, options.Precision, options.TrainPrecision, options.Objective,
+                   options.BetaSchedule, options.LrSchedule, options.Source, options.SeriesChoice, options.Normalise}
     literals = 0
     for path, cls, obj in _sections():
         hints = get_type_hints(cls)
@@ -217,8 +217,9 @@ def test_schema_enums_are_the_option_sets():
                 assert tuple(prop["enum"]) == get_args(hints[name]), f"{path}.{name}"
             elif "enum" in prop:
                 assert (path, name) == ("evaluate", "med3d_depth") and tuple(prop["enum"]) == DEPTHS
-    assert literals == 9
+    assert literals == 10
     assert options.SAMPLERS == ("ddpm", "ddim", "dpmpp") and options.PRECISIONS == ("fp32", "bf16")
+    assert options.TRAIN_PRECISIONS == ("fp32", "bf16", "auto")  # sampling has no auto
     assert options.NORMALISE == get_args(options.Normalise) and options.SOURCES == get_args(options.Source)
 
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import AFFINE, SIZE, TINY_DIFFUSION, TINY_MODEL, tiny_config, write_volumes
+from conftest import AFFINE, SIZE, TINY_DIFFUSION, TINY_MODEL, tiny_config, tiny_train_config, write_volumes
 from ctdiff.checkpoint import checkpoint_config, load_for_sampling, read_checkpoint
 from ctdiff.config import to_dict
 from ctdiff.io import save_volume
-from ctdiff.train import batch_indices, train
+import ctdiff.train
+from ctdiff.train import _resume_key, batch_indices, cpu_has_amx_bf16, learning_rate, resolve_precision, train
 
 
 def run(files, out, cfg, state=None):
@@ -205,3 +206,99 @@ def test_tensorboard_gets_the_logged_loss(volumes, tmp_path):
 def test_tensorboard_without_a_folder_is_refused(volumes, tmp_path):
     with pytest.raises(ValueError, match="train.tensorboard"):
         run(volumes, tmp_path, tiny_config(tensorboard=True))
+
+
+def test_auto_precision_resolves_from_the_device(monkeypatch):
+    """auto is bf16 on a CUDA GPU with bf16 and on a CPU with AMX-BF16, fp32 elsewhere; fp32 and bf16 stay."""
+    for amx, cpu_choice in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(ctdiff.train, "cpu_has_amx_bf16", lambda amx=amx: amx)
+        assert resolve_precision("auto", "cpu") == cpu_choice
+        assert [resolve_precision(p, "cpu") for p in ("fp32", "bf16")] == ["fp32", "bf16"]
+    for bf16, cuda_choice in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, bf16=bf16, **k: bf16)
+        assert resolve_precision("auto", "cuda") == cuda_choice
+    assert resolve_precision("auto", "mps") == "fp32"
+
+
+def test_amx_bf16_is_read_from_the_cpu_capabilities(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": True})
+    assert cpu_has_amx_bf16()
+    # AVX512-BF16 without AMX (e.g. AMD Zen 4) ran bf16 autocast slower than fp32: auto keeps fp32 there.
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": False})
+    assert not cpu_has_amx_bf16()
+
+
+@pytest.fixture
+def fresh_autocast():
+    """Accelerate fixes mixed precision once per process; let this test's runs choose their own."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield AcceleratorState._reset_state
+    AcceleratorState._reset_state()
+
+
+def test_auto_precision_is_logged_recorded_and_resumed(volumes, tmp_path, monkeypatch, capfd, fresh_autocast):
+    # Without AMX-BF16: auto says so, trains in fp32 and records fp32, the very run that fp32 gives.
+    monkeypatch.setattr(ctdiff.train, "cpu_has_amx_bf16", lambda: False)
+    run(volumes, tmp_path / "auto", tiny_config(steps=4, precision="auto"))
+    assert "train.precision: auto -> fp32 (cpu, AMX-BF16: no)" in capfd.readouterr().out
+    auto = read_checkpoint(tmp_path / "auto" / "model.pt")
+    assert auto["config"]["train"]["precision"] == "fp32"
+    run(volumes, tmp_path / "fp32", tiny_config(steps=4))
+    fp32 = read_checkpoint(tmp_path / "fp32" / "model.pt")
+    assert all(torch.equal(auto["model"][k], fp32["model"][k]) for k in fp32["model"])
+
+    # With AMX-BF16: bf16 autocast (other weights), recorded as bf16; a rerun with auto resumes it.
+    monkeypatch.setattr(ctdiff.train, "cpu_has_amx_bf16", lambda: True)
+    fresh_autocast()
+    state = tmp_path / "state"
+    run(volumes, tmp_path / "bf16", tiny_config(steps=4, precision="auto"), state=state)
+    assert "train.precision: auto -> bf16 (cpu, AMX-BF16: yes)" in capfd.readouterr().out
+    bf16 = read_checkpoint(tmp_path / "bf16" / "model.pt")
+    assert bf16["config"]["train"]["precision"] == "bf16"
+    assert not all(torch.equal(bf16["model"][k], fp32["model"][k]) for k in fp32["model"])
+    run(volumes, tmp_path / "longer", tiny_config(steps=6, precision="auto"), state=state)
+    assert "resuming from step 4" in capfd.readouterr().out
+    # A machine where auto means fp32 does not resume that bf16 state: it starts afresh.
+    monkeypatch.setattr(ctdiff.train, "cpu_has_amx_bf16", lambda: False)
+    fresh_autocast()
+    run(volumes, tmp_path / "elsewhere", tiny_config(steps=6, precision="auto"), state=state)
+    assert "starting afresh" in capfd.readouterr().out
+
+
+def test_learning_rate_schedules_match_their_closed_form():
+    constant = tiny_train_config(steps=100, lr=2e-3)
+    assert [learning_rate(constant, k) for k in (0, 50, 99)] == [2e-3] * 3
+    cosine = tiny_train_config(steps=100, lr=2e-3, lr_schedule="cosine")
+    assert learning_rate(cosine, 0) == 2e-3
+    assert learning_rate(cosine, 25) == pytest.approx(1e-3 * (1 + math.sqrt(0.5)), rel=1e-12)
+    assert learning_rate(cosine, 50) == pytest.approx(1e-3, rel=1e-12)
+    # (1 + cos(π·99/100)) / 2 = sin²(π/200): the last step trains at a small but non-zero rate.
+    assert learning_rate(cosine, 99) == pytest.approx(2e-3 * math.sin(math.pi / 200) ** 2, rel=1e-9)
+
+
+def test_cosine_schedule_is_what_adam_uses_and_logs_and_ties_resume_to_steps(volumes, tmp_path, capfd):
+    cfg = tiny_config(steps=6, lr=1e-2, lr_schedule="cosine")
+    state = tmp_path / "state"
+    run(volumes, tmp_path / "six", cfg, state=state)
+    rows = list(csv.DictReader(open(tmp_path / "six" / "log.csv")))
+    assert [float(r["lr"]) for r in rows] == pytest.approx([learning_rate(cfg.train, k) for k in range(6)])
+    six = read_checkpoint(tmp_path / "six" / "model.pt")
+    assert six["optimizer"]["param_groups"][0]["lr"] == pytest.approx(learning_rate(cfg.train, 5))
+    # The rate of every step depends on train.steps: a longer cosine run does not resume the 6-step state ...
+    capfd.readouterr()
+    run(volumes, tmp_path / "eight", tiny_config(steps=8, lr=1e-2, lr_schedule="cosine"), state=state)
+    assert "starting afresh" in capfd.readouterr().out
+    run(volumes, tmp_path / "fresh", tiny_config(steps=8, lr=1e-2, lr_schedule="cosine"))
+    assert_same_weights(*(read_checkpoint(tmp_path / name / "model.pt") for name in ("eight", "fresh")), rtol=0, atol=0)
+    # ... and it is a different run from the constant rate.
+    constant = read_checkpoint(run(volumes, tmp_path / "constant", tiny_config(steps=6, lr=1e-2)) or
+                               tmp_path / "constant" / "model.pt")
+    assert not all(torch.equal(six["model"][k], constant["model"][k]) for k in six["model"])
+
+
+def test_state_from_before_the_lr_schedule_key_still_resumes():
+    recorded = {"model": {}, "train": to_dict(tiny_train_config())}
+    older = {"model": {}, "train": {k: v for k, v in recorded["train"].items() if k != "lr_schedule"}}
+    assert _resume_key(older) == _resume_key(recorded)
