@@ -18,7 +18,8 @@ or host and device wait for each other is commented. Decisions:
   device, prefetched by a background thread (:class:`ctdiff.data.prefetch.Prefetcher`): host and device
   memory do not grow with the cohort. A volume that changes or vanishes during the run is refused by name.
 * SIGTERM (what SLURM sends before preemption) finishes the current step, writes a checkpoint and exits
-  with status 143; the rerun continues from there.
+  with status 143; the rerun continues from there. Several processes agree on it at the next log or
+  checkpoint step, even when only one of them was signalled.
 * A non-finite loss stops the run before anything is saved, so the last good checkpoint stays intact.
 * ``train.grad_accumulation = k`` splits each process's share of the batch into ``k`` equal micro-batches
   and scales each micro-batch loss by ``1/k``: the summed gradient is the gradient of the whole batch, so
@@ -304,27 +305,36 @@ def _save(path: Path, step: int, state: _TrainingState, accelerator: Accelerator
         })
 
 
-def _check_finite(first_bad: torch.Tensor, accelerator: Accelerator, state_dir: Path) -> None:
-    """Raise ``FloatingPointError`` if any process saw a non-finite loss since the start of this run.
+def _check_health(first_bad: torch.Tensor, stop_requested: bool, accelerator: Accelerator,
+                  state_dir: Path) -> bool:
+    """Raise ``FloatingPointError`` if any process saw a non-finite loss since the start of this run; else
+    return whether any process has been asked to stop (SIGTERM).
 
-    ``first_bad`` is this process's first such step (0 = none). Called before every checkpoint and log
-    row, so a model a NaN has reached (through the all-reduced gradients, every process's) is never saved
-    and the state folder keeps the last good checkpoint.
+    ``first_bad`` is this process's first such step (0 = none). Called at every log row and checkpoint, so a
+    model a NaN has reached (through the all-reduced gradients, every process's) is never saved and the state
+    folder keeps the last good checkpoint. With several processes the stop request is agreed here too: SLURM
+    signals each task on its own, so two ranks can see SIGTERM at different steps, and a rank that saved and
+    left while another went on to the next step's all-reduce would leave that one waiting for ever.
     """
-    # Sync point: gathering one integer from every process waits for each one's device.
-    steps = accelerator.gather(first_bad[None]).cpu()
-    bad = steps[steps > 0]
+    # Sync point: gathering two integers from every process waits for each one's device.
+    local = torch.stack([first_bad, torch.tensor(int(stop_requested), device=first_bad.device)])
+    gathered = accelerator.gather(local[None]).cpu().reshape(-1, 2)
+    bad = gathered[:, 0][gathered[:, 0] > 0]
     if len(bad):
         raise FloatingPointError(
             f"training loss became non-finite at step {int(bad.min())}; nothing was saved after it, the last "
             f"good checkpoint is left in {state_dir} (lower train.lr or set train.grad_clip)"
         )
+    return bool(gathered[:, 1].any())
 
 
 class _Sigterm:
     """Context that remembers a SIGTERM, so the loop can checkpoint at a step boundary and exit.
 
-    Under ``accelerate launch`` the launcher forwards SIGTERM to every worker process.
+    Under ``accelerate launch`` the launcher forwards SIGTERM to every worker process. A single process stops
+    at the end of the step it is in; several processes stop together at the next log or checkpoint step
+    (at most ``train.log_every`` steps later), where they already exchange the loss: one that saw the signal
+    tells the others there (:func:`_check_health`), with no extra sync per step.
     """
 
     def __enter__(self) -> _Sigterm:
@@ -409,8 +419,13 @@ def train(
 
             done = step + 1
             first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), done, first_bad)
-            if done % train_cfg.log_every == 0 or done == train_cfg.steps:
-                _check_finite(first_bad, accelerator, state_dir)
+            log_step = done % train_cfg.log_every == 0 or done == train_cfg.steps
+            save_step = done % train_cfg.checkpoint_every == 0
+            stopping = False
+            if log_step or save_step or (stop.requested and accelerator.num_processes == 1):
+                # Sync point (several processes): agree on health and on the stop request.
+                stopping = _check_health(first_bad, stop.requested, accelerator, state_dir)
+            if log_step:
                 # Sync point: all-reduce of the running loss across processes, then .item() waits for the device.
                 mean = accelerator.reduce(running, reduction="mean").item() / n_running
                 state.log.append({"step": done, "loss": mean, "lr": lr,
@@ -420,14 +435,13 @@ def train(
                     accelerator.log({"loss": mean, "lr": lr}, step=done)
                 bar.set_postfix(loss=f"{mean:.4f}")
             bar.update(1)
-            if done % train_cfg.checkpoint_every == 0 or stop.requested:
-                _check_finite(first_bad, accelerator, state_dir)  # never save a model a NaN has reached
+            if save_step or stopping:  # _check_health ran just above: never save a model a NaN has reached
                 _save(state_path, done, state, accelerator)
-            if stop.requested:
+            if stopping:
                 accelerator.print(f"SIGTERM: checkpoint written at step {done}; rerun to resume")
                 raise SystemExit(143)
 
-    _check_finite(first_bad, accelerator, state_dir)
+    _check_health(first_bad, False, accelerator, state_dir)
     _save(state_path, train_cfg.steps, state, accelerator)
     _save(Path(out), train_cfg.steps, state, accelerator)
     if accelerator.is_main_process:

@@ -4,9 +4,11 @@
   batch, end with identical parameters on both ranks, and match a one-process run of the same global batch.
 * SIGKILL mid-run, then a rerun: training resumes from the last checkpoint (at most one interval lost) and
   ends at the requested step with a complete loss log.
-* SIGTERM writes a checkpoint at the current step and exits with status 143.
+* SIGTERM writes a checkpoint at the current step and exits with status 143; with two ranks, a SIGTERM that
+  reaches one rank only stops both at the same log step, with one checkpoint and no hang.
 """
 import json
+import os
 import re
 import signal
 import subprocess
@@ -26,13 +28,20 @@ from ctdiff.train import train
 TESTS = Path(__file__).parent
 
 
+def gloo_launch(out: Path, port: int, *args: str) -> list[str]:
+    """``accelerate launch`` of tests/dist_train.py on two gloo ranks (CPU) writing to ``out``."""
+    return ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+            str(TESTS / "dist_train.py"), str(out), *args]
+
+
+GLOO_ENV = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+
+
 def test_two_gloo_ranks_match_one_process(tmp_path):
     write_volumes(tmp_path / "volumes", 6)
-    env = bin_env() | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-           str(TESTS / "dist_train.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(gloo_launch(tmp_path, 29517), capture_output=True, text=True, env=bin_env() | GLOO_ENV,
+                          timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
@@ -120,4 +129,34 @@ def test_sigterm_checkpoints_and_exits_143(tmp_path):
     step = read_checkpoint(tmp_path / "state" / "state.pt")["step"]
     assert 3 <= step < steps
     assert f"checkpoint written at step {step}" in log.read_text()
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_sigterm_to_one_rank_stops_both_at_one_step(tmp_path):
+    """SLURM signals each task by itself, so ranks can see SIGTERM at different steps. The signalled rank must
+    not save and leave while the other enters the next step's all-reduce (which would wait for ever): both
+    stop at the next log step, the main process writes one checkpoint there, and both exit 143."""
+    steps, log_every = 4000, 4
+    write_volumes(tmp_path / "volumes", 6)
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(gloo_launch(tmp_path, 29518, str(steps), str(log_every)), stdout=err, stderr=err,
+                                env=bin_env() | GLOO_ENV)
+        deadline = time.monotonic() + 180
+        while progress_steps(log.read_text(), steps) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+        rank1 = int((tmp_path / "pid1").read_text())
+        signalled_at = progress_steps(log.read_text(), steps)
+        os.kill(rank1, signal.SIGTERM)  # rank 1 only; rank 0 learns of it at the next log step
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError("the ranks did not stop together: " + log.read_text()[-3000:])
+    text = log.read_text()
+    assert proc.returncode != 0, text[-3000:]
+    step = read_checkpoint(tmp_path / "state" / "state.pt")["step"]
+    assert step % log_every == 0 and signalled_at <= step < steps, (signalled_at, step)
+    assert text.count(f"checkpoint written at step {step}") == 1, text[-3000:]  # printed by the main process
     assert not (tmp_path / "model.pt").exists()
