@@ -272,6 +272,27 @@ def from_dict(raw: dict[str, Any], *, schema_check: Callable[[dict[str, Any]], N
     return cfg
 
 
+def schema_checker(schema_file: str) -> Callable[[dict[str, Any]], None]:
+    """A ``schema_check`` for :func:`from_dict`: validates a config dict against the JSON schema in
+    ``schema_file`` (``workflow/schemas/config.schema.yaml``) and raises ``ValueError`` naming the key and the
+    reason (``train.lr_schedule: 'linear' is not one of ['constant', 'cosine']``). Imports jsonschema and
+    YAML only when called."""
+
+    def check(raw: dict[str, Any]) -> None:
+        import jsonschema
+        import yaml
+
+        with open(schema_file, encoding="utf-8") as fh:
+            schema = yaml.safe_load(fh)
+        validator = jsonschema.validators.validator_for(schema)(schema)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(raw))
+        if error is not None:
+            where = ".".join(str(k) for k in error.absolute_path)
+            raise ValueError(f"{where}: {error.message}" if where else error.message)
+
+    return check
+
+
 def _build(raw: dict[str, Any]) -> Config:
     """The :class:`Config` of ``raw`` with its own checks (:func:`_check`), variants parsed but not merged."""
     top = ("results", "name", *_SECTIONS, "variants")

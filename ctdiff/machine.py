@@ -33,11 +33,11 @@ def describe(device: torch.device | str, processes: int = 1) -> dict[str, Any]:
             "processes": processes, "threads": torch.get_num_threads()}
 
 
-def label(machine: dict[str, Any] | None) -> str:
+def label(machine: dict[str, Any] | None) -> str | None:
     """A machine :func:`describe` recorded, as a table cell: ``2 × NVIDIA H200``, ``1 × AMD EPYC 9R14
-    (CPU, 2 threads)``; ``""`` for None (written before machines were recorded)."""
+    (CPU, 2 threads)``; None for None (a file written before machines were recorded)."""
     if not machine:
-        return ""
+        return None
     text = f"{machine['processes']} × {machine['name']}"
     if machine["type"] == "cpu":
         text += f" (CPU, {machine['threads']} threads)"

@@ -145,7 +145,7 @@ def _sampling_cost(samples: Path) -> dict[str, Any]:
     path = samples / "sampling.json"
     cost = json.loads(path.read_text()) if path.exists() else {}
     return {"sampling_s_per_volume": cost.get("seconds_per_volume"),
-            "sampling_machine": ", ".join(label(m) for m in cost.get("machines", []))}
+            "sampling_machine": ", ".join(label(m) for m in cost.get("machines", [])) or None}
 
 
 def variant_table(rows: Sequence[TableRow], out: Path) -> pd.DataFrame:

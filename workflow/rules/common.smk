@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, validate
 
-from ctdiff.config import from_dict, to_dict
+from ctdiff.config import from_dict, schema_checker, to_dict
 from ctdiff.options import NAME_REGEX, TAG_REGEX
 from ctdiff.plan import (
     comparison_runs,
@@ -29,19 +29,8 @@ min_version("9.0")
 SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
 validate(config, SCHEMA)
 
-
-def schema_check(raw):
-    """The schema's verdict on a variant's merged config, as from_dict expects it: ValueError naming the key."""
-    try:
-        validate(raw, SCHEMA)
-    except WorkflowError as err:
-        cause = err.__context__  # the jsonschema ValidationError
-        where = ".".join(str(k) for k in getattr(cause, "absolute_path", ()))
-        raise ValueError(f"{where}: {cause.message}" if where else str(err)) from None
-
-
-try:
-    CFG = from_dict(config, schema_check=schema_check)
+try:  # each variant's merged config goes through the same schema, then from_dict's checks
+    CFG = from_dict(config, schema_check=schema_checker(SCHEMA))
 except ValueError as err:
     raise WorkflowError(str(err)) from None
 
