@@ -14,6 +14,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/variants.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -22,5 +23,5 @@ rule all:
         f"{R}/figures/figure1.png",
         f"{R}/report.md",
         f"{R}/report.html",
-        sampler_table_input(),  # the sampler comparison, when evaluate.compare_samplers names one
+        variant_table_input(),  # the variants table, when the run compares samplers or variants
     default_target: True

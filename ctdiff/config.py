@@ -10,12 +10,19 @@ plain dict a workflow rule hands its script. Nothing downstream reads raw config
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import copy
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from numbers import Integral
 from typing import Any
 
 from ctdiff.options import (
+    NAME_REGEX,
+    OBJECTIVE_SAMPLERS,
     SAMPLERS,
+    VARIANT_SAMPLE_KEYS,
+    VARIANT_SECTIONS,
     BetaSchedule,
     LrSchedule,
     Normalise,
@@ -172,8 +179,26 @@ class FigureConfig:
 
 
 @dataclass(frozen=True)
+class VariantConfig:
+    """One entry of ``variants``: a ``name`` (:data:`ctdiff.options.NAME_REGEX`) and the keys it sets in the
+    main config's ``model``, ``diffusion`` and ``train`` sections and the ``sample`` section's sampler, steps
+    and eta (plain values, as YAML gives them). Everything else is the main config's."""
+
+    name: str
+    model: dict[str, Any] = field(default_factory=dict)
+    diffusion: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    sample: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for section in VARIANT_SECTIONS:  # tuples as lists, so that to_dict and from_dict give back an equal entry
+            object.__setattr__(self, section, _plain(dict(getattr(self, section) or {})))
+
+
+@dataclass(frozen=True)
 class Config:
     results: str = "results"
+    name: str = "paper"
     data: DataConfig = DataConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     split: SplitConfig = SplitConfig()
@@ -183,6 +208,7 @@ class Config:
     sample: SampleConfig = SampleConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     figure: FigureConfig = FigureConfig()
+    variants: tuple[VariantConfig, ...] = ()
 
 
 _SECTIONS = {
@@ -218,18 +244,154 @@ def dataclass_from_dict(cls: type, values: dict[str, Any], name: str, *, source:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-def from_dict(raw: dict[str, Any]) -> Config:
+def from_dict(raw: dict[str, Any], *, schema_check: Callable[[dict[str, Any]], None] | None = None) -> Config:
     """Build a :class:`Config` from a (schema-validated) dict and check cross-key constraints.
 
-    Raises ``ValueError`` naming the offending key.
+    Each entry of ``variants`` is checked (:func:`_variants`), merged into the main config
+    (:func:`merged_variant`) and the result checked like a config of its own: by ``schema_check`` (the
+    workflow's schema validation; it raises ``ValueError``), then by this function. Raises ``ValueError``
+    naming the offending key (``config: variants[1] (small): model.groups=...`` for a variant).
     """
-    unknown = sorted(set(raw) - set(_SECTIONS) - {"results"})
+    cfg = _build(raw)
+    main = {k: v for k, v in raw.items() if k != "variants"}
+    seen: dict[str, str] = {_comparable(cfg): f"the main config ({cfg.name})"}
+    for k, variant in enumerate(cfg.variants):
+        where = f"config: variants[{k}] ({variant.name})"
+        merged = merged_variant(main, variant)
+        try:
+            if schema_check is not None:
+                schema_check(merged)
+            built = _build(merged)
+        except ValueError as err:
+            raise ValueError(f"{where}: {str(err).removeprefix('config: ')}") from None
+        same = seen.setdefault(_comparable(built), where)
+        if same != where:
+            raise ValueError(f"{where} trains and samples exactly as {same.removeprefix('config: ')}: "
+                             "a variant must change a setting")
+    _check_compare_fits(cfg)
+    return cfg
+
+
+def schema_checker(schema_file: str) -> Callable[[dict[str, Any]], None]:
+    """A ``schema_check`` for :func:`from_dict`: validates a config dict against the JSON schema in
+    ``schema_file`` (``workflow/schemas/config.schema.yaml``) and raises ``ValueError`` naming the key and the
+    reason (``train.lr_schedule: 'linear' is not one of ['constant', 'cosine']``). Imports jsonschema and
+    YAML only when called."""
+
+    def check(raw: dict[str, Any]) -> None:
+        import jsonschema
+        import yaml
+
+        with open(schema_file, encoding="utf-8") as fh:
+            schema = yaml.safe_load(fh)
+        validator = jsonschema.validators.validator_for(schema)(schema)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(raw))
+        if error is not None:
+            where = ".".join(str(k) for k in error.absolute_path)
+            raise ValueError(f"{where}: {error.message}" if where else error.message)
+
+    return check
+
+
+def _build(raw: dict[str, Any]) -> Config:
+    """The :class:`Config` of ``raw`` with its own checks (:func:`_check`), variants parsed but not merged."""
+    top = ("results", "name", *_SECTIONS, "variants")
+    unknown = sorted(set(raw) - set(top))
     if unknown:
-        raise ValueError(f"config: unknown key {unknown[0]!r} (allowed: results, {', '.join(_SECTIONS)})")
+        raise ValueError(f"config: unknown key {unknown[0]!r} (allowed: {', '.join(top)})")
     sections = {name: section_from_dict(name, dict(raw.get(name) or {})) for name in _SECTIONS}
-    cfg = Config(results=str(raw.get("results", "results")), **sections)
+    name = raw.get("name", Config.name)
+    if not isinstance(name, str) or not re.fullmatch(NAME_REGEX, name):
+        raise ValueError(f"config: name={name!r} must match {NAME_REGEX} (a folder name: a letter or digit, "
+                         "then letters, digits, '_', '-' or '.', at most 64)")
+    cfg = Config(results=str(raw.get("results", "results")), name=name, **sections,
+                 variants=_variants(raw.get("variants") or [], name))
     _check(cfg)
     return cfg
+
+
+def _comparable(cfg: Config) -> str:
+    """What makes two rows of the variants table the same run: everything but their names."""
+    d = to_dict(cfg)
+    d.pop("name"), d.pop("variants")
+    return repr(d)
+
+
+def _variants(entries: Any, main: str) -> tuple[VariantConfig, ...]:
+    """The ``variants`` list as :class:`VariantConfig` entries: each a mapping with a ``name`` that matches
+    :data:`ctdiff.options.NAME_REGEX` and differs from ``name`` (the main row's) and every other variant's, and
+    only :data:`ctdiff.options.VARIANT_SECTIONS`, each a mapping of keys its section has (the ``sample``
+    section: :data:`ctdiff.options.VARIANT_SAMPLE_KEYS` only). Raises ``ValueError`` naming the entry and key."""
+    if not isinstance(entries, (list, tuple)):
+        raise ValueError(f"config: variants must be a list of mappings, got {entries!r}")
+    allowed = ("name", *VARIANT_SECTIONS)
+    names = {main: "the main config's row (key name)"}
+    out = []
+    for k, entry in enumerate(entries):
+        where = f"config: variants[{k}]"
+        if isinstance(entry, VariantConfig):
+            entry = to_dict(entry)
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be a mapping with keys {', '.join(allowed)}; got {entry!r}")
+        unknown = sorted(set(entry) - set(allowed))
+        if unknown:
+            raise ValueError(f"{where}.{unknown[0]}: a variant overrides only {', '.join(VARIANT_SECTIONS)} "
+                             f"(allowed keys: {', '.join(allowed)})")
+        name = entry.get("name")
+        if not isinstance(name, str) or not re.fullmatch(NAME_REGEX, name):
+            raise ValueError(f"{where}.name={name!r} must match {NAME_REGEX} (a folder name: a letter or digit, "
+                             "then letters, digits, '_', '-' or '.', at most 64)")
+        if name in names:
+            raise ValueError(f"{where}.name={name!r} is already the name of {names[name]}; names must differ")
+        names[name] = f"variants[{k}]"
+        for section in VARIANT_SECTIONS:
+            values = entry.get(section) or {}
+            if not isinstance(values, dict):
+                raise ValueError(f"{where}.{section} must be a mapping of {section} keys, got {values!r}")
+            known = VARIANT_SAMPLE_KEYS if section == "sample" else tuple(_SECTIONS[section].__dataclass_fields__)
+            bad = sorted(set(values) - set(known))
+            if bad:
+                raise ValueError(f"{where} ({name}): {section}.{bad[0]} is no key a variant can set "
+                                 f"(allowed in {section}: {', '.join(known)})")
+        out.append(VariantConfig(**entry))
+    return tuple(out)
+
+
+def merged_variant(main: dict[str, Any], variant: VariantConfig) -> dict[str, Any]:
+    """The plain config of ``variant``: the ``main`` config dict (without its ``variants``) with the variant's
+    keys replacing the main's in each section it sets (a list value replaces the whole list), named after
+    the variant."""
+    merged = copy.deepcopy({k: v for k, v in main.items() if k != "variants"})
+    merged["name"] = variant.name
+    for section in VARIANT_SECTIONS:
+        values = getattr(variant, section)
+        if values:
+            merged[section] = {**(merged.get(section) or {}), **copy.deepcopy(values)}
+    return merged
+
+
+def variant_config(cfg: Config, name: str) -> Config:
+    """The config of the table row ``name``: ``cfg`` itself for its own name, else the variant of that name
+    merged into it (:func:`merged_variant`). Raises ``ValueError`` naming the configured rows."""
+    if name == cfg.name:
+        return cfg
+    for variant in cfg.variants:
+        if variant.name == name:
+            return _build(merged_variant(to_dict(cfg), variant))
+    raise ValueError(f"no variant {name!r} (configured: {', '.join([cfg.name, *(v.name for v in cfg.variants)])})")
+
+
+def _check_compare_fits(cfg: Config) -> None:
+    """Every ``evaluate.compare_samplers`` entry must fit the objective of the main config or of a variant
+    (:data:`ctdiff.options.OBJECTIVE_SAMPLERS`); each row compares only the entries that fit its own."""
+    objectives = {cfg.diffusion.objective}
+    objectives |= {v.diffusion.get("objective", cfg.diffusion.objective) for v in cfg.variants}
+    fitting = {s for o in objectives for s in OBJECTIVE_SAMPLERS.get(o, ())}
+    for k, run in enumerate(cfg.evaluate.compare_samplers):
+        if run.sampler not in fitting:
+            raise ValueError(f"config: evaluate.compare_samplers[{k}].sampler={run.sampler!r} fits no configured "
+                             f"objective ({', '.join(sorted(objectives))}; their samplers: "
+                             f"{', '.join(sorted(fitting))})")
 
 
 def _check(cfg: Config) -> None:
@@ -308,12 +470,13 @@ def _check_kid(cfg: Config) -> None:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain-dict view of a config or one of its sections (lists for tuples), e.g. for checkpoints."""
+    return _plain(asdict(cfg))
 
-    def plain(v):
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        return v
 
-    return plain(asdict(cfg))
+def _plain(v: Any) -> Any:
+    """``v`` with every tuple a list, nested dicts and lists included."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    return v

@@ -16,6 +16,9 @@
   ``hu_files`` say what to write). ``precision="bf16"`` runs the network under bf16 autocast (the chain
   itself stays float32); ``compile=True`` wraps it in ``torch.compile``. Both are part of the cache key:
   their samples differ from fp32 eager ones by rounding.
+* Cost: each cached sample has a ``{i:04d}.json`` beside it with the seconds its batch took per volume, the
+  batch size and the machine (:func:`ctdiff.machine.describe`); ``sampling.json`` beside the outputs sums
+  them up (:func:`sampling_cost`), whichever run drew them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import statistics
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +41,7 @@ from ctdiff.config import SampleConfig
 from ctdiff.data.preprocess import from_model_range, to_hu
 from ctdiff.diffusion.samplers import sample, timestep_sequence
 from ctdiff.io import atomic_path, file_sha256, load_volume, save_volume, write_json
+from ctdiff.machine import describe
 from ctdiff.options import PRECISIONS
 
 
@@ -116,15 +122,20 @@ def generate(
     mine = todo[state.process_index :: state.num_processes]
     print(f"process {state.process_index} of {state.num_processes}: {len(mine)} of {len(todo)} unfinished "
           f"samples {mine}", flush=True)
+    machine = describe(dev, state.num_processes)
     for start in range(0, len(mine), settings.batch_size):
         chunk = mine[start : start + settings.batch_size]
+        began = time.perf_counter()
         x = sample(
             forward, schedule, (1, size, size, size), [sample_generator(settings.seed, i) for i in chunk],
             sampler=settings.sampler, steps=settings.steps, eta=settings.eta, device=dev,
             progress=progress and state.is_local_main_process,
         )
-        volumes = from_model_range(x.float().cpu().numpy()[:, 0]).astype(np.float32)
+        volumes = from_model_range(x.float().cpu().numpy()[:, 0]).astype(np.float32)  # .cpu() waits for the device
+        seconds = (time.perf_counter() - began) / len(chunk)
         for i, volume in zip(chunk, volumes):
+            write_json(cached(i).with_name(f"{i:04d}.json"), {"seconds": seconds, "batch": len(chunk),
+                                                            "machine": machine})
             save_volume(cached(i), volume, affine)
     state.wait_for_everyone()
 
@@ -135,4 +146,22 @@ def generate(
             if hu_files is not None:
                 volume, _ = load_volume(cached(i))
                 save_volume(Path(hu_files[i]), to_hu(volume, cfg.data.hu_window), affine)
+        write_json(Path(out_files[0]).parent / "sampling.json",
+                   sampling_cost([cached(i).with_name(f"{i:04d}.json") for i in range(len(out_files))]))
     state.wait_for_everyone()
+
+
+def sampling_cost(timings: Sequence[Path]) -> dict:
+    """What drawing a set cost, from the per-sample timing files :func:`generate` writes (a sample cached by
+    an older release has none and is left out): ``seconds_per_volume``, the median over the timed samples of
+    one device's seconds per volume in its batch (the median, so that a first batch that paid for
+    ``torch.compile`` or cuDNN's algorithm search does not count), ``timed`` of ``n`` samples, and the
+    ``machines`` that drew them. ``seconds_per_volume`` is None when no sample was timed."""
+    records = [json.loads(p.read_text()) for p in timings if p.exists()]
+    machines = []
+    for r in records:
+        if r["machine"] not in machines:
+            machines.append(r["machine"])
+    return {"seconds_per_volume": statistics.median(r["seconds"] for r in records) if records else None,
+            "timed": len(records), "n": len(timings), "batch": max((r["batch"] for r in records), default=None),
+            "machines": machines}

@@ -35,6 +35,20 @@ NORMALISE: tuple[str, ...] = get_args(Normalise)
 TAG_REGEX = rf"({'|'.join(SAMPLERS)})-[0-9]+(-eta[0-9.e+-]+)?"
 
 
+# The name of a model variant (config ``variants``) and of the main row (config ``name``): a folder name under
+# ``{results}/variants/``, so a letter or digit first, then letters, digits, ``_``, ``-`` or ``.``, at most 64.
+NAME_REGEX = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+
+# What a variant may override: whole sections the model is trained by, and the sample section's sampler
+# setting (a variant with another objective needs its own sampler); count, seed and precision stay shared.
+VARIANT_SECTIONS: tuple[str, ...] = ("model", "diffusion", "train", "sample")
+VARIANT_SAMPLE_KEYS: tuple[str, ...] = ("sampler", "steps", "eta")
+
+# The samplers that can draw from a model trained with each objective. A row of the variants table compares
+# only the evaluate.compare_samplers entries that fit its variant's objective.
+OBJECTIVE_SAMPLERS: dict[str, tuple[str, ...]] = {"eps": SAMPLERS}
+
+
 def tag(run: dict[str, Any]) -> str:
     """The folder name of a resolved setting ``{"sampler", "steps", "eta"}`` (steps an int, not None)."""
     name = f"{run['sampler']}-{run['steps']}" + (f"-eta{run['eta']:g}" if run["eta"] else "")

@@ -1,6 +1,7 @@
 """What the workflow decides when the Snakefile is parsed: where the DICOM tree comes from, which items the
-cohort kept, how much memory an item's ingestion jobs declare, which sampler settings the comparison draws,
-the sample file names and the ``ctdiff sample`` options of a sample set.
+cohort kept, how much memory an item's ingestion jobs declare, which model variants and (variant, sampler)
+pairs the run compares and where their files go, the sample file names and the ``ctdiff sample`` options of
+a sample set.
 
 Every ``snakemake`` call, a dry run included, parses the Snakefile, so this module imports only the standard
 library, :mod:`ctdiff.config` and :mod:`ctdiff.options`: no torch, numpy, pandas or DICOM/NIfTI readers
@@ -19,8 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from ctdiff.config import Config, SampleConfig
-from ctdiff.options import tag
+from ctdiff.config import Config, SampleConfig, variant_config
+from ctdiff.options import OBJECTIVE_SAMPLERS, tag
 
 
 @dataclass(frozen=True)
@@ -119,17 +120,73 @@ def setting(sampler: str, steps: int | None, eta: float, timesteps: int) -> dict
 
 
 def comparison_runs(cfg: Config) -> dict[str, dict[str, Any]]:
-    """``{tag: resolved setting}`` for each ``evaluate.compare_samplers`` entry, in config order, leaving out
-    an entry equal to the ``sample`` section's setting: that set is already drawn, as the table's main row.
-    Tags are :func:`ctdiff.options.tag` (``ddim-50``, ``dpmpp-25``, ``ddim-50-eta0.5``)."""
+    """``{tag: resolved setting}`` for each ``evaluate.compare_samplers`` entry that fits ``cfg``'s objective
+    (:data:`ctdiff.options.OBJECTIVE_SAMPLERS`), in config order, leaving out an entry equal to the ``sample``
+    section's setting: that set is already drawn, as the row's main set. Tags are :func:`ctdiff.options.tag`
+    (``ddim-50``, ``dpmpp-25``, ``ddim-50-eta0.5``). For a variant, pass its config (:func:`row_config`)."""
     T = cfg.diffusion.timesteps
     main = setting(cfg.sample.sampler, cfg.sample.steps, cfg.sample.eta, T)
+    fits = OBJECTIVE_SAMPLERS.get(cfg.diffusion.objective, ())
     runs = {}
     for entry in cfg.evaluate.compare_samplers:
         run = setting(entry.sampler, entry.steps, entry.eta, T)
-        if run != main:
+        if run != main and entry.sampler in fits:
             runs[tag(run)] = run
     return runs
+
+
+#: The ``set`` of a row drawn with its variant's own ``sample`` section (the others are sampler tags).
+MAIN_SET = "main"
+
+
+def row_names(cfg: Config) -> list[str]:
+    """The variants table's variant names: the main config's ``name`` first, then ``variants`` in order."""
+    return [cfg.name, *(v.name for v in cfg.variants)]
+
+
+def row_config(cfg: Config, name: str) -> Config:
+    """The config variant ``name`` is trained, sampled and evaluated with (``cfg`` itself for the main row):
+    :func:`ctdiff.config.variant_config`; ``ValueError`` names the configured rows."""
+    return variant_config(cfg, name)
+
+
+def run_folder(cfg: Config, name: str) -> str:
+    """Where variant ``name``'s files go: ``{results}`` for the main row (its paths never move), else
+    ``{results}/variants/{name}``, laid out the same way (``train/``, ``train_state/``, ``samples/``,
+    ``metrics/metrics.json``, ``compare/{tag}/``, ``logs/``)."""
+    return cfg.results if name == cfg.name else f"{cfg.results}/variants/{name}"
+
+
+def variant_sample(cfg: Config, name: str) -> SampleConfig:
+    """The sample section variant ``name``'s main set is drawn with: its config's (the main config's with the
+    variant's sampler, steps and eta); HU copies only for the main row."""
+    settings = row_config(cfg, name).sample
+    return settings if name == cfg.name else replace(settings, hu=False)
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row of the variants table: variant ``variant`` drawn with sampler set ``set`` (:data:`MAIN_SET`
+    or a comparison tag); its ``metrics`` file, ``samples`` folder and the variant's ``train`` folder."""
+
+    variant: str
+    set: str
+    metrics: str
+    samples: str
+    train: str
+
+
+def table_rows(cfg: Config) -> list[TableRow]:
+    """Every (variant, sampler) pair the run evaluates, the main config's rows first: per variant its own
+    sample section's set, then each :func:`comparison_runs` entry of its config."""
+    rows = []
+    for name in row_names(cfg):
+        folder = run_folder(cfg, name)
+        rows.append(TableRow(name, MAIN_SET, f"{folder}/metrics/metrics.json", f"{folder}/samples", f"{folder}/train"))
+        for t in comparison_runs(row_config(cfg, name)):
+            rows.append(TableRow(name, t, f"{folder}/compare/{t}/metrics.json", f"{folder}/compare/{t}/samples",
+                                 f"{folder}/train"))
+    return rows
 
 
 def compared_sample(settings: SampleConfig, run: dict[str, Any]) -> SampleConfig:

@@ -1,5 +1,5 @@
 """The run's report: metrics with bootstrap intervals beside the paper's and the real-vs-real floor, how to
-read them (``ctdiff.report_guide``), the sampler comparison (when configured), the memorisation audits
+read them (``ctdiff.report_guide``), the variants and samplers compared (when configured), the memorisation audits
 (voxels and Med3D features), the anatomy in HU, Figure 1, the learning curve, the data QC summary,
 provenance and config.
 
@@ -33,7 +33,7 @@ import yaml
 
 from ctdiff.data.cohort import SUMMARY_COLUMNS
 from ctdiff.io import atomic_path
-from ctdiff.metrics.compare import read_sampler_table
+from ctdiff.metrics.compare import read_variant_table
 from ctdiff.report_guide import HEADER as GUIDE_HEADER
 from ctdiff.report_guide import guide_rows, guide_text
 
@@ -179,16 +179,28 @@ def _flagged(voxels: float, features: float) -> str:
     return " / ".join("—" if pd.isna(n) else str(int(n)) for n in (voxels, features))
 
 
-def sampler_rows(table: pd.DataFrame) -> tuple[list[str], list[tuple], str]:
-    """(header, rows, the sentence that introduces them) of the sampler comparison, from ``samplers.tsv``."""
+def _cost(value: float, fmt: str, machine: Any) -> str:
+    """A cost cell: ``value`` formatted, with the machine that measured it; '—' where it was not recorded."""
+    if pd.isna(value):
+        return "—"
+    return format(value, fmt) + ("" if pd.isna(machine) or not machine else f" ({machine})")
+
+
+def variant_rows(table: pd.DataFrame) -> tuple[list[str], list[tuple], str]:
+    """(header, rows, the sentences that introduce and explain them) of the variants table, from
+    ``variants.tsv`` (:func:`ctdiff.metrics.compare.variant_table`)."""
     level = table["ci_level"].dropna()
     ci = f" [{round(100 * level.iloc[0])} % CI]" if len(level) else ""
-    header = ["set", "sampler", "steps", "eta", "network evaluations per volume", f"FID{ci}",
-              f"MS-SSIM, nearest real (higher = closer){ci}", f"MS-SSIM, diversity (lower = more diverse){ci}",
-              f"KID (lower = closer){ci}", "two lungs (share of synthetic)", "lung volume, synthetic / real",
-              "near-copies flagged (voxels / features)"]
+    header = ["variant", "set", "sampler", "steps", "eta", "network evaluations per volume",
+              "training s/step (machine)", "training hours for its steps", "sampling s/volume, one device (machine)",
+              f"FID{ci}", f"MS-SSIM, nearest real (higher = closer){ci}",
+              f"MS-SSIM, diversity (lower = more diverse){ci}", f"KID (lower = closer){ci}",
+              "two lungs (share of synthetic)", "lung volume, synthetic / real", "near-copies flagged (voxels / features)"]
     rows = [
-        (r.set, r.sampler, int(r.steps), "—" if pd.isna(r.eta) else f"{r.eta:g}", int(r.network_evaluations),
+        (r.variant, r.set, r.sampler, int(r.steps), "—" if pd.isna(r.eta) else f"{r.eta:g}", int(r.network_evaluations),
+         _cost(r.train_s_per_step, ".3g", r.train_machine),
+         "—" if pd.isna(r.train_hours) else f"{r.train_hours:.3g} h for {int(r.train_steps)} steps",
+         _cost(r.sampling_s_per_volume, ".3g", r.sampling_machine),
          _value_ci(r.fid, r.fid_low, r.fid_high),
          _value_ci(r.msssim_nearest_real, r.msssim_nearest_real_low, r.msssim_nearest_real_high),
          _value_ci(r.msssim_diversity, r.msssim_diversity_low, r.msssim_diversity_high),
@@ -198,11 +210,17 @@ def sampler_rows(table: pd.DataFrame) -> tuple[list[str], list[tuple], str]:
         for r in table.itertuples(index=False)
     ]
     first = table.iloc[0]
-    sentence = (f"Every row draws its {int(first.n_synthetic)} volumes from the same checkpoint (step "
-                f"{int(first.checkpoint_step)}) with the same seeds (sample.seed = {int(first.sample_seed)}: sample i "
-                f"starts from the same noise x_T in every row) and is scored against the same {int(first.n_real)} "
-                "held-out real volumes; 'main' is the sample section's set used above, and network evaluations per "
-                "volume are the cost, whatever the machine.")
+    sentence = (f"One row per (variant, sampler): '{first.variant}', the main configuration whose metrics are shown "
+                f"above, first; 'main' is a variant's own sampler, the other sets are evaluate.compare_samplers entries "
+                f"that fit its objective. Every row draws {int(first.n_synthetic)} volumes with the same seeds "
+                f"(sample.seed = {int(first.sample_seed)}: sample i starts from the same noise x_T in every row) and is "
+                f"scored against the same {int(first.n_real)} held-out real volumes; the rows of one variant share its "
+                "checkpoint. How to read it: network evaluations per volume are the sampling cost on any machine; the "
+                "seconds are what the named machine measured (training: median seconds per optimizer step after the "
+                "first logged interval, and the hours that implies for the variant's train.steps; sampling: one "
+                "device's median seconds per volume at the sample batch size), so compare them only between rows "
+                "measured on the same machine. A variant is better or worse than the reference row only where its "
+                "interval does not overlap the reference's; on a demo-sized set the intervals are wide.")
     return header, rows, sentence
 
 
@@ -332,13 +350,13 @@ def build_sections(
     learning_curve_png: Path,
     memorisation_png: Path | None = None,
     pairs_png: Path | None = None,
-    samplers_tsv: Path | None = None,
+    variants_tsv: Path | None = None,
     anatomy_png: Path | None = None,
 ) -> list[Section]:
     """The report's sections, in order, from the run's files: the metrics table, then how to read it
     (``ctdiff.report_guide``), then the rest.
 
-    ``samplers_tsv`` (the sampler comparison, ``ctdiff.metrics.compare.sampler_table``) adds a section after
+    ``variants_tsv`` (the variants table, ``ctdiff.metrics.compare.variant_table``) adds a section after
     the metrics; ``memorisation_png`` (the distance histogram) and ``pairs_png`` (the closest pairs as
     images) go into the memorisation section, which exists when ``metrics.json`` records the audit;
     ``anatomy_png`` (``ctdiff.plots.anatomy_plot``) goes into the "Anatomy (HU)" section, which exists when
@@ -349,9 +367,9 @@ def build_sections(
         _table(["metric", "this run", "paper", "note"], metrics_rows(metrics), id="metrics"),))]
     sections.append(Section("How to read the numbers", text=guide_text(metrics), tables=(
         _table(GUIDE_HEADER, guide_rows(metrics), id="reading-guide"),)))
-    if samplers_tsv is not None:
-        header, rows, sentence = sampler_rows(read_sampler_table(samplers_tsv))
-        sections.append(Section("Samplers", text=sentence, tables=(_table(header, rows, id="samplers"),)))
+    if variants_tsv is not None:
+        header, rows, sentence = variant_rows(read_variant_table(variants_tsv))
+        sections.append(Section("Variants and samplers", text=sentence, tables=(_table(header, rows, id="variants"),)))
     memorisation = metrics.get("memorisation")
     if memorisation:
         pairs = _table(["synthetic", "nearest training volume", "L2 distance"], memorisation_rows(memorisation),
@@ -461,14 +479,14 @@ def write_report(
     learning_curve_png: Path,
     memorisation_png: Path | None = None,
     pairs_png: Path | None = None,
-    samplers_tsv: Path | None = None,
+    variants_tsv: Path | None = None,
     anatomy_png: Path | None = None,
 ) -> None:
     """Write ``report.md`` and the self-contained ``report.html`` of :func:`build_sections` (same
     arguments)."""
     sections = build_sections(metrics_json, qc_summary_tsv, config, figure1_png=figure1_png,
                               learning_curve_png=learning_curve_png, memorisation_png=memorisation_png,
-                              pairs_png=pairs_png, samplers_tsv=samplers_tsv, anatomy_png=anatomy_png)
+                              pairs_png=pairs_png, variants_tsv=variants_tsv, anatomy_png=anatomy_png)
     with atomic_path(Path(out_md)) as tmp:
         tmp.write_text(render_markdown(sections, Path(out_md).parent))
     with atomic_path(Path(out_html)) as tmp:

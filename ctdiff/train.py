@@ -59,6 +59,7 @@ from ctdiff.data.prefetch import Prefetcher
 from ctdiff.data.trainset import TrainingSet
 from ctdiff.diffusion.schedule import training_loss
 from ctdiff.io import atomic_path
+from ctdiff.machine import describe
 
 LOG_COLUMNS = ("step", "loss", "lr", "elapsed_s")
 
@@ -302,6 +303,9 @@ def _save(path: Path, step: int, state: _TrainingState, accelerator: Accelerator
             "ema": state.ema.state_dict(),
             "optimizer": state.optimizer.state_dict(),
             "log": state.log,
+            # the machine of this session (a resumed run records the one that wrote the file), for the cost
+            # columns of the variants table beside the log's seconds per step
+            "machine": describe(accelerator.device, accelerator.num_processes),
         })
 
 

@@ -65,6 +65,21 @@ def tiny_config(**train_overrides) -> Config:
                   diffusion=TINY_DIFFUSION, train=tiny_train_config(**train_overrides))
 
 
+def write_train_folder(folder: Path, *, rows=((10, 5.0), (20, 6.0), (30, 7.5), (40, 8.5)), machine=None) -> Path:
+    """A train/ folder as the variants table reads it: a checkpoint at the last logged step (recording
+    ``machine`` when given) and its log.csv of ``(step, elapsed_s)`` rows."""
+    from ctdiff.checkpoint import save_checkpoint
+    from ctdiff.train import write_log
+
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"config": {}, "ema": {}, "step": rows[-1][0]}
+    if machine is not None:
+        payload["machine"] = machine
+    save_checkpoint(folder / "model.pt", payload)
+    write_log(folder / "log.csv", [{"step": s, "loss": 0.1, "lr": 1e-3, "elapsed_s": e} for s, e in rows])
+    return folder
+
+
 def run_ingestion(root: Path, out: Path, *, size: int, spacing_mm: float) -> tuple[dict[str, dict], list[str]]:
     """discover -> convert_or_reject for every item -> cohort summary -> preprocess the converted ones, as the
     workflow's data rules do, without Snakemake. Returns (each item's QC row, the usable items)."""

@@ -1,4 +1,5 @@
 """Config: the schema fills defaults and rejects bad keys by name; from_dict checks cross-key rules."""
+import re
 from dataclasses import MISSING, fields, is_dataclass, replace
 from pathlib import Path
 from types import UnionType
@@ -14,8 +15,10 @@ from ctdiff.config import (
     Config,
     EvaluateConfig,
     SamplerSetting,
+    VariantConfig,
     check_bootstrap,
     from_dict,
+    schema_checker,
     section_from_dict,
     to_dict,
 )
@@ -163,6 +166,8 @@ def _schema_types(hint) -> set[str]:
         return set().union(*(_schema_types(h) for h in get_args(hint)))
     if get_origin(hint) is tuple:
         return {"array"}
+    if get_origin(hint) is dict:
+        return {"object"}
     return {{str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}[hint]}
 
 
@@ -175,6 +180,7 @@ def _sections():
             yield f.name, hints[f.name], schema["properties"][f.name]
     yield "evaluate.compare_samplers[]", SamplerSetting, schema["properties"]["evaluate"]["properties"][
         "compare_samplers"]["items"]
+    yield "variants[]", VariantConfig, schema["properties"]["variants"]["items"]
 
 
 @pytest.mark.parametrize("path, cls, obj", [pytest.param(*s, id=s[0]) for s in _sections()])
@@ -188,7 +194,9 @@ def test_dataclasses_have_the_schema_keys_types_and_defaults(path, cls, obj):
         prop, where = props[f.name], f"{path}.{f.name}"
         types = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
         assert _schema_types(hints[f.name]) == set(types), where
-        if f.default is MISSING:
+        if f.default is MISSING and f.default_factory is not MISSING:
+            assert f.default_factory() == prop["default"], where
+        elif f.default is MISSING:
             assert "default" not in prop and f.name in obj.get("required", []), where
         else:
             assert _plain(f.default) == prop["default"], where
@@ -196,8 +204,10 @@ def test_dataclasses_have_the_schema_keys_types_and_defaults(path, cls, obj):
         assert obj["default"] == {} and cls() == section_from_dict(path, {}), path
 
 
-def test_schema_results_default_is_the_config_default():
-    assert _schema()["properties"]["results"]["default"] == Config().results
+def test_schema_top_level_defaults_are_the_config_defaults():
+    top = _schema()["properties"]
+    assert (top["results"]["default"], top["name"]["default"], top["variants"]["default"]) == (
+        Config().results, Config().name, list(Config().variants))
     assert list(_schema()["properties"]) == [f.name for f in fields(Config)]
 
 
@@ -226,7 +236,7 @@ def test_schema_enums_are_the_option_sets():
 def test_section_from_dict_rebuilds_what_rule_params_carry():
     cfg = from_dict(load("config.yaml"))
     for f in fields(Config):
-        if f.name != "results":
+        if f.name not in ("results", "name", "variants"):
             assert section_from_dict(f.name, to_dict(getattr(cfg, f.name))) == getattr(cfg, f.name), f.name
     evaluate = {k: v for k, v in to_dict(cfg.evaluate).items() if k != "compare_samplers"}
     assert section_from_dict("evaluate", evaluate) == replace(cfg.evaluate, compare_samplers=())
@@ -247,3 +257,90 @@ def test_bootstrap_settings_have_one_rule():
     check_bootstrap(1, 0.5, least=1, names=("n_boot", "level"))
     with pytest.raises(ValueError, match=r"n_boot=0 must be a whole number >= 1"):
         check_bootstrap(0, 0.5, least=1, names=("n_boot", "level"))
+
+
+# Model variants: a named list of overrides, each merged into the main config and checked like one.
+
+VARIANTS = [{"name": "cosine", "train": {"lr_schedule": "cosine"}},
+            {"name": "small", "model": {"channels": [8, 16]}, "sample": {"sampler": "ddim", "steps": 20}}]
+
+
+def test_variants_merge_into_the_main_config():
+    from ctdiff.config import variant_config
+
+    raw = {"model": {"channels": [16, 32, 64], "groups": 8}, "variants": [dict(v) for v in VARIANTS]}
+    validate(raw, SCHEMA)
+    cfg = from_dict(raw, schema_check=schema_checker(SCHEMA))
+    assert cfg.name == "paper" and [v.name for v in cfg.variants] == ["cosine", "small"]
+    assert cfg.variants[1] == VariantConfig("small", model={"channels": [8, 16]},
+                                            sample={"sampler": "ddim", "steps": 20})
+    cosine, small = variant_config(cfg, "cosine"), variant_config(cfg, "small")
+    assert cosine.train == replace(cfg.train, lr_schedule="cosine") and cosine.model == cfg.model
+    assert small.model == replace(cfg.model, channels=(8, 16))  # a list replaces the whole list; groups stay
+    assert small.sample == replace(cfg.sample, sampler="ddim", steps=20)
+    assert (cosine.name, small.name, small.variants) == ("cosine", "small", ())
+    assert small.evaluate == cfg.evaluate and small.preprocess == cfg.preprocess and small.results == cfg.results
+    assert variant_config(cfg, "paper") is cfg
+    with pytest.raises(ValueError, match="no variant 'big' .configured: paper, cosine, small."):
+        variant_config(cfg, "big")
+    assert from_dict(to_dict(cfg)) == cfg  # the report's config param rebuilds it
+    assert from_dict({}).variants == () and from_dict({"name": "demo"}).name == "demo"
+
+
+@pytest.mark.parametrize("variants, message", [
+    ([{"name": "a b", "train": {"lr": 1.0}}], r"variants[0].name='a b' must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}"),
+    ([{"name": "../up", "train": {"lr": 1.0}}], r"variants[0].name='../up' must match"),
+    ([{"name": "-x", "train": {"lr": 1.0}}], r"variants[0].name='-x' must match"),
+    ([{"name": "x" * 65, "train": {"lr": 1.0}}], r"variants[0].name='" + "x" * 65 + "' must match"),
+    ([{"train": {"lr": 1.0}}], r"variants[0].name=None must match"),
+    ([{"name": "paper", "train": {"lr": 1.0}}], r"variants[0].name='paper' is already the name of the main config's "
+                                                 r"row (key name); names must differ"),
+    ([{"name": "a", "train": {"lr": 1.0}}, {"name": "a", "train": {"lr": 2.0}}],
+     r"variants[1].name='a' is already the name of variants[0]"),
+    ([{"name": "a", "train": {"learning_rate": 1.0}}],
+     r"variants[0] (a): train.learning_rate is no key a variant can set (allowed in train: steps, batch_size, lr,"),
+    ([{"name": "a", "data": {"n_patients": 4}}],
+     r"variants[0].data: a variant overrides only model, diffusion, train, sample (allowed keys: name, model,"),
+    ([{"name": "a", "sample": {"n": 4}}], r"variants[0] (a): sample.n is no key a variant can set (allowed in "
+                                           r"sample: sampler, steps, eta)"),
+    ([{"name": "a", "train": {"lr_schedule": "linear"}}],
+     r"variants[0] (a): train.lr_schedule: 'linear' is not one of ['constant', 'cosine']"),
+    ([{"name": "a", "model": {"channels": "wide"}}], r"variants[0] (a): model.channels: 'wide' is not of type 'array'"),
+    ([{"name": "a", "diffusion": {"beta_end": 2.0}}], r"variants[0] (a): diffusion.beta_end: 2.0 is greater than"),
+    ([{"name": "a", "model": {"channels": [12, 24], "groups": 8}}], r"variants[0] (a): model.groups=8 does not divide"),
+    ([{"name": "a", "sample": {"sampler": "ddpm", "steps": 20}}],
+     r"variants[0] (a): sample.steps=20: the ddpm sampler runs all 1000 steps"),
+    ([{"name": "a", "diffusion": {"timesteps": 40}}],  # the main config's compared DDIM-50 no longer fits
+     r"variants[0] (a): evaluate.compare_samplers[0].steps=50 must lie in 1..40"),
+    ([{"name": "a"}], r"variants[0] (a) trains and samples exactly as the main config (paper): a variant must change"),
+    ([{"name": "a", "train": {"lr": 1.0e-5}}], r"variants[0] (a) trains and samples exactly as the main config"),
+    ([{"name": "a", "train": {"lr": 1.0}}, {"name": "b", "train": {"lr": 1.0}}],
+     r"variants[1] (b) trains and samples exactly as variants[0] (a)"),
+    ("cosine", r"variants must be a list of mappings"),
+])
+def test_bad_variants_are_refused_naming_the_key(variants, message):
+    """Refused before any work: what the schema sees in the merged config and what from_dict checks."""
+    raw = {"evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 50}]}, "variants": variants}
+    with pytest.raises(ValueError, match=re.escape("config: " + message)):
+        from_dict(raw, schema_check=schema_checker(SCHEMA))
+
+
+def test_the_main_row_name_is_a_file_name_token():
+    with pytest.raises(ValueError, match=r"config: name='my run' must match"):
+        from_dict({"name": "my run"})
+    with pytest.raises(WorkflowError, match="variants"):
+        validate({"variants": [{"name": "a", "evaluate": {}}]}, SCHEMA)  # only the listed sections
+
+
+def test_compared_samplers_must_fit_some_objective(monkeypatch):
+    """Each row compares the entries that fit its objective (plan.comparison_runs); an entry no row's
+    objective fits is refused."""
+    monkeypatch.setitem(options.OBJECTIVE_SAMPLERS, "eps", ("ddpm", "ddim"))
+    with pytest.raises(ValueError, match=r"evaluate.compare_samplers\[1\].sampler='dpmpp' fits no configured "
+                                         r"objective \(eps; their samplers: ddim, ddpm\)"):
+        from_dict({"evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 5}, {"sampler": "dpmpp", "steps": 5}]}})
+
+
+def test_every_objective_names_its_samplers():
+    assert set(options.OBJECTIVE_SAMPLERS) == set(options.OBJECTIVES)
+    assert all(set(s) <= set(options.SAMPLERS) for s in options.OBJECTIVE_SAMPLERS.values())

@@ -1,4 +1,5 @@
 """Sampling stage: sample i depends only on (seed, i); reruns reuse finished samples; outputs are valid."""
+import json
 import subprocess
 import sys
 
@@ -10,8 +11,9 @@ import torch
 from conftest import AFFINE, SIZE, bin_env, tiny_config
 from ctdiff import cli
 from ctdiff.config import SampleConfig
-from ctdiff.generate import generate, sample_affine
-from ctdiff.io import load_volume
+from ctdiff.generate import generate, sample_affine, sampling_cost
+from ctdiff.io import load_volume, write_json
+from ctdiff.machine import describe
 from ctdiff.train import train
 
 
@@ -50,11 +52,15 @@ def test_rerun_reuses_finished_samples(checkpoint, tmp_path):
     first = load_volume(out[1])[0]
     (cached,) = [p for p in (tmp_path / "cache").rglob("0001.nii.gz")]
     stamp = cached.stat().st_mtime_ns
+    cost = json.loads((tmp_path / "s" / "sampling.json").read_text())  # what drawing them cost, and where
+    assert cost["timed"] == cost["n"] == 2 and cost["batch"] == 1 and cost["seconds_per_volume"] > 0
+    assert cost["machines"] == [describe("cpu", 1)]
     for p in out:
         p.unlink()
     generate(checkpoint, out, tmp_path / "cache", SampleConfig(batch_size=1), progress=False)
     assert cached.stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(load_volume(out[1])[0], first)
+    assert json.loads((tmp_path / "s" / "sampling.json").read_text()) == cost  # the cached samples' own timing
     # Other sampler settings are never served from that cache.
     generate(checkpoint, out, tmp_path / "cache", SampleConfig(sampler="ddim", steps=5, batch_size=1), progress=False)
     assert len(list((tmp_path / "cache").iterdir())) == 2
@@ -207,6 +213,8 @@ def test_two_processes_share_the_samples_and_draw_the_same_volumes(checkpoint, t
     # Every sample exists once in the shared cache, nothing else was written.
     (cache,) = (tmp_path / "two_cache").iterdir()
     assert sorted(p.name for p in cache.glob("*.nii.gz")) == [p.name for p in one]
+    cost = json.loads((tmp_path / "two" / "sampling.json").read_text())
+    assert cost["timed"] == 5 and [m["processes"] for m in cost["machines"]] == [2]
 
 
 def test_killed_sampling_resumes_without_redoing_or_corrupting(checkpoint, tmp_path):
@@ -243,4 +251,15 @@ def test_killed_sampling_resumes_without_redoing_or_corrupting(checkpoint, tmp_p
     for path in reference:
         np.testing.assert_allclose(load_volume(tmp_path / "out" / path.name)[0], load_volume(path)[0], atol=1e-6)
     # (A kill during a write may leave a temporary file in the cache; it never counts as a sample.)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [p.name for p in reference]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [p.name for p in reference] + ["sampling.json"]
+    assert json.loads((tmp_path / "out" / "sampling.json").read_text())["timed"] == n  # both runs' samples
+
+
+def test_sampling_cost_is_the_median_over_timed_samples(tmp_path):
+    """A first batch that paid for compilation does not count; samples cached without timing are left out."""
+    machine = {"type": "cuda", "name": "GPU", "processes": 1, "threads": None}
+    for i, seconds in enumerate([30.0, 30.0, 2.0, 2.0, 3.0]):
+        write_json(tmp_path / f"{i:04d}.json", {"seconds": seconds, "batch": 2, "machine": machine})
+    cost = sampling_cost([tmp_path / f"{i:04d}.json" for i in range(7)])
+    assert cost == {"seconds_per_volume": 3.0, "timed": 5, "n": 7, "batch": 2, "machines": [machine]}
+    assert sampling_cost([tmp_path / "none.json"])["seconds_per_volume"] is None

@@ -22,7 +22,7 @@ def test_lidc_dry_run_reads_the_given_tree(tmp_path):
     rules = planned_rules(proc)
     assert "discover" in rules and "phantom" not in rules, rules
     # lidc.yaml sets its own sampler comparison (a list in a layered config file replaces config.yaml's)
-    assert {"sample_compare", "evaluate_compare", "sampler_table"} <= rules, rules
+    assert {"sample_compare", "evaluate_compare", "variant_table"} <= rules, rules
     assert "results/lidc/compare/ddim-50/metrics.json" in proc.stdout
 
 

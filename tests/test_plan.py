@@ -15,14 +15,20 @@ from ctdiff.plan import (
     INGEST_MEMORY_MARGIN,
     INGEST_MEMORY_MB,
     DicomTree,
+    MAIN_SET,
+    TableRow,
     comparison_runs,
     compared_sample,
     converted_items,
     dicom_tree,
     ingest_mem_mb,
     mem_mb_for,
+    row_names,
+    run_folder,
     sample_files,
     sample_options,
+    table_rows,
+    variant_sample,
 )
 
 HEAVY = ("torch", "numpy", "pandas", "scipy", "nibabel", "pydicom", "dicom2nifti", "isal", "SimpleITK",
@@ -146,3 +152,35 @@ def test_a_compared_sampler_replaces_the_setting_and_drops_hu():
     assert compared == replace(main, sampler="ddim", steps=50, eta=0.5, hu=False)
     assert sample_options(compared) == (
         "-n 4 --sampler ddim --eta 0.5 --batch-size 2 --seed 3 --precision bf16 --steps 50 --compile")
+
+
+def test_table_rows_pair_every_variant_with_its_samplers_main_first():
+    """Per variant its own sample section's set, then the compared samplers that fit its objective, except
+    the one it already draws; the main config's files stay where they are, a variant's mirror them."""
+    cfg = from_dict({"results": "out", "evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 20},
+                                                                         {"sampler": "ddpm"}]},
+                     "variants": [{"name": "cosine", "train": {"lr_schedule": "cosine"}},
+                                  {"name": "fast", "sample": {"sampler": "ddim", "steps": 20}}]})
+    assert row_names(cfg) == ["paper", "cosine", "fast"]
+    assert run_folder(cfg, "paper") == "out" and run_folder(cfg, "fast") == "out/variants/fast"
+    rows = table_rows(cfg)
+    assert [(r.variant, r.set) for r in rows] == [("paper", MAIN_SET), ("paper", "ddim-20"), ("cosine", MAIN_SET),
+                                                  ("cosine", "ddim-20"), ("fast", MAIN_SET), ("fast", "ddpm-1000")]
+    assert rows[0] == TableRow("paper", "main", "out/metrics/metrics.json", "out/samples", "out/train")
+    assert rows[1].metrics == "out/compare/ddim-20/metrics.json" and rows[1].samples == "out/compare/ddim-20/samples"
+    assert rows[5] == TableRow("fast", "ddpm-1000", "out/variants/fast/compare/ddpm-1000/metrics.json",
+                               "out/variants/fast/compare/ddpm-1000/samples", "out/variants/fast/train")
+    assert variant_sample(cfg, "fast") == replace(cfg.sample, sampler="ddim", steps=20)
+    hu = from_dict({"sample": {"hu": True}, "variants": [{"name": "v", "train": {"lr": 1.0}}]})
+    assert variant_sample(hu, "paper").hu and not variant_sample(hu, "v").hu  # HU copies: the main run's only
+    assert [(r.variant, r.set) for r in table_rows(from_dict({}))] == [("paper", MAIN_SET)]
+
+
+def test_each_row_compares_only_the_samplers_of_its_objective(monkeypatch):
+    from ctdiff import options
+
+    cfg = from_dict({"evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 20},
+                                                       {"sampler": "dpmpp", "steps": 10}]}})
+    assert list(comparison_runs(cfg)) == ["ddim-20", "dpmpp-10"]
+    monkeypatch.setitem(options.OBJECTIVE_SAMPLERS, "eps", ("ddpm", "ddim"))
+    assert list(comparison_runs(cfg)) == ["ddim-20"]

@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import write_train_folder
 from ctdiff.io import save_volume
-from ctdiff.metrics.compare import sampler_table
+from ctdiff.metrics.compare import variant_table
+from ctdiff.plan import TableRow
 from ctdiff.plots import closest_pairs, figure1, learning_curve, memorisation_histogram
 from ctdiff.report import Section, Table, build_sections, render_html, render_markdown, write_report
 
@@ -97,11 +99,29 @@ def figures(tmp_path, m, pairs_png=None):
             "memorisation_png": histogram if "memorisation" in m else None, "pairs_png": pairs_png}
 
 
-def _report(tmp_path, m, config=None, samplers_tsv=None, pairs_png=None):
+def _report(tmp_path, m, config=None, variants_tsv=None, pairs_png=None):
     write_inputs(tmp_path, m)
     write_report(tmp_path / "metrics.json", tmp_path / "inv.tsv", config or {}, tmp_path / "report.md",
-                 tmp_path / "report.html", samplers_tsv=samplers_tsv, **figures(tmp_path, m, pairs_png))
+                 tmp_path / "report.html", variants_tsv=variants_tsv, **figures(tmp_path, m, pairs_png))
     return (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+
+
+def _variants_tsv(tmp_path, sets):
+    """variants.tsv of ``sets`` [(variant, set, metrics.json)], each variant trained as write_train_folder says
+    (0.1 s/step on two H200s, 40 steps) and the paper's main set drawn at 2.5 s per volume on a CPU."""
+    rows = []
+    for variant, name, metrics in sets:
+        train = tmp_path / "runs" / variant / "train"
+        if not train.exists():
+            write_train_folder(train, machine={"type": "cuda", "name": "NVIDIA H200", "processes": 2, "threads": None})
+        samples = tmp_path / "runs" / variant / name / "samples"
+        rows.append(TableRow(variant, name, str(metrics), str(samples), str(train)))
+    samples = Path(rows[0].samples)
+    samples.mkdir(parents=True, exist_ok=True)
+    (samples / "sampling.json").write_text(json.dumps({"seconds_per_volume": 2.5, "timed": 4, "n": 4, "batch": 2,
+        "machines": [{"type": "cpu", "name": "Some CPU", "processes": 1, "threads": 2}]}))
+    variant_table(rows, tmp_path / "variants.tsv")
+    return tmp_path / "variants.tsv"
 
 
 def test_report_contents(tmp_path):
@@ -158,7 +178,7 @@ def test_pretrained_features_carry_no_warning(tmp_path):
     assert page.count("data:image/png;base64,") == 2
 
 
-def test_sampler_comparison_table(tmp_path):
+def test_variants_table(tmp_path):
     m = metrics(pretrained=False, rank_deficient=True)
     m["real_volumes"] = ["r0.nii.gz", "r1.nii.gz", "r2.nii.gz", "r3.nii.gz"]
     m["provenance"] = {"sampler": "ddpm", "sampler_steps": 1000, "eta": 0.0, "network_evaluations": 1000,
@@ -167,29 +187,35 @@ def test_sampler_comparison_table(tmp_path):
     other["fid"], other["bootstrap"]["fid"] = 98.0, {"low": 90.0, "high": 101.5}
     other["msssim_diversity"]["mean"] = 0.25
     other["provenance"].update(sampler="ddim", sampler_steps=50, eta=0.5, network_evaluations=50)
-    (tmp_path / "main.json").write_text(json.dumps(m))
-    (tmp_path / "ddim.json").write_text(json.dumps(other))
-    sampler_table(tmp_path / "main.json", {"ddim-50-eta0.5": tmp_path / "ddim.json"}, tmp_path / "samplers.tsv")
-    md, page = _report(tmp_path, m, samplers_tsv=tmp_path / "samplers.tsv")
-    assert "## Samplers" in md
-    assert ("Every row draws its 4 volumes from the same checkpoint (step 7) with the same seeds (sample.seed = 4"
-            in md)
-    assert "scored against the same 4 held-out real volumes" in md
-    assert "| set | sampler | steps | eta | network evaluations per volume | FID [95 % CI] |" in md
-    assert ("| main | ddpm | 1000 | — | 1000 | 123.456 [100.000, 140.250] | 0.512 [0.500, 0.525] "
+    small = json.loads(json.dumps(m))
+    small["fid"], small["provenance"]["checkpoint_sha256"] = 150.0, "d" * 64
+    for name, values in (("main", m), ("ddim", other), ("small", small)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(values))
+    sets = [("paper", "main", tmp_path / "main.json"), ("paper", "ddim-50-eta0.5", tmp_path / "ddim.json"),
+            ("small", "main", tmp_path / "small.json")]
+    md, page = _report(tmp_path, m, variants_tsv=_variants_tsv(tmp_path, sets))
+    assert "## Variants and samplers" in md
+    assert "One row per (variant, sampler): 'paper', the main configuration whose metrics are shown above, first" in md
+    assert "Every row draws 4 volumes with the same seeds (sample.seed = 4" in md
+    assert "scored against the same 4 held-out real volumes" in md and "compare them only between rows" in md
+    assert ("| variant | set | sampler | steps | eta | network evaluations per volume | training s/step (machine) "
+            "| training hours for its steps | sampling s/volume, one device (machine) | FID [95 % CI] |" in md)
+    assert ("| paper | main | ddpm | 1000 | — | 1000 | 0.1 (2 × NVIDIA H200) | 0.00111 h for 40 steps "
+            "| 2.5 (1 × Some CPU (CPU, 2 threads)) | 123.456 [100.000, 140.250] | 0.512 [0.500, 0.525] "
             "| 0.300 [0.280, 0.330] |" in md)
     assert "| MS-SSIM, diversity (lower = more diverse) [95 % CI] | KID (lower = closer) [95 % CI] |" in md
     assert "| 0.300 [0.280, 0.330] | 0.01234 [0.002, 0.02512] |" in md
+    assert "| small | main | ddpm | 1000 | — | 1000 | 0.1 (2 × NVIDIA H200) | 0.00111 h for 40 steps | — | 150.000" in md
     del other["bootstrap"]["msssim_diversity"]  # a missing interval leaves the value alone
     (tmp_path / "ddim.json").write_text(json.dumps(other))
-    sampler_table(tmp_path / "main.json", {"ddim-50-eta0.5": tmp_path / "ddim.json"}, tmp_path / "samplers.tsv")
-    md, page = _report(tmp_path, m, samplers_tsv=tmp_path / "samplers.tsv")
-    assert "| ddim-50-eta0.5 | ddim | 50 | 0.5 | 50 | 98.000 [90.000, 101.500] | 0.512 [0.500, 0.525] | 0.250 |" in md
-    assert md.index("## Samplers") < md.index("## Memorisation")
-    assert "| set | sampler | steps |" in md and "| near-copies flagged (voxels / features) |" in md
-    # both sets hold the same audits: the last column of each row
+    md, page = _report(tmp_path, m, variants_tsv=_variants_tsv(tmp_path, sets))
+    assert ("| paper | ddim-50-eta0.5 | ddim | 50 | 0.5 | 50 | 0.1 (2 × NVIDIA H200) | 0.00111 h for 40 steps | — "
+            "| 98.000 [90.000, 101.500] | 0.512 [0.500, 0.525] | 0.250 |" in md)
+    assert md.index("## Variants and samplers") < md.index("## Memorisation")
+    assert "| near-copies flagged (voxels / features) |" in md
+    # every set holds the same audits: the last column of each row
     assert re.search(r"\| 0\.300 \[0\.280, 0\.330\] \|[^\n]* \| 1 / 2 \|\n", md)
-    assert 'id="samplers"' in page and "<td>ddim-50-eta0.5</td>" in page and "same seeds" in page
+    assert 'id="variants"' in page and "<td>ddim-50-eta0.5</td>" in page and "same seeds" in page
 
 
 def test_report_without_intervals(tmp_path):
@@ -234,12 +260,12 @@ def test_markdown_and_html_hold_the_same_sections(tmp_path):
     m["provenance"] = {"sampler": "ddpm", "sampler_steps": 1000, "eta": 0.0, "network_evaluations": 1000,
                        "sample_seed": 4, "checkpoint_step": 7, "checkpoint_sha256": "c" * 64}
     (tmp_path / "main.json").write_text(json.dumps(m))
-    sampler_table(tmp_path / "main.json", {}, tmp_path / "samplers.tsv")
+    variants = _variants_tsv(tmp_path, [("paper", "main", tmp_path / "main.json")])
     write_inputs(tmp_path, m)
     sections = build_sections(tmp_path / "metrics.json", tmp_path / "inv.tsv", {"train": {"lr": 0.0001}},
-                              samplers_tsv=tmp_path / "samplers.tsv", **figures(tmp_path, m, tmp_path / "figure1.png"))
+                              variants_tsv=variants, **figures(tmp_path, m, tmp_path / "figure1.png"))
     titles = [s.title for s in sections]
-    assert titles == ["Metrics", "How to read the numbers", "Samplers", "Memorisation", "Figure 1", "Learning curve", "Data QC", "Provenance",
+    assert titles == ["Metrics", "How to read the numbers", "Variants and samplers", "Memorisation", "Figure 1", "Learning curve", "Data QC", "Provenance",
                       "Config"]
     md = render_markdown(sections, tmp_path)
     page = render_html(sections)

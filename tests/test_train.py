@@ -12,6 +12,7 @@ from conftest import AFFINE, SIZE, TINY_DIFFUSION, TINY_MODEL, tiny_config, tiny
 from ctdiff.checkpoint import checkpoint_config, load_for_sampling, read_checkpoint
 from ctdiff.config import to_dict
 from ctdiff.io import save_volume
+from ctdiff.machine import describe
 import ctdiff.train
 from ctdiff.train import _resume_key, batch_indices, cpu_has_amx_bf16, learning_rate, resolve_precision, train
 
@@ -28,6 +29,7 @@ def test_checkpoint_describes_itself(volumes, tmp_path):
     assert ckpt["config"]["data"]["size"] == SIZE
     assert np.allclose(ckpt["config"]["data"]["affine"], AFFINE)
     assert {"model", "ema", "optimizer", "version", "format"} <= set(ckpt)
+    assert ckpt["machine"] == describe("cpu", 1)  # what ran it, for the variants table's cost columns
     # On disk: plain dicts (weights_only loading), the data section with the preprocessing settings.
     assert ckpt["config"]["data"] == {"size": SIZE, "files": [p.name for p in volumes],
                                       "affine": AFFINE.tolist(), "spacing_mm": 3.0, "hu_window": [-1000.0, 400.0]}

@@ -43,7 +43,9 @@ def planned_rules(proc: subprocess.CompletedProcess) -> set[str]:
     return set(planned_jobs(proc))
 
 
-COMPARE_RULES = {"sample_compare", "evaluate_compare", "sampler_table"}
+COMPARE_RULES = {"sample_compare", "evaluate_compare", "variant_table"}
+VARIANT_RULES = {"train_variant", "sample_variant", "evaluate_variant", "sample_variant_compare",
+                 "evaluate_variant_compare"}
 
 
 def test_lint_is_clean(tmp_path):
@@ -55,7 +57,8 @@ def test_dry_run_of_the_default_config(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "2")
     assert {"phantom", "discover", "split", "train", "sample", "evaluate", "figure", "report", "all"} <= planned_rules(proc)
     jobs = planned_jobs(proc)  # config.yaml compares DDIM 50 and DPM-Solver++ 25 steps with the main DDPM set
-    assert (jobs["sample_compare"], jobs["evaluate_compare"], jobs["sampler_table"]) == (2, 2, 1), jobs
+    assert (jobs["sample_compare"], jobs["evaluate_compare"], jobs["variant_table"]) == (2, 2, 1), jobs
+    assert not set(jobs) & VARIANT_RULES, jobs  # config.yaml lists no variant
     assert "results/compare/ddim-50/samples/0001.nii.gz" in proc.stdout
     assert "results/compare/dpmpp-25/metrics.json" in proc.stdout
 
@@ -67,8 +70,8 @@ def test_dry_run_plans_no_comparison_unless_one_is_configured(tmp_path, compare)
     change.write_text(f"evaluate:\n  compare_samplers: {compare}\n")
     proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(change))
     rules = planned_rules(proc)
-    assert {"sample", "evaluate", "report"} <= rules and not rules & COMPARE_RULES, rules
-    assert "samplers.tsv" not in proc.stdout
+    assert {"sample", "evaluate", "report"} <= rules and not rules & (COMPARE_RULES | VARIANT_RULES), rules
+    assert "variants.tsv" not in proc.stdout
 
 
 def test_bad_config_names_the_key(tmp_path):
@@ -136,10 +139,16 @@ def test_end_to_end_outputs(run_dir):
     assert metrics["provenance"]["network_evaluations"] == 50 and metrics["provenance"]["sampler_steps"] == 50
     assert compared["real_volumes"] == metrics["real_volumes"] == [f"{i}.nii.gz" for i in test]
     assert metrics["bootstrap"]["n_boot"] == 200 and "msssim_diversity" in metrics["bootstrap"]
-    table = pd.read_csv(run_dir / "metrics" / "samplers.tsv", sep="\t")
-    assert list(table["set"]) == ["main", "ddim-10"] and list(table["network_evaluations"]) == [50, 10]
+    table = pd.read_csv(run_dir / "metrics" / "variants.tsv", sep="\t")
+    assert list(table["variant"]) == ["paper"] * 2 and list(table["set"]) == ["main", "ddim-10"]
+    assert list(table["network_evaluations"]) == [50, 10]
     assert table["fid"].tolist() == [metrics["fid"], compared["fid"]]
-    assert "## Samplers" in (run_dir / "report.md").read_text()
+    # cost: 4 logged steps give 3 intervals after the start-up; both sets were timed on this CPU
+    assert (table["train_s_per_step"] > 0).all() and (table["train_steps"] == 4).all()
+    assert table["train_hours"][0] == pytest.approx(table["train_s_per_step"][0] * 4 / 3600)
+    assert (table["sampling_s_per_volume"] > 0).all() and table["train_machine"][0].startswith("1 × ")
+    assert table["sampling_machine"][0] == table["train_machine"][0]
+    assert "## Variants and samplers" in (run_dir / "report.md").read_text()
     anatomy = metrics["anatomy"]  # the phantom's test volumes: a body with two lungs each, even at 16³ of 24 mm
     assert anatomy["hu_window"] == [-1000.0, 400.0] and anatomy["counts"]["real"]["2_lungs"] == 2
     assert [r["volume"] for r in anatomy["per_volume"]["real"]] == metrics["real_volumes"]
@@ -167,12 +176,76 @@ def test_another_sampler_reruns_only_the_comparison(run_dir, tmp_path):
     assert jobs["sample_compare"] == jobs["evaluate_compare"] == 1 and "compare/dpmpp-5/metrics.json" in proc.stdout
 
 
+VARIANTS = """variants:
+  - {name: cosine, train: {lr_schedule: cosine}}
+  - {name: small, model: {channels: [4, 8]}, sample: {sampler: ddim, steps: 10}}
+"""
+
+
+def test_dry_run_plans_each_variant_by_the_same_rules(tmp_path):
+    """A variant's jobs are the main run's rules with a {variant} wildcard, under results/variants/; the main
+    run's paths do not move. small's own sampler is the compared DDIM-10, so it compares nothing more."""
+    change = tmp_path / "variants.yaml"
+    change.write_text(VARIANTS)
+    plain = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY))
+    proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY), str(change))
+    jobs = planned_jobs(proc)
+    assert {rule: jobs[rule] for rule in VARIANT_RULES} == {
+        "train_variant": 2, "sample_variant": 2, "evaluate_variant": 2, "sample_variant_compare": 1,
+        "evaluate_variant_compare": 1}, jobs
+    for path in ("results/variants/cosine/train/model.pt", "results/variants/small/samples/0001.nii.gz",
+                 "results/variants/cosine/compare/ddim-10/metrics.json", "results/variants/small/metrics/metrics.json"):
+        assert path in proc.stdout, path
+    assert "results/variants/small/compare/" not in proc.stdout
+    outputs = set(re.findall(r"output: (.*)", plain.stdout))
+    assert outputs <= set(re.findall(r"output: (.*)", proc.stdout))  # every main output where it was
+
+
+def test_bad_variant_stops_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("variants:\n  - {name: small, model: {width: 8}}\n")
+    proc = snakemake(tmp_path, "-n", "--configfile", str(TINY), str(bad), check=False)
+    assert proc.returncode != 0
+    assert "variants[0] (small): model.width is no key a variant can set (allowed in model: channels" in (
+        proc.stdout + proc.stderr)
+
+
+def test_adding_a_variant_reruns_only_that_variant(run_dir, tmp_path):
+    change = tmp_path / "variants.yaml"
+    change.write_text(VARIANTS)
+    proc = snakemake(run_dir.parent, "-n", "--cores", "2", "--configfile", str(TINY), str(change))
+    jobs = planned_jobs(proc)
+    assert set(jobs) == VARIANT_RULES | {"variant_table", "report", "all"}, jobs
+    assert jobs["train_variant"] == 2 and jobs["variant_table"] == 1
+
+
+def test_a_variant_runs_end_to_end_beside_the_main_run(run_dir, tmp_path):
+    """In a copy of the finished run: one cheap variant trains, samples and is scored; the table puts it after
+    the paper's rows with its own cost, and a second call finds nothing to do."""
+    work = tmp_path / "copy"
+    shutil.copytree(run_dir.parent, work, symlinks=True)  # copy2 keeps the times Snakemake compares
+    change = tmp_path / "small.yaml"
+    change.write_text("variants:\n  - {name: small, model: {channels: [4, 8]}, sample: {sampler: ddim, steps: 10}}\n")
+    snakemake(work, "--cores", "2", "--configfile", str(TINY), str(change))
+    results = work / "results"
+    table = pd.read_csv(results / "metrics" / "variants.tsv", sep="\t")
+    assert list(zip(table["variant"], table["set"])) == [("paper", "main"), ("paper", "ddim-10"), ("small", "main")]
+    small = json.loads((results / "variants" / "small" / "metrics" / "metrics.json").read_text())
+    assert small["provenance"]["sampler"] == "ddim" and small["provenance"]["network_evaluations"] == 10
+    assert small["real_volumes"] == json.loads((results / "metrics" / "metrics.json").read_text())["real_volumes"]
+    assert table["fid"][2] == small["fid"] and table["train_s_per_step"][2] > 0
+    assert table["sampling_s_per_volume"][2] > 0 and (results / "variants" / "small" / "train" / "log.csv").exists()
+    assert "| small | main | ddim | 10 |" in (results / "report.md").read_text()
+    proc = snakemake(work, "-n", "--cores", "2", "--configfile", str(TINY), str(change))
+    assert planned_rules(proc) == set(), proc.stdout
+
+
 def test_new_interval_settings_rescore_without_resampling(run_dir, tmp_path):
     change = tmp_path / "change.yaml"
     change.write_text("evaluate:\n  ci_level: 0.9\n")
     proc = snakemake(run_dir.parent, "-n", "--cores", "2", "--configfile", str(TINY), str(change))
     rules = planned_rules(proc)
-    assert {"evaluate", "evaluate_compare", "sampler_table", "report"} <= rules, rules
+    assert {"evaluate", "evaluate_compare", "variant_table", "report"} <= rules, rules
     assert not rules & {"train", "sample", "sample_compare", "figure"}, rules
 
 
@@ -190,7 +263,7 @@ def test_snakemake_report_holds_figure_and_metrics(run_dir):
     snakemake(run_dir.parent, "--configfile", str(TINY), "--report", str(out))
     page = out.read_text(errors="replace")
     assert "figure1.png" in page and "metrics.json" in page
-    assert "report.html" in page and "summary.tsv" in page and "samplers.tsv" in page
+    assert "report.html" in page and "summary.tsv" in page and "variants.tsv" in page
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -173,6 +173,14 @@ def timestep_sequence(sampler: str, steps: int, T: int) -> list[int]:
     return [int(v) for v in np.round(np.linspace(T - 1, 0, steps))]
 
 
+def network_evaluations(sampler: str, steps: int | None, timesteps: int) -> int:
+    """Model calls :func:`sample` makes per volume (a batch of B volumes costs the same calls on B at once):
+    one per visited timestep, so ``T`` for ddpm and ``steps`` for ddim and dpmpp (``steps=None`` = T).
+    The cost of a sampler on any machine; a sampler whose steps call the network more than once (a
+    second-order corrector) counts every call."""
+    return len(timestep_sequence(sampler, timesteps if steps is None else steps, timesteps))
+
+
 def _randn(shape: tuple[int, ...], generators: Sequence[torch.Generator], device, dtype) -> Tensor:
     """``[B, *shape]`` standard normal noise, element ``b`` drawn on the CPU from ``generators[b]``."""
     draws = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]

@@ -1,32 +1,48 @@
-"""The sampler comparison (``evaluate.compare_samplers``): what produced a synthetic set, and one table with a
-row per sampler. Which settings the comparison draws is decided when the workflow parses
-(:func:`ctdiff.plan.comparison_runs`).
+"""The variants table (config ``variants`` and ``evaluate.compare_samplers``): what produced a synthetic set,
+and one table with a row per (variant, sampler) pair and its cost. Which pairs the run draws is decided when
+the workflow parses (:func:`ctdiff.plan.table_rows`).
 
-Every set in the comparison is drawn from the same checkpoint with ``sample.n`` and ``sample.seed``, so
-sample ``i`` of every sampler starts from the same noise ``x_T`` (``ctdiff.generate``: sample ``i`` depends only
-on ``(seed, i)``), and is scored by ``ctdiff.metrics.evaluate.evaluate`` against the same held-out real
-volumes. ``sampler_table`` checks that instead of assuming it: rows that differ in checkpoint, seed, sample
-count or real volumes are refused.
+Every set is drawn with ``sample.n`` and ``sample.seed``, so sample ``i`` of every row starts from the same
+noise ``x_T`` (``ctdiff.generate``: sample ``i`` depends only on ``(seed, i)``), and is scored by
+``ctdiff.metrics.evaluate.evaluate`` against the same held-out real volumes; the rows of one variant share its
+checkpoint. ``variant_table`` checks that instead of assuming it: rows that differ are refused.
 
-Cost is counted in network evaluations per volume, the model calls of ``ctdiff.diffusion.samplers.sample``
-(one per visited timestep: T for ddpm, ``steps`` for ddim and dpmpp), which does not depend on the machine.
+Cost, per row:
+
+- ``network_evaluations`` per volume, the model calls of ``ctdiff.diffusion.samplers.sample``
+  (:func:`ctdiff.diffusion.samplers.network_evaluations`), which does not depend on the machine;
+- ``train_s_per_step``: the median over the training log's intervals (``log.csv``, one row every
+  ``train.log_every`` steps) of seconds per optimizer step, leaving out the first interval, which holds the
+  start-up (``torch.compile``, cuDNN's algorithm search, the first batches read); ``train_hours`` is that
+  times ``train_steps`` (the checkpoint's), on ``train_machine`` (all its processes together);
+- ``sampling_s_per_volume``: one device's seconds per volume at the sample batch size, the median over the
+  set's samples (``sampling.json``, :func:`ctdiff.generate.sampling_cost`), on ``sampling_machine``.
+
+Machines are recorded since this table has cost columns; a set drawn or trained before leaves them empty.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ctdiff.checkpoint import read_checkpoint
-from ctdiff.diffusion.samplers import timestep_sequence
+from ctdiff.diffusion.samplers import network_evaluations
 from ctdiff.io import atomic_path, file_sha256
-from ctdiff.plan import setting
+from ctdiff.machine import label
+from ctdiff.plan import TableRow, setting
 
 COLUMNS = [
-    "set", "sampler", "steps", "eta", "network_evaluations", "n_synthetic", "n_real",
+    "variant", "set", "sampler", "steps", "eta", "network_evaluations",
+    "train_s_per_step", "train_steps", "train_hours", "train_machine",
+    "sampling_s_per_volume", "sampling_machine",
+    "n_synthetic", "n_real",
     "fid", "fid_low", "fid_high",
     "kid", "kid_low", "kid_high",
     "msssim_nearest_real", "msssim_nearest_real_low", "msssim_nearest_real_high",
@@ -35,8 +51,9 @@ COLUMNS = [
     "ci_level", "n_boot", "checkpoint_step", "sample_seed",
     "memorisation_flagged_voxels", "memorisation_flagged_features",
 ]
-# What every row must share for the comparison to be fair; checked by sampler_table.
-SHARED = ("checkpoint_sha256", "sample_seed", "n_synthetic", "real_volumes")
+# What every row must share for the comparison to be fair, and what the rows of one variant share besides.
+SHARED = ("sample_seed", "n_synthetic", "real_volumes")
+SHARED_BY_VARIANT = ("checkpoint_sha256",)
 
 
 def sampling_provenance(checkpoint: Path, *, sampler: str, steps: int | None, eta: float, seed: int) -> dict:
@@ -50,7 +67,7 @@ def sampling_provenance(checkpoint: Path, *, sampler: str, steps: int | None, et
         "sampler": run["sampler"],
         "sampler_steps": run["steps"],
         "eta": run["eta"],
-        "network_evaluations": len(timestep_sequence(run["sampler"], run["steps"], T)),
+        "network_evaluations": network_evaluations(run["sampler"], run["steps"], T),
         "sample_seed": seed,
         "checkpoint": str(checkpoint),
         "checkpoint_step": int(ckpt["step"]),
@@ -103,33 +120,66 @@ def _row(name: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return row, shared
 
 
-def sampler_table(main: Path, compare: dict[str, Path], out: Path) -> pd.DataFrame:
-    """One row per sampler, the main set (``main``, the sample section's metrics.json) first, then each of
-    ``compare`` ({tag: metrics.json}) in order; written to ``out`` as TSV (empty cell = no interval or no eta)
-    and returned.
+def train_seconds_per_step(log_csv: Path) -> float | None:
+    """Seconds per optimizer step of a training log (``ctdiff.train.write_log``: ``step`` and cumulative
+    ``elapsed_s`` every ``train.log_every`` steps): the median over consecutive rows of Δelapsed / Δstep. The
+    first row's interval, from the start, holds the start-up and is left out; None when no other is logged."""
+    with open(log_csv, newline="") as fh:
+        rows = [(int(r["step"]), float(r["elapsed_s"])) for r in csv.DictReader(fh)]
+    rates = [(e1 - e0) / (s1 - s0) for (s0, e0), (s1, e1) in zip(rows, rows[1:]) if s1 > s0]
+    return statistics.median(rates) if rates else None
 
-    Raises ValueError, naming the files, when the sets do not share checkpoint, sample seed, sample count and
-    real volumes: then the rows would not be comparable.
+
+def _train_cost(train: Path) -> dict[str, Any]:
+    """The training cost columns of a variant from its ``train/`` folder (``model.pt``, ``log.csv``)."""
+    ckpt = read_checkpoint(train / "model.pt")
+    per_step = train_seconds_per_step(train / "log.csv")
+    steps = int(ckpt["step"])
+    return {"train_s_per_step": per_step, "train_steps": steps,
+            "train_hours": None if per_step is None else per_step * steps / 3600,
+            "train_machine": label(ckpt.get("machine"))}
+
+
+def _sampling_cost(samples: Path) -> dict[str, Any]:
+    """The sampling cost columns of a set from ``sampling.json`` in its folder (empty where it is missing)."""
+    path = samples / "sampling.json"
+    cost = json.loads(path.read_text()) if path.exists() else {}
+    return {"sampling_s_per_volume": cost.get("seconds_per_volume"),
+            "sampling_machine": ", ".join(label(m) for m in cost.get("machines", [])) or None}
+
+
+def variant_table(rows: Sequence[TableRow], out: Path) -> pd.DataFrame:
+    """One row per (variant, sampler) pair of ``rows`` (:func:`ctdiff.plan.table_rows`, the main config's rows
+    first), in order: the sampler setting, the cost columns and every metric with its interval; written to
+    ``out`` as TSV (empty cell = no interval, no eta or not recorded) and returned.
+
+    Raises ValueError, naming the files, when the sets do not share sample seed, sample count and real volumes,
+    or a variant's sets not its checkpoint: then the rows would not be comparable.
     """
-    rows, shared = [], []
-    for name, path in [("main", Path(main)), *((t, Path(p)) for t, p in compare.items())]:
-        row, same = _row(name, path)
-        rows.append(row)
-        shared.append((path, same))
-    for path, same in shared[1:]:
-        differ = [k for k in SHARED if same[k] != shared[0][1][k]]
-        if differ:
-            raise ValueError(f"{path} and {shared[0][0]} differ in {', '.join(differ)}: "
-                             "the sampler comparison needs the same checkpoint, seed, sample count and real volumes")
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    table, first, by_variant, train_cost = [], None, {}, {}
+    for r in rows:
+        path = Path(r.metrics)
+        row, same = _row(r.set, path)
+        if r.variant not in train_cost:
+            train_cost[r.variant] = _train_cost(Path(r.train))
+        table.append({"variant": r.variant, **row, **train_cost[r.variant], **_sampling_cost(Path(r.samples))})
+        first = first or (path, same)
+        ref = by_variant.setdefault(r.variant, (path, same))
+        for keys, (other, values) in ((SHARED, first), (SHARED_BY_VARIANT, ref)):
+            differ = [k for k in keys if same[k] != values[k]]
+            if differ:
+                raise ValueError(f"{path} and {other} differ in {', '.join(differ)}: the rows of the variants table "
+                                 "need the same seed, sample count and real volumes, and a variant's rows its checkpoint")
+    frame = pd.DataFrame(table, columns=COLUMNS)
     with atomic_path(Path(out)) as tmp:
-        table.to_csv(tmp, sep="\t", index=False)
-    return table
+        frame.to_csv(tmp, sep="\t", index=False)
+    return frame
 
 
-def read_sampler_table(path: Path) -> pd.DataFrame:
-    """The table ``sampler_table`` wrote (empty cells as NaN)."""
-    table = pd.read_csv(path, sep="\t", dtype={"set": str, "sampler": str})
+def read_variant_table(path: Path) -> pd.DataFrame:
+    """The table ``variant_table`` wrote (empty cells as NaN)."""
+    table = pd.read_csv(path, sep="\t", dtype={"variant": str, "set": str, "sampler": str,
+                                                "train_machine": str, "sampling_machine": str})
     missing = set(COLUMNS) - set(table.columns)
     if missing:
         raise ValueError(f"{path} lacks the columns {sorted(missing)}")

@@ -9,15 +9,28 @@ from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, validate
 
-from ctdiff.config import from_dict, to_dict
-from ctdiff.options import TAG_REGEX
-from ctdiff.plan import comparison_runs, compared_sample, converted_items, dicom_tree, sample_files, sample_options
+from ctdiff.config import from_dict, schema_checker, to_dict
+from ctdiff.options import NAME_REGEX, TAG_REGEX
+from ctdiff.plan import (
+    comparison_runs,
+    compared_sample,
+    converted_items,
+    dicom_tree,
+    row_config,
+    row_names,
+    sample_files,
+    sample_options,
+    table_rows,
+    variant_sample,
+)
 
 min_version("9.0")
 
-validate(config, "../schemas/config.schema.yaml")
-try:
-    CFG = from_dict(config)
+SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+validate(config, SCHEMA)
+
+try:  # each variant's merged config goes through the same schema, then from_dict's checks
+    CFG = from_dict(config, schema_check=schema_checker(SCHEMA))
 except ValueError as err:
     raise WorkflowError(str(err)) from None
 
@@ -42,6 +55,7 @@ def section(name):
 # Item ids become folder and file names: no path separators.
 wildcard_constraints:
     item=r"[A-Za-z0-9._-]+",
+    variant=NAME_REGEX,
 
 
 def items():
@@ -95,6 +109,44 @@ def evaluate_settings():
     return {k: v for k, v in section("evaluate").items() if k != "compare_samplers"}
 
 
-def sampler_table_input(wildcards=None):
-    """samplers.tsv when a comparison is configured, else nothing (the report then has no sampler table)."""
-    return [f"{R}/metrics/samplers.tsv"] if COMPARE else []
+def train_settings(cfg):
+    """The sections a training run depends on, as the train rules pass them to `ctdiff train`."""
+    return json.dumps({name: to_dict(getattr(cfg, name)) for name in ("model", "diffusion", "train", "preprocess")})
+
+
+def srun(wildcards, resources):
+    """The srun prefix that starts one launcher per node when a train job spans several (SLURM)."""
+    return "srun --ntasks-per-node=1 " if int(resources.get("nodes", 1)) > 1 else ""
+
+
+def sample_setting(settings):
+    """The sampler setting of a sample section as the evaluate rules record it (steps unresolved)."""
+    return {"sampler": settings.sampler, "steps": settings.steps, "eta": settings.eta}
+
+
+# The model variants (config `variants`): {name: merged config}, without the main row. Empty = no variant jobs.
+VARIANTS = {name: row_config(CFG, name) for name in row_names(CFG)[1:]}
+# Every (variant, sampler) pair the run evaluates, the main config's rows first: the variants table's rows.
+ROWS = table_rows(CFG)
+
+
+def variant(name):
+    """The merged config of a variant; a name `variants` does not list stops the run."""
+    if name not in VARIANTS:
+        raise WorkflowError(f"variants/{name}: no such entry in variants (configured: {', '.join(VARIANTS) or 'none'})")
+    return VARIANTS[name]
+
+
+def variant_compare_run(name, tag):
+    """The resolved setting of a compared sampler of a variant (its config's comparison_runs)."""
+    runs = comparison_runs(variant(name))
+    if tag not in runs:
+        raise WorkflowError(f"variants/{name}/compare/{tag}: no such sampler for this variant "
+                            f"(configured: {', '.join(runs) or 'none'})")
+    return runs[tag]
+
+
+def variant_table_input(wildcards=None):
+    """variants.tsv when the run compares anything (a sampler or a variant), else nothing (no table in the
+    report)."""
+    return [f"{R}/metrics/variants.tsv"] if len(ROWS) > 1 else []

@@ -1,7 +1,8 @@
-# The sampler comparison (evaluate.compare_samplers): each compared sampler draws sample.n volumes with
-# sample.seed from the same checkpoint (sample i starts from the same x_T as samples/{i}), is scored like the
-# main set against the same real volumes, and samplers.tsv holds one row per sampler, the main set first.
-# No job exists when the list is empty (COMPARE in common.smk).
+# The sampler comparison (evaluate.compare_samplers) of the main run: each compared sampler draws sample.n
+# volumes with sample.seed from the same checkpoint (sample i starts from the same x_T as samples/{i}) and is
+# scored like the main set against the same real volumes. variants.smk does the same for every variant, and
+# variants.tsv holds one row per (variant, sampler), the main config's first. No job exists when nothing is
+# compared (COMPARE and ROWS in common.smk).
 
 
 wildcard_constraints:
@@ -41,17 +42,17 @@ use rule evaluate as evaluate_compare with:
         f"{R}/logs/compare/{{tag}}/evaluate.log",
 
 
-rule sampler_table:
+rule variant_table:
     input:
-        main=f"{R}/metrics/metrics.json",
-        compare=[f"{R}/compare/{tag}/metrics.json" for tag in COMPARE],
+        metrics=[row.metrics for row in ROWS],
+        train=sorted({f"{row.train}/{name}" for row in ROWS for name in ("model.pt", "log.csv")}),
     output:
-        report(f"{R}/metrics/samplers.tsv", caption="../report/samplers.rst", category="Metrics"),
+        report(f"{R}/metrics/variants.tsv", caption="../report/variants.rst", category="Metrics"),
     params:
-        tags=list(COMPARE),
+        rows=[vars(row) for row in ROWS],  # sampling.json beside each set's samples: read if there (cost)
     log:
-        f"{R}/logs/sampler_table.log",
+        f"{R}/logs/variant_table.log",
     conda:
         ENV
     script:
-        "../scripts/sampler_table.py"
+        "../scripts/variant_table.py"

@@ -14,7 +14,7 @@ rule evaluate:
     params:
         evaluate=evaluate_settings(),
         volumes=f"{R}/preprocessed",
-        run={"sampler": CFG.sample.sampler, "steps": CFG.sample.steps, "eta": CFG.sample.eta},
+        run=sample_setting(CFG.sample),
         seed=CFG.sample.seed,
         hu_window=list(CFG.preprocess.hu_window),  # the anatomy is measured in HU
     threads: 8  # capped at --cores; profiles may set their own

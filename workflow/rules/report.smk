@@ -88,7 +88,7 @@ rule report:
         histogram=f"{R}/figures/memorisation.png",
         pairs=f"{R}/figures/closest_pairs.png",
         anatomy=f"{R}/figures/anatomy.png",
-        samplers=sampler_table_input,
+        variants=variant_table_input,
     output:
         md=f"{R}/report.md",
         html=report(f"{R}/report.html", caption="../report/report.rst", category="Report"),

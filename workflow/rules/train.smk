@@ -11,13 +11,11 @@ rule train:
         model=f"{R}/train/model.pt",
         log=report(f"{R}/train/log.csv", caption="../report/learning_curve.rst", category="Training"),
     params:
-        srun=lambda wildcards, resources: "srun --ntasks-per-node=1 " if int(resources.get("nodes", 1)) > 1 else "",
+        srun=srun,
         volumes=f"{R}/preprocessed",
         state=f"{R}/train_state",
         tensorboard=f"{R}/logs/tensorboard",
-        settings=lambda wildcards: json.dumps(
-            {name: section(name) for name in ("model", "diffusion", "train", "preprocess")}
-        ),
+        settings=lambda wildcards: train_settings(CFG),
     threads: 8  # capped at --cores; profiles may set their own
     resources:
         gpu=0,

@@ -16,5 +16,5 @@ write_report(
     memorisation_png=Path(snakemake.input.histogram),
     pairs_png=Path(snakemake.input.pairs),
     anatomy_png=Path(snakemake.input.anatomy),
-    samplers_tsv=Path(snakemake.input.samplers[0]) if snakemake.input.samplers else None,
+    variants_tsv=Path(snakemake.input.variants[0]) if snakemake.input.variants else None,
 )
