@@ -1,4 +1,5 @@
 """Config: the schema fills defaults and rejects bad keys by name; from_dict checks cross-key rules."""
+import re
 from dataclasses import MISSING, fields, is_dataclass, replace
 from pathlib import Path
 from types import UnionType
@@ -60,11 +61,14 @@ def test_schema_fills_nested_defaults():
     [
         ({"preprocess": {"sise": 32}}, "sise"),
         ({"train": {"precision": "fp8"}}, "fp8"),
-        ({"sample": {"sampler": "euler"}}, "euler"),
+        ({"sample": {"sampler": "plms"}}, "plms"),
         ({"data": {"source": "nifti"}}, "nifti"),
         ({"bogus": 1}, "bogus"),
         ({"evaluate": {"compare_samplers": [{"sampler": "ddim", "stepz": 5}]}}, "stepz"),
-        ({"evaluate": {"compare_samplers": [{"sampler": "euler"}]}}, "euler"),
+        ({"evaluate": {"compare_samplers": [{"sampler": "plms"}]}}, "plms"),
+        ({"diffusion": {"objective": "x0"}}, "x0"),
+        ({"diffusion": {"flow_t": "beta"}}, "beta"),
+        ({"diffusion": {"flow_t_scale": 0}}, "flow_t_scale"),
         ({"evaluate": {"compare_samplers": [{"steps": 5}]}}, "sampler"),
         ({"evaluate": {"bootstrap": -1}}, "bootstrap"),
         ({"evaluate": {"ci_level": 1.0}}, "ci_level"),
@@ -101,7 +105,25 @@ def test_kid_subsets_larger_than_the_test_split_are_left_to_the_evaluate_stage()
         ({"evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 50}, {"sampler": "ddpm", "steps": 50}]}},
          "evaluate.compare_samplers[1].steps=50: the ddpm sampler runs all 1000 steps"),
         ({"evaluate": {"compare_samplers": [{"sampler": "dpmpp", "steps": 5000}]}},
-         "evaluate.compare_samplers[0].steps=5000 must lie in 1..1000"),
+         "evaluate.compare_samplers[0].steps=5000 must lie in 1..999 (dpmpp: diffusion.timesteps - 1"),
+        ({"evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 5000}]}},
+         "evaluate.compare_samplers[0].steps=5000 must lie in 1..1000 (diffusion.timesteps)"),
+        ({"sample": {"sampler": "dpmpp"}}, "sample.steps=null means diffusion.timesteps=1000, but dpmpp takes 1..999"),
+        ({"sample": {"sampler": "euler", "steps": 30}},
+         "sample.sampler='euler' cannot sample a diffusion.objective='eps' model (it samples flow models); "
+         "allowed samplers for eps: ddpm, ddim, dpmpp"),
+        ({"diffusion": {"objective": "flow"}},
+         "sample.sampler='ddpm' cannot sample a diffusion.objective='flow' model (it samples eps and v models); "
+         "allowed samplers for flow: euler, heun"),
+        ({"diffusion": {"objective": "v"}, "sample": {"sampler": "heun", "steps": 10}},
+         "sample.sampler='heun' cannot sample a diffusion.objective='v' model"),
+        ({"diffusion": {"objective": "flow"}, "sample": {"sampler": "euler", "steps": 30},
+          "evaluate": {"compare_samplers": [{"sampler": "heun", "steps": 15}, {"sampler": "dpmpp", "steps": 25}]}},
+         "evaluate.compare_samplers[1].sampler='dpmpp' cannot sample a diffusion.objective='flow' model"),
+        ({"diffusion": {"objective": "flow"}, "sample": {"sampler": "heun", "steps": 1001}},
+         "sample.steps=1001 must lie in 1..1000 (diffusion.timesteps)"),
+        ({"diffusion": {"objective": "flow"}, "sample": {"sampler": "euler", "steps": 30, "eta": 0.5}},
+         "sample.eta=0.5: only the ddim sampler uses eta"),
         ({"diffusion": {"timesteps": 50}, "evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 51}]}},
          "evaluate.compare_samplers[0].steps=51 must lie in 1..50"),
         ({"evaluate": {"compare_samplers": [{"sampler": "dpmpp", "steps": 25, "eta": 0.5}]}},
@@ -115,7 +137,7 @@ def test_kid_subsets_larger_than_the_test_split_are_left_to_the_evaluate_stage()
 def test_cross_key_errors_name_the_key(patch, message):
     raw = {k: dict(v) for k, v in patch.items()}
     validate(raw, SCHEMA)
-    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("[", r"\[")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         from_dict(raw)
 
 
@@ -142,7 +164,7 @@ def test_from_dict_rejects_unknown_keys():
     ],
 )
 def test_evaluate_checks_without_the_schema_name_the_key(evaluate, message):
-    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("[", r"\[")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         from_dict({"evaluate": evaluate})
 
 
@@ -205,7 +227,7 @@ def test_schema_enums_are_the_option_sets():
     """Every closed set of the schema is the Literal of its dataclass field, which comes from ctdiff.options."""
     from ctdiff.metrics.med3d import DEPTHS
 
-    option_sets = {options.Sampler, options.Precision, options.TrainPrecision, options.Objective,
+    option_sets = {options.Sampler, options.Precision, options.TrainPrecision, options.Objective, options.FlowTime,
                    options.BetaSchedule, options.LrSchedule, options.Source, options.SeriesChoice, options.Normalise}
     literals = 0
     for path, cls, obj in _sections():
@@ -217,8 +239,12 @@ def test_schema_enums_are_the_option_sets():
                 assert tuple(prop["enum"]) == get_args(hints[name]), f"{path}.{name}"
             elif "enum" in prop:
                 assert (path, name) == ("evaluate", "med3d_depth") and tuple(prop["enum"]) == DEPTHS
-    assert literals == 10
-    assert options.SAMPLERS == ("ddpm", "ddim", "dpmpp") and options.PRECISIONS == ("fp32", "bf16")
+    assert literals == 11
+    assert options.SAMPLERS == ("ddpm", "ddim", "dpmpp", "euler", "heun") and options.PRECISIONS == ("fp32", "bf16")
+    assert options.OBJECTIVES == ("eps", "v", "flow") and options.FLOW_TIMES == ("logit_normal", "uniform")
+    # every objective has its samplers, and every sampler serves some objective
+    assert tuple(options.SAMPLERS_FOR) == options.OBJECTIVES
+    assert set(options.SAMPLERS) == {s for samplers in options.SAMPLERS_FOR.values() for s in samplers}
     assert options.TRAIN_PRECISIONS == ("fp32", "bf16", "auto")  # sampling has no auto
     assert options.NORMALISE == get_args(options.Normalise) and options.SOURCES == get_args(options.Source)
 

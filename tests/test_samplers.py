@@ -42,10 +42,14 @@ def test_timestep_sequence():
 
 def test_timestep_sequence_errors():
     with pytest.raises(ValueError, match=r"'ddpm', 'ddim'"):
+        timestep_sequence("plms", 10, 100)
+    with pytest.raises(ValueError, match=r"euler integrates the flow ODE"):
         timestep_sequence("euler", 10, 100)
     for bad in (0, 101, -3):
         with pytest.raises(ValueError, match=r"\[1, 100\]"):
             timestep_sequence("ddim", bad, 100)
+    with pytest.raises(ValueError, match=r"\[1, 99\] for dpmpp"):
+        timestep_sequence("dpmpp", 100, 100)
     with pytest.raises(ValueError, match="must be 100"):
         timestep_sequence("ddpm", 50, 100)
 

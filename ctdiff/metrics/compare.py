@@ -9,7 +9,8 @@ volumes. ``sampler_table`` checks that instead of assuming it: rows that differ 
 count or real volumes are refused.
 
 Cost is counted in network evaluations per volume, the model calls of ``ctdiff.diffusion.samplers.sample``
-(one per visited timestep: T for ddpm, ``steps`` for ddim and dpmpp), which does not depend on the machine.
+(:func:`ctdiff.diffusion.samplers.network_evaluations`: T for ddpm, ``steps`` for ddim, dpmpp and euler,
+``2·steps − 1`` for heun), which does not depend on the machine.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from ctdiff.checkpoint import read_checkpoint
-from ctdiff.diffusion.samplers import timestep_sequence
+from ctdiff.diffusion.samplers import network_evaluations
 from ctdiff.io import atomic_path, file_sha256
 from ctdiff.plan import setting
 
@@ -50,7 +51,7 @@ def sampling_provenance(checkpoint: Path, *, sampler: str, steps: int | None, et
         "sampler": run["sampler"],
         "sampler_steps": run["steps"],
         "eta": run["eta"],
-        "network_evaluations": len(timestep_sequence(run["sampler"], run["steps"], T)),
+        "network_evaluations": network_evaluations(run["sampler"], run["steps"], T),
         "sample_seed": seed,
         "checkpoint": str(checkpoint),
         "checkpoint_step": int(ckpt["step"]),
