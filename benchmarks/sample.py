@@ -9,10 +9,10 @@ Every row runs ``ctdiff.diffusion.samplers.sample`` on the network as ``ctdiff.g
 (``network(model, device, precision, compile)``), with one generator per batch element as in production,
 after one untimed warm-up batch per mode (which pays for compiling). The network is randomly initialised
 unless ``--checkpoint`` is given; speed does not depend on the weights, so every sampler runs on the same
-network (the flow rows as if it were a flow model: float times t·T instead of integer timesteps). Printed: seconds per batch, per volume,
-the ratio to DDPM-1000 eager (the paper's sampler) and the projected wall time for 500 volumes on this
-device. Quality per sampler is not measured here: the workflow's ``evaluate.compare_samplers`` reports FID
-and MS-SSIM per sampler on the same seeds.
+network (the flow rows as if it were a flow model: float times t·T instead of integer timesteps). Printed:
+network evaluations, seconds per batch and per volume, the ratio to DDPM-1000 eager (the paper's sampler)
+and the projected wall time for 500 volumes on this device. Quality per sampler is not measured here: the
+workflow's ``evaluate.compare_samplers`` reports FID and MS-SSIM per sampler on the same seeds.
 """
 
 from __future__ import annotations

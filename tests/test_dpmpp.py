@@ -50,7 +50,8 @@ def test_grid_is_diffusers_default(T):
         ref.set_timesteps(n)
         assert timestep_sequence("dpmpp", n, T) == ref.timesteps.tolist(), n
         assert 0 not in timestep_sequence("dpmpp", n, T) and network_evaluations("dpmpp", n, T) == n
-    assert timestep_sequence("dpmpp", 20, 1000)[:3] == [999, 949, 899] and timestep_sequence("dpmpp", 20, 1000)[-1] == 50
+    grid = timestep_sequence("dpmpp", 20, 1000)
+    assert grid[:3] == [999, 949, 899] and grid[-1] == 50
 
 
 @pytest.mark.parametrize("n_steps", [3, 10, 25])

@@ -39,7 +39,10 @@ def _per_sample(t: Tensor, ndim: int) -> Tensor:
 
 
 def interpolate(x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-    """``x_t = (1 − t)·x0 + t·ε``. ``x0``, ``noise``: ``[B, ...]``; ``t``: ``[B]`` in ``[0, 1]`` → ``[B, ...]``."""
+    """``x_t = (1 − t)·x0 + t·ε``.
+
+    ``x0``, ``noise``: ``[B, ...]``; ``t``: ``[B]`` in ``[0, 1]`` → ``[B, ...]``.
+    """
     tt = _per_sample(t, x0.ndim).to(x0.dtype)
     return (1.0 - tt) * x0 + tt * noise
 

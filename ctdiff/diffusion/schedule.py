@@ -185,8 +185,8 @@ def v_from_eps(s: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
 
 
 def eps_from_v(s: Schedule, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
-    """The noise a v-prediction implies: ``ε = √ᾱ_t · v + √(1 − ᾱ_t) · x_t`` (since ``ᾱ + (1 − ᾱ) = 1``), so
-    that every ε-sampler runs a v-model unchanged.
+    """The noise a v-prediction implies, ``ε = √ᾱ_t · v + √(1 − ᾱ_t) · x_t`` (as ``ᾱ + (1 − ᾱ) = 1``):
+    every ε-sampler runs a v-model unchanged.
 
     ``x_t``, ``v``: ``[B, ...]``; ``t``: ``[B]`` → ``[B, ...]``.
     """
@@ -215,7 +215,8 @@ def training_loss(
     squared error is taken in float32.
     """
     if objective not in ("eps", "v"):
-        raise ValueError(f"diffusion.objective={objective!r}: this loss trains eps or v (flow: ctdiff.diffusion.flow)")
+        raise ValueError(f"diffusion.objective={objective!r}: this loss trains eps or v "
+                         "(flow: ctdiff.diffusion.flow.training_loss)")
     draw_device = generator.device if generator is not None else x0.device
     batch = x0.shape[0]
     if t is None:
