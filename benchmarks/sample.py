@@ -1,4 +1,5 @@
-"""Seconds per synthetic volume for DDPM-1000, DDIM-50 and DPM-Solver++(2M)-25, eager and compiled, in one run.
+"""Seconds per synthetic volume for DDPM-1000, DDIM-50, DPM-Solver++(2M)-25 and the flow samplers Euler-30
+and Heun-15, eager and compiled, in one run.
 
     python benchmarks/sample.py                         # GPU: the paper's U-Net at 128³, bf16; CPU: a tiny one
     python benchmarks/sample.py --checkpoint results/train/model.pt --batch 8
@@ -7,10 +8,11 @@
 Every row runs ``ctdiff.diffusion.samplers.sample`` on the network as ``ctdiff.generate`` wraps it
 (``network(model, device, precision, compile)``), with one generator per batch element as in production,
 after one untimed warm-up batch per mode (which pays for compiling). The network is randomly initialised
-unless ``--checkpoint`` is given; speed does not depend on the weights. Printed: seconds per batch, per volume,
-the ratio to DDPM-1000 eager (the paper's sampler) and the projected wall time for 500 volumes on this
-device. Quality per sampler is not measured here: the workflow's ``evaluate.compare_samplers`` reports FID
-and MS-SSIM per sampler on the same seeds.
+unless ``--checkpoint`` is given; speed does not depend on the weights, so every sampler runs on the same
+network (the flow rows as if it were a flow model: float times t·T instead of integer timesteps). Printed:
+network evaluations, seconds per batch and per volume, the ratio to DDPM-1000 eager (the paper's sampler)
+and the projected wall time for 500 volumes on this device. Quality per sampler is not measured here: the
+workflow's ``evaluate.compare_samplers`` reports FID and MS-SSIM per sampler on the same seeds.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ import time
 import torch
 
 from ctdiff.checkpoint import load_for_sampling
-from ctdiff.diffusion.samplers import sample
+from ctdiff.diffusion.samplers import network_evaluations, sample
 from ctdiff.diffusion.schedule import make_schedule
 from ctdiff.generate import network, sample_generator
 from ctdiff.model.unet import UNet3D
-from ctdiff.options import PRECISIONS
+from ctdiff.options import PRECISIONS, SAMPLERS_FOR
 
-SAMPLERS = (("ddpm", None), ("ddim", 50), ("dpmpp", 25))
+SAMPLERS = (("ddpm", None), ("ddim", 50), ("dpmpp", 25), ("euler", 30), ("heun", 15))
 
 
 def main() -> None:
@@ -70,38 +72,38 @@ def main() -> None:
         if gpu:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
+        objective = "flow" if sampler in SAMPLERS_FOR["flow"] else "eps"
         sample(forward, schedule, (1, size, size, size), generators, sampler=sampler, steps=steps, eta=eta,
-               device=device)
+               objective=objective, device=device)
         if gpu:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    rows = []
+    # Each row is printed as soon as it is measured, so a run cut at a time budget (benchmarks/gpu.sh) keeps
+    # the rows it finished; the reference, DDPM eager, is the first row measured when eager mode is asked for.
+    print(f"{'mode':<9}{'sampler':<32}{'NFE':>6}{'s/batch':>10}{'s/volume':>10}{'vs DDPM eager':>15}"
+          f"{'500 volumes':>13}{'warm-up s':>11}", flush=True)
+    ref = None
     for mode in args.modes:
         forward = network(model, device, args.precision, mode == "compile")
         t0 = time.perf_counter()
         run(forward, "ddim", 2)  # warm-up: compile, cuDNN algorithm search
         warmup = time.perf_counter() - t0
         for sampler, steps in SAMPLERS:
-            n = steps or T
+            n = network_evaluations(sampler, steps, T)
             if sampler == "ddpm" and args.ddpm_steps:
                 # DDIM with eta = 1 costs what a DDPM step costs: one network call and one noise draw.
                 seconds = run(forward, "ddim", args.ddpm_steps, eta=1.0) * T / args.ddpm_steps
                 name = f"ddpm-{T} (scaled from {args.ddpm_steps})"
             else:
                 seconds = run(forward, sampler, steps)
-                name = f"{sampler}-{n}"
-            rows.append((mode, name, n, seconds, warmup))
-
-    ref = next((r[3] for r in rows if r[0] == "eager" and r[1].startswith("ddpm")), None)
-    print(f"{'mode':<9}{'sampler':<32}{'NFE':>6}{'s/batch':>10}{'s/volume':>10}{'vs DDPM eager':>15}"
-          f"{'500 volumes':>13}{'warm-up s':>11}")
-    for mode, name, n, seconds, warmup in rows:
-        per_volume = seconds / args.batch
-        ratio = f"{ref / seconds:.1f}× faster" if ref else "-"
-        print(f"{mode:<9}{name:<32}{n:>6}{seconds:>10.2f}{per_volume:>10.3f}{ratio:>15}"
-              f"{500 * per_volume / 60:>10.1f} min{warmup:>11.1f}")
-
+                name = f"{sampler}-{steps or T}"
+            if mode == "eager" and sampler == "ddpm":
+                ref = seconds
+            per_volume = seconds / args.batch
+            ratio = f"{ref / seconds:.1f}× faster" if ref else "-"
+            print(f"{mode:<9}{name:<32}{n:>6}{seconds:>10.2f}{per_volume:>10.3f}{ratio:>15}"
+                  f"{500 * per_volume / 60:>10.1f} min{warmup:>11.1f}", flush=True)
 
 if __name__ == "__main__":
     main()

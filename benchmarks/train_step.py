@@ -34,6 +34,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from ctdiff.config import DiffusionConfig
 from ctdiff.diffusion.schedule import make_schedule, q_sample
 from ctdiff.model.unet import UNet3D
 
@@ -124,7 +125,7 @@ def child(args: argparse.Namespace) -> dict:
         def one_step(step: int) -> None:
             idx = batch_indices(len(data), batch, seed=0, step=step)
             x0 = data[idx]
-            t, noise = draw_noise(0, step, range(batch), shape, schedule.timesteps)
+            t, noise = draw_noise(0, step, range(batch), shape, DiffusionConfig(timesteps=schedule.timesteps))
             train_step(model, ema, optimizer, accelerator, schedule, x0, t.to(device), noise.to(device),
                        micro_batches=opts["accum"], grad_clip=1.0, ema_decay=0.9999)
 

@@ -2,10 +2,12 @@
 sample rules launch, with the options :func:`ctdiff.plan.sample_options` writes).
 
 ``ctdiff sample --checkpoint results/train/model.pt -n 10 --sampler ddim --steps 50 --out DIR`` draws
-volumes outside Snakemake; sample ``i`` is the same volume the workflow writes as ``samples/{i:04d}``
-for the same seed and sampler. Its options are the keys of the ``sample`` config section, with the
-section's defaults (:class:`ctdiff.config.SampleConfig`). Under ``accelerate launch`` (or ``python -m
-ctdiff.launch --gpus G -- -m ctdiff.cli sample ...``) the processes share the samples by index.
+volumes outside Snakemake (``--sampler euler|heun`` for a checkpoint trained with ``diffusion.objective:
+flow``; a sampler that does not fit the checkpoint's objective is refused before any sampling); sample ``i``
+is the same volume the workflow writes as ``samples/{i:04d}`` for the same seed and sampler. Its options are
+the keys of the ``sample`` config section, with the section's defaults (:class:`ctdiff.config.SampleConfig`).
+Under ``accelerate launch`` (or ``python -m ctdiff.launch --gpus G -- -m ctdiff.cli sample ...``) the
+processes share the samples by index.
 """
 
 from __future__ import annotations
@@ -81,8 +83,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=int, required=True, help="number of volumes")
     s.add_argument("--out", required=True, help="output folder; sample i is <out>/<i:04d>.nii.gz")
     s.add_argument("--sampler", default=d.sampler, choices=SAMPLERS,
-                   help="ddpm (all T steps, the paper's), ddim or dpmpp (DPM-Solver++ 2M); default %(default)s")
-    s.add_argument("--steps", type=int, default=d.steps, help="sampler steps (ddim, dpmpp); default T")
+                   help="for eps and v checkpoints: ddpm (all T steps, the paper's), ddim or dpmpp (DPM-Solver++ 2M); "
+                        "for flow checkpoints: euler or heun; default %(default)s")
+    s.add_argument("--steps", type=int, default=d.steps,
+                   help="sampler steps (ddim, dpmpp, euler, heun); default T (dpmpp needs a number below T)")
     s.add_argument("--eta", type=float, default=d.eta, help="DDIM eta; default %(default)s")
     s.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="volumes denoised together per process; default %(default)s")

@@ -19,11 +19,12 @@ from typing import Any
 
 from ctdiff.options import (
     NAME_REGEX,
-    OBJECTIVE_SAMPLERS,
+    SAMPLERS_FOR,
     SAMPLERS,
     VARIANT_SAMPLE_KEYS,
     VARIANT_SECTIONS,
     BetaSchedule,
+    FlowTime,
     LrSchedule,
     Normalise,
     Objective,
@@ -32,6 +33,8 @@ from ctdiff.options import (
     SeriesChoice,
     Source,
     TrainPrecision,
+    check_sampler_fits,
+    max_steps,
 )
 
 
@@ -74,6 +77,9 @@ class DiffusionConfig:
     beta_start: float = 1.0e-4
     beta_end: float = 0.02
     objective: Objective = "eps"
+    flow_t: FlowTime = "logit_normal"
+    flow_t_location: float = 0.0
+    flow_t_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -383,10 +389,10 @@ def variant_config(cfg: Config, name: str) -> Config:
 
 def _check_compare_fits(cfg: Config) -> None:
     """Every ``evaluate.compare_samplers`` entry must fit the objective of the main config or of a variant
-    (:data:`ctdiff.options.OBJECTIVE_SAMPLERS`); each row compares only the entries that fit its own."""
+    (:data:`ctdiff.options.SAMPLERS_FOR`); each row compares only the entries that fit its own."""
     objectives = {cfg.diffusion.objective}
     objectives |= {v.diffusion.get("objective", cfg.diffusion.objective) for v in cfg.variants}
-    fitting = {s for o in objectives for s in OBJECTIVE_SAMPLERS.get(o, ())}
+    fitting = {s for o in objectives for s in SAMPLERS_FOR.get(o, ())}
     for k, run in enumerate(cfg.evaluate.compare_samplers):
         if run.sampler not in fitting:
             raise ValueError(f"config: evaluate.compare_samplers[{k}].sampler={run.sampler!r} fits no configured "
@@ -412,6 +418,8 @@ def _check(cfg: Config) -> None:
             raise ValueError(f"config: model.groups={cfg.model.groups} does not divide model.channels entry {c}")
     if not cfg.diffusion.beta_start < cfg.diffusion.beta_end:
         raise ValueError("config: diffusion.beta_start must be smaller than diffusion.beta_end")
+    if not cfg.diffusion.flow_t_scale > 0:
+        raise ValueError(f"config: diffusion.flow_t_scale={cfg.diffusion.flow_t_scale} must be > 0")
     if cfg.split.test >= 1 and cfg.split.test != int(cfg.split.test):
         raise ValueError(f"config: split.test={cfg.split.test} must be a fraction < 1 or a whole count")
     if cfg.train.batch_size % cfg.train.grad_accumulation:
@@ -420,20 +428,30 @@ def _check(cfg: Config) -> None:
             f"train.batch_size={cfg.train.batch_size} (each step splits the batch into that many micro-batches)"
         )
     T = cfg.diffusion.timesteps
-    _check_sampler_steps("sample", cfg.sample.sampler, cfg.sample.steps, cfg.sample.eta, T)
+    _check_sampler_steps("sample", cfg.sample.sampler, cfg.sample.steps, cfg.sample.eta, T, cfg.diffusion.objective)
     if cfg.figure.synthetic >= cfg.sample.n:
         raise ValueError(f"config: figure.synthetic={cfg.figure.synthetic} must be below sample.n={cfg.sample.n}")
     _check_evaluate(cfg.evaluate, T)
     _check_kid(cfg)
 
 
-def _check_sampler_steps(key: str, sampler: str, steps: int | None, eta: float, T: int) -> None:
-    """The sample section's rules for one sampler setting at ``key``: a known sampler, steps in 1..T, ddpm
-    runs all T steps; eta >= 0 and, since only DDIM uses it, 0 for the other samplers."""
+def _check_sampler_steps(key: str, sampler: str, steps: int | None, eta: float, T: int,
+                         objective: str | None) -> None:
+    """The sample section's rules for one sampler setting at ``key``: a known sampler that fits
+    ``diffusion.objective`` (:data:`ctdiff.options.SAMPLERS_FOR`; not checked when ``objective`` is None), steps in 1..T (1..T−1 for dpmpp), ddpm runs
+    all T steps; eta >= 0 and, since only DDIM uses it, 0 for the other samplers."""
     if sampler not in SAMPLERS:
         raise ValueError(f"config: {key}.sampler={sampler!r} must be one of {', '.join(SAMPLERS)}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T):
-        raise ValueError(f"config: {key}.steps={steps} must lie in 1..{T} (diffusion.timesteps)")
+    if objective is not None:
+        check_sampler_fits(sampler, objective, key=f"{key}.sampler")
+    most = max_steps(sampler, T)
+    # dpmpp never evaluates the network at t = 0, so it takes at most T − 1 steps (ctdiff.options.max_steps).
+    why = "diffusion.timesteps" if most == T else f"{sampler}: diffusion.timesteps - 1, no evaluation at t = 0"
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= most):
+        raise ValueError(f"config: {key}.steps={steps} must lie in 1..{most} ({why})")
+    if steps is None and most < T:
+        raise ValueError(f"config: {key}.steps=null means diffusion.timesteps={T}, but {sampler} takes 1..{most} "
+                         f"steps ({why}): set {key}.steps")
     if sampler == "ddpm" and steps not in (None, T):
         raise ValueError(f"config: {key}.steps={steps}: the ddpm sampler runs all {T} steps (use null or ddim)")
     if eta < 0:
@@ -443,10 +461,12 @@ def _check_sampler_steps(key: str, sampler: str, steps: int | None, eta: float, 
 
 
 def _check_evaluate(e: EvaluateConfig, T: int) -> None:
+    """Each compared sampler setting is valid and given once. Whether it fits an objective is
+    :func:`_check_compare_fits`'s: with variants, an entry may fit a variant's objective and not the main one's."""
     seen: dict[tuple, int] = {}
     for k, run in enumerate(e.compare_samplers):
         key = f"evaluate.compare_samplers[{k}]"
-        _check_sampler_steps(key, run.sampler, run.steps, run.eta, T)
+        _check_sampler_steps(key, run.sampler, run.steps, run.eta, T, None)
         same = (run.sampler, T if run.steps is None else run.steps, run.eta)
         if same in seen:
             raise ValueError(f"config: {key} repeats evaluate.compare_samplers[{seen[same]}] "

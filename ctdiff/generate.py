@@ -39,10 +39,10 @@ from accelerate.utils import parse_flag_from_env
 from ctdiff.checkpoint import load_for_sampling
 from ctdiff.config import SampleConfig
 from ctdiff.data.preprocess import from_model_range, to_hu
-from ctdiff.diffusion.samplers import sample, timestep_sequence
+from ctdiff.diffusion.samplers import network_evaluations, sample
 from ctdiff.io import atomic_path, file_sha256, load_volume, save_volume, write_json
 from ctdiff.machine import describe
-from ctdiff.options import PRECISIONS
+from ctdiff.options import PRECISIONS, check_sampler_fits
 
 
 def sample_generator(seed: int, index: int) -> torch.Generator:
@@ -95,8 +95,14 @@ def generate(
     state = PartialState(cpu=cpu)
     dev = torch.device(device) if device else state.device
     model, schedule, cfg = load_for_sampling(checkpoint, dev)
-    T = schedule.timesteps
-    timestep_sequence(settings.sampler, T if settings.steps is None else settings.steps, T)  # checks the names
+    # Before any sampling: the sampler must fit the objective the checkpoint was trained with, and the steps
+    # must suit the sampler (both raise ValueError naming the key and the allowed values).
+    objective = cfg.diffusion.objective
+    check_sampler_fits(settings.sampler, objective, where=f"checkpoint {checkpoint}: ")
+    try:
+        network_evaluations(settings.sampler, settings.steps, schedule.timesteps)
+    except ValueError as err:
+        raise ValueError(f"sample.steps={settings.steps} with checkpoint {checkpoint}: {err}") from None
     forward = network(model, dev, settings.precision, settings.compile)
     if hu_files is not None and cfg.data.hu_window is None:
         raise ValueError(f"checkpoint {checkpoint} records no hu_window, so its samples cannot be written in HU")
@@ -128,7 +134,7 @@ def generate(
         began = time.perf_counter()
         x = sample(
             forward, schedule, (1, size, size, size), [sample_generator(settings.seed, i) for i in chunk],
-            sampler=settings.sampler, steps=settings.steps, eta=settings.eta, device=dev,
+            sampler=settings.sampler, steps=settings.steps, eta=settings.eta, objective=objective, device=dev,
             progress=progress and state.is_local_main_process,
         )
         volumes = from_model_range(x.float().cpu().numpy()[:, 0]).astype(np.float32)  # .cpu() waits for the device

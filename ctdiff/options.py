@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, get_args
 
-Sampler = Literal["ddpm", "ddim", "dpmpp"]
+Sampler = Literal["ddpm", "ddim", "dpmpp", "euler", "heun"]
 Precision = Literal["fp32", "bf16"]
 TrainPrecision = Literal["fp32", "bf16", "auto"]  # auto: bf16 where it is measured faster (ctdiff.train)
-Objective = Literal["eps"]
+Objective = Literal["eps", "v", "flow"]
+FlowTime = Literal["logit_normal", "uniform"]  # how training draws the flow time t (diffusion.flow_t)
 BetaSchedule = Literal["linear"]
 LrSchedule = Literal["constant", "cosine"]
 Source = Literal["phantom", "dicom"]
@@ -24,11 +25,43 @@ SAMPLERS: tuple[str, ...] = get_args(Sampler)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 TRAIN_PRECISIONS: tuple[str, ...] = get_args(TrainPrecision)
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
+FLOW_TIMES: tuple[str, ...] = get_args(FlowTime)
 BETA_SCHEDULES: tuple[str, ...] = get_args(BetaSchedule)
 LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
 SOURCES: tuple[str, ...] = get_args(Source)
 SERIES_CHOICES: tuple[str, ...] = get_args(SeriesChoice)
 NORMALISE: tuple[str, ...] = get_args(Normalise)
+
+# The samplers that fit each objective: ε- and v-prediction networks are sampled through the diffusion of the
+# noise schedule (a v-prediction is turned into ε before each step); a flow network's velocity is integrated
+# by the ODE solvers. A row of the variants table compares only the evaluate.compare_samplers entries that fit
+# its variant's objective.
+SAMPLERS_FOR: dict[str, tuple[str, ...]] = {
+    "eps": ("ddpm", "ddim", "dpmpp"),
+    "v": ("ddpm", "ddim", "dpmpp"),
+    "flow": ("euler", "heun"),
+}
+
+
+def check_sampler_fits(sampler: str, objective: str, *, key: str = "sample.sampler", where: str = "config: ") -> None:
+    """Raise ``ValueError`` naming ``key`` (the sampler's config key) and ``diffusion.objective`` with the
+    allowed values when ``sampler`` cannot sample a network trained with ``objective``; ``where`` begins the
+    message (the config, or the checkpoint that records the objective)."""
+    if objective not in SAMPLERS_FOR:
+        raise ValueError(f"{where}diffusion.objective={objective!r} must be one of {', '.join(OBJECTIVES)}")
+    if sampler not in SAMPLERS_FOR[objective]:
+        fits = [o for o, samplers in SAMPLERS_FOR.items() if sampler in samplers]
+        hint = f" (it samples {' and '.join(fits)} models)" if fits else ""
+        raise ValueError(f"{where}{key}={sampler!r} cannot sample a diffusion.objective={objective!r} model{hint}; "
+                         f"allowed samplers for {objective}: {', '.join(SAMPLERS_FOR[objective])}")
+
+
+def max_steps(sampler: str, timesteps: int) -> int:
+    """The most steps ``sampler`` takes with ``T = timesteps``: T, except DPM-Solver++, whose grid
+    (``ctdiff.diffusion.samplers.timestep_sequence``) never evaluates the network at t = 0 and so holds at most
+    the T − 1 timesteps 1 … T − 1."""
+    return timesteps - 1 if sampler == "dpmpp" else timesteps
+
 
 # Folder name of a resolved sampler setting in the sampler comparison: ``ddim-50``, ``dpmpp-25``,
 # ``ddim-50-eta0.5``. TAG_REGEX is the Snakemake wildcard constraint for it; ``tag`` writes one.
@@ -43,11 +76,6 @@ NAME_REGEX = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 # setting (a variant with another objective needs its own sampler); count, seed and precision stay shared.
 VARIANT_SECTIONS: tuple[str, ...] = ("model", "diffusion", "train", "sample")
 VARIANT_SAMPLE_KEYS: tuple[str, ...] = ("sampler", "steps", "eta")
-
-# The samplers that can draw from a model trained with each objective. A row of the variants table compares
-# only the evaluate.compare_samplers entries that fit its variant's objective.
-OBJECTIVE_SAMPLERS: dict[str, tuple[str, ...]] = {"eps": SAMPLERS}
-
 
 def tag(run: dict[str, Any]) -> str:
     """The folder name of a resolved setting ``{"sampler", "steps", "eta"}`` (steps an int, not None)."""

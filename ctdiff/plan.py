@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ctdiff.config import Config, SampleConfig, variant_config
-from ctdiff.options import OBJECTIVE_SAMPLERS, tag
+from ctdiff.options import SAMPLERS_FOR, tag
 
 
 @dataclass(frozen=True)
@@ -121,12 +121,12 @@ def setting(sampler: str, steps: int | None, eta: float, timesteps: int) -> dict
 
 def comparison_runs(cfg: Config) -> dict[str, dict[str, Any]]:
     """``{tag: resolved setting}`` for each ``evaluate.compare_samplers`` entry that fits ``cfg``'s objective
-    (:data:`ctdiff.options.OBJECTIVE_SAMPLERS`), in config order, leaving out an entry equal to the ``sample``
+    (:data:`ctdiff.options.SAMPLERS_FOR`), in config order, leaving out an entry equal to the ``sample``
     section's setting: that set is already drawn, as the row's main set. Tags are :func:`ctdiff.options.tag`
     (``ddim-50``, ``dpmpp-25``, ``ddim-50-eta0.5``). For a variant, pass its config (:func:`row_config`)."""
     T = cfg.diffusion.timesteps
     main = setting(cfg.sample.sampler, cfg.sample.steps, cfg.sample.eta, T)
-    fits = OBJECTIVE_SAMPLERS.get(cfg.diffusion.objective, ())
+    fits = SAMPLERS_FOR.get(cfg.diffusion.objective, ())
     runs = {}
     for entry in cfg.evaluate.compare_samplers:
         run = setting(entry.sampler, entry.steps, entry.eta, T)

@@ -1,4 +1,5 @@
-"""Training stage: the paper's ε-prediction DDPM on preprocessed volumes, with Accelerate, EMA and resume.
+"""Training stage: the paper's ε-prediction DDPM (or the v or flow objective, ``diffusion.objective``) on
+preprocessed volumes, with Accelerate, EMA and resume.
 
 :func:`train` reads top to bottom: the accelerator, the checked data, model/EMA/optimizer, a resume from the
 state folder when it holds a compatible checkpoint, then a plain loop in which every point where processes
@@ -6,7 +7,8 @@ or host and device wait for each other is commented. Decisions:
 
 * Initial weights, data order and noise are pure functions of ``train.seed``: the global batch of step ``k``
   is the first ``batch_size`` entries of a permutation drawn from ``(seed, k)``, split across processes in
-  contiguous shards, and the timestep and noise of batch position ``p`` come from ``(seed, k, p)``. A resumed
+  contiguous shards, and the timestep (the flow time ``t`` for the flow objective) and noise of batch
+  position ``p`` come from ``(seed, k, p)``. A resumed
   run therefore sees exactly the batches and noise of the uninterrupted run, and N processes compute the
   same global-batch gradient as one process (up to floating-point summation order).
 * Resumable state lives in ``state_dir`` (not a declared output, so Snakemake never deletes it when a job
@@ -54,10 +56,11 @@ from accelerate.utils import parse_flag_from_env
 from tqdm import tqdm
 
 from ctdiff.checkpoint import TrainingData, build_model, build_schedule, read_checkpoint, save_checkpoint
-from ctdiff.config import Config, TrainConfig, section_from_dict, to_dict
+from ctdiff.config import Config, DiffusionConfig, TrainConfig, section_from_dict, to_dict
 from ctdiff.data.prefetch import Prefetcher
 from ctdiff.data.trainset import TrainingSet
-from ctdiff.diffusion.schedule import training_loss
+from ctdiff.diffusion import flow
+from ctdiff.diffusion.schedule import Schedule, training_loss
 from ctdiff.io import atomic_path
 from ctdiff.machine import describe
 
@@ -78,29 +81,45 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / cfg.steps))
 
 
-def _host_batch(trainset: TrainingSet, cfg: TrainConfig, shard: range, timesteps: int, step: int):
+def _host_batch(trainset: TrainingSet, cfg: TrainConfig, shard: range, diffusion: DiffusionConfig, step: int):
     """This process's share of the global batch of ``step`` on the host: volumes ``[b, 1, S, S, S]`` in
     [-1, 1], timesteps ``[b]`` and noise. A pure function of ``(train.seed, step)`` and the shard, so it
     depends on neither the device nor the process count, and a resumed run sees the same batches."""
     idx = batch_indices(len(trainset), cfg.batch_size, seed=cfg.seed, step=step)
     x0 = trainset.read(idx[shard.start : shard.stop])
-    t, noise = draw_noise(cfg.seed, step, shard, tuple(x0.shape[1:]), timesteps)
+    t, noise = draw_noise(cfg.seed, step, shard, tuple(x0.shape[1:]), diffusion)
     return x0, t, noise
 
 
-def draw_noise(seed: int, step: int, positions: Sequence[int], shape: tuple[int, ...], timesteps: int):
+def draw_noise(seed: int, step: int, positions: Sequence[int], shape: tuple[int, ...], diffusion: DiffusionConfig):
     """Timesteps ``[b]`` and noise ``[b, *shape]`` for the given global batch positions of one step.
 
     Each position draws from its own CPU generator seeded with ``(seed, step, position)``, so the draws do
-    not depend on how the global batch is split across processes.
+    not depend on how the global batch is split across processes. The timestep is an int64 ``t ~ U{0, …,
+    T−1}`` for the eps and v objectives and a float32 flow time ``t ∈ [0, 1)`` drawn by
+    :func:`ctdiff.diffusion.flow.draw_t` (``diffusion.flow_t``) for flow; the noise follows it.
     """
     ts, noises = [], []
     for position in positions:
         state = np.random.SeedSequence([seed, step, position]).generate_state(1, dtype=np.uint64)[0]
         g = torch.Generator().manual_seed(int(state))
-        ts.append(torch.randint(0, timesteps, (1,), generator=g))
+        if diffusion.objective == "flow":
+            ts.append(flow.draw_t(1, diffusion.flow_t, location=diffusion.flow_t_location,
+                                  scale=diffusion.flow_t_scale, generator=g))
+        else:
+            ts.append(torch.randint(0, diffusion.timesteps, (1,), generator=g))
         noises.append(torch.randn(shape, generator=g))
     return torch.cat(ts), torch.stack(noises)
+
+
+def objective_loss(objective: str, schedule: Schedule, model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor,
+                   noise: torch.Tensor) -> torch.Tensor:
+    """The training loss of ``diffusion.objective`` for ``x0`` with the drawn timesteps ``t`` and ``noise``
+    (:func:`draw_noise`): :func:`ctdiff.diffusion.schedule.training_loss` for eps and v,
+    :func:`ctdiff.diffusion.flow.training_loss` for flow (whose network time scale is ``T``)."""
+    if objective == "flow":
+        return flow.training_loss(model, x0, t, noise, schedule.timesteps)
+    return training_loss(schedule, model, x0, objective=objective, t=t, noise=noise)
 
 
 def train_step(
@@ -116,11 +135,13 @@ def train_step(
     micro_batches: int = 1,
     grad_clip: float | None = None,
     ema_decay: float = 0.9999,
+    objective: str = "eps",
 ) -> torch.Tensor:
     """One optimizer step on this process's share ``x0`` of the global batch; returns its (detached) loss.
 
     ``model`` is what :meth:`Accelerator.prepare` returned (possibly compiled); ``ema`` is updated from its
-    parameters after the optimizer step. The loss is the mean over ``x0``, whatever ``micro_batches``.
+    parameters after the optimizer step. The loss (:func:`objective_loss` of ``objective``) is the mean over
+    ``x0``, whatever ``micro_batches``.
     """
     n = len(x0)
     if n % micro_batches:
@@ -134,7 +155,7 @@ def train_step(
         # (a sync point, overlapped with the backward); no_sync keeps the earlier ones local.
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             with accelerator.autocast():
-                loss = training_loss(schedule, model, x0[part], t=t[part], noise=noise[part]) / micro_batches
+                loss = objective_loss(objective, schedule, model, x0[part], t[part], noise[part]) / micro_batches
             accelerator.backward(loss)
         total += loss.detach().float()
     if grad_clip is not None:  # on the all-reduced gradients, so every process clips alike
@@ -262,13 +283,14 @@ def _resume_key(cfg: dict[str, Any]) -> dict[str, Any]:
     learning-rate schedule depends on it)."""
     # Keys a checkpoint predates take their defaults, so adding a key does not orphan older state.
     train = to_dict(section_from_dict("train", cfg["train"]))
+    diffusion = to_dict(section_from_dict("diffusion", cfg["diffusion"]))
     # Settings that do not change the update (only its speed, memory or logging) may change on resume.
     run_only = {"steps", "checkpoint_every", "log_every", "tensorboard", "compile", "grad_accumulation",
                 "grad_checkpointing", "recompute_norm", "cache_gb"}
     if train["lr_schedule"] != "constant":
         run_only.remove("steps")  # the rate of every step depends on the total
     keep = {k: v for k, v in train.items() if k not in run_only}
-    return {**cfg, "train": keep}
+    return {**cfg, "diffusion": diffusion, "train": keep}
 
 
 def _resume(path: Path, state: _TrainingState, accelerator: Accelerator) -> int:
@@ -408,7 +430,7 @@ def train(
     model.train()
     # Each step's batch, timesteps and noise are read and drawn on the host by a background thread while the
     # previous step runs, and copied to the device without blocking the host (pinned memory on CUDA).
-    fetch = functools.partial(_host_batch, trainset, train_cfg, shard, schedule.timesteps)
+    fetch = functools.partial(_host_batch, trainset, train_cfg, shard, cfg.diffusion)
     batches = Prefetcher(range(start, train_cfg.steps), fetch, device=accelerator.device)
     with _Sigterm() as stop, bar, batches:
         for step, (x0, t, noise) in batches:
@@ -417,7 +439,7 @@ def train(
                 group["lr"] = lr
             loss = train_step(model, state.ema, state.optimizer, accelerator, schedule, x0, t, noise,
                               micro_batches=train_cfg.grad_accumulation, grad_clip=train_cfg.grad_clip,
-                              ema_decay=train_cfg.ema_decay)
+                              ema_decay=train_cfg.ema_decay, objective=cfg.diffusion.objective)
             running += loss  # stays on the device: no sync per step
             n_running += 1
 
@@ -462,4 +484,4 @@ def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-__all__ = ["train", "train_step", "batch_indices", "draw_noise", "learning_rate", "write_log"]
+__all__ = ["train", "train_step", "batch_indices", "draw_noise", "objective_loss", "learning_rate", "write_log"]

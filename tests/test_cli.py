@@ -21,6 +21,8 @@ def _parsed(options: list[str]) -> SampleConfig:
     SampleConfig(n=3, sampler="ddim", steps=50, eta=0.5, batch_size=2, seed=7, precision="bf16", compile=True,
                  hu=True),
     SampleConfig(n=1, sampler="dpmpp", steps=25, eta=0, hu=True),
+    SampleConfig(n=2, sampler="euler", steps=30),
+    SampleConfig(n=2, sampler="heun"),
     compared_sample(SampleConfig(n=4, hu=True, compile=True), {"sampler": "ddim", "steps": 10, "eta": 1.0}),
 ])
 def test_sample_options_parse_back_to_the_same_section(settings):
@@ -32,7 +34,7 @@ def test_the_command_line_defaults_are_the_sample_sections():
     with pytest.raises(SystemExit):  # the count has no default on the command line
         _parsed([])
     with pytest.raises(SystemExit):
-        _parsed(["-n", "2", "--sampler", "euler"])
+        _parsed(["-n", "2", "--sampler", "plms"])
 
 
 def test_sample_hands_generate_the_sample_section(monkeypatch, tmp_path):

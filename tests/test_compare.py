@@ -30,7 +30,8 @@ class CountingModel(nn.Module):
         return torch.zeros_like(x)
 
 
-@pytest.mark.parametrize("sampler, steps, eta", [("ddpm", None, 0.0), ("ddim", 7, 0.3), ("dpmpp", 5, 0.0)])
+@pytest.mark.parametrize("sampler, steps, eta", [("ddpm", None, 0.0), ("ddim", 7, 0.3), ("dpmpp", 5, 0.0),
+                                                 ("euler", 6, 0.0), ("heun", 4, 0.0), ("heun", None, 0.0)])
 def test_provenance_counts_the_network_evaluations_of_the_sampling_loop(tmp_path, sampler, steps, eta):
     diffusion = {"timesteps": 20, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
     save_checkpoint(tmp_path / "model.pt", {"config": {"diffusion": diffusion}, "ema": {}, "step": 37})
@@ -38,7 +39,7 @@ def test_provenance_counts_the_network_evaluations_of_the_sampling_loop(tmp_path
 
     model = CountingModel()
     sample(model, make_schedule(**diffusion), (1, 4, 4, 4), [torch.Generator().manual_seed(0)] * 2,
-           sampler=sampler, steps=steps, eta=eta)
+           sampler=sampler, steps=steps, eta=eta, objective="flow" if sampler in ("euler", "heun") else "eps")
     assert prov["network_evaluations"] == model.calls  # one call per step for the whole batch
     assert network_evaluations(sampler, steps, 20) == model.calls
     assert prov["sampler_steps"] == (20 if steps is None else steps)

@@ -63,11 +63,14 @@ def test_schema_fills_nested_defaults():
     [
         ({"preprocess": {"sise": 32}}, "sise"),
         ({"train": {"precision": "fp8"}}, "fp8"),
-        ({"sample": {"sampler": "euler"}}, "euler"),
+        ({"sample": {"sampler": "plms"}}, "plms"),
         ({"data": {"source": "nifti"}}, "nifti"),
         ({"bogus": 1}, "bogus"),
         ({"evaluate": {"compare_samplers": [{"sampler": "ddim", "stepz": 5}]}}, "stepz"),
-        ({"evaluate": {"compare_samplers": [{"sampler": "euler"}]}}, "euler"),
+        ({"evaluate": {"compare_samplers": [{"sampler": "plms"}]}}, "plms"),
+        ({"diffusion": {"objective": "x0"}}, "x0"),
+        ({"diffusion": {"flow_t": "beta"}}, "beta"),
+        ({"diffusion": {"flow_t_scale": 0}}, "flow_t_scale"),
         ({"evaluate": {"compare_samplers": [{"steps": 5}]}}, "sampler"),
         ({"evaluate": {"bootstrap": -1}}, "bootstrap"),
         ({"evaluate": {"ci_level": 1.0}}, "ci_level"),
@@ -104,7 +107,25 @@ def test_kid_subsets_larger_than_the_test_split_are_left_to_the_evaluate_stage()
         ({"evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 50}, {"sampler": "ddpm", "steps": 50}]}},
          "evaluate.compare_samplers[1].steps=50: the ddpm sampler runs all 1000 steps"),
         ({"evaluate": {"compare_samplers": [{"sampler": "dpmpp", "steps": 5000}]}},
-         "evaluate.compare_samplers[0].steps=5000 must lie in 1..1000"),
+         "evaluate.compare_samplers[0].steps=5000 must lie in 1..999 (dpmpp: diffusion.timesteps - 1"),
+        ({"evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 5000}]}},
+         "evaluate.compare_samplers[0].steps=5000 must lie in 1..1000 (diffusion.timesteps)"),
+        ({"sample": {"sampler": "dpmpp"}}, "sample.steps=null means diffusion.timesteps=1000, but dpmpp takes 1..999"),
+        ({"sample": {"sampler": "euler", "steps": 30}},
+         "sample.sampler='euler' cannot sample a diffusion.objective='eps' model (it samples flow models); "
+         "allowed samplers for eps: ddpm, ddim, dpmpp"),
+        ({"diffusion": {"objective": "flow"}},
+         "sample.sampler='ddpm' cannot sample a diffusion.objective='flow' model (it samples eps and v models); "
+         "allowed samplers for flow: euler, heun"),
+        ({"diffusion": {"objective": "v"}, "sample": {"sampler": "heun", "steps": 10}},
+         "sample.sampler='heun' cannot sample a diffusion.objective='v' model"),
+        ({"diffusion": {"objective": "flow"}, "sample": {"sampler": "euler", "steps": 30},
+          "evaluate": {"compare_samplers": [{"sampler": "heun", "steps": 15}, {"sampler": "dpmpp", "steps": 25}]}},
+         "evaluate.compare_samplers[1].sampler='dpmpp' fits no configured objective (flow; their samplers: euler, heun)"),
+        ({"diffusion": {"objective": "flow"}, "sample": {"sampler": "heun", "steps": 1001}},
+         "sample.steps=1001 must lie in 1..1000 (diffusion.timesteps)"),
+        ({"diffusion": {"objective": "flow"}, "sample": {"sampler": "euler", "steps": 30, "eta": 0.5}},
+         "sample.eta=0.5: only the ddim sampler uses eta"),
         ({"diffusion": {"timesteps": 50}, "evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 51}]}},
          "evaluate.compare_samplers[0].steps=51 must lie in 1..50"),
         ({"evaluate": {"compare_samplers": [{"sampler": "dpmpp", "steps": 25, "eta": 0.5}]}},
@@ -118,7 +139,7 @@ def test_kid_subsets_larger_than_the_test_split_are_left_to_the_evaluate_stage()
 def test_cross_key_errors_name_the_key(patch, message):
     raw = {k: dict(v) for k, v in patch.items()}
     validate(raw, SCHEMA)
-    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("[", r"\[")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         from_dict(raw)
 
 
@@ -145,7 +166,7 @@ def test_from_dict_rejects_unknown_keys():
     ],
 )
 def test_evaluate_checks_without_the_schema_name_the_key(evaluate, message):
-    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("[", r"\[")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         from_dict({"evaluate": evaluate})
 
 
@@ -215,7 +236,7 @@ def test_schema_enums_are_the_option_sets():
     """Every closed set of the schema is the Literal of its dataclass field, which comes from ctdiff.options."""
     from ctdiff.metrics.med3d import DEPTHS
 
-    option_sets = {options.Sampler, options.Precision, options.TrainPrecision, options.Objective,
+    option_sets = {options.Sampler, options.Precision, options.TrainPrecision, options.Objective, options.FlowTime,
                    options.BetaSchedule, options.LrSchedule, options.Source, options.SeriesChoice, options.Normalise}
     literals = 0
     for path, cls, obj in _sections():
@@ -227,8 +248,12 @@ def test_schema_enums_are_the_option_sets():
                 assert tuple(prop["enum"]) == get_args(hints[name]), f"{path}.{name}"
             elif "enum" in prop:
                 assert (path, name) == ("evaluate", "med3d_depth") and tuple(prop["enum"]) == DEPTHS
-    assert literals == 10
-    assert options.SAMPLERS == ("ddpm", "ddim", "dpmpp") and options.PRECISIONS == ("fp32", "bf16")
+    assert literals == 11
+    assert options.SAMPLERS == ("ddpm", "ddim", "dpmpp", "euler", "heun") and options.PRECISIONS == ("fp32", "bf16")
+    assert options.OBJECTIVES == ("eps", "v", "flow") and options.FLOW_TIMES == ("logit_normal", "uniform")
+    # every objective has its samplers, and every sampler serves some objective
+    assert tuple(options.SAMPLERS_FOR) == options.OBJECTIVES
+    assert set(options.SAMPLERS) == {s for samplers in options.SAMPLERS_FOR.values() for s in samplers}
     assert options.TRAIN_PRECISIONS == ("fp32", "bf16", "auto")  # sampling has no auto
     assert options.NORMALISE == get_args(options.Normalise) and options.SOURCES == get_args(options.Source)
 
@@ -335,12 +360,12 @@ def test_the_main_row_name_is_a_file_name_token():
 def test_compared_samplers_must_fit_some_objective(monkeypatch):
     """Each row compares the entries that fit its objective (plan.comparison_runs); an entry no row's
     objective fits is refused."""
-    monkeypatch.setitem(options.OBJECTIVE_SAMPLERS, "eps", ("ddpm", "ddim"))
+    monkeypatch.setitem(options.SAMPLERS_FOR, "eps", ("ddpm", "ddim"))
     with pytest.raises(ValueError, match=r"evaluate.compare_samplers\[1\].sampler='dpmpp' fits no configured "
                                          r"objective \(eps; their samplers: ddim, ddpm\)"):
         from_dict({"evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 5}, {"sampler": "dpmpp", "steps": 5}]}})
 
 
 def test_every_objective_names_its_samplers():
-    assert set(options.OBJECTIVE_SAMPLERS) == set(options.OBJECTIVES)
-    assert all(set(s) <= set(options.SAMPLERS) for s in options.OBJECTIVE_SAMPLERS.values())
+    assert set(options.SAMPLERS_FOR) == set(options.OBJECTIVES)
+    assert all(set(s) <= set(options.SAMPLERS) for s in options.SAMPLERS_FOR.values())

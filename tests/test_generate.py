@@ -123,12 +123,41 @@ def test_checkpoint_of_another_release_is_refused(checkpoint, tmp_path, capsys):
 
 
 def test_bad_sampler_settings_name_the_allowed_values(checkpoint, tmp_path):
-    with pytest.raises(ValueError, match="sampler must be one of"):
-        generate(checkpoint, [tmp_path / "a.nii.gz"], tmp_path / "c", SampleConfig(sampler="euler"), progress=False)
-    with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 20\]"):
+    with pytest.raises(ValueError, match="sample.sampler='plms' cannot sample a diffusion.objective='eps' model; "
+                                         "allowed samplers for eps: ddpm, ddim, dpmpp"):
+        generate(checkpoint, [tmp_path / "a.nii.gz"], tmp_path / "c", SampleConfig(sampler="plms"), progress=False)
+    with pytest.raises(ValueError, match=r"sample.steps=21 .*steps must be an integer in \[1, 20\]"):
         generate(checkpoint, [tmp_path / "a.nii.gz"], tmp_path / "c", SampleConfig(sampler="ddim", steps=21),
                  progress=False)
+    with pytest.raises(ValueError, match=r"sample.steps=None .*\[1, 19\] for dpmpp"):
+        generate(checkpoint, [tmp_path / "a.nii.gz"], tmp_path / "c", SampleConfig(sampler="dpmpp"), progress=False)
     assert not (tmp_path / "c").exists() or not list((tmp_path / "c").rglob("*.nii.gz"))
+
+
+def test_samplers_that_do_not_fit_the_checkpoints_objective_are_refused(volumes, checkpoint, tmp_path, capsys):
+    """A flow checkpoint samples with euler and heun only, an eps checkpoint not with them: refused before any
+    sample is drawn, naming sample.sampler, diffusion.objective and the allowed samplers."""
+    from dataclasses import replace
+
+    from conftest import TINY_DIFFUSION
+
+    cfg = tiny_config(steps=2)
+    cfg = replace(cfg, diffusion=replace(TINY_DIFFUSION, objective="flow"))
+    flow_model = tmp_path / "flow" / "model.pt"
+    train(volumes, flow_model, tmp_path / "flow" / "log.csv", tmp_path / "flow" / "state", cfg, progress=False)
+    out = [tmp_path / "s" / f"{i}.nii.gz" for i in range(2)]
+    generate(flow_model, out, tmp_path / "cache", SampleConfig(sampler="heun", steps=3), progress=False)
+    volume, _ = load_volume(out[1])
+    assert volume.shape == (SIZE,) * 3 and 0 <= volume.min() and volume.max() <= 1
+    for sampler in ("ddpm", "ddim", "dpmpp"):
+        rc = cli.main(["sample", "--checkpoint", str(flow_model), "-n", "1", "--sampler", sampler, "--steps", "5",
+                       "--out", str(tmp_path / sampler), "--no-progress"])
+        assert rc == 2 and not (tmp_path / sampler).exists()
+        assert (f"model.pt: sample.sampler='{sampler}' cannot sample a diffusion.objective='flow' model (it samples "
+                "eps and v models); allowed samplers for flow: euler, heun") in capsys.readouterr().err
+    with pytest.raises(ValueError, match="sample.sampler='euler' cannot sample a diffusion.objective='eps' model"):
+        generate(checkpoint, out, tmp_path / "c2", SampleConfig(sampler="euler", steps=3), progress=False)
+    assert not (tmp_path / "c2").exists()
 
 
 def test_hu_output_inverts_the_preprocessing_scale(tmp_path, volumes):
@@ -153,11 +182,13 @@ def test_hu_output_inverts_the_preprocessing_scale(tmp_path, volumes):
 
 def without_preprocessing(checkpoint, out):
     """A copy of ``checkpoint`` as earlier files of the same format were written: no spacing_mm or hu_window
-    in its data section, no train.recompute_norm."""
+    in its data section, no train.recompute_norm, no diffusion.objective or flow_t keys."""
     payload = torch.load(checkpoint, weights_only=True)
     for key in ("spacing_mm", "hu_window"):
         del payload["config"]["data"][key]
     del payload["config"]["train"]["recompute_norm"]
+    for key in ("objective", "flow_t", "flow_t_location", "flow_t_scale"):
+        del payload["config"]["diffusion"][key]
     torch.save(payload, out)
     return out
 
@@ -170,6 +201,7 @@ def test_earlier_checkpoints_load_and_unknown_keys_are_refused(checkpoint, tmp_p
     _, _, old_cfg = load_for_sampling(old)
     assert old_cfg.data.hu_window is None and old_cfg.data.spacing_mm is None
     assert old_cfg.train == cfg.train and old_cfg.model == cfg.model and old_cfg.data.affine == cfg.data.affine
+    assert old_cfg.diffusion == cfg.diffusion and old_cfg.diffusion.objective == "eps"
     a, b = [tmp_path / "new.nii.gz"], [tmp_path / "old.nii.gz"]
     generate(checkpoint, a, tmp_path / "cache", SampleConfig(sampler="ddim", steps=3), progress=False)
     generate(old, b, tmp_path / "cache", SampleConfig(sampler="ddim", steps=3), progress=False)

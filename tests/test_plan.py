@@ -117,12 +117,17 @@ def test_sample_files_name_sample_i_by_its_index():
 def test_comparison_runs_resolve_steps_and_leave_out_the_main_setting():
     cfg = from_dict({"sample": {"sampler": "ddpm"}, "evaluate": {"compare_samplers": [
         {"sampler": "ddim", "steps": 50}, {"sampler": "ddpm"}, {"sampler": "ddim", "steps": 50, "eta": 0.5},
-        {"sampler": "dpmpp"}]}})
+        {"sampler": "ddim"}]}})
     assert comparison_runs(cfg) == {
         "ddim-50": {"sampler": "ddim", "steps": 50, "eta": 0.0},
         "ddim-50-eta0.5": {"sampler": "ddim", "steps": 50, "eta": 0.5},
-        "dpmpp-1000": {"sampler": "dpmpp", "steps": 1000, "eta": 0.0},
+        "ddim-1000": {"sampler": "ddim", "steps": 1000, "eta": 0.0},
     }
+    # A flow model's samplers: steps null = T for euler and heun too.
+    cfg = from_dict({"diffusion": {"objective": "flow"}, "sample": {"sampler": "euler", "steps": 30},
+                     "evaluate": {"compare_samplers": [{"sampler": "heun", "steps": 15}, {"sampler": "euler"}]}})
+    assert comparison_runs(cfg) == {"heun-15": {"sampler": "heun", "steps": 15, "eta": 0.0},
+                                    "euler-1000": {"sampler": "euler", "steps": 1000, "eta": 0.0}}
     # The main set is DDIM 50 now: the DDIM 50 entry is that set, and DDPM becomes a compared sampler.
     cfg = from_dict({"sample": {"sampler": "ddim", "steps": 50}, "evaluate": {"compare_samplers": [
         {"sampler": "ddim", "steps": 50}, {"sampler": "ddpm", "steps": 1000}]}})
@@ -182,5 +187,5 @@ def test_each_row_compares_only_the_samplers_of_its_objective(monkeypatch):
     cfg = from_dict({"evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 20},
                                                        {"sampler": "dpmpp", "steps": 10}]}})
     assert list(comparison_runs(cfg)) == ["ddim-20", "dpmpp-10"]
-    monkeypatch.setitem(options.OBJECTIVE_SAMPLERS, "eps", ("ddpm", "ddim"))
+    monkeypatch.setitem(options.SAMPLERS_FOR, "eps", ("ddpm", "ddim"))
     assert list(comparison_runs(cfg)) == ["ddim-20"]

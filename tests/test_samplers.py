@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ctdiff.diffusion.samplers import ddim_step, ddpm_step, sample, timestep_sequence
-from ctdiff.diffusion.schedule import eps_from_x0, make_schedule, q_sample
+from ctdiff.diffusion.schedule import eps_from_x0, make_schedule, q_sample, v_from_eps
 from ctdiff.model.unet import UNet3D
 
 T = 1000
@@ -42,10 +42,14 @@ def test_timestep_sequence():
 
 def test_timestep_sequence_errors():
     with pytest.raises(ValueError, match=r"'ddpm', 'ddim'"):
+        timestep_sequence("plms", 10, 100)
+    with pytest.raises(ValueError, match=r"euler integrates the flow ODE"):
         timestep_sequence("euler", 10, 100)
     for bad in (0, 101, -3):
         with pytest.raises(ValueError, match=r"\[1, 100\]"):
             timestep_sequence("ddim", bad, 100)
+    with pytest.raises(ValueError, match=r"\[1, 99\] for dpmpp"):
+        timestep_sequence("dpmpp", 100, 100)
     with pytest.raises(ValueError, match="must be 100"):
         timestep_sequence("ddpm", 50, 100)
 
@@ -232,6 +236,41 @@ def test_ddim_step_matches_diffusers(s, eta):
         want = ref.step(eps, t, x_t, eta=eta, use_clipped_model_output=True, variance_noise=z).prev_sample
         got = ddim_step(s, eps, t, max(t - 20, -1), x_t, z, eta=eta)
         torch.testing.assert_close(got, want, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sampler,steps,eta", [("ddim", 28, 0.0), ("ddpm", None, 0.0)])
+def test_v_prediction_loop_matches_diffusers(s, sampler, steps, eta):
+    """A v-model through sample(objective="v") against diffusers' prediction_type="v_prediction" schedulers:
+    the same volume from the same seed (diffusers turns v into x0 and ε itself, independently of eps_from_v)."""
+    d = _diffusers()
+    model, seed, common = _Dummy(), 7, dict(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02)
+    ours = sample(model, s, SHAPE, [torch.Generator().manual_seed(seed)], sampler=sampler, steps=steps, eta=eta,
+                  objective="v")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((1, *SHAPE), generator=g)
+    if sampler == "ddpm":
+        ref = d.DDPMScheduler(**common, variance_type="fixed_small", clip_sample=True, prediction_type="v_prediction")
+        for t in range(T - 1, -1, -1):
+            x = ref.step(model(x, torch.tensor([t])), t, x, generator=g).prev_sample
+    else:
+        ref = d.DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True, steps_offset=0,
+                              prediction_type="v_prediction")
+        ref.set_timesteps(27)
+        for t in range(999, -1, -37):
+            x = ref.step(model(x, torch.tensor([t])), t, x, eta=eta, use_clipped_model_output=True).prev_sample
+    np.testing.assert_allclose(ours.numpy(), x.clamp(-1, 1).numpy(), atol=2e-4)
+
+
+def test_v_prediction_oracle_recovers_the_data_point(s):
+    """The exact v of a one-point data set, v = √ᾱ ε − √(1 − ᾱ) x0 with ε from x_t: DDIM lands on x0."""
+    x0 = torch.rand((1, *SHAPE), generator=torch.Generator().manual_seed(5)) * 1.8 - 0.9
+
+    def v_oracle(x_t, t):
+        x0b = x0.expand_as(x_t)
+        return v_from_eps(s, x0b, t, eps_from_x0(s, x_t, t, x0b))
+
+    out = sample(v_oracle, s, SHAPE, [torch.Generator().manual_seed(0)], sampler="ddim", steps=50, objective="v")
+    torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
 
 
 class _Dummy(torch.nn.Module):

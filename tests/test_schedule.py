@@ -8,6 +8,7 @@ import torch
 
 from ctdiff.diffusion.schedule import (
     Schedule,
+    eps_from_v,
     eps_from_x0,
     extract,
     make_schedule,
@@ -15,6 +16,7 @@ from ctdiff.diffusion.schedule import (
     q_posterior,
     q_sample,
     training_loss,
+    v_from_eps,
 )
 
 T = 1000
@@ -147,6 +149,25 @@ def test_training_loss_oracle_zero_model_and_determinism(s):
     assert loss0.item() == pytest.approx(1.0, abs=0.05)  # E[ε²] = 1
     again = training_loss(s, zero, batch, generator=torch.Generator().manual_seed(0))
     assert again.item() == loss0.item()
+
+
+def test_v_objective_by_hand_and_its_inverse(s):
+    """v = √ᾱ ε − √(1 − ᾱ) x0 (Salimans & Ho 2022), checked at t = 499 against numbers computed here in float64;
+    eps_from_v inverts it given x_t; the v loss of a zero model is the mean of v²."""
+    t = torch.tensor([499])
+    a = float(np.prod(1 - np.linspace(1e-4, 0.02, T)[:500]))  # ᾱ_499, rebuilt here
+    x0, noise = torch.full((1, 1, 2, 2, 2), 0.5, dtype=torch.float64), torch.full((1, 1, 2, 2, 2), -1.0, dtype=torch.float64)
+    v = v_from_eps(s, x0, t, noise)
+    want = math.sqrt(a) * -1.0 - math.sqrt(1 - a) * 0.5
+    torch.testing.assert_close(v, torch.full_like(x0, want), rtol=1e-6, atol=0)
+    x_t = q_sample(s, x0, t, noise)
+    torch.testing.assert_close(eps_from_v(s, x_t, t, v), noise, rtol=0, atol=1e-6)
+    zero = lambda x_t, t: torch.zeros_like(x_t)  # noqa: E731
+    loss = training_loss(s, zero, x0.float(), objective="v", t=t, noise=noise.float())
+    assert loss.item() == pytest.approx(want**2, rel=1e-5)
+    assert training_loss(s, zero, x0.float(), t=t, noise=noise.float()).item() == pytest.approx(1.0)  # eps: E[ε²]
+    with pytest.raises(ValueError, match="this loss trains eps or v"):
+        training_loss(s, zero, x0.float(), objective="flow", t=t, noise=noise.float())
 
 
 def test_schedule_matches_diffusers():

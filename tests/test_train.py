@@ -301,6 +301,40 @@ def test_cosine_schedule_is_what_adam_uses_and_logs_and_ties_resume_to_steps(vol
 
 
 def test_state_from_before_the_lr_schedule_key_still_resumes():
-    recorded = {"model": {}, "train": to_dict(tiny_train_config())}
-    older = {"model": {}, "train": {k: v for k, v in recorded["train"].items() if k != "lr_schedule"}}
+    recorded = {"model": {}, "diffusion": to_dict(TINY_DIFFUSION), "train": to_dict(tiny_train_config())}
+    older = dict(recorded, train={k: v for k, v in recorded["train"].items() if k != "lr_schedule"})
+    assert _resume_key(older) == _resume_key(recorded)
+
+
+def test_flow_objective_trains_records_itself_and_resumes(volumes, tmp_path):
+    """diffusion.objective: flow trains (finite loss, a checkpoint recording objective and t distribution);
+    a resumed flow run is step for step the uninterrupted one (its flow times come from (seed, step, position))."""
+    from dataclasses import replace
+
+    flow_cfg = replace(tiny_config(steps=4), diffusion=replace(TINY_DIFFUSION, objective="flow", flow_t="uniform"))
+    run(volumes, tmp_path / "straight", flow_cfg)
+    ckpt = read_checkpoint(tmp_path / "straight" / "model.pt")
+    assert ckpt["config"]["diffusion"] | {"objective": "flow", "flow_t": "uniform"} == ckpt["config"]["diffusion"]
+    assert {"flow_t_location", "flow_t_scale"} <= set(ckpt["config"]["diffusion"])
+    _, _, cfg = load_for_sampling(tmp_path / "straight" / "model.pt")
+    assert cfg.diffusion.objective == "flow" and cfg.diffusion.flow_t == "uniform"
+    assert all(math.isfinite(float(r["loss"])) for r in csv.DictReader(open(tmp_path / "straight" / "log.csv")))
+    state = tmp_path / "state"
+    run(volumes, tmp_path / "first", replace(flow_cfg, train=replace(flow_cfg.train, steps=2)), state=state)
+    run(volumes, tmp_path / "second", flow_cfg, state=state)
+    a, b = read_checkpoint(tmp_path / "straight" / "model.pt"), read_checkpoint(tmp_path / "second" / "model.pt")
+    for name in a["ema"]:
+        torch.testing.assert_close(a["ema"][name], b["ema"][name], rtol=1e-5, atol=1e-6)
+    # another objective is other settings: not resumed
+    run(volumes, tmp_path / "eps", tiny_config(steps=4), state=state)
+    eps = read_checkpoint(tmp_path / "eps" / "model.pt")
+    assert eps["config"]["diffusion"]["objective"] == "eps"
+    assert not all(torch.equal(eps["ema"][k], a["ema"][k]) for k in a["ema"])
+
+
+def test_state_from_before_the_flow_keys_still_resumes():
+    """A checkpoint written before diffusion.flow_t* (and before objective) reads as eps with the defaults."""
+    recorded = {"model": {}, "diffusion": to_dict(TINY_DIFFUSION), "train": to_dict(tiny_train_config())}
+    older = dict(recorded, diffusion={k: v for k, v in recorded["diffusion"].items()
+                                      if k not in ("objective", "flow_t", "flow_t_location", "flow_t_scale")})
     assert _resume_key(older) == _resume_key(recorded)

@@ -7,10 +7,21 @@ Models") eq. 12 with σ from eq. 16. Both take ``t`` as a plain int, tensors as 
 
 ``dpmpp_2m_step`` is DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): a second-order
 multistep solver of the diffusion ODE in the data-prediction form, which reuses the previous step's ``x0``.
+These three sample ε-prediction networks, and v-prediction networks once ``sample`` has turned ``v`` into
+``ε`` (:func:`ctdiff.diffusion.schedule.eps_from_v`).
+
+``euler_step`` and ``heun_step`` integrate the flow ODE ``dx/dt = v(x, t)`` of a flow-matching network
+(:mod:`ctdiff.diffusion.flow`) from ``t = 1`` to ``t = 0`` on the uniform grid of :func:`flow_time_grid`:
+Euler (first order, one network evaluation per step) and Heun's method (the trapezoidal predictor–corrector,
+second order, two evaluations per step except the last, whose corrector would need the velocity at ``t = 0``;
+the last step is an Euler step, as in Karras et al. 2022, Algorithm 1, and diffusers'
+``FlowMatchHeunDiscreteScheduler``). Their times are plain floats.
 
 Clipping: the predicted ``x0`` is clamped to the data range ``[-1, 1]``; DDIM then re-derives ``ε``
 from the clamped ``x0``. Without that, the clamped ``x0`` and the unclamped ``ε`` disagree and
-deterministic DDIM returns noise.
+deterministic DDIM returns noise. The flow steps do the same with the velocity: ``x̂0 = x_t − t·v`` is
+clamped and ``v`` re-derived as ``(x_t − x̂0)/t``, the velocity of the straight path through ``x_t`` and the
+clamped ``x̂0`` (:func:`clip_velocity`), so a step to ``t = 0`` lands on the clamped ``x̂0``.
 """
 
 from __future__ import annotations
@@ -23,8 +34,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ctdiff.diffusion.schedule import Schedule, eps_from_x0, predict_x0, q_posterior
-from ctdiff.options import SAMPLERS
+from ctdiff.diffusion.flow import network_time
+from ctdiff.diffusion.schedule import Schedule, eps_from_v, eps_from_x0, predict_x0, q_posterior
+from ctdiff.options import SAMPLERS, SAMPLERS_FOR, check_sampler_fits, max_steps
 
 
 def _check_t(s: Schedule, t: int) -> None:
@@ -155,30 +167,108 @@ def dpmpp_2m_step(
     return x_prev, x0
 
 
-def timestep_sequence(sampler: str, steps: int, T: int) -> list[int]:
-    """The descending timesteps a sampler visits.
-
-    ``ddpm``: all of ``T−1, …, 0`` (``steps`` must equal ``T``). ``ddim`` and ``dpmpp``: ``steps``
-    distinct values evenly spaced from ``T−1`` down to ``0``, rounded (``steps = 1`` gives ``[T−1]``).
-    """
+def _check_steps(sampler: str, steps: int, T: int) -> None:
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
-        raise ValueError(f"steps must be an integer in [1, {T}], got {steps!r}")
+    most = max_steps(sampler, T)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= most:
+        raise ValueError(f"steps must be an integer in [1, {most}] for {sampler} (T = {T}), got {steps!r}")
+
+
+def timestep_sequence(sampler: str, steps: int, T: int) -> list[int]:
+    """The descending timesteps at which a diffusion sampler evaluates the network.
+
+    ``ddpm``: all of ``T−1, …, 0`` (``steps`` must equal ``T``). ``ddim``: ``steps`` distinct values evenly
+    spaced from ``T−1`` down to ``0``, rounded (``steps = 1`` gives ``[T−1]``); the step after ``t = 0`` lands
+    on ``ᾱ = 1``. ``dpmpp``: diffusers' ``DPMSolverMultistepScheduler`` default grid
+    (``timestep_spacing="linspace"``): ``linspace(0, T−1, steps+1)`` rounded, descending, without its 0 — the
+    last evaluation (at ``≈ (T−1)/steps``) steps straight to σ = 0 (``final_sigmas_type="zero"``), so no
+    evaluation is spent at ``t = 0``; hence ``steps ≤ T−1`` (``ctdiff.options.max_steps``).
+    """
+    if sampler in SAMPLERS_FOR["flow"]:
+        raise ValueError(f"{sampler} integrates the flow ODE on flow_time_grid(steps), not on DDPM timesteps")
+    _check_steps(sampler, steps, T)
     if sampler == "ddpm":
         if steps != T:
             raise ValueError(f"the ddpm sampler visits every timestep: steps must be {T}, got {steps}")
         return list(range(T - 1, -1, -1))
+    if sampler == "dpmpp":
+        # Spacing (T−1)/steps >= 1 for steps <= T−1, so the rounded values are distinct and >= 1.
+        return [int(v) for v in np.round(np.linspace(0, T - 1, steps + 1))[::-1][:-1]]
     # Spacing (T−1)/(steps−1) >= 1, so the rounded values are distinct.
     return [int(v) for v in np.round(np.linspace(T - 1, 0, steps))]
 
 
+def flow_time_grid(steps: int) -> list[float]:
+    """The ``steps + 1`` flow times ``1, 1 − 1/steps, …, 1/steps, 0`` (float64) that Euler and Heun step
+    between: uniform steps of ``h = 1/steps`` from the noise (``t = 1``) to the data (``t = 0``)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return [1.0 - i / steps for i in range(steps)] + [0.0]
+
+
 def network_evaluations(sampler: str, steps: int | None, timesteps: int) -> int:
-    """Model calls :func:`sample` makes per volume (a batch of B volumes costs the same calls on B at once):
-    one per visited timestep, so ``T`` for ddpm and ``steps`` for ddim and dpmpp (``steps=None`` = T).
-    The cost of a sampler on any machine; a sampler whose steps call the network more than once (a
-    second-order corrector) counts every call."""
-    return len(timestep_sequence(sampler, timesteps if steps is None else steps, timesteps))
+    """Network evaluations per volume of :func:`sample` with ``sampler`` and ``steps`` (``None`` = ``T =
+    timesteps``), the cost of a sampler on any machine: ``steps`` for ddpm (``T``), ddim, dpmpp and euler;
+    ``2·steps − 1`` for heun (a predictor and a corrector per step, no corrector on the last step to
+    ``t = 0``). Raises ``ValueError`` for an unknown sampler or steps outside ``1 … max_steps``."""
+    steps = timesteps if steps is None else steps
+    if sampler in SAMPLERS_FOR["flow"]:
+        _check_steps(sampler, steps, timesteps)
+        return 2 * steps - 1 if sampler == "heun" else steps
+    return len(timestep_sequence(sampler, steps, timesteps))
+
+
+def clip_velocity(v: Tensor, t: float, x_t: Tensor) -> Tensor:
+    """The velocity whose ``x̂0`` is clamped to ``[-1, 1]``: ``x̂0 = clamp(x_t − t·v)``, then
+    ``v' = (x_t − x̂0)/t`` (``x_t − t·v' = x̂0``; ``v' = v`` wherever ``x̂0`` was in range). ``t > 0``.
+
+    ``v``, ``x_t``: ``[B, ...]`` → ``[B, ...]``.
+    """
+    if not 0.0 < t <= 1.0:
+        raise ValueError(f"t must be in (0, 1] to clip a velocity, got {t}")
+    x0 = (x_t - t * v).clamp(-1.0, 1.0)
+    return (x_t - x0) / t
+
+
+def _check_flow_times(t: float, t_next: float) -> None:
+    if not 0.0 <= t_next < t <= 1.0:
+        raise ValueError(f"flow times must satisfy 0 <= t_next < t <= 1, got t={t}, t_next={t_next}")
+
+
+def euler_step(v: Tensor, t: float, t_next: float, x_t: Tensor, *, clip: bool = True) -> Tensor:
+    """One Euler step of the flow ODE ``x_t → x_{t_next}``, ``t_next < t``:
+    ``x_{t_next} = x_t + (t_next − t)·v`` with ``v`` the network's velocity at ``(x_t, t)``, clipped by
+    :func:`clip_velocity` if ``clip`` (a step to ``t_next = 0`` then returns the clamped ``x̂0``).
+
+    ``v``, ``x_t``: ``[B, ...]`` → ``[B, ...]``.
+    """
+    _check_flow_times(t, t_next)
+    if clip:
+        v = clip_velocity(v, t, x_t)
+    return x_t + (t_next - t) * v
+
+
+def heun_step(
+    v: Tensor, v_next: Tensor, t: float, t_next: float, x_t: Tensor, x_euler: Tensor, *, clip: bool = True
+) -> Tensor:
+    """Heun's corrector for ``x_t → x_{t_next}`` with ``0 < t_next < t`` (Karras et al. 2022, "Elucidating the
+    Design Space of Diffusion-Based Generative Models", Algorithm 1: the trapezoidal rule with an Euler
+    predictor):
+
+    1. ``x_euler = euler_step(v, t, t_next, x_t)``, the predictor (the caller evaluated ``v`` at ``(x_t, t)``);
+    2. ``v_next``: the network's velocity at ``(x_euler, t_next)``;
+    3. ``x_{t_next} = x_t + (t_next − t)·(v + v_next)/2``.
+
+    With ``clip``, ``v`` is clipped at ``(x_t, t)`` and ``v_next`` at ``(x_euler, t_next)``
+    (:func:`clip_velocity`). ``v``, ``v_next``, ``x_t``, ``x_euler``: ``[B, ...]`` → ``[B, ...]``.
+    """
+    _check_flow_times(t, t_next)
+    if t_next == 0.0:
+        raise ValueError("the step to t = 0 is an Euler step: the corrector would need the velocity at t = 0")
+    if clip:
+        v, v_next = clip_velocity(v, t, x_t), clip_velocity(v_next, t_next, x_euler)
+    return x_t + (t_next - t) * 0.5 * (v + v_next)
 
 
 def _randn(shape: tuple[int, ...], generators: Sequence[torch.Generator], device, dtype) -> Tensor:
@@ -197,6 +287,8 @@ def sample(
     sampler: str = "ddpm",
     steps: int | None = None,
     eta: float = 0.0,
+    objective: str = "eps",
+    clip: bool = True,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
@@ -204,29 +296,54 @@ def sample(
     """Draw ``B = len(generators)`` samples of per-sample ``shape`` (``(C, D, H, W)``) → ``[B, *shape]``.
 
     Every random number of element ``b`` (``x_T`` and each step's noise) comes from ``generators[b]``
-    (CPU generators), so a sample depends on its generator alone, not on the rest of the batch.
-    ``steps=None`` means every timestep. The model is called as ``model(x_t, t)`` with ``x_t`` in
-    ``dtype`` and ``t`` ``[B]`` int64; the chain itself is kept in float32. The result is clamped to
-    ``[-1, 1]``, the range the model was trained on. Put the model in eval mode before calling.
+    (CPU generators), so a sample depends on its generator alone, not on the rest of the batch, and sample
+    ``b`` starts from the same noise whatever the sampler. ``steps=None`` means ``T`` steps
+    (``s.timesteps``). ``objective`` is what the network predicts (``diffusion.objective``): ``eps`` and
+    ``v`` take ddpm, ddim and dpmpp, called as ``model(x_t, t)`` with ``t`` ``[B]`` int64; ``flow`` takes
+    euler and heun, called as ``model(x_t, t·T)`` with float32 times (:func:`ctdiff.diffusion.flow.network_time`);
+    any other pairing is refused. ``x_t`` is passed in ``dtype``; the chain itself is kept in float32.
+    ``clip`` clamps each predicted ``x0`` (module docstring); the result is clamped to ``[-1, 1]``, the range
+    the model was trained on. Put the model in eval mode before calling.
     """
     if len(generators) == 0:
         raise ValueError("need at least one generator (one per sample)")
-    timesteps = timestep_sequence(sampler, s.timesteps if steps is None else steps, s.timesteps)
+    check_sampler_fits(sampler, objective, where="")
+    steps = s.timesteps if steps is None else steps
+    network_evaluations(sampler, steps, s.timesteps)  # checks the sampler and the steps before any work
     state = torch.float32
+    x = _randn(tuple(shape), generators, device, state)  # x_T (x_1 for flow) ~ N(0, I)
+    batch = len(generators)
+    if objective == "flow":
+        grid = flow_time_grid(steps)
 
-    x = _randn(tuple(shape), generators, device, state)  # x_T ~ N(0, I)
+        def velocity(x_t: Tensor, t: float) -> Tensor:
+            times = network_time(torch.full((batch,), t, dtype=torch.float64, device=device), s.timesteps)
+            return model(x_t.to(dtype), times).to(state)
+
+        for t, t_next in tqdm(list(zip(grid, grid[1:])), disable=not progress, desc=f"{sampler} sampling"):
+            v = velocity(x, t)
+            x_euler = euler_step(v, t, t_next, x, clip=clip)
+            if sampler == "heun" and t_next > 0:
+                x = heun_step(v, velocity(x_euler, t_next), t, t_next, x, x_euler, clip=clip)
+            else:
+                x = x_euler
+        return x.clamp(-1.0, 1.0)
+
+    timesteps = timestep_sequence(sampler, steps, s.timesteps)
     x0_last, t_last = None, None  # DPM-Solver++(2M) history
     for i, t in enumerate(tqdm(timesteps, disable=not progress, desc=f"{sampler} sampling")):
-        t_batch = torch.full((len(generators),), t, dtype=torch.long, device=device)
+        t_batch = torch.full((batch,), t, dtype=torch.long, device=device)
         eps = model(x.to(dtype), t_batch).to(state)
+        if objective == "v":
+            eps = eps_from_v(s, x, t_batch, eps)
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         if sampler == "ddpm":
             noise = _randn(tuple(shape), generators, device, state) if t > 0 else None
-            x = ddpm_step(s, eps, t, x, noise)
+            x = ddpm_step(s, eps, t, x, noise, clip=clip)
         elif sampler == "ddim":
             noise = _randn(tuple(shape), generators, device, state) if eta > 0 else None
-            x = ddim_step(s, eps, t, t_prev, x, noise, eta=eta)
+            x = ddim_step(s, eps, t, t_prev, x, noise, eta=eta, clip=clip)
         else:
-            x, x0_last = dpmpp_2m_step(s, eps, t, t_prev, x, x0_last, t_last)
+            x, x0_last = dpmpp_2m_step(s, eps, t, t_prev, x, x0_last, t_last, clip=clip)
             t_last = t
     return x.clamp(-1.0, 1.0)

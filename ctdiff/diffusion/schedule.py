@@ -172,22 +172,51 @@ def eps_from_x0(s: Schedule, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
     )
 
 
+def v_from_eps(s: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    """The v-prediction target ``v = √ᾱ_t · ε − √(1 − ᾱ_t) · x0`` (Salimans & Ho 2022, "Progressive
+    Distillation", Sec. 4 and Appendix D, with ``α_t = √ᾱ_t``, ``σ_t = √(1 − ᾱ_t)``).
+
+    ``x0``, ``eps``: ``[B, ...]``; ``t``: ``[B]`` → ``[B, ...]``.
+    """
+    return (
+        extract(s.sqrt_alphas_cumprod, t, x0.ndim) * eps
+        - extract(s.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * x0
+    )
+
+
+def eps_from_v(s: Schedule, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+    """The noise a v-prediction implies, ``ε = √ᾱ_t · v + √(1 − ᾱ_t) · x_t`` (as ``ᾱ + (1 − ᾱ) = 1``):
+    every ε-sampler runs a v-model unchanged.
+
+    ``x_t``, ``v``: ``[B, ...]``; ``t``: ``[B]`` → ``[B, ...]``.
+    """
+    return (
+        extract(s.sqrt_alphas_cumprod, t, x_t.ndim) * v
+        + extract(s.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * x_t
+    )
+
+
 def training_loss(
     s: Schedule,
     model: nn.Module,
     x0: Tensor,
     *,
+    objective: str = "eps",
     generator: torch.Generator | None = None,
     t: Tensor | None = None,
     noise: Tensor | None = None,
 ) -> Tensor:
-    """The simplified ε-prediction objective (Ho et al. eq. 14, Algorithm 1), a scalar.
+    """The simplified objective (Ho et al. eq. 14, Algorithm 1), a scalar: the network's output against ε
+    (``objective="eps"``, the paper) or against ``v`` (:func:`v_from_eps`, ``objective="v"``).
 
     ``x0``: ``[B, ...]`` data scaled to ``[-1, 1]``. ``t ~ U{0, …, T−1}`` (``[B]`` int64) and
     ``ε ~ N(0, I)`` (``x0``'s shape) are taken as given, or else drawn on ``generator``'s device (``x0``'s
     device when ``None``) and moved to ``x0``'s device; the model is called as ``model(x_t, t)``. The mean
     squared error is taken in float32.
     """
+    if objective not in ("eps", "v"):
+        raise ValueError(f"diffusion.objective={objective!r}: this loss trains eps or v "
+                         "(flow: ctdiff.diffusion.flow.training_loss)")
     draw_device = generator.device if generator is not None else x0.device
     batch = x0.shape[0]
     if t is None:
@@ -195,5 +224,6 @@ def training_loss(
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=draw_device, dtype=x0.dtype)
     t, noise = t.to(x0.device), noise.to(device=x0.device, dtype=x0.dtype)
-    eps = model(q_sample(s, x0, t, noise), t)
-    return F.mse_loss(eps.float(), noise.float())
+    out = model(q_sample(s, x0, t, noise), t)
+    target = noise if objective == "eps" else v_from_eps(s, x0, t, noise)
+    return F.mse_loss(out.float(), target.float())

@@ -10,7 +10,8 @@ checkpoint. ``variant_table`` checks that instead of assuming it: rows that diff
 Cost, per row:
 
 - ``network_evaluations`` per volume, the model calls of ``ctdiff.diffusion.samplers.sample``
-  (:func:`ctdiff.diffusion.samplers.network_evaluations`), which does not depend on the machine;
+  (:func:`ctdiff.diffusion.samplers.network_evaluations`: T for ddpm, ``steps`` for ddim, dpmpp and euler,
+  ``2·steps − 1`` for heun), which does not depend on the machine;
 - ``train_s_per_step``: the median over the training log's intervals (``log.csv``, one row every
   ``train.log_every`` steps) of seconds per optimizer step, leaving out the first interval, which holds the
   start-up (``torch.compile``, cuDNN's algorithm search, the first batches read); ``train_hours`` is that

@@ -42,7 +42,9 @@ def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017; Ho et al. 2020, Sec. 4).
+    """Sinusoidal embedding of timesteps (Vaswani et al. 2017; Ho et al. 2020, Sec. 4): the integer DDPM
+    timesteps ``0 … T−1``, or a flow model's float times scaled to that range (``t·T``,
+    :func:`ctdiff.diffusion.flow.network_time`).
 
     ``t``: ``[B]`` → ``[B, dim]`` float32: ``[cos(t·ω_k), sin(t·ω_k)]`` with ``ω_k = max_period^(−k/half)``.
     """
