@@ -1,13 +1,16 @@
 """From readers' marks to nodules: fill each mark, group the marks of one nodule, vote a consensus.
 
 Grouping (one nodule = at most one mark per reader): two outlined marks of different readers are linked
-when their filled voxels overlap, with weight the overlap's intersection over union (IoU). Links are taken
-in decreasing IoU and join two groups only when the groups share no reader (a greedy, Kruskal-like
-single-linkage with a cannot-link constraint). A reader who marked two nodules that touch another
+when their filled voxels overlap, with weight the overlap's intersection over union (IoU), or, failing
+that, when their voxels come within one voxel spacing of each other (small nodules on coarse grids, where
+readers' few pixels need not coincide). Links are taken overlaps first in decreasing IoU, then by
+distance, and join two groups only when the groups share no reader (a greedy, Kruskal-like single-linkage
+with a cannot-link constraint). A reader who marked two nodules that touch another
 reader's single mark thus keeps them apart, and the other mark joins the one it overlaps most. pylidc
 (``Scan.cluster_annotations``) links annotations whose outline points lie within one slice thickness and
-shrinks that distance until no group has more than four annotations; overlap is the stricter test here,
-because the marks are filled anyway and the consensus needs them to overlap.
+shrinks that distance until no group has more than four annotations; here overlap comes first, because
+the marks are filled anyway and the consensus needs them to overlap, and the one-mark-per-reader rule
+replaces the shrinking.
 
 Points (nodules < 3 mm, which have no outline, and non-nodules' loci) are grouped the same way by
 distance: two points of different readers within :data:`POINT_LINK_MM` of each other are linked, nearest
@@ -24,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from ctdiff.data.annotations.lidc_xml import CHARACTERISTICS, Mark, Reading
 from ctdiff.data.annotations.rasterise import SliceGrid, flat_pixels, interior, roi_outside, traced_pixels
@@ -111,9 +115,19 @@ def _group(n: int, readers: list[int], links: list[tuple[float, int, int]]) -> l
     return sorted(groups.values(), key=lambda g: g[0])
 
 
-def group_filled(marks: list[FilledMark]) -> list[list[FilledMark]]:
-    """Marks of one nodule together (module docstring): overlap links, at most one mark per reader."""
+def touch_mm(grid: SliceGrid) -> float:
+    """How close (mm, between voxel centres) two marks must come to be linked without overlapping: the
+    largest voxel spacing, so that marks on neighbouring slices or pixels link (pylidc's default link
+    distance is the slice thickness)."""
+    return max(*grid.pixel_mm, abs(float(np.linalg.norm(grid.index_to_lps[:, 2]))))
+
+
+def group_filled(marks: list[FilledMark], grid: SliceGrid) -> list[list[FilledMark]]:
+    """Marks of one nodule together (module docstring): overlap links first (by IoU), then marks whose
+    voxels come within :func:`touch_mm` of each other (nearest first); at most one mark per reader."""
     links = []
+    trees = [cKDTree(grid.lps(grid.unravel(m.voxels))) for m in marks]
+    reach = touch_mm(grid) * (1 + 1e-6)
     for a in range(len(marks)):
         for b in range(a + 1, len(marks)):
             if marks[a].mark.reader == marks[b].mark.reader:
@@ -122,20 +136,26 @@ def group_filled(marks: list[FilledMark]) -> list[list[FilledMark]]:
             if inter:
                 union = marks[a].voxels.size + marks[b].voxels.size - inter
                 links.append((inter / union, a, b))
+                continue
+            d, _ = trees[b].query(trees[a].data, distance_upper_bound=reach)
+            if np.isfinite(d).any():
+                links.append((-float(d.min()) / (1 + reach), a, b))      # below every overlap, nearest first
     groups = _group(len(marks), [m.mark.reader for m in marks], links)
     return [[marks[i] for i in g] for g in groups]
 
 
 def group_points(points: list[PointMark], grid: SliceGrid) -> list[list[PointMark]]:
-    """Points of one small nodule (or non-nodule) together: within :data:`POINT_LINK_MM`, nearest first."""
+    """Points of one small nodule (or non-nodule) together: within :data:`POINT_LINK_MM`, or 1.5 voxels
+    where voxels are larger, nearest first."""
     if not points:
         return []
     mm = grid.lps(np.array([p.crk for p in points]))
+    reach = max(POINT_LINK_MM, 1.5 * touch_mm(grid))
     links = []
     for a in range(len(points)):
         for b in range(a + 1, len(points)):
             d = float(np.linalg.norm(mm[a] - mm[b]))
-            if points[a].reader != points[b].reader and d <= POINT_LINK_MM:
+            if points[a].reader != points[b].reader and d <= reach:
                 links.append((-d, a, b))
     groups = _group(len(points), [p.reader for p in points], links)
     return [[points[i] for i in g] for g in groups]
@@ -261,7 +281,7 @@ def nodules(readings: list[Reading], grid: SliceGrid, consensus: float
                 non.append(p)
         offset += reading.n_readers
     rows, masks = [], []
-    for group in group_filled(filled):
+    for group in group_filled(filled, grid):
         voxels = consensus_voxels(group, consensus)
         rows.append(nodule_row(len(rows) + 1, group, voxels, grid))
         masks.append(voxels)
