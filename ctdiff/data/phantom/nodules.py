@@ -1,15 +1,16 @@
 """The phantom's nodules and the radiologists who annotate them as LIDC-IDRI's readers do.
 
-Drawing (:func:`draw_nodules`, from its own generator, after the anatomy): 1-3 outlined nodules per patient,
+Drawing (:func:`draw_nodules`, from its own generator, in the rendered scan): 1-3 outlined nodules per patient,
 3-30 mm across (log-uniform), ellipsoids with axes within 15 % of the diameter, solid (+30 HU) or, one in
 three, part-solid (a solid core of 30-60 % of the radius in a ground-glass rim at -550 HU); one in three
-touches the pleura (juxtapleural: its centre lies 20-60 % of its radius inside the lung, the rest in the
-chest wall), the others lie wholly in a lung. Besides them 0-2 nodules of 2-3 mm (marked as points, as
-LIDC's readers mark nodules < 3 mm) and 0-1 non-nodule locus. Centres are drawn on a coarse lung map
-(about 4 mm cells) with its distance to the lung's edge, keeping a cell's width of margin.
+touches the pleura (juxtapleural: its centre lies 20-60 % of its radius from the chest wall, the rest in
+the wall), the others lie wholly in lung (away from vessels, airways, heart and mediastinum). Besides them
+0-2 nodules of 2-3 mm (marked as points, as LIDC's readers mark nodules < 3 mm) and 0-1 non-nodule locus.
+Centres are drawn on a coarse map of where the scan shows lung (about 4 mm cells, :func:`_lung_map`).
 
-Painting (:func:`paint`): per slice, over the rendered anatomy and before noise; the solid part raises
-lung and fat to +30 HU and leaves denser tissue, the rim raises only what is darker than -550 HU.
+Painting (:func:`paint`): after the scan, with noise of the scan's level; the solid part raises lung and
+fat to +30 HU and leaves denser tissue (the chest wall) as it is, the rim raises only what is darker than
+-550 HU.
 
 Readers (:func:`reader_sessions`): each outlined nodule is marked by 1-4 of four readers; each reader's
 outline is the nodule's cross-section scaled by 1 ± :data:`READER_SCALE` and shifted by up to
@@ -54,35 +55,47 @@ class PhantomNodule:
         return 2 * float(np.prod(self.radii)) ** (1 / 3)
 
 
-def _lung_map(chest, lungs_at, cell_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Coarse lung mask ``[Z, Y, X]`` (cells of ~``cell_mm``), its distance to the lung's edge (mm) and the
-    cells' x, y, z (mm); ``lungs_at(chest, z, step)`` gives one slice's lung mask every ``step`` pixels."""
-    dx = float(chest.x[0, 1] - chest.x[0, 0])
-    step = max(1, int(round(cell_mm / dx)))
-    zs = np.arange(chest.z[0], chest.z[-1], cell_mm)
-    mask = np.stack([lungs_at(chest, float(z), step) for z in zs])
-    xs, ys = chest.x[0, ::step], chest.y[::step, 0]
-    dist = distance_transform_edt(mask, sampling=(cell_mm, step * dx, step * float(chest.y[1, 0] - chest.y[0, 0])))
-    return mask, dist, (xs, ys, zs), step * dx
+def _lung_map(chest, volume: np.ndarray, dz: float, cell_mm: float):
+    """Where the scan shows lung, on cells of about ``cell_mm``: the mean HU of each cell of every
+    sampled slice lies in (-960, -600) (lung parenchyma, not air, vessels or soft tissue) inside the thoracic
+    cavity. Returns the mask ``[Z, Y, X]``, its distance to the nearest non-lung cell (mm), the in-plane
+    distance of each cell to the cavity's wall (mm), the cells' centres ``(x [X], y [Y], z [Z])`` mm and the
+    in-plane cell size."""
+    nz, ny, nx = volume.shape
+    dx, dy = float(chest.x[0, 1] - chest.x[0, 0]), float(chest.y[1, 0] - chest.y[0, 0])
+    step, zstep = max(1, int(round(cell_mm / dx))), max(1, int(round(cell_mm / dz)))
+    cy, cx = ny // step, nx // step
+    ks = np.arange(zstep // 2, nz, zstep)
+    blocks = volume[ks, :cy * step, :cx * step].reshape(len(ks), cy, step, cx, step).mean(axis=(2, 4))
+    centre = slice(step // 2, None, step)
+    cavity = (chest.body.cavity[centre, centre] < 1)[:cy, :cx]
+    mask = (blocks > -960) & (blocks < -600) & cavity
+    cell = (zstep * dz, step * dy, step * dx)
+    dist = distance_transform_edt(mask, sampling=cell)
+    wall = distance_transform_edt(cavity, sampling=cell[1:])
+    centres = (chest.x[0, centre][:cx], chest.y[centre, 0][:cy], chest.z[ks])
+    return mask, dist, np.broadcast_to(wall, mask.shape), centres, step * dx
 
 
-def draw_nodules(rng: np.random.Generator, chest, lungs_at) -> list[PhantomNodule]:
-    """The nodules of one patient (module docstring); empty when the lungs are too small to hold one."""
-    mask, dist, (xs, ys, zs), cell = _lung_map(chest, lungs_at, 4.0)
+def draw_nodules(rng: np.random.Generator, chest, volume: np.ndarray, dz: float) -> list[PhantomNodule]:
+    """The nodules of one patient (module docstring) in the rendered scan ``volume`` ``[Z, Y, X]`` HU of
+    slice spacing ``dz`` mm; empty when the lungs are too small to hold one."""
+    mask, dist, wall, (xs, ys, zs), cell = _lung_map(chest, volume, dz, 4.0)
     out: list[PhantomNodule] = []
     if not mask.any():
         return out
 
     def place(radius: float, juxta: bool):
-        if juxta:
-            ok = (dist >= 0.2 * radius + cell) & (dist <= 0.6 * radius + cell)
+        if juxta:   # centre 20-60 % of the radius from the chest wall, the rest of the lung around it
+            ok = mask & (wall >= 0.2 * radius + cell / 2) & (wall <= 0.6 * radius + cell / 2) \
+                & (dist >= np.minimum(wall, 0.6 * radius) - cell)
         else:
             ok = dist >= radius + 1.5 * cell
         cells = np.argwhere(ok)
         if len(cells) == 0:
             return None
         k, j, i = cells[rng.integers(len(cells))]
-        jitter = rng.uniform(-cell / 2, cell / 2, 3)                # anywhere in the cell
+        jitter = rng.uniform(-cell / 4, cell / 4, 3)                # within the cell
         return float(xs[i] + jitter[0]), float(ys[j] + jitter[1]), float(zs[k] + jitter[2])
 
     for _ in range(int(rng.integers(1, 4))):
@@ -106,24 +119,28 @@ def draw_nodules(rng: np.random.Generator, chest, lungs_at) -> list[PhantomNodul
     return out
 
 
-def paint(img: np.ndarray, chest, z: float, nodules: list[PhantomNodule]) -> None:
-    """Paint the nodules' cross-sections at height ``z`` into the HU slice ``img`` ``[Y, X]`` in place."""
+def paint(volume: np.ndarray, chest, nodules: list[PhantomNodule], rng: np.random.Generator, noise_sd: float,
+          hu_range: tuple[int, int]) -> None:
+    """Paint the nodules into the scan ``volume`` ``[Z, Y, X]`` (int16 HU, in place), each voxel with white
+    noise of ``noise_sd`` HU: the rim raises what is darker than ground glass, the solid part what is darker
+    than solid tissue."""
     for n in nodules:
         if n.kind == "non-nodule":
             continue
         (cx, cy, cz), (rx, ry, rz) = n.centre, n.radii
-        dz = (z - cz) / rz
-        if abs(dz) >= 1:
-            continue
+        ks = np.flatnonzero(np.abs(chest.z - cz) < rz)
         rows = np.flatnonzero(np.abs(chest.y[:, 0] - cy) < ry)
         cols = np.flatnonzero(np.abs(chest.x[0] - cx) < rx)
-        if rows.size == 0 or cols.size == 0:
+        if ks.size == 0 or rows.size == 0 or cols.size == 0:
             continue
-        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-        rho = np.sqrt(((chest.x[:, box[1]] - cx) / rx) ** 2 + ((chest.y[box[0]] - cy) / ry) ** 2 + dz * dz)
-        region = img[box]
-        np.copyto(region, np.maximum(region, GROUND_GLASS_HU), where=rho < 1)
-        np.copyto(region, np.maximum(region, SOLID_HU), where=(rho < n.core) & (region < SOLID_HU))
+        box = (slice(ks[0], ks[-1] + 1), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        rho = np.sqrt(((chest.x[None, :, box[2]] - cx) / rx) ** 2 + ((chest.y[None, box[1]] - cy) / ry) ** 2
+                      + ((chest.z[box[0], None, None] - cz) / rz) ** 2)
+        region = volume[box].astype(np.float32)
+        noise = rng.standard_normal(region.shape, dtype=np.float32) * np.float32(noise_sd)
+        value = np.where(rho < n.core, SOLID_HU, GROUND_GLASS_HU) + noise
+        np.copyto(region, np.maximum(region, value), where=rho < 1)
+        volume[box] = np.clip(np.rint(region), *hu_range)
 
 
 def _outline(cx_px: float, cy_px: float, a_px: float, b_px: float) -> np.ndarray:

@@ -62,19 +62,6 @@ def _lung_scales(chest: Chest, z: float) -> tuple[float, float]:
     return s_lung, (0.55 + 0.45 * s_lung if z > marks.recess else 1.0)
 
 
-def lungs_at(chest: Chest, z: float, step: int = 1) -> np.ndarray:
-    """[Y, X] mask of the lungs at height z, every ``step``-th row and column: what :func:`_render` fills
-    with lung and leaves so (not the mediastinal fat, the heart or the pericardium painted over it)."""
-    s_lung, s_cav = _lung_scales(chest, z)
-    x, y, cavity = chest.x[:, ::step], chest.y[::step], chest.body.cavity[::step, ::step] < s_cav
-    lung = cavity & lung_mask(x, y, chest.lung_axes, s_lung) & (z > chest.dome[::step, ::step])
-    lung &= ~chest.mediastinum[::step, ::step]
-    heart, dzh = chest.heart, (z - chest.heart.z) / chest.heart.half_height
-    if abs(dzh) < 1:
-        lung &= ~(heart.radius[::step, ::step] < np.sqrt(1 - dzh * dzh) + heart.pericardium)
-    return lung
-
-
 def _render(chest: Chest, k: int) -> np.ndarray:
     """HU slice k, float32 [Y, X], before noise and field-of-view padding (painter's order)."""
     body, marks, ribs, spine = chest.body, chest.marks, chest.ribs, chest.spine
@@ -135,24 +122,23 @@ def phantom_scan(rng: np.random.Generator, shape_zyx: tuple[int, int, int],
 
     Returns the volume, its nodules (:mod:`ctdiff.data.phantom.nodules`; empty unless ``nodules``) and the
     generator their readers are drawn from. The nodules come from a generator of their own, seeded from
-    ``rng`` right after the anatomy whether or not they are painted, so switching them off changes
-    nothing else.
+    ``rng`` right after the anatomy whether or not they are drawn, and are painted (with noise of the
+    scan's level) after the scan, so switching them off changes no other voxel.
     """
     if min(shape_zyx) < 1 or min(spacing_zyx) <= 0 or body_scale <= 0:
         raise ValueError(f"need a positive shape, spacing and body_scale, got {shape_zyx}, {spacing_zyx}, {body_scale}")
     (_, ny, nx), (_, dy, dx) = shape_zyx, spacing_zyx
     chest = draw_chest(rng, shape_zyx, spacing_zyx, body_scale)
     nodule_rng = np.random.default_rng(int(rng.integers(2 ** 63)))
-    drawn = draw_nodules(nodule_rng, chest, lungs_at) if nodules else []
     noise_sd, noise_bank = rng.uniform(10, 20), rng.standard_normal(4 * ny * nx, dtype=np.float32)
     outside = np.broadcast_to(np.hypot(chest.x, chest.y) > min(nx * dx, ny * dy) / 2, (ny, nx))
     out = np.empty(shape_zyx, np.int16)
     for k in range(shape_zyx[0]):
         start = int(rng.integers(0, noise_bank.size - ny * nx))
-        hu = _render(chest, k)
-        paint(hu, chest, float(chest.z[k]), drawn)
-        hu += noise_bank[start:start + ny * nx].reshape(ny, nx) * np.float32(noise_sd)
+        hu = _render(chest, k) + noise_bank[start:start + ny * nx].reshape(ny, nx) * np.float32(noise_sd)
         np.clip(np.rint(hu, out=hu), *HU_RANGE, out=hu)
         hu[outside] = PADDING_HU
         out[k] = hu
+    drawn = draw_nodules(nodule_rng, chest, out, float(spacing_zyx[0])) if nodules else []
+    paint(out, chest, drawn, nodule_rng, noise_sd, HU_RANGE)
     return out, drawn, nodule_rng
