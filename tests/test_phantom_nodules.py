@@ -4,6 +4,7 @@ convert (mask and table) -> preprocess (resampled mask)."""
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +14,7 @@ import pytest
 from ctdiff.data.annotations.resample import resample_nodules
 from ctdiff.data.convert import convert_or_reject
 from ctdiff.data.discover import discover
+from ctdiff.data.preprocess import preprocess
 from ctdiff.data.phantom import write_patient
 from ctdiff.data.phantom.dicom import _draw_acquisition
 from ctdiff.data.phantom.nodules import GROUND_GLASS_HU, READER_SCALE, READER_SHIFT_PX, SOLID_HU
@@ -150,6 +152,18 @@ def test_preprocessed_mask_keeps_position_and_size(pipeline, tmp_path):
             assert abs(d - float(converted[row["label"]]["diameter_mm"])) <= 2 * spacing
             checked += 1
     assert checked
+    # the mask's grid is the preprocessed volume's; a folder without annotation outputs gives an empty mask
+    item = items[0]
+    preprocess(tmp / "nifti" / item / "hu.nii.gz", tmp_path / "volume.nii.gz", size=size, spacing_mm=spacing)
+    volume = nib.load(tmp_path / "volume.nii.gz")
+    assert np.array_equal(volume.affine, nib.load(tmp_path / f"{item}.nii.gz").affine)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(tmp / "nifti" / item / "hu.nii.gz", bare / "hu.nii.gz")
+    assert resample_nodules(bare, tmp_path / "bare.nii.gz", tmp_path / "bare.tsv", size=size, spacing_mm=spacing) == []
+    empty = nib.load(tmp_path / "bare.nii.gz")
+    assert np.array_equal(empty.affine, volume.affine) and not np.asarray(empty.dataobj).any()
+    assert rows_of(tmp_path / "bare.tsv") == []
 
 
 def test_kinds_sizes_and_part_solid_rims():

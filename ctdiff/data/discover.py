@@ -11,12 +11,15 @@ and ``DICM`` marker, unreadable header: most likely one of its slices) and it ha
 (the item id is the ``PatientID``); ``series='all'`` keeps every usable series as its own item
 ``f'{patient}_{k}'`` (``k = 0`` is the largest).
 
-Outputs (both written atomically):
+Outputs (written atomically):
 
 - inventory TSV, one row per series: every series found, chosen or rejected, with the reason;
 - series JSON, ``{item_id: {patient, series_uid, study_uid, n_files, n_positions, rows, columns, folder,
-  files}}`` with ``files`` relative to ``root``, sorted (``rows`` x ``columns``: the largest image matrix
-  of the series; with ``n_files`` it sizes the memory of the item's jobs, see :mod:`ctdiff.plan`).
+  files, annotations}}`` with ``files`` relative to ``root``, sorted (``rows`` x ``columns``: the largest
+  image matrix of the series; with ``n_files`` it sizes the memory of the item's jobs, see
+  :mod:`ctdiff.plan`); ``annotations``: the LIDC annotation XML files naming the series;
+- annotation TSV (optional), one row per ``.xml`` file: matched to an item by its SeriesInstanceUid (never
+  by folder), ignored (a radiograph reading), unmatched or rejected (malformed), with the reason.
 
 What was read and skipped is logged (``ctdiff.data.discover`` logger, INFO): files read, DICOM files per
 series modality, files skipped by kind (not DICOM by file extension, e.g. LIDC's ``.xml`` annotations;

@@ -7,7 +7,8 @@ rounding of the positions LIDC writes (6 decimals), so only an outline between s
 is left unmatched (and reported).
 
 Filling: an ``edgeMap`` traces the pixels of an outline, consecutive points 8-neighbours. LIDC's readers
-were asked to draw the outline just outside the nodule, so that it does not cover nodule pixels; an
+were asked to draw the outline just outside the nodule, so that it does not cover nodule pixels
+(docs/facts.md says how sure that is); an
 inclusion outline therefore marks the pixels whose centres lie strictly inside the polygon through its
 points, without the traced pixels themselves. An exclusion outline (``inclusion FALSE``, a hole) removes
 the same interior and leaves its traced pixels to the nodule (they lie outside the hole). A reader's mark

@@ -39,15 +39,22 @@ def resample_nodules(nifti_dir: Path, out_mask: Path, out_table: Path, *, size: 
     the table rows.
     """
     nifti_dir = Path(nifti_dir)
-    reference = sitk.DICOMOrient(sitk.ReadImage(str(nifti_dir / VOLUME_NAME)), "RAS")
-    origin, spacing = output_grid(reference, int(size), spacing_mm)
-    affine = cube_affine(origin, spacing)
-    out = np.zeros((size, size, size), np.uint8)
     rows: list[dict] = []
-    if (nifti_dir / MASK_NAME).exists():
+    if (nifti_dir / MASK_NAME).exists():       # on the volume's grid: the same output grid as the volume's
         labels = sitk.DICOMOrient(sitk.ReadImage(str(nifti_dir / MASK_NAME)), "RAS")
         rows = read_table(nifti_dir / TABLE_NAME)
-        out = _resample_labels(labels, size, origin, spacing)
+    else:                                       # the volume's geometry from its header alone
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(nifti_dir / VOLUME_NAME))
+        reader.ReadImageInformation()
+        labels = sitk.Image(reader.GetSize(), sitk.sitkUInt8)
+        labels.SetOrigin(reader.GetOrigin())
+        labels.SetSpacing(reader.GetSpacing())
+        labels.SetDirection(reader.GetDirection())
+        labels = sitk.DICOMOrient(labels, "RAS")
+    origin, spacing = output_grid(labels, int(size), spacing_mm)
+    affine = cube_affine(origin, spacing)
+    out = _resample_labels(labels, size, origin, spacing)
     inverse = np.linalg.inv(affine)
     for row in rows:
         label = int(row["label"])
