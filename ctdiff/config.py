@@ -47,6 +47,8 @@ class DataConfig:
     phantom_matrix: int = 512
     series: SeriesChoice = "largest"
     recover_stacks: bool = False
+    nodule_consensus: float = 0.5
+    phantom_nodules: bool = True
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def regenerate(seed: int, index: int) -> tuple[np.ndarray, object]:
     """Redraw patient ``index`` of a cohort exactly as write_cohort/write_patient do."""
     rng = np.random.default_rng([seed, index])
     acq = _draw_acquisition(rng, MATRIX)
-    return phantom_volume(rng, acq.shape, acq.spacing, body_scale=acq.body_scale), acq
+    return phantom_volume(rng, acq.shape, acq.spacing, body_scale=acq.body_scale, nodules=True), acq
 
 
 @pytest.fixture(scope="module")

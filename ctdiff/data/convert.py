@@ -42,6 +42,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 
+from ctdiff.data.annotations.ingest import annotate
+from ctdiff.data.annotations.rasterise import SliceGrid
 from ctdiff.data.zstack import SPACING_ATOL_MM, diagnose, recover
 from ctdiff.io import save_volume, write_tsv
 
@@ -251,7 +253,7 @@ def _to_int16_hu(data) -> tuple[np.ndarray, int]:
 
 
 def convert_item(root: Path, series_json: Path, item: str, out_nifti: Path, out_qc: Path, *,
-                 recover_stacks: bool = False) -> dict:
+                 recover_stacks: bool = False, nodule_consensus: float = 0.5) -> dict:
     """Convert the series of one item to an int16 HU NIfTI.
 
     Args:
@@ -264,6 +266,11 @@ def convert_item(root: Path, series_json: Path, item: str, out_nifti: Path, out_
         recover_stacks: convert the one consistent stack of a series with far stray slices or stored
             several times over (:func:`ctdiff.data.zstack.recover`) instead of rejecting it; the row's
             reason then says what was kept (``'recovered: ...'``).
+        nodule_consensus: the share of a nodule's readers who must mark a voxel for the nodule mask.
+
+    Beside ``out_nifti`` it writes the annotation outputs of :func:`ctdiff.data.annotations.ingest.annotate`
+    (nodule mask on the volume's grid, nodule table, annotation QC) from the XML files discovery matched to
+    the series (``annotations`` in the series table; none: an empty table and an all-zero mask).
 
     Returns:
         The QC row as a dict.
@@ -291,6 +298,7 @@ def convert_item(root: Path, series_json: Path, item: str, out_nifti: Path, out_
     _check_geometry(item, converted, index_to_lps, stack_shape)
     hu, n_clamped = _to_int16_hu(converted.dataobj)
     affine = np.asarray(converted.affine, dtype=np.float64)
+    del converted                 # the float64 volume: the annotation mask below never sits beside it
     save_volume(out_nifti, hu, affine)
 
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
@@ -309,12 +317,19 @@ def convert_item(root: Path, series_json: Path, item: str, out_nifti: Path, out_
         "decision": "converted",
         "reason": note,
     }
+    grid = SliceGrid(sop_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
+                     z=np.array([float(ds.ImagePositionPatient[2]) for ds in datasets]),
+                     columns=stack_shape[0], rows=stack_shape[1], index_to_lps=index_to_lps, affine=affine,
+                     shape=hu.shape, series_uid=entry["series_uid"])
+    del hu, datasets
+    annotate(grid, [Path(root) / name for name in entry.get("annotations", [])], Path(out_nifti).parent,
+             consensus=nodule_consensus)
     write_tsv(out_qc, [row], QC_COLUMNS)
     return row
 
 
 def convert_or_reject(root: Path, series_json: Path, item: str, out_dir: Path, out_qc: Path, *,
-                      recover_stacks: bool = False) -> dict:
+                      recover_stacks: bool = False, nodule_consensus: float = 0.5) -> dict:
     """Convert one item, or record why not: a faulty series never stops the cohort.
 
     Always writes ``out_qc`` (one row, :data:`QC_COLUMNS`) and creates ``out_dir``. On success
@@ -332,7 +347,7 @@ def convert_or_reject(root: Path, series_json: Path, item: str, out_dir: Path, o
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         return convert_item(root, series_json, item, out_dir / VOLUME_NAME, out_qc,
-                            recover_stacks=recover_stacks)
+                            recover_stacks=recover_stacks, nodule_consensus=nodule_consensus)
     except ValueError as err:
         reason = str(err).removeprefix(f"{item}: ")
     entry = json.loads(Path(series_json).read_text(encoding="utf-8")).get(item, {})

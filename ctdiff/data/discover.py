@@ -11,12 +11,15 @@ and ``DICM`` marker, unreadable header: most likely one of its slices) and it ha
 (the item id is the ``PatientID``); ``series='all'`` keeps every usable series as its own item
 ``f'{patient}_{k}'`` (``k = 0`` is the largest).
 
-Outputs (both written atomically):
+Outputs (written atomically):
 
 - inventory TSV, one row per series: every series found, chosen or rejected, with the reason;
 - series JSON, ``{item_id: {patient, series_uid, study_uid, n_files, n_positions, rows, columns, folder,
-  files}}`` with ``files`` relative to ``root``, sorted (``rows`` x ``columns``: the largest image matrix
-  of the series; with ``n_files`` it sizes the memory of the item's jobs, see :mod:`ctdiff.plan`).
+  files, annotations}}`` with ``files`` relative to ``root``, sorted (``rows`` x ``columns``: the largest
+  image matrix of the series; with ``n_files`` it sizes the memory of the item's jobs, see
+  :mod:`ctdiff.plan`); ``annotations``: the LIDC annotation XML files naming the series;
+- annotation TSV (optional), one row per ``.xml`` file: matched to an item by its SeriesInstanceUid (never
+  by folder), ignored (a radiograph reading), unmatched or rejected (malformed), with the reason.
 
 What was read and skipped is logged (``ctdiff.data.discover`` logger, INFO): files read, DICOM files per
 series modality, files skipped by kind (not DICOM by file extension, e.g. LIDC's ``.xml`` annotations;
@@ -40,6 +43,7 @@ from typing import Literal
 import numpy as np
 import pydicom
 
+from ctdiff.data.annotations.ingest import DISCOVERY_COLUMNS, assign_xml
 from ctdiff.io import atomic_path, write_tsv
 
 log = logging.getLogger(__name__)
@@ -199,11 +203,13 @@ def _skip_kind(name: str, ds: pydicom.Dataset | None, broken: bool) -> str:
     return f"not DICOM ({os.path.splitext(name)[1].lower() or 'no extension'})"
 
 
-def _scan(root: Path) -> tuple[dict[str, _Series], Counter[str]]:
+def _scan(root: Path) -> tuple[dict[str, _Series], Counter[str], list[str]]:
     """Walk ``root`` (sorted, not following links) and group DICOM files by SeriesInstanceUID.
 
-    Returns the series by UID and the skipped files (not DICOM, unreadable, or without a
-    SeriesInstanceUID such as a DICOMDIR) counted by :func:`_skip_kind`. A file with the DICOM marker but no
+    Returns the series by UID, the skipped files (not DICOM, unreadable, or without a
+    SeriesInstanceUID such as a DICOMDIR) counted by :func:`_skip_kind`, and the skipped ``.xml`` files
+    (relative to ``root``: LIDC's annotations, matched to series by
+    :func:`ctdiff.data.annotations.ingest.assign_xml`). A file with the DICOM marker but no
     readable file meta information (pydicom reads garbage after ``DICM`` as an empty dataset) is a broken
     slice, not a stray file: every series in its folder counts it (``n_broken``), because
     dicom2nifti would silently build the volume without it.
@@ -211,6 +217,7 @@ def _scan(root: Path) -> tuple[dict[str, _Series], Counter[str]]:
     series: dict[str, _Series] = {}
     skipped: Counter[str] = Counter()
     broken: dict[str, int] = defaultdict(int)
+    xml: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
@@ -223,12 +230,14 @@ def _scan(root: Path) -> tuple[dict[str, _Series], Counter[str]]:
                 if is_broken:
                     broken[os.path.relpath(dirpath, root).replace(os.sep, "/")] += 1
                 skipped[_skip_kind(name, ds, is_broken)] += 1
+                if ds is None and not is_broken and name.lower().endswith(".xml"):
+                    xml.append(os.path.relpath(path, root).replace(os.sep, "/"))
                 continue
             rel = os.path.relpath(path, root).replace(os.sep, "/")
             series.setdefault(uid, _Series(uid)).add(rel, ds)
     for s in series.values():
         s.n_broken = sum(broken.get(folder, 0) for folder in s.folder.split("; "))
-    return series, skipped
+    return series, skipped, xml
 
 
 def _counts(counter: Counter[str]) -> str:
@@ -289,6 +298,7 @@ def discover(
     series_json: Path,
     *,
     series: Literal["largest", "all"] = "largest",
+    annotations_tsv: Path | None = None,
 ) -> list[str]:
     """Inventory every DICOM series under ``root`` and choose the CT volumes to convert.
 
@@ -296,9 +306,13 @@ def discover(
         root: top folder of the DICOM tree (any layout; walked recursively).
         inventory_tsv: written: one row per series with :data:`INVENTORY_COLUMNS`.
         series_json: written: ``{item_id: {patient, series_uid, study_uid, n_files, n_positions, rows,
-            columns, folder, files}}``, ``files`` relative to ``root`` and sorted.
+            columns, folder, files, annotations}}``, ``files`` relative to ``root`` and sorted,
+            ``annotations`` the LIDC XML files whose SeriesInstanceUid is the item's series.
         series: ``'largest'`` (one item per patient, id = PatientID) or ``'all'`` (one item per usable
             CT series, id ``f'{patient}_{k}'``).
+        annotations_tsv: written when given: one row per XML file found, matched to an item, ignored (a
+            radiograph reading), unmatched or rejected (malformed), with the reason
+            (:data:`ctdiff.data.annotations.ingest.DISCOVERY_COLUMNS`).
 
     Returns:
         The sorted item ids; empty (and an empty table written) when no series is usable. Whether an empty
@@ -314,10 +328,13 @@ def discover(
     if not root.is_dir():
         raise ValueError(f"DICOM root {root} is not a folder")
 
-    found, skipped = _scan(root)
+    found, skipped, xml = _scan(root)
     items, decisions = _choose(found, series)
     item_of = {s.uid: item for item, s in items.items()}
     _log_counts(root, found, skipped, decisions, len(items))
+    annotations, xml_rows = assign_xml(root, xml, item_of, decisions)
+    if annotations_tsv is not None:
+        write_tsv(annotations_tsv, xml_rows, DISCOVERY_COLUMNS)
 
     rows = []
     for s in sorted(found.values(), key=lambda s: (s.patient, s.uid)):
@@ -359,6 +376,7 @@ def discover(
             "columns": s.columns,
             "folder": s.folder,
             "files": sorted(s.files),
+            "annotations": annotations.get(item, []),
         }
         for item, s in sorted(items.items())
     }

@@ -185,19 +185,29 @@ def preprocess(
 
     image = read_ras_windowed(in_nifti, lo, hi)
     origin, spacing = output_grid(image, int(size), spacing_mm)
-    fill = float(np.clip(AIR_HU, lo, hi))
-    resample = _resample_by_axis if _has_ras_axes(image) else _resample_at_once
-    resampled = resample(image, int(size), origin, spacing, fill)
+    resampled = resample_onto(image, int(size), origin, spacing, float(np.clip(AIR_HU, lo, hi)))
 
     # SimpleITK arrays are [k, j, i]; nibabel's are [i, j, k] = [X, Y, Z].
     hu = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
     scaled = np.clip((hu - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    save_volume(out_nifti, scaled.astype(np.float32, copy=False), cube_affine(origin, spacing))
 
+
+def resample_onto(image: sitk.Image, size: int, origin: np.ndarray, spacing: np.ndarray,
+                  fill: float) -> sitk.Image:
+    """Steps 3-4 for a float32 RAS-ordered ``image``: anti-alias and resample linearly onto the ``size``³
+    grid ``origin`` / ``spacing`` (LPS mm, :func:`output_grid`), ``fill`` outside the input."""
+    resample = _resample_by_axis if _has_ras_axes(image) else _resample_at_once
+    return resample(image, int(size), np.asarray(origin, float), np.asarray(spacing, float), fill)
+
+
+def cube_affine(origin: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """The NIfTI affine (RAS+ mm) of an output grid with LPS ``origin`` and ``spacing`` (:func:`output_grid`)."""
     lps_to_ras = np.diag([-1.0, -1.0, 1.0])
     affine = np.eye(4)
     affine[:3, :3] = lps_to_ras @ _RAS_DIRECTION @ np.diag(spacing)
     affine[:3, 3] = lps_to_ras @ origin
-    save_volume(out_nifti, scaled.astype(np.float32, copy=False), affine)
+    return affine
 
 
 def to_model_range(volume: np.ndarray) -> np.ndarray:

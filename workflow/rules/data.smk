@@ -12,6 +12,7 @@ if DICOM.phantom:
             n_patients=CFG.data.n_patients,
             seed=CFG.data.seed,
             matrix=CFG.data.phantom_matrix,
+            nodules=CFG.data.phantom_nodules,
         log:
             f"{R}/logs/phantom.log",
         conda:
@@ -26,6 +27,7 @@ checkpoint discover:
     output:
         inventory=f"{R}/qc/inventory.tsv",
         series=f"{R}/discover/series.json",
+        annotations=f"{R}/qc/annotations.tsv",
     params:
         root=lambda wildcards, input: input[0] if input else DICOM.root,  # a tree this run writes is the input
         series=CFG.data.series,
@@ -38,7 +40,8 @@ checkpoint discover:
 
 
 # One job per chosen item that always succeeds on bad data: it writes the QC row (converted, or rejected
-# with the reason) and a folder holding the volume only when it was converted. Convert and preprocess
+# with the reason) and a folder holding the volume only when it was converted, with the nodule mask and
+# table of the series' LIDC annotation XML beside it (empty without XML). Convert and preprocess
 # declare the memory their item's series needs (ctdiff.plan.ingest_mem_mb), so that Snakemake runs jobs
 # together only within --resources mem_mb=...
 rule convert:
@@ -50,6 +53,7 @@ rule convert:
     params:
         root=DICOM.root,
         recover_stacks=CFG.data.recover_stacks,
+        nodule_consensus=CFG.data.nodule_consensus,
     resources:
         mem_mb=lambda wildcards, input: ingest_mem_mb("convert", input.series, wildcards.item),
     log:
@@ -81,7 +85,9 @@ rule preprocess:
     input:
         nifti=f"{R}/nifti/{{item}}",
     output:
-        f"{R}/preprocessed/{{item}}.nii.gz",
+        volume=f"{R}/preprocessed/{{item}}.nii.gz",
+        nodules=f"{R}/preprocessed/nodules/{{item}}.nii.gz",
+        table=f"{R}/preprocessed/nodules/{{item}}.tsv",
     params:
         preprocess=section("preprocess"),
     resources:

@@ -12,5 +12,6 @@ row = convert_or_reject(
     Path(snakemake.output.nifti),
     Path(snakemake.output.qc),
     recover_stacks=snakemake.params.recover_stacks,
+    nodule_consensus=snakemake.params.nodule_consensus,
 )
 print(f"{row['item']}: {row['decision']} {row['reason']}".rstrip())

@@ -10,5 +10,6 @@ items = discover(
     Path(snakemake.output.inventory),
     Path(snakemake.output.series),
     series=snakemake.params.series,
+    annotations_tsv=Path(snakemake.output.annotations),
 )
 print(f"{len(items)} items chosen")

@@ -6,5 +6,5 @@ from ctdiff.logs import to_file
 
 to_file(snakemake.log[0])
 p = snakemake.params
-patients = write_cohort(Path(snakemake.output[0]), p.n_patients, p.seed, matrix=p.matrix)
+patients = write_cohort(Path(snakemake.output[0]), p.n_patients, p.seed, matrix=p.matrix, nodules=p.nodules)
 print(f"wrote {len(patients)} phantom patients")

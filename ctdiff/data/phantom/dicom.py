@@ -21,7 +21,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds as _ds  # a float as a DICOM decimal string of <= 16 chars
 
-from ctdiff.data.phantom.scan import PADDING_RAW, RESCALE_INTERCEPT, phantom_volume
+from ctdiff.data.annotations.lidc_xml import NAMESPACE, lidc_xml
+from ctdiff.data.phantom.nodules import reader_sessions
+from ctdiff.data.phantom.scan import PADDING_RAW, RESCALE_INTERCEPT, phantom_scan
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def _patient_number(patient_id: str) -> int:
 
 
 def write_patient(root: Path, patient_id: str, rng: np.random.Generator, *, matrix: int = 512,
-                  n_slices: int | None = None) -> None:
+                  n_slices: int | None = None, nodules: bool = True) -> None:
     """Write one patient as ``root/<PatientID>/<StudyInstanceUID>/<SeriesInstanceUID>/<NNNN>.dcm``.
 
     The main axial CT series (matrix x matrix pixels, ~105-290 slices) is always the series with most images.
@@ -126,7 +128,9 @@ def write_patient(root: Path, patient_id: str, rng: np.random.Generator, *, matr
     (ImageType LOCALIZER) in the same study; patients numbered 1, 5, 9, ... get a one-image CR radiograph
     in a second study. Slices are written in one z order, ascending or descending per patient.
     ``n_slices`` fixes the number of axial slices (e.g. for a benchmark) instead of drawing it; every other
-    setting is drawn as usual.
+    setting is drawn as usual. With ``nodules`` the scan holds nodules (:mod:`ctdiff.data.phantom.nodules`)
+    and its folder an LIDC annotation XML of four simulated readers (``{number:03d}.xml``); a radiograph's
+    folder holds a radiograph reading's XML (root ``IdriReadMessage``), as in LIDC-IDRI.
     """
     if matrix < 16:
         raise ValueError(f"matrix must be >= 16 pixels, got {matrix}")
@@ -135,12 +139,18 @@ def write_patient(root: Path, patient_id: str, rng: np.random.Generator, *, matr
     acq = _draw_acquisition(rng, matrix)
     if n_slices is not None:
         acq = replace(acq, shape=(int(n_slices), matrix, matrix))
-    volume = phantom_volume(rng, acq.shape, acq.spacing, body_scale=acq.body_scale)
+    volume, drawn, reader_rng = phantom_scan(rng, acq.shape, acq.spacing, body_scale=acq.body_scale,
+                                             nodules=nodules)
     number, key, folder = _patient_number(patient_id), acq.uid_key, Path(root) / patient_id
     study, main = _uid(patient_id, key, "study"), _uid(patient_id, key, "series", "ct")
     ds = _dataset(patient_id, study, main, 2, "CT", "CHEST CT (phantom)")
     _write_ct_series(folder / study / main, ds, volume, acq, list(range(acq.shape[0])), patient_id,
                      ["ORIGINAL", "PRIMARY", "AXIAL"])
+    if nodules:
+        sessions = reader_sessions(reader_rng, drawn, pixel_mm=(acq.spacing[2], acq.spacing[1]),
+                                   matrix=acq.shape[1:], slice_z=np.arange(acq.shape[0]) * acq.spacing[0],
+                                   z0=acq.z0, sop_uid=lambda k: _uid(patient_id, key, main, k))
+        (folder / study / main / f"{number % 1000:03d}.xml").write_bytes(lidc_xml(main, study, sessions))
     if (number - 1) % 3 == 0:
         scout, n = _uid(patient_id, key, "series", "localizer"), acq.shape[0]
         _write_ct_series(folder / study / scout, _dataset(patient_id, study, scout, 1, "CT", "LOCALIZER"), volume,
@@ -149,9 +159,15 @@ def write_patient(root: Path, patient_id: str, rng: np.random.Generator, *, matr
         cr_study, cr_series = _uid(patient_id, key, "study", "cr"), _uid(patient_id, key, "series", "cr")
         ds = _dataset(patient_id, cr_study, cr_series, 1, "CR", "CHEST AP")
         _write_radiograph(folder / cr_study / cr_series, ds, volume, acq, patient_id)
+        if nodules:
+            (folder / cr_study / cr_series / f"{number % 1000:03d}.xml").write_text(
+                f'<?xml version="1.0" encoding="UTF-8"?>\n<IdriReadMessage xmlns="{NAMESPACE}">\n'
+                f"  <ResponseHeader><StudyInstanceUID>{cr_study}</StudyInstanceUID></ResponseHeader>\n"
+                "  <CXRreadingSession><servicingRadiologistID>reader-1</servicingRadiologistID></CXRreadingSession>\n"
+                "</IdriReadMessage>\n", encoding="utf-8")
 
 
-def write_cohort(root: Path, n_patients: int, seed: int, *, matrix: int = 512) -> list[str]:
+def write_cohort(root: Path, n_patients: int, seed: int, *, matrix: int = 512, nodules: bool = True) -> list[str]:
     """Write n_patients under root, return the sorted list of patient IDs (e.g. 'PHANTOM-0001').
 
     Patient i (0-based, ID number i + 1) is drawn from ``np.random.default_rng([seed, i])``, so it is the
@@ -161,5 +177,5 @@ def write_cohort(root: Path, n_patients: int, seed: int, *, matrix: int = 512) -
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
     ids = [f"PHANTOM-{i + 1:04d}" for i in range(n_patients)]
     for i, patient_id in enumerate(ids):
-        write_patient(Path(root), patient_id, np.random.default_rng([seed, i]), matrix=matrix)
+        write_patient(Path(root), patient_id, np.random.default_rng([seed, i]), matrix=matrix, nodules=nodules)
     return sorted(ids)

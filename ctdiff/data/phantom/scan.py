@@ -12,6 +12,7 @@ import numpy as np
 
 from ctdiff.data.phantom.anatomy import (AIR, BLOOD, CANCELLOUS, CARTILAGE, FAT, LIVER, LUNG, MUSCLE, RIB, SOFT,
                                          Chest, draw_chest, lung_mask)
+from ctdiff.data.phantom.nodules import PhantomNodule, draw_nodules, paint
 
 RESCALE_INTERCEPT = -1024
 PADDING_RAW = -2000                              # stored value outside the reconstruction circle
@@ -54,12 +55,18 @@ def _paint_heart_and_vessels(chest: Chest, img: np.ndarray, z: float) -> None:
         np.copyto(img, AIR, where=d < radius)
 
 
+def _lung_scales(chest: Chest, z: float) -> tuple[float, float]:
+    """The lungs' apex taper and the cavity's scale at height z."""
+    marks = chest.marks
+    s_lung = float(np.clip((marks.apex - z) / marks.apex_taper, 0, 1)) ** 0.6
+    return s_lung, (0.55 + 0.45 * s_lung if z > marks.recess else 1.0)
+
+
 def _render(chest: Chest, k: int) -> np.ndarray:
     """HU slice k, float32 [Y, X], before noise and field-of-view padding (painter's order)."""
     body, marks, ribs, spine = chest.body, chest.marks, chest.ribs, chest.spine
     z, img = float(chest.z[k]), chest.table.copy()
-    s_lung = float(np.clip((marks.apex - z) / marks.apex_taper, 0, 1)) ** 0.6
-    s_cav = 0.55 + 0.45 * s_lung if z > marks.recess else 1.0
+    s_lung, s_cav = _lung_scales(chest, z)
     s_body = 1 - 0.07 * np.clip((z - marks.apex + 30) / 60, 0, 1)      # neck narrower than chest
     np.copyto(img, FAT, where=body.outline < s_body)
     np.copyto(img, MUSCLE, where=body.outline < s_body - body.fat_depth)
@@ -95,7 +102,15 @@ def _render(chest: Chest, k: int) -> np.ndarray:
 
 
 def phantom_volume(rng: np.random.Generator, shape_zyx: tuple[int, int, int],
-                   spacing_zyx: tuple[float, float, float], *, body_scale: float = 1.0) -> np.ndarray:
+                   spacing_zyx: tuple[float, float, float], *, body_scale: float = 1.0,
+                   nodules: bool = False) -> np.ndarray:
+    """The HU volume of :func:`phantom_scan` (with its nodules painted when ``nodules``)."""
+    return phantom_scan(rng, shape_zyx, spacing_zyx, body_scale=body_scale, nodules=nodules)[0]
+
+
+def phantom_scan(rng: np.random.Generator, shape_zyx: tuple[int, int, int],
+                 spacing_zyx: tuple[float, float, float], *, body_scale: float = 1.0,
+                 nodules: bool = True) -> tuple[np.ndarray, list[PhantomNodule], np.random.Generator]:
     """int16 HU array [Z, Y, X] in DICOM patient frame (LPS): column index x increases toward patient Left,
     row index y toward Posterior, z index toward Superior (slice k at z = z0 + k*dz).
 
@@ -104,11 +119,17 @@ def phantom_volume(rng: np.random.Generator, shape_zyx: tuple[int, int, int],
     ``body_scale`` (~0.85-1.15) scales the patient's in-plane size; the lungs span ~80% of the z extent.
     Noise is white, Gaussian, 10-20 HU (drawn per patient): each slice takes a random window of a bank of
     4 slices' worth of normal numbers drawn after the anatomy.
+
+    Returns the volume, its nodules (:mod:`ctdiff.data.phantom.nodules`; empty unless ``nodules``) and the
+    generator their readers are drawn from. The nodules come from a generator of their own, seeded from
+    ``rng`` right after the anatomy whether or not they are drawn, and are painted (with noise of the
+    scan's level) after the scan, so switching them off changes no other voxel.
     """
     if min(shape_zyx) < 1 or min(spacing_zyx) <= 0 or body_scale <= 0:
         raise ValueError(f"need a positive shape, spacing and body_scale, got {shape_zyx}, {spacing_zyx}, {body_scale}")
     (_, ny, nx), (_, dy, dx) = shape_zyx, spacing_zyx
     chest = draw_chest(rng, shape_zyx, spacing_zyx, body_scale)
+    nodule_rng = np.random.default_rng(int(rng.integers(2 ** 63)))
     noise_sd, noise_bank = rng.uniform(10, 20), rng.standard_normal(4 * ny * nx, dtype=np.float32)
     outside = np.broadcast_to(np.hypot(chest.x, chest.y) > min(nx * dx, ny * dy) / 2, (ny, nx))
     out = np.empty(shape_zyx, np.int16)
@@ -118,4 +139,6 @@ def phantom_volume(rng: np.random.Generator, shape_zyx: tuple[int, int, int],
         np.clip(np.rint(hu, out=hu), *HU_RANGE, out=hu)
         hu[outside] = PADDING_HU
         out[k] = hu
-    return out
+    drawn = draw_nodules(nodule_rng, chest, out, float(spacing_zyx[0])) if nodules else []
+    paint(out, chest, drawn, nodule_rng, noise_sd, HU_RANGE)
+    return out, drawn, nodule_rng
