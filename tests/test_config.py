@@ -206,7 +206,8 @@ def test_schema_enums_are_the_option_sets():
     from ctdiff.metrics.med3d import DEPTHS
 
     option_sets = {options.Sampler, options.Precision, options.TrainPrecision, options.Objective,
-                   options.BetaSchedule, options.LrSchedule, options.Source, options.SeriesChoice, options.Normalise}
+                   options.BetaSchedule, options.LrSchedule, options.Source, options.SeriesChoice, options.Normalise,
+                   options.Representation}
     literals = 0
     for path, cls, obj in _sections():
         hints = get_type_hints(cls)
@@ -217,7 +218,7 @@ def test_schema_enums_are_the_option_sets():
                 assert tuple(prop["enum"]) == get_args(hints[name]), f"{path}.{name}"
             elif "enum" in prop:
                 assert (path, name) == ("evaluate", "med3d_depth") and tuple(prop["enum"]) == DEPTHS
-    assert literals == 10
+    assert literals == 11
     assert options.SAMPLERS == ("ddpm", "ddim", "dpmpp") and options.PRECISIONS == ("fp32", "bf16")
     assert options.TRAIN_PRECISIONS == ("fp32", "bf16", "auto")  # sampling has no auto
     assert options.NORMALISE == get_args(options.Normalise) and options.SOURCES == get_args(options.Source)

@@ -10,13 +10,15 @@ multistep solver of the diffusion ODE in the data-prediction form, which reuses 
 
 Clipping: the predicted ``x0`` is clamped to the data range ``[-1, 1]``; DDIM then re-derives ``ε``
 from the clamped ``x0``. Without that, the clamped ``x0`` and the unclamped ``ε`` disagree and
-deterministic DDIM returns noise.
+deterministic DDIM returns noise. ``clip`` is ``True`` (that clamp), ``False``, or a callable that maps
+``x0`` onto the data range in the space the chain runs in: with ``model.representation: wavelet`` the data
+range holds in voxel space, and :func:`ctdiff.model.representation.x0_clip` gives the projection.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,13 +34,23 @@ def _check_t(s: Schedule, t: int) -> None:
         raise ValueError(f"t must be in [0, {s.timesteps - 1}], got {t}")
 
 
+Clip = bool | Callable[[Tensor], Tensor]
+
+
+def _clip(x0: Tensor, clip: Clip) -> Tensor:
+    """``x0`` clipped as ``clip`` says: ``True`` clamps to ``[-1, 1]``, ``False`` leaves it, a callable maps it."""
+    if callable(clip):
+        return clip(x0)
+    return x0.clamp(-1.0, 1.0) if clip else x0
+
+
 def _batch_t(t: int, x: Tensor) -> Tensor:
     """The int ``t`` as a ``[B]`` int64 tensor on ``x``'s device."""
     return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
 
 
 def ddpm_step(
-    s: Schedule, eps: Tensor, t: int, x_t: Tensor, noise: Tensor | None, *, clip: bool = True
+    s: Schedule, eps: Tensor, t: int, x_t: Tensor, noise: Tensor | None, *, clip: Clip = True
 ) -> Tensor:
     """One ancestral step ``x_t → x_{t−1}`` (Ho et al. Algorithm 2, line 4).
 
@@ -52,8 +64,7 @@ def ddpm_step(
     _check_t(s, t)
     tb = _batch_t(t, x_t)
     x0 = predict_x0(s, x_t, tb, eps)
-    if clip:
-        x0 = x0.clamp(-1.0, 1.0)
+    x0 = _clip(x0, clip)
     mean, _, _ = q_posterior(s, x0, x_t, tb)
     if t == 0:
         return mean
@@ -71,7 +82,7 @@ def ddim_step(
     noise: Tensor | None,
     *,
     eta: float = 0.0,
-    clip: bool = True,
+    clip: Clip = True,
 ) -> Tensor:
     """One DDIM step ``x_t → x_{t_prev}`` (Song et al. eq. 12), ``t_prev < t``; ``t_prev = −1`` means
     ``ᾱ_prev = 1`` (the step lands on ``x0``).
@@ -91,8 +102,8 @@ def ddim_step(
         raise ValueError(f"eta must be >= 0, got {eta}")
     tb = _batch_t(t, x_t)
     x0 = predict_x0(s, x_t, tb, eps)
-    if clip:
-        x0 = x0.clamp(-1.0, 1.0)
+    if clip is not False:
+        x0 = _clip(x0, clip)
         eps = eps_from_x0(s, x_t, tb, x0)
 
     a_t = s.alphas_cumprod[t]
@@ -120,7 +131,7 @@ def dpmpp_2m_step(
     x0_last: Tensor | None = None,
     t_last: int | None = None,
     *,
-    clip: bool = True,
+    clip: Clip = True,
 ) -> tuple[Tensor, Tensor]:
     """One DPM-Solver++(2M) step ``x_t → x_{t_prev}``; returns ``(x_{t_prev}, x̂0_t)``.
 
@@ -139,8 +150,7 @@ def dpmpp_2m_step(
     if not -1 <= t_prev < t:
         raise ValueError(f"t_prev must be in [-1, {t - 1}] for t={t}, got {t_prev}")
     x0 = predict_x0(s, x_t, _batch_t(t, x_t), eps)
-    if clip:
-        x0 = x0.clamp(-1.0, 1.0)
+    x0 = _clip(x0, clip)
     if t_prev < 0:
         return x0, x0
     a_t, a_prev = float(s.alphas_cumprod[t]), float(s.alphas_cumprod[t_prev])
@@ -192,6 +202,7 @@ def sample(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    clip: Clip = True,
 ) -> Tensor:
     """Draw ``B = len(generators)`` samples of per-sample ``shape`` (``(C, D, H, W)``) → ``[B, *shape]``.
 
@@ -200,6 +211,8 @@ def sample(
     ``steps=None`` means every timestep. The model is called as ``model(x_t, t)`` with ``x_t`` in
     ``dtype`` and ``t`` ``[B]`` int64; the chain itself is kept in float32. The result is clamped to
     ``[-1, 1]``, the range the model was trained on. Put the model in eval mode before calling.
+    ``clip`` is each step's clip of the predicted ``x0`` and the final one (``True``: the clamp to ``[-1, 1]``;
+    a callable for another representation, see the module docstring).
     """
     if len(generators) == 0:
         raise ValueError("need at least one generator (one per sample)")
@@ -214,11 +227,11 @@ def sample(
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         if sampler == "ddpm":
             noise = _randn(tuple(shape), generators, device, state) if t > 0 else None
-            x = ddpm_step(s, eps, t, x, noise)
+            x = ddpm_step(s, eps, t, x, noise, clip=clip)
         elif sampler == "ddim":
             noise = _randn(tuple(shape), generators, device, state) if eta > 0 else None
-            x = ddim_step(s, eps, t, t_prev, x, noise, eta=eta)
+            x = ddim_step(s, eps, t, t_prev, x, noise, eta=eta, clip=clip)
         else:
-            x, x0_last = dpmpp_2m_step(s, eps, t, t_prev, x, x0_last, t_last)
+            x, x0_last = dpmpp_2m_step(s, eps, t, t_prev, x, x0_last, t_last, clip=clip)
             t_last = t
-    return x.clamp(-1.0, 1.0)
+    return _clip(x, clip if clip is not False else True)
