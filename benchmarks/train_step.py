@@ -163,7 +163,8 @@ def child(args: argparse.Namespace) -> dict:
         peak_gib = torch.cuda.max_memory_allocated() / 2**30
     else:
         peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    return {"variant": args.child, "batch": batch, "size": opts["size"], "representation": rep, "s_per_step": seconds, "warmup_s": warmup_s, "peak_gib": peak_gib,
+    return {"variant": args.child, "batch": batch, "size": opts["size"], "representation": rep,
+            "s_per_step": seconds, "warmup_s": warmup_s, "peak_gib": peak_gib,
             "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"}
 
 
