@@ -29,6 +29,7 @@ from ctdiff.options import (
     Normalise,
     Objective,
     Precision,
+    Representation,
     Sampler,
     SeriesChoice,
     Source,
@@ -70,6 +71,7 @@ class ModelConfig:
     res_blocks: int = 2
     attention: bool = False
     groups: int = 32
+    representation: Representation = "voxels"
 
 
 @dataclass(frozen=True)
@@ -408,12 +410,7 @@ def _check(cfg: Config) -> None:
     lo, hi = cfg.preprocess.hu_window
     if not lo < hi:
         raise ValueError(f"config: preprocess.hu_window must be [low, high] with low < high, got {[lo, hi]}")
-    factor = 2 ** (len(cfg.model.channels) - 1)
-    if cfg.preprocess.size % factor:
-        raise ValueError(
-            f"config: preprocess.size={cfg.preprocess.size} must be divisible by {factor} "
-            f"(2^(levels-1) for model.channels={list(cfg.model.channels)})"
-        )
+    check_network_size(cfg.preprocess.size, cfg.model.channels, cfg.model.representation)
     for c in cfg.model.channels:
         g = min(cfg.model.groups, c)
         if c % g:
@@ -435,6 +432,28 @@ def _check(cfg: Config) -> None:
         raise ValueError(f"config: figure.synthetic={cfg.figure.synthetic} must be below sample.n={cfg.sample.n}")
     _check_evaluate(cfg.evaluate, T)
     _check_kid(cfg)
+
+
+def check_network_size(size: int, channels: tuple[int, ...], representation: str, *, source: str = "config") -> int:
+    """The side the U-Net sees for ``preprocess.size`` voxels per side: ``size`` for ``voxels``, ``size / 2``
+    for ``wavelet`` (8 Haar sub-bands at half resolution), which must be divisible by ``2^(levels-1)``, the
+    U-Net's downsampling factor. Raises ``ValueError`` naming ``preprocess.size``, ``model.representation`` and
+    ``model.channels`` (prefixed by ``source``: the config, or a checkpoint read back)."""
+    factor = 2 ** (len(channels) - 1)
+    levels = f"2^(levels-1) for model.channels={list(channels)}"
+    if representation == "wavelet":
+        if size % 2:
+            raise ValueError(f"{source}: preprocess.size={size} is odd, but model.representation: wavelet halves "
+                             "every axis (8 Haar sub-bands at half resolution): preprocess.size must be even")
+        side = size // 2
+        if side % factor:
+            raise ValueError(f"{source}: preprocess.size={size} with model.representation: wavelet gives the "
+                             f"U-Net {side}^3 voxels, which must be divisible by {factor} ({levels}): choose "
+                             f"preprocess.size divisible by {2 * factor} or fewer model.channels levels")
+        return side
+    if size % factor:
+        raise ValueError(f"{source}: preprocess.size={size} must be divisible by {factor} ({levels})")
+    return size
 
 
 def _check_sampler_steps(key: str, sampler: str, steps: int | None, eta: float, T: int,

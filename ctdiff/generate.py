@@ -42,6 +42,7 @@ from ctdiff.data.preprocess import from_model_range, to_hu
 from ctdiff.diffusion.samplers import network_evaluations, sample
 from ctdiff.io import atomic_path, file_sha256, load_volume, save_volume, write_json
 from ctdiff.machine import describe
+from ctdiff.model import representation
 from ctdiff.options import PRECISIONS, check_sampler_fits
 
 
@@ -108,6 +109,10 @@ def generate(
         raise ValueError(f"checkpoint {checkpoint} records no hu_window, so its samples cannot be written in HU")
     size = cfg.data.size
     affine = sample_affine(np.asarray(cfg.data.affine), size)
+    # The chain runs in the checkpoint's representation (voxels, or 8 Haar sub-bands at half resolution); its
+    # x0 clip keeps the voxels in [-1, 1], and the final x0 goes back to voxels.
+    rep = cfg.model.representation
+    shape = representation.network_shape(rep, size)
 
     key_fields = {"checkpoint_sha256": file_sha256(Path(checkpoint)), "sampler": settings.sampler,
                   "steps": settings.steps, "eta": settings.eta, "seed": settings.seed}
@@ -133,10 +138,11 @@ def generate(
         chunk = mine[start : start + settings.batch_size]
         began = time.perf_counter()
         x = sample(
-            forward, schedule, (1, size, size, size), [sample_generator(settings.seed, i) for i in chunk],
+            forward, schedule, shape, [sample_generator(settings.seed, i) for i in chunk],
             sampler=settings.sampler, steps=settings.steps, eta=settings.eta, objective=objective, device=dev,
-            progress=progress and state.is_local_main_process,
+            progress=progress and state.is_local_main_process, clip=representation.x0_clip(rep),
         )
+        x = representation.decode(x, rep).clamp(-1.0, 1.0)  # voxels: x unchanged (already clamped)
         volumes = from_model_range(x.float().cpu().numpy()[:, 0]).astype(np.float32)  # .cpu() waits for the device
         seconds = (time.perf_counter() - began) / len(chunk)
         for i, volume in zip(chunk, volumes):
