@@ -14,6 +14,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/reader.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -22,5 +23,6 @@ rule all:
         f"{R}/figures/figure1.png",
         f"{R}/report.md",
         f"{R}/report.html",
+        f"{R}/reader/study.zip",  # the blinded reader study, to send; its analysis is in the report
         sampler_table_input(),  # the sampler comparison, when evaluate.compare_samplers names one
     default_target: True

@@ -11,7 +11,16 @@ from snakemake.utils import min_version, validate
 
 from ctdiff.config import from_dict, to_dict
 from ctdiff.options import TAG_REGEX
-from ctdiff.plan import comparison_runs, compared_sample, converted_items, dicom_tree, sample_files, sample_options
+from ctdiff.plan import (
+    answer_files,
+    answers_folder,
+    comparison_runs,
+    compared_sample,
+    converted_items,
+    dicom_tree,
+    sample_files,
+    sample_options,
+)
 
 min_version("9.0")
 
