@@ -73,7 +73,7 @@ def auc_delong(positive: Sequence[float], negative: Sequence[float], level: floa
         var = psi.mean(axis=1).var(ddof=1) / len(x) + psi.mean(axis=0).var(ddof=1) / len(y)
         se = float(np.sqrt(var))
         z = stats.norm.ppf(0.5 + level / 2)
-        out.update(se=se, low=max(0.0, auc - z * se), high=min(1.0, auc + z * se))
+        out.update(se=se, low=float(max(0.0, auc - z * se)), high=float(min(1.0, auc + z * se)))
     return out
 
 

@@ -184,14 +184,15 @@ def write_study(test_ids_txt: Path, volumes: Path, synthetic: list[Path], settin
     results = Path(out_key).parent.parent
     study, cases = choose_cases(read_ids(test_ids_txt), Path(volumes), [Path(p) for p in synthetic], settings,
                                 results)
-    shape, compressed = None, {}
+    shapes, compressed = {}, {}
     for case in cases:
-        case_shape, compressed[case.id] = case_payload(case.path, settings, hu_window)
-        if shape is None:
-            shape = case_shape
-        elif case_shape != shape:
-            raise ValueError(f"{case.path}: volume of shape {case_shape}, the study's other volumes are {shape}; "
-                             "every case must have the same size")
+        shapes[case.path], compressed[case.id] = case_payload(case.path, settings, hu_window)
+    first = cases[0].path
+    for path, case_shape in shapes.items():
+        if case_shape != shapes[first]:
+            raise ValueError(f"{path}: volume of shape {case_shape} (display order) but {first} has "
+                             f"{shapes[first]}; every case must have the same size")
+    shape = shapes[first]
     length = max(len(c) for c in compressed.values())
     rng = np.random.default_rng([settings.seed, int(study, 16)])
     files = {name: resources.files("ctdiff.reader").joinpath("page", name).read_bytes() for name in PAGE_FILES}
