@@ -86,9 +86,9 @@ def test_bad_answer_files_are_reported_by_name_and_the_rest_analysed(tmp_path, k
         # another study
         export_json(folder / "carl.json", "Carl", ANNA, study="ffffffffffff"),
         # an unknown case id, c2 twice with different answers, c3 twice with the same, c6 missing, c5 invalid
-        export_csv(folder / "dora.csv", "Dora", [("c1", "real", 3, ""), ("c2", "real", 2, ""), ("c2", "synthetic", 2, ""),
-                                                 ("c3", "real", 4, ""), ("c3", "real", 4, ""), ("c4", "real", 1, ""),
-                                                 ("c5", "maybe", 3, ""), ("zz99", "real", 1, "")]),
+        export_csv(folder / "dora.csv", "Dora", [
+            ("c1", "real", 3, ""), ("c2", "real", 2, ""), ("c2", "synthetic", 2, ""), ("c3", "real", 4, ""),
+            ("c3", "real", 4, ""), ("c4", "real", 1, ""), ("c5", "maybe", 3, ""), ("zz99", "real", 1, "")]),
         folder / "notes.json",
     ]
     files[-1].write_text("{not json")

@@ -43,8 +43,9 @@ def reader_section(analysis: dict[str, Any], study_folder: str) -> tuple[str, Ta
                        [(p["file"], p["reader"], p["problem"]) for p in a["problems"]], "reader-problems"))
     if not a["readers"]:
         files = len(a["answer_files"])
-        return (f"{intro} No answers yet{f' ({files} file(s) found, none usable)' if files else ''}: put the "
-                f"readers' exported answer files (JSON or CSV) in {a['answers_folder']} and rerun the workflow."), tables
+        found = f" ({files} file(s) found, none usable)" if files else ""
+        return (f"{intro} No answers yet{found}: put the readers' exported answer files (JSON or CSV) in "
+                f"{a['answers_folder']} and rerun the workflow."), tables
     pooled = a["pooled"]
     syn = [c for c in a["cases"] if c["truth"] == "synthetic" and c["readings"]]
     fooled = sum(c["fooled"] for c in syn)

@@ -118,7 +118,8 @@ def choose_cases(test_ids: list[str], volumes: Path, synthetic: list[Path], sett
     """(study id, cases in reading order). ``n_real`` of the held-out ``test_ids`` (``volumes/<id>.nii.gz``)
     and ``n_synthetic`` of ``synthetic`` are drawn without replacement and shuffled, all from
     ``settings.seed``. The study id hashes the settings and the chosen files' bytes, so the same volumes give
-    the same study; case ids hash the study id and the reading position, so they say nothing of the truth.
+    the same study (``answers`` is left out); case ids hash the study id and the reading position, so they say
+    nothing of the truth.
 
     Raises ``ValueError`` naming ``reader_study.n_cases`` / ``synthetic_fraction`` when the held-out set or
     the sample set holds too few volumes."""
@@ -136,7 +137,8 @@ def choose_cases(test_ids: list[str], volumes: Path, synthetic: list[Path], sett
     fake = [sorted(synthetic)[i] for i in sorted(rng.choice(len(synthetic), n_synthetic, replace=False))]
     chosen = [("real", Path(volumes) / f"{i}.nii.gz") for i in real] + [("synthetic", Path(p)) for p in fake]
     chosen = [chosen[i] for i in rng.permutation(len(chosen))]
-    digest = hashlib.sha256(json.dumps(to_dict(settings), sort_keys=True).encode())
+    study_settings = {k: v for k, v in to_dict(settings).items() if k != "answers"}  # where answers go changes nothing
+    digest = hashlib.sha256(json.dumps(study_settings, sort_keys=True).encode())
     for truth, path in chosen:
         digest.update(f"{truth}:{file_sha256(path)}\n".encode())
     study = digest.hexdigest()[:12]

@@ -107,3 +107,8 @@ def evaluate_settings():
 def sampler_table_input(wildcards=None):
     """samplers.tsv when a comparison is configured, else nothing (the report then has no sampler table)."""
     return [f"{R}/metrics/samplers.tsv"] if COMPARE else []
+
+
+def study_settings():
+    """The reader_study section without answers: where answers are collected changes no study."""
+    return {k: v for k, v in section("reader_study").items() if k != "answers"}

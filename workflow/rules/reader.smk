@@ -12,7 +12,7 @@ rule reader_study:
         zip=f"{R}/reader/study.zip",
         key=f"{R}/reader/key.json",
     params:
-        reader_study=section("reader_study"),
+        reader_study=study_settings(),
         hu_window=list(CFG.preprocess.hu_window),
         volumes=f"{R}/preprocessed",
     log:

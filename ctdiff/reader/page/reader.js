@@ -48,7 +48,10 @@ function readerState(name) {
   return s && typeof s === "object" && s.answers ? s : {position: 0, answers: {}, exported: null};
 }
 function persist() { save("answers:" + reader, state); }
-function answerOf(id) { return state.answers[id] || (state.answers[id] = {answer: null, confidence: null, comment: "", seconds: 0}); }
+function answerOf(id) {
+  if (!state.answers[id]) state.answers[id] = {answer: null, confidence: null, comment: "", seconds: 0};
+  return state.answers[id];
+}
 function complete(a) { return !!(a && a.answer && a.confidence); }
 function answeredCount() { return STUDY.cases.filter((id) => complete(state.answers[id])).length; }
 
@@ -189,8 +192,10 @@ function renderPanel() {
   const id = STUDY.cases[state.position];
   const a = answerOf(id);
   $("#case-title").textContent = "Case " + (state.position + 1) + " of " + n;
-  document.querySelectorAll("#answer button").forEach((b) => b.classList.toggle("selected", b.dataset.answer === a.answer));
-  document.querySelectorAll("#confidence button").forEach((b) => b.classList.toggle("selected", +b.dataset.confidence === a.confidence));
+  document.querySelectorAll("#answer button").forEach(
+    (b) => b.classList.toggle("selected", b.dataset.answer === a.answer));
+  document.querySelectorAll("#confidence button").forEach(
+    (b) => b.classList.toggle("selected", +b.dataset.confidence === a.confidence));
   if (document.activeElement !== $("#comment")) $("#comment").value = a.comment || "";
   $("#prev").disabled = state.position === 0;
   const done = answeredCount();
@@ -270,12 +275,15 @@ function exportCSV() {
   const exported = new Date().toISOString();
   const head = ["study", "reader", "case", "position", "answer", "confidence", "comment", "seconds", "exported"];
   const lines = [head.join(",")].concat(exportRows().map((r) =>
-    [STUDY.study, reader, r.case, r.position, r.answer, r.confidence, r.comment, r.seconds, exported].map(csvField).join(",")));
+    [STUDY.study, reader, r.case, r.position, r.answer, r.confidence, r.comment, r.seconds, exported]
+      .map(csvField).join(",")));
   download(lines.join("\r\n") + "\r\n", "text/csv", "csv");
 }
 
 // ---- input ---------------------------------------------------------------------------------------------
-function typing(target) { return target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT") && target.type !== "range"; }
+function typing(target) {
+  return target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT") && target.type !== "range";
+}
 
 views.forEach((view, p) => {
   view.addEventListener("wheel", (ev) => {
@@ -309,9 +317,14 @@ document.addEventListener("keydown", (ev) => {
   ev.preventDefault();
 });
 
-document.querySelectorAll("#answer button").forEach((b) => b.addEventListener("click", () => setAnswer("answer", b.dataset.answer)));
-document.querySelectorAll("#confidence button").forEach((b) => b.addEventListener("click", () => setAnswer("confidence", +b.dataset.confidence)));
-$("#comment").addEventListener("input", (ev) => { answerOf(STUDY.cases[state.position]).comment = ev.target.value; persist(); });
+document.querySelectorAll("#answer button").forEach(
+  (b) => b.addEventListener("click", () => setAnswer("answer", b.dataset.answer)));
+document.querySelectorAll("#confidence button").forEach(
+  (b) => b.addEventListener("click", () => setAnswer("confidence", +b.dataset.confidence)));
+$("#comment").addEventListener("input", (ev) => {
+  answerOf(STUDY.cases[state.position]).comment = ev.target.value;
+  persist();
+});
 $("#prev").addEventListener("click", () => show(state.position - 1));
 $("#next").addEventListener("click", next);
 $("#export-json").addEventListener("click", exportJSON);
@@ -329,6 +342,7 @@ function startScreen() {
   $("#start").hidden = false;
   $("#reader-box").hidden = true;
   $("#progress").hidden = true;
+  $("#study-size").textContent = "Study " + STUDY.study + ": " + STUDY.cases.length + " cases.";
   $("#reader-name").value = reader;
   $("#resume-note").textContent = reader ? "Answers are kept per name: enter the same name to continue." : "";
   $("#reader-name").focus();
@@ -362,8 +376,13 @@ $("#start-form").addEventListener("submit", (ev) => {
 function init() {
   const problems = [];
   if (!STUDY) problems.push("study.js is missing: open index.html inside the unpacked study folder.");
-  if (typeof DecompressionStream === "undefined") problems.push("This browser is too old to open the study: use a current Chrome, Edge, Firefox or Safari.");
-  if (!store) problems.push("This browser does not let the page keep your answers (private window or disabled storage): download them before closing the tab.");
+  if (typeof DecompressionStream === "undefined") {
+    problems.push("This browser is too old to open the study: use a current Chrome, Edge, Firefox or Safari.");
+  }
+  if (!store) {
+    problems.push("This browser does not let the page keep your answers (private window or disabled storage): " +
+                  "download them before closing the tab.");
+  }
   if (problems.length) { $("#warning").textContent = problems.join(" "); $("#warning").hidden = false; }
   if (!STUDY || typeof DecompressionStream === "undefined") return;
   if (reader) startReading(reader); else startScreen();
