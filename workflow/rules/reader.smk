@@ -33,6 +33,7 @@ rule reader_analysis:
         readers=f"{R}/reader/readers.tsv",
     params:
         folder=answers_folder(CFG),
+        level=CFG.evaluate.ci_level,  # the run's interval level
     log:
         f"{R}/logs/reader_analysis.log",
     conda:

@@ -12,4 +12,5 @@ write_analysis(
     Path(snakemake.output.json),
     Path(snakemake.output.cases),
     Path(snakemake.output.readers),
+    level=snakemake.params.level,
 )
