@@ -43,7 +43,7 @@ def export_csv(path, reader, answers, study=STUDY):
 
 ANNA = [("c1", "synthetic", 5, ""), ("c2", "real", 4, ""), ("c3", "real", 2, "looks right"),
         ("c4", "real", 5, ""), ("c5", "synthetic", 1, ""), ("c6", "synthetic", 3, "")]
-BEN = [("c1", "real", 3, ""), ("c2", "real", 2, ""), ("c3", "real", 4, ""), ("c4", "synthetic", 2, ""),
+BEN = [("c1", "real", 3, 'grain "too regular",\nbut vessels fine'), ("c2", "real", 2, ""), ("c3", "real", 4, ""), ("c4", "synthetic", 2, ""),
        ("c5", "real", 5, ""), ("c6", "synthetic", 4, "")]
 
 
@@ -66,13 +66,16 @@ def test_per_reader_pooled_and_per_case(tmp_path, key):
     cases = {c["case"]: c for c in result["cases"]}
     assert cases["c3"]["fooled"] == 2 and cases["c1"]["fooled"] == 1 and cases["c5"]["fooled"] == 1
     assert [c["case"] for c in result["cases"]][:3] == ["c3", "c1", "c6"]  # synthetic, most convincing first
-    assert result["comments"] == [{"reader": "Anna", "case": "c3", "truth": "synthetic", "answer": "real",
-                                   "comment": "looks right"}]
+    assert result["comments"] == [
+        {"reader": "Anna", "case": "c3", "truth": "synthetic", "answer": "real", "comment": "looks right"},
+        {"reader": "Ben", "case": "c1", "truth": "synthetic", "answer": "real",
+         "comment": 'grain "too regular",\nbut vessels fine'}]
     rows = (tmp_path / "r.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in rows] == ["reader", "Anna", "Ben", "pooled"]
     text, tables = reader_section(result, "results/reader/study")
     assert "2 reader(s), 12 readings" in text and "Fleiss' κ" in text
     assert [t[3] for t in tables] == ["reader-study", "reader-cases", "reader-comments"]
+    assert '"too regular"' in (tmp_path / "a.json").read_text().replace('\\"', '"')
 
 
 def test_bad_answer_files_are_reported_by_name_and_the_rest_analysed(tmp_path, key):

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is n
 SHAPE = (20, 16, 12)  # R, A, S voxels
 HU = (-1000.0, 400.0)
 SETTINGS = ReaderStudyConfig(n_cases=6, synthetic_fraction=0.34)
+COMMENT = 'soft tissue, "painted"\nedges too sharp'  # a comma, quotes and a line break survive the CSV
 PLAN = [("synthetic", 4), ("real", 2), ("real", 5), ("synthetic", 1), ("real", 3), ("synthetic", 5)]
 
 
@@ -123,9 +124,10 @@ def test_a_reader_reads_answers_reloads_and_exports(study, tmp_path):
         np.testing.assert_array_equal(canvas(b, "axial"), expected(source[0], "axial", 1, mediastinal))
         b.wheel('.view[data-plane="sagittal"] canvas', -100)
         assert slice_text(b, "sagittal") == "10 / 20"
-        # a comment, then the first three answers
+        # a comment (the keys typed into it answer nothing), then the first three answers
         b.click("#comment")
-        b.type_text("soft tissue looks painted")
+        b.type_text(COMMENT[:-1])
+        b.press(COMMENT[-1])  # "p" types into the comment; it does not go to the previous case
         b.press("Escape")
         for position in range(3):
             wait_drawn(b, position)
@@ -146,7 +148,7 @@ def test_a_reader_reads_answers_reloads_and_exports(study, tmp_path):
         assert b.evaluate("document.querySelectorAll('#case-list button.answered').length") == 3
         b.click("#case-list button:first-child")
         wait_drawn(b, 0)
-        assert b.evaluate("document.querySelector('#comment').value") == "soft tissue looks painted"
+        assert b.evaluate("document.querySelector('#comment').value") == COMMENT
         assert b.evaluate("document.querySelector('#answer button.selected').dataset.answer") == PLAN[0][0]
         b.click("#case-list button:nth-child(4)")
         for position in range(3, 6):
@@ -182,4 +184,4 @@ def test_a_reader_reads_answers_reloads_and_exports(study, tmp_path):
     assert [p["problem"] for p in result["problems"]] == [
         "reader Dr. Ada Reader appears in 2 files (" + ", ".join(p.name for p in files) + "): the same answers, "
         "counted once"]
-    assert result["comments"][0]["comment"] == "soft tissue looks painted"
+    assert result["comments"][0]["comment"] == COMMENT

@@ -5,6 +5,7 @@ answers per reader and a list of problems, and raises nothing for bad input."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ def read_answer_file(path: Path) -> AnswerFile:
         return AnswerFile(path, str(doc.get("study", "")), str(doc.get("reader", "")).strip(),
                           str(doc.get("exported", "")), [r for r in doc["answers"] if isinstance(r, dict)])
     if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))  # comments may hold line breaks
         missing = [c for c in CSV_COLUMNS[:5] if rows and c not in rows[0]] if rows else ["every row"]
         if missing:
             raise ValueError(f"lacks the CSV columns {', '.join(missing)}")
