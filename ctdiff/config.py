@@ -189,6 +189,22 @@ class FigureConfig:
 
 
 @dataclass(frozen=True)
+class ReaderStudyConfig:
+    n_cases: int = 50
+    synthetic_fraction: float = 0.5
+    seed: int = 0
+    answers: str | None = None
+    lung_window: tuple[float, float] = (-600.0, 1500.0)
+    mediastinal_window: tuple[float, float] = (40.0, 400.0)
+
+    def counts(self) -> tuple[int, int]:
+        """(real, synthetic) cases: ``round(n_cases * synthetic_fraction)`` synthetic (halves round up), the
+        rest real."""
+        n_synthetic = int(self.n_cases * self.synthetic_fraction + 0.5)
+        return self.n_cases - n_synthetic, n_synthetic
+
+
+@dataclass(frozen=True)
 class VariantConfig:
     """One entry of ``variants``: a ``name`` (:data:`ctdiff.options.NAME_REGEX`) and the keys it sets in the
     main config's ``model``, ``diffusion`` and ``train`` sections and the ``sample`` section's sampler, steps
@@ -218,6 +234,7 @@ class Config:
     sample: SampleConfig = SampleConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     figure: FigureConfig = FigureConfig()
+    reader_study: ReaderStudyConfig = ReaderStudyConfig()
     variants: tuple[VariantConfig, ...] = ()
 
 
@@ -231,6 +248,7 @@ _SECTIONS = {
     "sample": SampleConfig,
     "evaluate": EvaluateConfig,
     "figure": FigureConfig,
+    "reader_study": ReaderStudyConfig,
 }
 
 
@@ -432,6 +450,7 @@ def _check(cfg: Config) -> None:
         raise ValueError(f"config: figure.synthetic={cfg.figure.synthetic} must be below sample.n={cfg.sample.n}")
     _check_evaluate(cfg.evaluate, T)
     _check_kid(cfg)
+    _check_reader_study(cfg)
 
 
 def check_network_size(size: int, channels: tuple[int, ...], representation: str, *, source: str = "config") -> int:
@@ -507,6 +526,23 @@ def _check_kid(cfg: Config) -> None:
         raise ValueError(f"config: evaluate.kid_subset_size={e.kid_subset_size} exceeds sample.n={cfg.sample.n}: "
                          f"KID draws subsets without replacement; lower evaluate.kid_subset_size to at most "
                          f"{cfg.sample.n}")
+
+
+def _check_reader_study(cfg: Config) -> None:
+    """Both kinds of case in the study, no more synthetic cases than ``sample.n`` volumes, windows of positive
+    width. The real cases are checked against the held-out set by the study stage, where it is known."""
+    r = cfg.reader_study
+    n_real, n_synthetic = r.counts()
+    if not 0.0 < r.synthetic_fraction < 1.0 or n_real < 1 or n_synthetic < 1:
+        raise ValueError(f"config: reader_study.synthetic_fraction={r.synthetic_fraction} with reader_study.n_cases="
+                         f"{r.n_cases} gives {n_real} real and {n_synthetic} synthetic cases; the study needs both")
+    if n_synthetic > cfg.sample.n:
+        raise ValueError(f"config: reader_study.n_cases={r.n_cases} with reader_study.synthetic_fraction="
+                         f"{r.synthetic_fraction} asks for {n_synthetic} synthetic cases but sample.n={cfg.sample.n}")
+    for key in ("lung_window", "mediastinal_window"):
+        level, width = getattr(r, key)
+        if not width > 0:
+            raise ValueError(f"config: reader_study.{key}=[{level}, {width}] must be [level, width] with width > 0")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -43,6 +43,7 @@ def test_default_config_is_valid_and_typed():
     assert cfg.evaluate.bootstrap == 200 and cfg.evaluate.ci_level == 0.95
     assert to_dict(cfg)["evaluate"]["compare_samplers"][1] == {"sampler": "dpmpp", "steps": 25, "eta": 0.0}
     assert from_dict(to_dict(cfg)) == cfg  # rule params carry to_dict sections
+    assert cfg.reader_study.counts() == (4, 2)  # the demo's 4 held-out volumes and its 2 samples
 
 
 def test_schema_fills_nested_defaults():
@@ -76,6 +77,9 @@ def test_schema_fills_nested_defaults():
         ({"evaluate": {"ci_level": 1.0}}, "ci_level"),
         ({"evaluate": {"kid_subset_size": 1}}, "kid_subset_size"),
         ({"evaluate": {"kid_subsets": 0}}, "kid_subsets"),
+        ({"reader_study": {"synthetic_fraction": 1.0}}, "synthetic_fraction"),
+        ({"reader_study": {"n_cases": 1}}, "n_cases"),
+        ({"reader_study": {"lung_window": [-600]}}, "lung_window"),
     ],
 )
 def test_schema_rejects_bad_keys_by_name(patch, key):
@@ -134,6 +138,14 @@ def test_kid_subsets_larger_than_the_test_split_are_left_to_the_evaluate_stage()
          "evaluate.compare_samplers[1] repeats evaluate.compare_samplers[0]"),
         ({"sample": {"n": 50}}, "evaluate.kid_subset_size=100 exceeds sample.n=50"),
         ({"sample": {"n": 50}, "evaluate": {"kid_subset_size": 60}}, "lower evaluate.kid_subset_size to at most 50"),
+        ({"sample": {"n": 100}, "evaluate": {"kid_subset_size": 100}, "reader_study": {"n_cases": 2,
+          "synthetic_fraction": 0.2}}, "reader_study.synthetic_fraction=0.2 with reader_study.n_cases=2 gives 2 real "
+         "and 0 synthetic cases; the study needs both"),
+        ({"sample": {"n": 100}, "evaluate": {"kid_subset_size": 100}, "reader_study": {"n_cases": 300}},
+         "reader_study.n_cases=300 with reader_study.synthetic_fraction=0.5 asks for 150 synthetic cases but "
+         "sample.n=100"),
+        ({"sample": {"n": 100}, "evaluate": {"kid_subset_size": 100}, "reader_study": {"lung_window": [-600, 0]}},
+         "reader_study.lung_window=[-600, 0] must be [level, width] with width > 0"),
     ],
 )
 def test_cross_key_errors_name_the_key(patch, message):

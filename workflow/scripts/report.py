@@ -16,5 +16,6 @@ write_report(
     memorisation_png=Path(snakemake.input.histogram),
     pairs_png=Path(snakemake.input.pairs),
     anatomy_png=Path(snakemake.input.anatomy),
+    reader_json=Path(snakemake.input.reader),
     variants_tsv=Path(snakemake.input.variants[0]) if snakemake.input.variants else None,
 )
