@@ -129,6 +129,7 @@ def evaluate(
     train_chunk: int = 64,
     device: str | torch.device = "cpu",
     hu_window: tuple[float, float] = (-1000.0, 400.0),
+    workers: int = 1,
 ) -> dict:
     """Compare ``synthetic`` with held-out ``real`` NIfTI volumes as the ``evaluate`` section ``settings``
     says; write the metrics to ``out`` (JSON) and return them (``settings.compare_samplers`` plays no part).
@@ -155,7 +156,8 @@ def evaluate(
     - ``real_volumes``: the names of the real volumes, so that sets scored separately can be shown to share them.
     - ``anatomy``: body, lungs and tissue classes in HU (through ``hu_window``, the preprocessing window) per
       volume, and real against synthetic as distributions with the real-vs-real floor and intervals
-      (``ctdiff.metrics.anatomy_compare.evaluate_anatomy``).
+      (``ctdiff.metrics.anatomy_compare.evaluate_anatomy``), measured on ``workers`` processes (the same
+      numbers for any count).
     ``provenance`` (e.g. ``ctdiff.metrics.compare.sampling_provenance``) is stored as given.
     """
     if train_chunk < 1:
@@ -254,6 +256,6 @@ def evaluate(
     }
     metrics["anatomy"] = evaluate_anatomy(
         real_vol, read_affines(real), real_names, syn_vol, read_affines(synthetic), syn_names, hu_window=hu_window,
-        seed=settings.seed, n_boot=settings.bootstrap, level=settings.ci_level)
+        seed=settings.seed, n_boot=settings.bootstrap, level=settings.ci_level, workers=workers)
     write_json(Path(out), metrics)
     return metrics
