@@ -19,14 +19,37 @@ affine, so volumes in mL; orientation from the affine, NIfTI RAS+ world: +x = pa
 1. body: voxels above ``BODY_HU`` (-500 HU, between air and every tissue), the largest 3-D connected
    component (face connectivity), with its holes filled in every axial slice (a lung open at the top or
    bottom slice of the volume is still a hole of its slice); at least ``MIN_BODY_ML`` or the body is absent.
-   The patient table, where it touches the body, is part of it.
+   The patient table, where it touches the body, is part of it. The component must also be body-shaped: its
+   sphericity (below) at least ``MIN_BODY_SPHERICITY`` (0.05). A chest, lungs and airways carved out of it,
+   scores 0.29-0.36 (phantom chests at 128³, 3 mm); the solid voxels of white noise through the window form a
+   sponge that scores 0.015-0.05 (noise N(m, s) clipped to [0, 1], m = 0.3-0.7, s = 0.25-0.5, 128³); noise
+   that is mostly tissue (m ≥ 0.85) is a solid block that passes as a body and then has no lungs (step 2).
+   The fill ratio (body / filled body voxels) does not tell them apart (phantoms 0.74-0.81, noise 0.63-0.99).
 2. lungs: air-like voxels (below ``AIR_LIKE_HU``, -400 HU; the lung/body thresholds of Hu, Hoffman &
    Reinhardt 2001, IEEE TMI 20:490, lie near -400 to -500) inside the filled body, hence not connected in
-   their slice to the outside air; 3-D components of at least ``MIN_LUNG_ML``, the largest two. Trachea and
-   main bronchi join both lungs into one component at CT resolutions: when only one component is found it is
-   eroded (up to ``SPLIT_EROSIONS`` times) until it falls into two parts of at least ``MIN_LUNG_ML / 8`` on
-   either side of the body's centre (world x), and its voxels go to the nearer part. Airways inside the
-   body (trachea, bronchi; bowel gas that joins a lung) count as lung.
+   their slice to the outside air; 3-D components of at least ``MIN_LUNG_ML``, largest first. A component is
+   a lung only if it is lung-shaped:
+
+   - its share of the filled body's voxels lies in [``MIN_LUNG_SHARE``, ``MAX_LUNG_SHARE``] = [0.01, 0.5]
+     (an adult lung holds 1-4 L of a chest that holds tens of litres; phantom lungs: 0.08-0.13 each, both
+     together never half the body). Gas pockets (stomach, bowel, a lone airway) fall below;
+   - its sphericity (Wadell: π^(1/3)·(6V)^(2/3) / A, V its volume, A the area of its exposed voxel faces;
+     1 = a ball, ~0.67 a voxelised ball, since faces overestimate a smooth surface 1.5-fold on average) is
+     at least ``MIN_LUNG_SPHERICITY`` (0.1): phantom lungs score 0.31-0.36, two lungs joined by the
+     airways 0.26-0.28, pydicom's CT slice's lung regions 0.66-0.68, the air-like sponge of white noise
+     0.016-0.05;
+   - at least ``MIN_SIDE_SHARE`` (0.8) of its voxels lie on the side of the body's midline (the world x of
+     the filled body's centroid) where its centroid lies (phantom lungs: ≥ 0.998), and at most one lung
+     per side is kept, the larger.
+
+   Trachea and main bronchi join both lungs into one component at CT resolutions (about half of it on each
+   side): a component of a lung's share and sphericity that straddles the midline is eroded (up to
+   ``SPLIT_EROSIONS`` times) until it falls into two parts of at least ``MIN_LUNG_ML / 8`` on either side
+   of the midline, and its voxels go to the nearer part; each part is then checked as above. Airways
+   inside the body (trachea, bronchi; bowel gas that joins a lung) count as lung. Why a volume has fewer than
+   two lungs (or no body) is in its row's ``reason``: each rejected component with the criteria it fails.
+   The bounds come from anatomy and were checked on phantom chests and pydicom's real CT slice, not yet on
+   LIDC-IDRI volumes: a real scan reported without lungs says which bound it missed.
 3. left/right: the lung whose centroid has the smaller world x (RAS+) is the patient's left; a single lung
    is left or right of the body's centroid. Balance = smaller / larger lung volume (1 = equal; the left lung
    is normally ~10 % smaller, the heart lies on the left).
@@ -41,9 +64,13 @@ affine, so volumes in mL; orientation from the affine, NIfTI RAS+ world: +x = pa
    Each volume's HU histogram of its body voxels (1-HU bins over the window) is kept for the distributions
    (:mod:`ctdiff.metrics.anatomy_compare`).
 
-The lungs are air-like components, not a recognised organ: noise with air-like pockets inside a "body" (an
-untrained model) can show two "lungs". What tells it apart is the comparison with the real set: lung
+The lungs are lung-shaped air-like components, not a recognised organ: what the shape checks cannot see
+(two smooth air-like blobs, one on each side, of plausible size) the comparison with the real set does: lung
 volumes, balance, class fractions and HU distributions (:mod:`ctdiff.metrics.anatomy_compare`).
+
+Cost: ~0.17 s per 128³ volume on one core of a 2-core Xeon (~2 ms at 32³), about twice reading its
+``.nii.gz``; :func:`ctdiff.metrics.anatomy_compare.anatomy_rows` spreads the volumes over processes
+(``benchmarks/README.md``).
 """
 
 from __future__ import annotations

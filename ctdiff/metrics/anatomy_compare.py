@@ -6,6 +6,9 @@ volume): what ``metrics.json`` records under ``anatomy``.
   ``scipy.stats.wasserstein_distance`` on the pooled 1-HU histograms (bin value = the whole HU, weight = the
   count), which is exact for the pooled voxels, since ``to_hu`` rounds every voxel to a whole HU.
   W1 is the mean |shift| one distribution needs to become the other: 0 = equal, in HU.
+- Per volume (``per_volume``): each volume's row of ``volume_anatomy`` under its file name, with the
+  ``reason`` it has no body or fewer than two lungs; measured on ``workers`` processes (:func:`anatomy_rows`),
+  the same numbers for any count.
 - Per-volume quantities (body and lung volumes, lung count and balance, class fractions): mean ± sd per set
   and W1 between the two sets' values (in the quantity's unit). A quantity undefined for a volume (balance
   with fewer than two lungs, fractions without a body) leaves that volume out and ``n`` says how many remain;
@@ -30,8 +33,9 @@ import nibabel as nib
 import numpy as np
 from scipy.stats import wasserstein_distance
 
-from ctdiff.metrics.anatomy import (AIR_LIKE_HU, BODY_HU, CLASSES, MIN_BODY_ML, MIN_LUNG_ML, class_slices, hu_bins,
-                                    volume_anatomy)
+from ctdiff.metrics.anatomy import (AIR_LIKE_HU, BODY_HU, CLASSES, MAX_LUNG_SHARE, MIN_BODY_ML, MIN_BODY_SPHERICITY,
+                                    MIN_LUNG_ML, MIN_LUNG_SHARE, MIN_LUNG_SPHERICITY, MIN_SIDE_SHARE, class_slices,
+                                    hu_bins, volume_anatomy)
 from ctdiff.metrics.bootstrap import bootstrap_ci
 
 QUANTITIES = {  # per-volume quantity → unit
@@ -170,7 +174,9 @@ def compare_anatomy(
                      f"{hu_window[1]} (bone is truncated), values below {hu_window[0]} as {hu_window[0]} "
                      "(the air class merges everything at or below it)"),
         "thresholds": {"body_hu": BODY_HU, "air_like_hu": AIR_LIKE_HU, "min_body_ml": MIN_BODY_ML,
-                       "min_lung_ml": MIN_LUNG_ML},
+                       "min_lung_ml": MIN_LUNG_ML, "min_body_sphericity": MIN_BODY_SPHERICITY,
+                       "lung_share": [MIN_LUNG_SHARE, MAX_LUNG_SHARE], "min_lung_sphericity": MIN_LUNG_SPHERICITY,
+                       "min_lung_side_share": MIN_SIDE_SHARE},
         "counts": {"real": _counts(real_rows), "synthetic": _counts(syn_rows)},
         "summary": summary,
         "classes": classes,
