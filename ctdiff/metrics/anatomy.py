@@ -139,15 +139,29 @@ def _spacing(affine: np.ndarray) -> np.ndarray:
 
 def _largest(mask: np.ndarray) -> tuple[np.ndarray | None, tuple[slice, ...] | None, int]:
     """The largest connected component of ``mask`` (face connectivity) cut to its bounding box, the box, and its
-    voxel count ((None, None, 0): empty). Ties go to the lowest label (scan order)."""
-    labels, n = ndimage.label(mask)
-    if n == 0:
+    voxel count ((None, None, 0): empty). Ties go to the lowest label (scan order). Labelled within the
+    bounding box of ``mask``, which holds every component."""
+    outer = _bounding_box(mask)
+    if outer is None:
         return None, None, 0
+    labels, n = ndimage.label(mask[outer])
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     sizes[0] = 0
     k = int(np.argmax(sizes))
-    box = ndimage.find_objects(labels, max_label=k)[k - 1]
-    return labels[box] == k, box, int(sizes[k])
+    inner = ndimage.find_objects(labels, max_label=k)[k - 1]
+    box = tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))
+    return labels[inner] == k, box, int(sizes[k])
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of a mask's True voxels (None: none), from its projections on the axes."""
+    box = []
+    for ax in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(tuple(a for a in range(mask.ndim) if a != ax)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
 
 
 def _in_plane(axis: int) -> np.ndarray:
@@ -211,12 +225,18 @@ def _split(component: np.ndarray, min_voxels: int, body_x: float, affine: np.nda
         a, b = np.argsort(sizes)[::-1][:2] + 1
         if sizes[b - 1] * 8 < min_voxels:
             continue
-        xa, xb = (_world_x(c, affine) for c in ndimage.center_of_mass(eroded, labels, [a, b]))
+        boxes = ndimage.find_objects(labels, max_label=max(a, b))
+        xa, xb = (_world_x(_centroid(labels[boxes[k - 1]] == k) + [b.start for b in boxes[k - 1]], affine)
+                  for k in (a, b))
         if (xa - body_x) * (xb - body_x) >= 0:
             continue
-        seeds = np.where(labels == a, 1, np.where(labels == b, 2, 0)).astype(np.uint8)
-        _, idx = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
-        nearest = seeds[tuple(idx)]
+        seeds = np.zeros(component.shape, np.uint8)
+        seeds[labels == a], seeds[labels == b] = 1, 2
+        # the nearest seed voxel of every voxel (Euclidean feature transform), looked up where it is needed
+        idx = ndimage.distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
+        rest = component & (seeds == 0)
+        nearest = seeds.copy()
+        nearest[rest] = seeds[tuple(i[rest] for i in idx)]
         return [component & (nearest == 1), component & (nearest == 2)]
     return [component]
 

@@ -7,7 +7,8 @@ Memory: the test and synthetic volumes are held in memory as float32, (Nr + Ns) 
 memorisation audits (64 at 128³: 0.5 GiB more) and never held together; their Med3D features are kept
 (N_train · C · 8 bytes) for the feature-space audit. Each file is read once. Med3D
 features are computed ``batch_size`` volumes at a time, nearest-volume searches in float64 chunks of
-~64 MiB, and MS-SSIM four pairs at a time.
+~64 MiB, and MS-SSIM four pairs at a time. The anatomy's worker processes (``workers``) are forked and read
+the volumes from this memory; each needs ~40 MiB more at 128³ (numpy's peak for one volume).
 """
 
 from __future__ import annotations
