@@ -41,7 +41,7 @@ import torch
 from ctdiff.config import EvaluateConfig
 from ctdiff.data.phantom.scan import phantom_volume
 from ctdiff.io import load_volume, save_volume
-from ctdiff.metrics.anatomy_compare import anatomy_rows, compare_anatomy
+from ctdiff.metrics.anatomy_compare import VOXELS_PER_WORKER, anatomy_rows, compare_anatomy
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci
 from ctdiff.metrics.evaluate import evaluate, real_floor
 from ctdiff.metrics.feature_memorisation import feature_audit
@@ -199,11 +199,12 @@ def main() -> None:
     ]
     read_rs = best["read_files"] * 2 / 3  # the real and synthetic files, which the anatomy measures
     pool = best.get("anatomy_pool", best["anatomy"])
+    workers = max(1, min(args.threads, 2 * args.n, 2 * args.n * args.size ** 3 // VOXELS_PER_WORKER))  # as anatomy_rows
     rows += [
         ("anatomy per volume, 1 process", best["anatomy"],
          f"{best['anatomy'] / (2 * args.n) * 1e3:.1f} ms/volume; {best['anatomy'] / read_rs:.2f} x reading those "
          f"{2 * args.n} files; {lungs} of {2 * args.n} with two lungs"),
-        (f"anatomy per volume, {args.threads} processes", pool,
+        (f"anatomy per volume, --threads {args.threads} ({workers} process{'es' if workers > 1 else ''})", pool,
          f"{pool / read_rs:.2f} x reading them; {best['anatomy'] / pool:.2f} x faster than 1 process"),
         (f"anatomy distributions (W1, floor, B = {args.n_boot})", best["anatomy_compare"],
          f"{best['anatomy_compare'] / best['read_files']:.2f} x reading all files"),
@@ -211,7 +212,8 @@ def main() -> None:
          f"{(pool + best['anatomy_compare']) / best['read_files']:.2f} x reading all {3 * args.n} files; "
          f"{(pool + best['anatomy_compare']) / best['evaluate']:.2f} x evaluate()"),
     ]
-    print(f"phantom chests, {args.n} vs {args.n} volumes (+ {args.n} training) at {args.size}^3, Med3D ResNet-{args.depth} "
+    print(f"phantom chests, {args.n} vs {args.n} volumes (+ {args.n} training) at {args.size}^3, "
+          f"Med3D ResNet-{args.depth} "
           f"(random weights), B = {args.n_boot}, fastest of {args.rounds} rounds, {args.threads} threads, "
           f"torch {torch.__version__}, {platform.machine()}, device {dev}"
           f"{' (' + torch.cuda.get_device_name(dev) + ')' if torch.device(dev).type == 'cuda' else ''}, "

@@ -68,9 +68,8 @@ The lungs are lung-shaped air-like components, not a recognised organ: what the 
 (two smooth air-like blobs, one on each side, of plausible size) the comparison with the real set does: lung
 volumes, balance, class fractions and HU distributions (:mod:`ctdiff.metrics.anatomy_compare`).
 
-Cost: ~0.17 s per 128³ volume on one core of a 2-core Xeon (~2 ms at 32³), about twice reading its
-``.nii.gz``; :func:`ctdiff.metrics.anatomy_compare.anatomy_rows` spreads the volumes over processes
-(``benchmarks/README.md``).
+Cost: ~0.14 CPU s per 128³ phantom chest on a 2-core Xeon VM (~2 ms at 32³), 1.3-4× reading its ``.nii.gz``;
+:func:`ctdiff.metrics.anatomy_compare.anatomy_rows` spreads the volumes over processes (``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -280,7 +279,8 @@ def _lungs(air: np.ndarray, affine: np.ndarray, spacing: np.ndarray, body_x: flo
     sizes[0] = 0
     order = [int(k) for k in np.argsort(sizes)[::-1] if sizes[k] >= min_voxels]
     if not order:
-        return [], f"no air-like component (below {AIR_LIKE_HU:g} HU) inside the body of at least {min_voxels * ml:.4g} mL"
+        return [], (f"no air-like component (below {AIR_LIKE_HU:g} HU) inside the body of at least "
+                    f"{min_voxels * ml:.4g} mL")
     objects = ndimage.find_objects(labels)
     pieces, faults = [], []
     for k in order:

@@ -43,6 +43,7 @@ QUANTITIES = {  # per-volume quantity → unit
     **{f"fraction_{c}": "share of body voxels" for c in CLASSES},
 }
 MAX_REDRAWS = 1000
+VOXELS_PER_WORKER = 2 ** 22  # ~0.3 s of anatomy (two 128³ volumes): less work than this is not worth a process
 
 
 def quantity(row: dict, name: str) -> float | None:
@@ -210,8 +211,11 @@ def anatomy_rows(volumes: Sequence[np.ndarray], affines: Sequence[np.ndarray], h
     are forked (where the platform can fork; threads otherwise), so they read the volumes from the parent's
     memory: forked, not spawned, because spawning would rerun the calling script (a Snakemake script has no
     ``__main__`` guard). They only run numpy and scipy.ndimage, never torch or CUDA, which forking leaves safe.
+    At most one worker per ``VOXELS_PER_WORKER`` voxels is started: starting one costs more than small
+    volumes take (32 volumes of 32³ ran 2.4 times slower on two processes than on one).
     """
-    workers = max(1, min(int(workers), len(volumes)))
+    voxels = sum(int(np.prod(v.shape)) for v in volumes)
+    workers = max(1, min(int(workers), len(volumes), voxels // VOXELS_PER_WORKER))
     if workers == 1:
         return [volume_anatomy(v, a, hu_window) for v, a in zip(volumes, affines)]
     chunk = max(1, len(volumes) // (4 * workers))
