@@ -225,7 +225,7 @@ def _split(component: np.ndarray, min_voxels: int, body_x: float, affine: np.nda
         if sizes[b - 1] * 8 < min_voxels:
             continue
         boxes = ndimage.find_objects(labels, max_label=max(a, b))
-        xa, xb = (_world_x(_centroid(labels[boxes[k - 1]] == k) + [b.start for b in boxes[k - 1]], affine)
+        xa, xb = (_world_x(_centroid(labels[boxes[k - 1]] == k) + [side.start for side in boxes[k - 1]], affine)
                   for k in (a, b))
         if (xa - body_x) * (xb - body_x) >= 0:
             continue
