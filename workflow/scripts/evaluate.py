@@ -22,4 +22,5 @@ evaluate(
     device="cuda" if torch.cuda.is_available() else "cpu",
     provenance=sampling_provenance(Path(snakemake.input.model), **snakemake.params.run, seed=snakemake.params.seed),
     hu_window=tuple(snakemake.params.hu_window),
+    workers=snakemake.threads,  # the anatomy's processes
 )
