@@ -39,9 +39,11 @@ def test_default_config_is_valid_and_typed():
     assert cfg.preprocess.size == 24 and cfg.model.channels == (16, 32, 64)
     assert cfg.preprocess.hu_window == (-1000, 400)
     assert to_dict(cfg)["model"]["channels"] == [16, 32, 64]
-    assert cfg.evaluate.compare_samplers == (SamplerSetting("ddim", 50, 0.0), SamplerSetting("dpmpp", 25, 0.0))
+    assert cfg.model.representation == "wavelet" and cfg.diffusion.objective == "flow"
+    assert (cfg.sample.sampler, cfg.sample.steps) == ("euler", 30)
+    assert cfg.evaluate.compare_samplers == (SamplerSetting("heun", 15, 0.0),)
     assert cfg.evaluate.bootstrap == 200 and cfg.evaluate.ci_level == 0.95
-    assert to_dict(cfg)["evaluate"]["compare_samplers"][1] == {"sampler": "dpmpp", "steps": 25, "eta": 0.0}
+    assert to_dict(cfg)["evaluate"]["compare_samplers"][0] == {"sampler": "heun", "steps": 15, "eta": 0.0}
     assert from_dict(to_dict(cfg)) == cfg  # rule params carry to_dict sections
     assert cfg.reader_study.counts() == (4, 2)  # the demo's 4 held-out volumes and its 2 samples
 

@@ -2,6 +2,8 @@
 
 import yaml
 
+from ctdiff.config import from_dict
+
 from test_workflow import REPO, planned_rules, snakemake
 
 
@@ -12,6 +14,25 @@ def test_lidc_config_states_the_paper(tmp_path):
     assert lidc["train"]["batch_size"] == 2 and lidc["sample"]["n"] == 500 and lidc["split"]["test"] == 500
     text = (REPO / "config" / "lidc.yaml").read_text()
     assert "choice" in text and "paper" in text
+
+
+def test_lidc_layered_on_the_demo_is_the_papers_recipe():
+    """Snakemake layers --configfile lidc.yaml over config/config.yaml: every demo choice that differs from the
+    paper (its name, the wavelet representation, the flow objective, Euler sampling, Heun compared) must be
+    set back by lidc.yaml, not leak into the paper's run."""
+    def merged(base, over):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        return out
+
+    demo, lidc = (yaml.safe_load((REPO / "config" / f).read_text()) for f in ("config.yaml", "lidc.yaml"))
+    lidc["data"]["root"] = "/data/LIDC-IDRI"
+    cfg = from_dict(merged(demo, lidc))
+    assert cfg.name == "paper" and cfg.variants == ()
+    assert cfg.model.representation == "voxels" and cfg.diffusion.objective == "eps"
+    assert (cfg.sample.sampler, cfg.sample.steps) == ("ddpm", None)
+    assert [r.sampler for r in cfg.evaluate.compare_samplers] == ["ddim", "dpmpp"]
 
 
 def test_lidc_dry_run_reads_the_given_tree(tmp_path):

@@ -57,14 +57,24 @@ def test_dry_run_of_the_default_config(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "2")
     assert {"phantom", "discover", "split", "train", "sample", "evaluate", "figure", "report", "all",
             "reader_study", "reader_analysis"} <= planned_rules(proc)
-    jobs = planned_jobs(proc)  # config.yaml compares DDIM 50 and DPM-Solver++ 25 steps with the main DDPM set
-    assert (jobs["sample_compare"], jobs["evaluate_compare"], jobs["variant_table"]) == (2, 2, 1), jobs
+    jobs = planned_jobs(proc)  # config.yaml compares Heun-15 with its main Euler-30 set
+    assert (jobs["sample_compare"], jobs["evaluate_compare"], jobs["variant_table"]) == (1, 1, 1), jobs
     assert not set(jobs) & VARIANT_RULES, jobs  # config.yaml lists no variant
-    assert "results/compare/ddim-50/samples/0001.nii.gz" in proc.stdout
-    assert "results/compare/dpmpp-25/metrics.json" in proc.stdout
+    assert "results/compare/heun-15/samples/0001.nii.gz" in proc.stdout
 
 
-@pytest.mark.parametrize("compare", ["[]", "[{sampler: ddpm}]"])
+def test_dry_run_of_the_demo_with_the_papers_row(tmp_path):
+    """config/demo_paper.yaml adds the paper's recipe as a variant: trained, sampled (DDPM-1000 and the compared
+    DDIM-50, which fits eps) and scored by the same rules; the demo's own row compares Heun only."""
+    proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(REPO / "config" / "config.yaml"),
+                     str(REPO / "config" / "demo_paper.yaml"))
+    jobs = planned_jobs(proc)
+    assert jobs["train_variant"] == 1 and jobs["sample_variant_compare"] == 1 and jobs["sample_compare"] == 1, jobs
+    assert "results/variants/paper/compare/ddim-50/metrics.json" in proc.stdout
+    assert "results/variants/paper/compare/heun-15" not in proc.stdout and "results/compare/ddim-50" not in proc.stdout
+
+
+@pytest.mark.parametrize("compare", ["[]", "[{sampler: euler, steps: 30}]"])
 def test_dry_run_plans_no_comparison_unless_one_is_configured(tmp_path, compare):
     """An empty list, or one naming only the sample section's own setting, adds no job and no table."""
     change = tmp_path / "change.yaml"
