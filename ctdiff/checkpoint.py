@@ -24,6 +24,7 @@ from ctdiff import __version__
 from ctdiff.config import DiffusionConfig, ModelConfig, TrainConfig, dataclass_from_dict, section_from_dict
 from ctdiff.diffusion.schedule import Schedule, make_schedule
 from ctdiff.io import atomic_path
+from ctdiff.model.condition import condition_channels
 from ctdiff.model.unet import UNet3D
 
 FORMAT = "ctdiff-checkpoint/1"
@@ -73,12 +74,14 @@ def checkpoint_config(raw: dict[str, Any]) -> CheckpointConfig:
 
 
 def build_model(cfg: ModelConfig, *, grad_checkpointing: bool = False, recompute_norm: bool = False) -> UNet3D:
-    """The residual 3D U-Net described by a ``model`` section."""
+    """The residual 3D U-Net described by a ``model`` section (``model.condition`` adds its input channels;
+    a checkpoint written before that key loads as ``none``)."""
     return UNet3D(
         channels=tuple(cfg.channels),
         res_blocks=cfg.res_blocks,
         attention=cfg.attention,
         groups=cfg.groups,
+        cond_channels=condition_channels(cfg.condition),
         grad_checkpointing=grad_checkpointing,
         recompute_norm=recompute_norm,
     )

@@ -24,6 +24,7 @@ from ctdiff.options import (
     VARIANT_SAMPLE_KEYS,
     VARIANT_SECTIONS,
     BetaSchedule,
+    Condition,
     FlowTime,
     LrSchedule,
     Normalise,
@@ -70,6 +71,7 @@ class ModelConfig:
     res_blocks: int = 2
     attention: bool = False
     groups: int = 32
+    condition: Condition = "none"
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class TrainConfig:
     log_every: int = 10
     tensorboard: bool = False
     cache_gb: float = 0.0
+    condition_dropout: float = 0.1
     seed: int = 0
 
 
@@ -115,6 +118,7 @@ class SampleConfig:
     precision: Precision = "fp32"
     compile: bool = False
     hu: bool = False
+    guidance: float = 1.0
 
 
 def check_bootstrap(
@@ -429,6 +433,13 @@ def _check(cfg: Config) -> None:
             f"config: train.grad_accumulation={cfg.train.grad_accumulation} must divide "
             f"train.batch_size={cfg.train.batch_size} (each step splits the batch into that many micro-batches)"
         )
+    if not 0.0 <= cfg.train.condition_dropout < 1.0:
+        raise ValueError(f"config: train.condition_dropout={cfg.train.condition_dropout} must lie in [0, 1)")
+    if cfg.sample.guidance < 0:
+        raise ValueError(f"config: sample.guidance={cfg.sample.guidance} must be >= 0")
+    if cfg.sample.guidance != 1.0 and cfg.model.condition == "none":
+        raise ValueError(f"config: sample.guidance={cfg.sample.guidance} needs model.condition: nodules "
+                         "(an unconditional model has nothing to guide; leave it 1)")
     T = cfg.diffusion.timesteps
     _check_sampler_steps("sample", cfg.sample.sampler, cfg.sample.steps, cfg.sample.eta, T, cfg.diffusion.objective)
     if cfg.figure.synthetic >= cfg.sample.n:

@@ -20,6 +20,7 @@ LrSchedule = Literal["constant", "cosine"]
 Source = Literal["phantom", "dicom"]
 SeriesChoice = Literal["largest", "all"]
 Normalise = Literal["none", "zscore"]
+Condition = Literal["none", "nodules"]  # what enters the U-Net beside x_t (ctdiff.model.condition)
 
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -31,6 +32,7 @@ LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
 SOURCES: tuple[str, ...] = get_args(Source)
 SERIES_CHOICES: tuple[str, ...] = get_args(SeriesChoice)
 NORMALISE: tuple[str, ...] = get_args(Normalise)
+CONDITIONS: tuple[str, ...] = get_args(Condition)
 
 # The samplers that fit each objective: ε- and v-prediction networks are sampled through the diffusion of the
 # noise schedule (a v-prediction is turned into ε before each step); a flow network's velocity is integrated

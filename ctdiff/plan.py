@@ -206,4 +206,6 @@ def sample_options(settings: SampleConfig) -> str:
     if s.steps is not None:
         options.append(f"--steps {s.steps}")
     options += ["--compile"] * s.compile + ["--hu"] * s.hu
+    if s.guidance != 1.0:  # left out at its default, so that existing sample sets keep their params
+        options.append(f"--guidance {s.guidance}")
     return " ".join(options)

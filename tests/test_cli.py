@@ -23,6 +23,7 @@ def _parsed(options: list[str]) -> SampleConfig:
     SampleConfig(n=1, sampler="dpmpp", steps=25, eta=0, hu=True),
     SampleConfig(n=2, sampler="euler", steps=30),
     SampleConfig(n=2, sampler="heun"),
+    SampleConfig(n=2, guidance=2.5),
     compared_sample(SampleConfig(n=4, hu=True, compile=True), {"sampler": "ddim", "steps": 10, "eta": 1.0}),
 ])
 def test_sample_options_parse_back_to_the_same_section(settings):
@@ -47,4 +48,4 @@ def test_sample_hands_generate_the_sample_section(monkeypatch, tmp_path):
     assert out_files == [tmp_path / "0000.nii.gz", tmp_path / "0001.nii.gz"]
     assert settings == replace(SampleConfig(), n=2, sampler="ddim", steps=4, hu=True)
     assert kwargs == {"hu_files": [tmp_path / "hu" / "0000.nii.gz", tmp_path / "hu" / "0001.nii.gz"],
-                      "device": "cpu", "progress": False}
+                      "device": "cpu", "progress": False, "condition_masks": None}

@@ -237,7 +237,8 @@ def test_schema_enums_are_the_option_sets():
     from ctdiff.metrics.med3d import DEPTHS
 
     option_sets = {options.Sampler, options.Precision, options.TrainPrecision, options.Objective, options.FlowTime,
-                   options.BetaSchedule, options.LrSchedule, options.Source, options.SeriesChoice, options.Normalise}
+                   options.BetaSchedule, options.LrSchedule, options.Source, options.SeriesChoice, options.Normalise,
+                   options.Condition}
     literals = 0
     for path, cls, obj in _sections():
         hints = get_type_hints(cls)
@@ -248,7 +249,7 @@ def test_schema_enums_are_the_option_sets():
                 assert tuple(prop["enum"]) == get_args(hints[name]), f"{path}.{name}"
             elif "enum" in prop:
                 assert (path, name) == ("evaluate", "med3d_depth") and tuple(prop["enum"]) == DEPTHS
-    assert literals == 11
+    assert literals == 12
     assert options.SAMPLERS == ("ddpm", "ddim", "dpmpp", "euler", "heun") and options.PRECISIONS == ("fp32", "bf16")
     assert options.OBJECTIVES == ("eps", "v", "flow") and options.FLOW_TIMES == ("logit_normal", "uniform")
     # every objective has its samplers, and every sampler serves some objective
@@ -256,6 +257,7 @@ def test_schema_enums_are_the_option_sets():
     assert set(options.SAMPLERS) == {s for samplers in options.SAMPLERS_FOR.values() for s in samplers}
     assert options.TRAIN_PRECISIONS == ("fp32", "bf16", "auto")  # sampling has no auto
     assert options.NORMALISE == get_args(options.Normalise) and options.SOURCES == get_args(options.Source)
+    assert options.CONDITIONS == ("none", "nodules")
 
 
 def test_section_from_dict_rebuilds_what_rule_params_carry():
