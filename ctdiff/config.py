@@ -193,8 +193,8 @@ class FigureConfig:
 @dataclass(frozen=True)
 class VariantConfig:
     """One entry of ``variants``: a ``name`` (:data:`ctdiff.options.NAME_REGEX`) and the keys it sets in the
-    main config's ``model``, ``diffusion`` and ``train`` sections and the ``sample`` section's sampler, steps
-    and eta (plain values, as YAML gives them). Everything else is the main config's."""
+    main config's ``model``, ``diffusion`` and ``train`` sections and the ``sample`` section's sampler, steps,
+    eta and guidance (plain values, as YAML gives them). Everything else is the main config's."""
 
     name: str
     model: dict[str, Any] = field(default_factory=dict)

@@ -75,9 +75,10 @@ TAG_REGEX = rf"({'|'.join(SAMPLERS)})-[0-9]+(-eta[0-9.e+-]+)?"
 NAME_REGEX = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 
 # What a variant may override: whole sections the model is trained by, and the sample section's sampler
-# setting (a variant with another objective needs its own sampler); count, seed and precision stay shared.
+# setting and guidance (a variant with another objective needs its own sampler); count, seed and precision
+# stay shared.
 VARIANT_SECTIONS: tuple[str, ...] = ("model", "diffusion", "train", "sample")
-VARIANT_SAMPLE_KEYS: tuple[str, ...] = ("sampler", "steps", "eta")
+VARIANT_SAMPLE_KEYS: tuple[str, ...] = ("sampler", "steps", "eta", "guidance")
 
 def tag(run: dict[str, Any]) -> str:
     """The folder name of a resolved setting ``{"sampler", "steps", "eta"}`` (steps an int, not None)."""

@@ -329,7 +329,7 @@ def test_variants_merge_into_the_main_config():
     ([{"name": "a", "data": {"n_patients": 4}}],
      r"variants[0].data: a variant overrides only model, diffusion, train, sample (allowed keys: name, model,"),
     ([{"name": "a", "sample": {"n": 4}}], r"variants[0] (a): sample.n is no key a variant can set (allowed in "
-                                           r"sample: sampler, steps, eta)"),
+                                           r"sample: sampler, steps, eta, guidance)"),
     ([{"name": "a", "train": {"lr_schedule": "linear"}}],
      r"variants[0] (a): train.lr_schedule: 'linear' is not one of ['constant', 'cosine']"),
     ([{"name": "a", "model": {"channels": "wide"}}], r"variants[0] (a): model.channels: 'wide' is not of type 'array'"),

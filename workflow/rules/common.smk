@@ -17,9 +17,12 @@ from ctdiff.plan import (
     converted_items,
     dicom_tree,
     row_config,
+    nodule_folder,
     row_names,
+    sample_condition_options,
     sample_files,
     sample_options,
+    train_condition_options,
     table_rows,
     variant_sample,
 )
@@ -83,6 +86,15 @@ def converted():
 
 def preprocessed(wildcards=None):
     return [f"{R}/preprocessed/{item}.nii.gz" for item in converted()]
+
+
+def nodule_inputs(cfg, split=False):
+    """What training (split=False) or sampling (split=True: also the test split naming the held-out masks) of
+    a model.condition: nodules row reads: every converted item's preprocessed mask; nothing for none."""
+    if cfg.model.condition != "nodules":
+        return []
+    masks = [f"{nodule_folder(cfg)}/{item}.nii.gz" for item in converted()]
+    return masks + ([f"{R}/splits/test.txt"] if split else [])
 
 
 # The sampler comparison (evaluate.compare_samplers): {tag: resolved sampler setting}, without an entry equal

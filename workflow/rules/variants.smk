@@ -7,6 +7,10 @@ V = f"{R}/variants/{{variant}}"
 
 
 use rule train as train_variant with:
+    input:
+        train=f"{R}/splits/train.txt",
+        volumes=preprocessed,
+        nodules=lambda wildcards: nodule_inputs(variant(wildcards.variant)),
     output:
         model=f"{V}/train/model.pt",
         log=f"{V}/train/log.csv",
@@ -16,6 +20,7 @@ use rule train as train_variant with:
         state=f"{V}/train_state",
         tensorboard=f"{V}/logs/tensorboard",
         settings=lambda wildcards: train_settings(variant(wildcards.variant)),
+        conditions=lambda wildcards: train_condition_options(variant(wildcards.variant)),
     log:
         f"{V}/logs/train.log",
 
@@ -23,6 +28,7 @@ use rule train as train_variant with:
 use rule sample as sample_variant with:
     input:
         model=f"{V}/train/model.pt",
+        nodules=lambda wildcards: nodule_inputs(variant(wildcards.variant), split=True),
     output:
         samples=sample_files(f"{V}/samples", CFG.sample.n),
         hu=[],  # HU copies only for the main run
@@ -30,6 +36,7 @@ use rule sample as sample_variant with:
         options=lambda wildcards: sample_options(variant_sample(CFG, wildcards.variant)),
         out=lambda wildcards, output: os.path.dirname(output.samples[0]),
         cache=f"{R}/sample_cache",
+        conditions=lambda wildcards: sample_condition_options(variant(wildcards.variant)),
     log:
         f"{V}/logs/sample.log",
 
@@ -57,6 +64,7 @@ use rule evaluate as evaluate_variant with:
 use rule sample as sample_variant_compare with:
     input:
         model=f"{V}/train/model.pt",
+        nodules=lambda wildcards: nodule_inputs(variant(wildcards.variant), split=True),
     output:
         samples=sample_files(f"{V}/compare/{{tag}}/samples", CFG.sample.n),
         hu=[],
@@ -66,6 +74,7 @@ use rule sample as sample_variant_compare with:
         ),
         out=lambda wildcards, output: os.path.dirname(output.samples[0]),
         cache=f"{R}/sample_cache",
+        conditions=lambda wildcards: sample_condition_options(variant(wildcards.variant)),
     log:
         f"{V}/logs/compare/{{tag}}/sample.log",
 
