@@ -46,15 +46,39 @@ def parse_nodule(text: str) -> tuple[float, float, float, float]:
     return values
 
 
+def held_out_items(items: Sequence[str], n: int) -> list[str]:
+    """The held-out item each of ``n`` samples takes its mask from: the sorted ``items``, cycled."""
+    order = sorted(items)
+    return [order[i % len(order)] for i in range(n)] if order else []
+
+
 def held_out_masks(folder: Path, items: Sequence[str], n: int) -> list[Path]:
-    """The mask of each of ``n`` samples: ``folder/{item}.nii.gz`` of the sorted ``items``, cycled."""
+    """The mask of each of ``n`` samples: ``folder/{item}.nii.gz`` of :func:`held_out_items`."""
     if not items:
         raise ValueError(f"no held-out item to take nodule masks from (folder {folder})")
     masks = [Path(folder) / f"{item}.nii.gz" for item in sorted(items)]
     missing = [str(m) for m in masks if not m.exists()]
     if missing:
         raise ValueError(f"nodule mask {missing[0]} does not exist ({len(missing)} of {len(masks)} missing)")
-    return [masks[i % len(masks)] for i in range(n)]
+    return [Path(folder) / f"{item}.nii.gz" for item in held_out_items(items, n)]
+
+
+def evaluation_masks(checkpoint: Path, synthetic: Sequence[Path], test_items: Sequence[str], volumes: Path
+                     ) -> tuple[list[Path], list[Path]] | None:
+    """For the evaluation of a set drawn from ``checkpoint``: None when it is unconditioned, else (the mask
+    each synthetic volume was drawn with, beside it in ``nodules/``; the real volume ``volumes/{item}.nii.gz``
+    that mask came from, :func:`held_out_items` of ``test_items``)."""
+    from ctdiff.checkpoint import checkpoint_config, read_checkpoint
+
+    if checkpoint_config(read_checkpoint(Path(checkpoint))["config"]).model.condition == "none":
+        return None
+    synthetic = [Path(p) for p in synthetic]
+    masks = [p.parent / "nodules" / p.name for p in synthetic]
+    missing = [str(m) for m in masks if not m.exists()]
+    if missing:
+        raise ValueError(f"checkpoint {checkpoint} is nodule-conditioned, but the mask {missing[0]} its sample was "
+                         "drawn with is missing (draw the set again)")
+    return masks, [Path(volumes) / f"{item}.nii.gz" for item in held_out_items(test_items, len(synthetic))]
 
 
 def requested_mask(nodules: Sequence[tuple[float, float, float, float]], size: int, affine: np.ndarray, *,
@@ -118,4 +142,4 @@ def write_beside(out_dir: Path, index: int, labels: np.ndarray, affine: np.ndarr
         write_tsv(folder / f"{index:04d}.tsv", [], TABLE_COLUMNS)
 
 
-__all__ = ["parse_nodule", "held_out_masks", "requested_mask", "write_requested", "write_beside"]
+__all__ = ["parse_nodule", "held_out_items", "evaluation_masks", "held_out_masks", "requested_mask", "write_requested", "write_beside"]
