@@ -67,3 +67,37 @@ def test_sets_are_summarised_with_each_real_volume_measured_once(tmp_path):
     assert out["real"]["contrast_hu_mean"] == pytest.approx(850.0, abs=0.5)
     with pytest.raises(ValueError, match="2 synthetic volumes, 1 masks"):
         nodule_control([tmp_path / "s0.nii.gz"] * 2, [tmp_path / "mask.nii.gz"], [None, None], WINDOW)
+
+
+def test_the_crops_figure_draws_each_nodule_in_three_planes(tmp_path):
+    import json
+
+    from ctdiff.plots import nodule_figure
+
+    labels = ball((48,) * 3, (14, 24, 24), 3).astype(np.uint8)
+    (tmp_path / "samples" / "nodules").mkdir(parents=True)
+    save_volume(tmp_path / "samples" / "nodules" / "0000.nii.gz", labels, AFFINE)
+    save_volume(tmp_path / "samples" / "0000.nii.gz", chest(), AFFINE)
+    save_volume(tmp_path / "real.nii.gz", chest(extra=False), AFFINE)
+    metrics = {"nodules": nodule_control([tmp_path / "samples" / "0000.nii.gz"],
+                                         [tmp_path / "samples" / "nodules" / "0000.nii.gz"],
+                                         [tmp_path / "real.nii.gz"], WINDOW)}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    nodule_figure(tmp_path / "metrics.json", tmp_path / "samples", tmp_path, tmp_path / "nodules.png")
+    assert (tmp_path / "nodules.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="records no nodule control"):
+        (tmp_path / "m.json").write_text("{}")
+        nodule_figure(tmp_path / "m.json", tmp_path / "samples", tmp_path, tmp_path / "x.png")
+
+
+def test_the_report_section_puts_synthetic_beside_real():
+    from ctdiff.report import nodule_section
+
+    summary = {"n_nodules": 3, "detection_rate": 2 / 3, "contrast_hu_mean": 612.4, "size_ratio_median": None,
+               "spurious_per_volume": 1.5}
+    section = nodule_section({"synthetic": summary, "real": dict(summary, detection_rate=1.0),
+                              "settings": {"shell_mm": 6.0}}, None)
+    rows = {row[0]: row[1:] for row in section.tables[0].rows}
+    assert rows["LoG detection rate inside the mask"] == ("0.67", "1.00")
+    assert rows["contrast vs lung shell (HU, mean)"] == ("612", "612")
+    assert rows["blob / mask diameter (median, detected)"] == ("—", "—") and "6 mm" in section.text

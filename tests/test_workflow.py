@@ -63,6 +63,14 @@ def test_dry_run_of_the_default_config(tmp_path):
     assert "results/compare/dpmpp-25/metrics.json" in proc.stdout
 
 
+def test_dry_run_of_a_nodule_conditioned_run_plans_the_nodule_figure(tmp_path):
+    change = tmp_path / "change.yaml"
+    change.write_text("model:\n  condition: nodules\nsample:\n  guidance: 2.0\n")
+    rules = planned_rules(snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY), str(change)))
+    assert {"train", "sample", "evaluate", "nodule_figure", "report"} <= rules, rules
+    assert "nodule_figure" not in planned_rules(snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY)))
+
+
 @pytest.mark.parametrize("compare", ["[]", "[{sampler: ddpm}]"])
 def test_dry_run_plans_no_comparison_unless_one_is_configured(tmp_path, compare):
     """An empty list, or one naming only the sample section's own setting, adds no job and no table."""

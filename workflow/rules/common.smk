@@ -158,6 +158,11 @@ def variant_compare_run(name, tag):
     return runs[tag]
 
 
+def nodule_figure_input(wildcards=None):
+    """figures/nodules.png when the main run is nodule-conditioned, else nothing (no figure in the report)."""
+    return [f"{R}/figures/nodules.png"] if CFG.model.condition == "nodules" else []
+
+
 def variant_table_input(wildcards=None):
     """variants.tsv when the run compares anything (a sampler or a variant), else nothing (no table in the
     report)."""

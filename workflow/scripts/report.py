@@ -17,4 +17,5 @@ write_report(
     pairs_png=Path(snakemake.input.pairs),
     anatomy_png=Path(snakemake.input.anatomy),
     variants_tsv=Path(snakemake.input.variants[0]) if snakemake.input.variants else None,
+    nodules_png=Path(snakemake.input.nodules[0]) if snakemake.input.nodules else None,
 )
