@@ -214,8 +214,10 @@ def sample_condition_options(cfg: Config) -> str:
     return f"--nodules-from {nodule_folder(cfg)} --nodule-items {cfg.results}/splits/test.txt"
 
 
-def sample_options(settings: SampleConfig) -> str:
+def sample_options(settings: SampleConfig, conditions: str = "") -> str:
     """The ``ctdiff sample`` options that draw ``settings``; ``ctdiff.cli`` parses them back to ``settings``.
+    ``conditions`` (:func:`sample_condition_options`) follows them when not empty, so that an unconditioned
+    set's options stay what they were before conditioning existed.
 
     The order and spelling are part of the sample rules' params, so changing them reruns every sample set.
     """
@@ -227,4 +229,4 @@ def sample_options(settings: SampleConfig) -> str:
     options += ["--compile"] * s.compile + ["--hu"] * s.hu
     if s.guidance != 1.0:  # left out at its default, so that existing sample sets keep their params
         options.append(f"--guidance {s.guidance}")
-    return " ".join(options)
+    return " ".join(options + ([conditions] if conditions else []))

@@ -15,8 +15,8 @@ use rule sample as sample_compare with:
     output:
         samples=sample_files(f"{R}/compare/{{tag}}/samples", CFG.sample.n),
     params:
-        options=lambda wildcards: sample_options(compared_sample(CFG.sample, compare_run(wildcards.tag))),
-        conditions=sample_condition_options(CFG),
+        options=lambda wildcards: sample_options(compared_sample(CFG.sample, compare_run(wildcards.tag)),
+                                                 sample_condition_options(CFG)),
         out=lambda wildcards, output: os.path.dirname(output.samples[0]),
         cache=f"{R}/sample_cache",
     log:

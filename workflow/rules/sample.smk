@@ -12,8 +12,7 @@ rule sample:
         samples=SAMPLES,
         hu=SAMPLES_HU,
     params:
-        options=sample_options(CFG.sample),
-        conditions=sample_condition_options(CFG),
+        options=sample_options(CFG.sample, sample_condition_options(CFG)),
         out=lambda wildcards, output: os.path.dirname(output.samples[0]),
         cache=f"{R}/sample_cache",
     threads: 8  # capped at --cores; profiles may set their own
@@ -25,5 +24,5 @@ rule sample:
         ENV
     shell:
         "\"${{CTDIFF_PYTHON:-python}}\" -m ctdiff.launch --gpus {resources.gpu} --threads {threads} -- -m ctdiff.cli sample"
-        " --checkpoint {input.model} {params.options} {params.conditions} --out {params.out} --cache {params.cache} --no-progress"
+        " --checkpoint {input.model} {params.options} --out {params.out} --cache {params.cache} --no-progress"
         " > {log} 2>&1"

@@ -33,10 +33,10 @@ use rule sample as sample_variant with:
         samples=sample_files(f"{V}/samples", CFG.sample.n),
         hu=[],  # HU copies only for the main run
     params:
-        options=lambda wildcards: sample_options(variant_sample(CFG, wildcards.variant)),
+        options=lambda wildcards: sample_options(variant_sample(CFG, wildcards.variant),
+                                                 sample_condition_options(variant(wildcards.variant))),
         out=lambda wildcards, output: os.path.dirname(output.samples[0]),
         cache=f"{R}/sample_cache",
-        conditions=lambda wildcards: sample_condition_options(variant(wildcards.variant)),
     log:
         f"{V}/logs/sample.log",
 
@@ -70,11 +70,11 @@ use rule sample as sample_variant_compare with:
         hu=[],
     params:
         options=lambda wildcards: sample_options(
-            compared_sample(variant(wildcards.variant).sample, variant_compare_run(wildcards.variant, wildcards.tag))
+            compared_sample(variant(wildcards.variant).sample, variant_compare_run(wildcards.variant, wildcards.tag)),
+            sample_condition_options(variant(wildcards.variant)),
         ),
         out=lambda wildcards, output: os.path.dirname(output.samples[0]),
         cache=f"{R}/sample_cache",
-        conditions=lambda wildcards: sample_condition_options(variant(wildcards.variant)),
     log:
         f"{V}/logs/compare/{{tag}}/sample.log",
 
