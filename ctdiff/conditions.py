@@ -142,4 +142,5 @@ def write_beside(out_dir: Path, index: int, labels: np.ndarray, affine: np.ndarr
         write_tsv(folder / f"{index:04d}.tsv", [], TABLE_COLUMNS)
 
 
-__all__ = ["parse_nodule", "held_out_items", "evaluation_masks", "held_out_masks", "requested_mask", "write_requested", "write_beside"]
+__all__ = ["parse_nodule", "held_out_items", "evaluation_masks", "held_out_masks", "requested_mask",
+           "write_requested", "write_beside"]

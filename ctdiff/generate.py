@@ -161,7 +161,8 @@ def generate(
         if conditioned:
             cond = torch.from_numpy(np.stack([_encoded(Path(condition_masks[i]), size) for i in chunk])).to(dev)
         x = sample(
-            guided(forward, cond, settings.guidance) if conditioned else forward, schedule, (1, size, size, size), [sample_generator(settings.seed, i) for i in chunk],
+            guided(forward, cond, settings.guidance) if conditioned else forward, schedule, (1, size, size, size),
+            [sample_generator(settings.seed, i) for i in chunk],
             sampler=settings.sampler, steps=settings.steps, eta=settings.eta, objective=objective, device=dev,
             progress=progress and state.is_local_main_process,
         )

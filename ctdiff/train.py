@@ -551,4 +551,5 @@ def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-__all__ = ["train", "train_step", "batch_indices", "draw_noise", "draw_condition_dropout", "objective_loss", "learning_rate", "write_log"]
+__all__ = ["train", "train_step", "batch_indices", "draw_noise", "draw_condition_dropout", "objective_loss",
+           "learning_rate", "write_log"]

@@ -222,7 +222,8 @@ def test_sampling_takes_held_out_masks_in_sorted_cycled_order_and_writes_them_be
     assert cli.main([*base, "--out", str(out), "--nodules-from", str(masks), "--nodule-items", str(items),
                      "--guidance", "2"]) == 0
     for i, item in enumerate(["V00", "V01", "V00"]):                 # sorted, then cycled
-        assert np.array_equal(load_volume(out / "nodules" / f"{i:04d}.nii.gz")[0], load_volume(masks / f"{item}.nii.gz")[0])
+        assert np.array_equal(load_volume(out / "nodules" / f"{i:04d}.nii.gz")[0],
+                              load_volume(masks / f"{item}.nii.gz")[0])
         assert (out / f"{i:04d}.nii.gz").exists()
     assert (out / "nodules" / "0001.tsv").read_text() == "label\tkind\n1\tnodule\n"
     assert (out / "nodules" / "0000.tsv").read_text().startswith("label\tkind\tn_readers")  # no table: empty
