@@ -15,6 +15,7 @@ include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/variants.smk"
+include: "workflow/rules/reader.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -23,5 +24,6 @@ rule all:
         f"{R}/figures/figure1.png",
         f"{R}/report.md",
         f"{R}/report.html",
+        f"{R}/reader/study.zip",  # the blinded reader study, to send; its analysis is in the report
         variant_table_input(),  # the variants table, when the run compares samplers or variants
     default_target: True

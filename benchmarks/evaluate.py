@@ -1,9 +1,12 @@
-"""Time the evaluate stage on N real vs N synthetic random volumes, stage by stage.
+"""Time the evaluate stage on N real vs N synthetic phantom chests, stage by stage.
 
     python benchmarks/evaluate.py                       # 16 vs 16 at 32³, Med3D ResNet-10, B = 200
     python benchmarks/evaluate.py --n 32 --size 48 --depth 50
     python benchmarks/evaluate.py --n 16 --size 128 --depth 50 --device cuda
 
+Volumes: the phantom cohort's chests (``ctdiff.data.phantom.scan.phantom_volume``, white noise included), each
+with its own seed and body scale, over a 384 mm field (3 mm voxels at 128³, as ``config/config.yaml``), in
+[0, 1] through the [-1000, 400] HU window, RAS+ as preprocessing writes them.
 Med3D features and MS-SSIM run on ``--device`` (the GPU when there is one, as in the workflow's evaluate
 rule); pairing, FID and the bootstraps run on the CPU.
 Stages are timed by calling the functions ``ctdiff.metrics.evaluate.evaluate`` is built from, on the same
@@ -15,6 +18,9 @@ Each optimised stage is set against a reference measured in the same round:
   that would need more than --brute-mib);
 - feature memorisation: the training volumes' Med3D features and the feature-space audit on them, the stage
   ``ctdiff.metrics.feature_memorisation`` adds, against reading every NIfTI file evaluate() reads;
+- anatomy: ``volume_anatomy`` of every real and synthetic volume on 1 and on --threads processes
+  (``ctdiff.metrics.anatomy_compare.anatomy_rows``, the same numbers either way; checked), and the
+  distributions with their intervals and floor (``compare_anatomy``), against reading every NIfTI file;
 - bootstrap FID: per replicate, the sample-space form (one [N, N] SVD) vs the covariance form (two [C, C]
   eigendecompositions), the reference timed on --reference-reps replicates.
 """
@@ -33,7 +39,9 @@ import numpy as np
 import torch
 
 from ctdiff.config import EvaluateConfig
+from ctdiff.data.phantom.scan import phantom_volume
 from ctdiff.io import load_volume, save_volume
+from ctdiff.metrics.anatomy_compare import VOXELS_PER_WORKER, anatomy_rows, compare_anatomy
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci
 from ctdiff.metrics.evaluate import evaluate, real_floor
 from ctdiff.metrics.feature_memorisation import feature_audit
@@ -42,6 +50,21 @@ from ctdiff.metrics.kid import kid_ci, kid_from_features
 from ctdiff.metrics.med3d import extract_features, load_med3d
 from ctdiff.metrics.msssim import diversity_msssim, paired_msssim
 from ctdiff.metrics.nearest import nearest_l2, nearest_over_chunks
+
+
+HU_WINDOW = (-1000.0, 400.0)
+FIELD_MM = 384.0
+
+
+def _phantoms(n: int, size: int, seed: int) -> np.ndarray:
+    """[n, size, size, size] phantom chests in [0, 1], RAS+ (x toward the Right), ``FIELD_MM`` across."""
+    spacing = FIELD_MM / size
+    out = np.empty((n, size, size, size), np.float32)
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        hu = phantom_volume(rng, (size,) * 3, (spacing,) * 3, body_scale=rng.uniform(0.85, 1.15))  # [Z, Y, X] LPS
+        out[i] = np.clip((hu.transpose(2, 1, 0)[::-1, ::-1, :] - HU_WINDOW[0]) / (HU_WINDOW[1] - HU_WINDOW[0]), 0, 1)
+    return out
 
 
 def _brute_nearest(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -55,6 +78,17 @@ def _covariance_form_replicates(a: np.ndarray, b: np.ndarray, reps: int, seed: i
     for _ in range(reps):
         x, y = a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))]
         frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; the platform's processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -74,9 +108,15 @@ def main() -> None:
     dev = args.device
     torch.set_num_threads(args.threads)
 
-    rng = np.random.default_rng(args.seed)
-    shape = (args.n, args.size, args.size, args.size)
-    real, syn, train = (rng.random(shape, dtype=np.float32) for _ in range(3))
+    real, syn, train = (_phantoms(args.n, args.size, args.seed + k) for k in (0, 1000, 2000))
+    affine = np.diag([FIELD_MM / args.size] * 3 + [1.0])
+    affines = [affine] * (2 * args.n)
+    serial = anatomy_rows([*real, *syn], affines, HU_WINDOW)  # warm-up, and the reference for the pool
+    pooled = anatomy_rows([*real, *syn], affines, HU_WINDOW, workers=args.threads)
+    assert all(a[0] == b[0] and (a[1] == b[1]).all() for a, b in zip(serial, pooled)), "workers changed the anatomy"
+    rows_r, rows_s = [r for r, _ in serial[:args.n]], [r for r, _ in serial[args.n:]]
+    hist_r, hist_s = np.stack([h for _, h in serial[:args.n]]), np.stack([h for _, h in serial[args.n:]])
+    lungs = sum(r["n_lungs"] == 2 for r, _ in serial)
     model, _ = load_med3d(args.depth, None, seed=args.seed)
     feats_r, feats_s = extract_features(model, real, device=dev), extract_features(model, syn, device=dev)  # warm-up
     values = np.asarray(paired_msssim(syn, real, device=dev)["values"])
@@ -93,7 +133,7 @@ def main() -> None:
     for name, vols in (("real", real), ("syn", syn), ("train", train)):
         paths[name] = [folder / name / f"{i:04d}.nii.gz" for i in range(args.n)]
         for path, v in zip(paths[name], vols):
-            save_volume(path, v, np.eye(4))
+            save_volume(path, v, affine)
 
     names = [f"{i:04d}.nii.gz" for i in range(args.n)]
     stages: dict[str, Callable[[], object]] = {
@@ -108,6 +148,11 @@ def main() -> None:
         "bootstrap_msssim": lambda: mean_ci(values, n_boot=args.n_boot, seed=0),
         "kid": lambda: kid_from_features(feats_r, feats_s, **kid_settings, seed=0),
         "bootstrap_kid": lambda: kid_ci(feats_r, feats_s, 0.0, **kid_settings, n_boot=args.n_boot, seed=0),
+        "anatomy": lambda: anatomy_rows([*real, *syn], affines, HU_WINDOW),
+        "anatomy_pool": (lambda: anatomy_rows([*real, *syn], affines, HU_WINDOW, workers=args.threads))
+        if args.threads > 1 else None,
+        "anatomy_compare": lambda: compare_anatomy(rows_r, hist_r, rows_s, hist_s, hu_window=HU_WINDOW, seed=0,
+                                                   n_boot=args.n_boot, level=0.95),
         "floor": lambda: real_floor(real, feats_r, [str(i) for i in range(args.n)], seed=0, window=7, device=dev),
         "memorisation": lambda: nearest_over_chunks([syn, real], [train[i : i + 64] for i in range(0, args.n, 64)]),
         # reading every file evaluate() reads, and the feature-space memorisation audit: the training volumes'
@@ -116,7 +161,7 @@ def main() -> None:
         "feature_memorisation": lambda: feature_audit(
             names, feats_s, names, feats_r, names, extract_features(model, train, device=dev), network={}),
         "evaluate": lambda: evaluate(paths["real"], paths["syn"], folder / "metrics.json", settings,
-                                     train=paths["train"], device=dev),
+                                     train=paths["train"], device=dev, workers=args.threads),
     }
     best = {name: float("inf") for name, fn in stages.items() if fn is not None}
     for _ in range(args.rounds):
@@ -152,10 +197,27 @@ def main() -> None:
          f"{best['feature_memorisation'] / best['read_files']:.2f} x reading the files; "
          f"{best['feature_memorisation'] / best['evaluate']:.2f} x evaluate()"),
     ]
-    print(f"{args.n} vs {args.n} volumes (+ {args.n} training) at {args.size}^3, Med3D ResNet-{args.depth} "
+    read_rs = best["read_files"] * 2 / 3  # the real and synthetic files, which the anatomy measures
+    pool = best.get("anatomy_pool", best["anatomy"])
+    workers = max(1, min(args.threads, 2 * args.n, 2 * args.n * args.size ** 3 // VOXELS_PER_WORKER))  # as anatomy_rows
+    rows += [
+        ("anatomy per volume, 1 process", best["anatomy"],
+         f"{best['anatomy'] / (2 * args.n) * 1e3:.1f} ms/volume; {best['anatomy'] / read_rs:.2f} x reading those "
+         f"{2 * args.n} files; {lungs} of {2 * args.n} with two lungs"),
+        (f"anatomy per volume, --threads {args.threads} ({workers} process{'es' if workers > 1 else ''})", pool,
+         f"{pool / read_rs:.2f} x reading them; {best['anatomy'] / pool:.2f} x faster than 1 process"),
+        (f"anatomy distributions (W1, floor, B = {args.n_boot})", best["anatomy_compare"],
+         f"{best['anatomy_compare'] / best['read_files']:.2f} x reading all files"),
+        ("anatomy in all, as evaluate() runs it", pool + best["anatomy_compare"],
+         f"{(pool + best['anatomy_compare']) / best['read_files']:.2f} x reading all {3 * args.n} files; "
+         f"{(pool + best['anatomy_compare']) / best['evaluate']:.2f} x evaluate()"),
+    ]
+    print(f"phantom chests, {args.n} vs {args.n} volumes (+ {args.n} training) at {args.size}^3, "
+          f"Med3D ResNet-{args.depth} "
           f"(random weights), B = {args.n_boot}, fastest of {args.rounds} rounds, {args.threads} threads, "
           f"torch {torch.__version__}, {platform.machine()}, device {dev}"
-          f"{' (' + torch.cuda.get_device_name(dev) + ')' if torch.device(dev).type == 'cuda' else ''}")
+          f"{' (' + torch.cuda.get_device_name(dev) + ')' if torch.device(dev).type == 'cuda' else ''}, "
+          f"CPU {_cpu_model()}")
     width = max(len(r[0]) for r in rows)
     for name, seconds, note in rows:
         print(f"{name:<{width}}  {seconds:9.3f} s  {note}")

@@ -2,8 +2,9 @@
 # Every GPU measurement ctdiff has, in one run on one GPU, written to one results file: the training step
 # (benchmarks/train_step.py: seconds per step and peak memory per variant, and the 8 GiB setting run under the
 # memory an 8 GB card leaves), the samplers (benchmarks/sample.py) and the evaluate stage at 128³
-# (benchmarks/evaluate.py). The parts' budgets add up to 7 minutes on one H100/H200; a part that runs over its
-# budget is stopped and recorded as cut (exit status 124), and the run goes on.
+# (benchmarks/evaluate.py), with the wavelet representation's training step at 128³ and 256³ and its sampling
+# rows. The parts' budgets add up to 457 s on one H100/H200 (under 8 minutes with start-up); a part that runs over
+# its budget is stopped and recorded as cut (exit status 124), and the run goes on.
 #
 #   bash benchmarks/gpu.sh                        # on the GPU machine, in a copy of the repository
 #   bash benchmarks/gpu.sh --smoke                # the same commands at tiny size on the CPU (a few minutes)
@@ -69,22 +70,29 @@ if [ "$smoke" = 1 ]; then
   # The smallest U-Net the benchmarks take (16³, 8-16-32 channels, one res block); budgets are only a guard.
   unet=(--size 16 --channels 8 16 32 --res-blocks 1 --groups 4)
   steps=(--steps 1 --warmup 1)
-  sample_args=(--batch 2 --precision fp32 --modes eager --ddpm-steps 2)
+  big=32  # stands for 256³: the wavelet U-Net at 16³
+  sample_args=(--batch 2 --precision fp32 --modes eager --ddpm-steps 2 --wavelet-sizes 16 "$big"
+               --wavelet-samplers dpmpp)
   evaluate_args=(--n 4 --size 32 --depth 10 --rounds 1 --n-boot 20 --reference-reps 1)
-  b_step=300 b_compile=300 b_sample=120 b_evaluate=120
+  b_step=300 b_compile=300 b_sample=120 b_evaluate=120 b_wavelet=300 b_wavelet_big=300
 else
   "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || {
     echo "gpu.sh: torch sees no GPU with $py (bash benchmarks/gpu.sh --smoke runs on the CPU)" >&2; exit 1; }
   # The paper's U-Net (159 M parameters) at 128³; 2 warm-up steps pay for cuDNN's algorithm search.
   unet=(--size 128 --channels 64 128 256 512 --res-blocks 2 --groups 32)
   steps=(--steps 5 --warmup 2)
+  big=256
   # Batch 2, not production's 8, to fit the budget: 2 + 10 + 50 + 25 network calls; DDPM-1000 is scaled from 10.
-  sample_args=(--batch 2 --precision bf16 --modes eager --ddpm-steps 10)
+  # Then the wavelet representation at 128³ and 256³, 2 + 25 calls each (DPM-Solver++-25: a call costs the same
+  # in every sampler); the 256³ wavelet U-Net runs at 128³ with 8 channels in, about a voxel 128³ call.
+  sample_args=(--batch 2 --precision bf16 --modes eager --ddpm-steps 10 --wavelet-sizes 128 "$big"
+               --wavelet-samplers dpmpp)
   # 16 vs 16 (+ 16 training) volumes at 128³ with the paper's Med3D depth; the brute-force pairing is skipped.
   evaluate_args=(--n 16 --size 128 --depth 50 --rounds 2 --n-boot 200 --reference-reps 1)
-  # Budgets, seconds: 4 eager steps × 35 + the capped 8 GiB step 40 + compiled 110 + sample 75 + evaluate 55
-  # = 420, with a minute left for start-up and the machine record inside 8 minutes.
-  b_step=35 b_capped=40 b_compile=110 b_sample=75 b_evaluate=55
+  # Budgets, seconds: 4 eager steps × 28 + the capped 8 GiB step 40 + compiled 110 + wavelet steps 20 (128³, the
+  # U-Net at 64³) and 30 (256³, batch 1) + sample 90 + evaluate 55 = 457, with 23 s left for start-up and the
+  # machine record inside 8 minutes. Not yet tuned on a GPU: a part that hits its budget is recorded as cut.
+  b_step=28 b_capped=40 b_compile=110 b_sample=90 b_evaluate=55 b_wavelet=20 b_wavelet_big=30
 fi
 b_capped=${b_capped:-$b_step}
 # What an 8 GB card leaves PyTorch's allocator: an RTX 2060 SUPER reports 7974 MiB in all to CUDA
@@ -172,6 +180,9 @@ step step-ctdiff-eager-ckpt-rnorm-b1 "$b_step" ctdiff-eager-ckpt-rnorm-b1   # 8 
 # an out-of-memory error here means the setting does not fit such a card.
 CAP_GIB=$cap_gib step step-8gb-capped "$b_capped" ctdiff-eager-ckpt-rnorm-accum2
 step step-ctdiff-compile "$b_compile" ctdiff-compile        # torch.compile, batch 2 (the 0.20 s/step target)
+# model.representation: wavelet: 128³ as 8 sub-bands at 64³, batch 2; 256³ at batch 1 (the 40 GiB target).
+step step-wavelet "$b_wavelet" ctdiff-eager-wavelet
+step step-wavelet-$big-b1 "$b_wavelet_big" ctdiff-eager-wavelet-s$big-b1
 run_part sample "$b_sample" "$py" benchmarks/sample.py "${unet[@]}" "${sample_args[@]}"
 run_part evaluate "$b_evaluate" "$py" benchmarks/evaluate.py "${evaluate_args[@]}"
 
@@ -216,6 +227,11 @@ for p in parts:
         result = f"batch {row['batch']}: {row['s_per_step']:.4f} s/step"
         if ref and row["batch"] == ref["batch"]:
             result += f" ({row['s_per_step'] / ref['s_per_step']:.2f}x reference)"
+        elif ref:  # another batch size: per volume
+            per_volume = (row["s_per_step"] / row["batch"]) / (ref["s_per_step"] / ref["batch"])
+            result += f" ({per_volume:.2f}x reference per volume)"
+        if row.get("representation") == "wavelet":
+            result += f", wavelet {row['size']}³"
         result += f", peak {row['peak_gib']:.2f} GiB" + (
             f" allocated, {reserved:.2f} GiB reserved" if reserved is not None else " (CPU: process RSS)")
     elif p["out_of_memory"]:

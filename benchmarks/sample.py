@@ -4,6 +4,7 @@ and Heun-15, eager and compiled, in one run.
     python benchmarks/sample.py                         # GPU: the paper's U-Net at 128³, bf16; CPU: a tiny one
     python benchmarks/sample.py --checkpoint results/train/model.pt --batch 8
     python benchmarks/sample.py --ddpm-steps 100        # time 100 DDPM steps and scale to the full chain
+    python benchmarks/sample.py --wavelet-sizes 128 256 # also the wavelet representation at 128³ and 256³
 
 Every row runs ``ctdiff.diffusion.samplers.sample`` on the network as ``ctdiff.generate`` wraps it
 (``network(model, device, precision, compile)``), with one generator per batch element as in production,
@@ -13,6 +14,14 @@ network (the flow rows as if it were a flow model: float times t·T instead of i
 network evaluations, seconds per batch and per volume, the ratio to DDPM-1000 eager (the paper's sampler)
 and the projected wall time for 500 volumes on this device. Quality per sampler is not measured here: the
 workflow's ``evaluate.compare_samplers`` reports FID and MS-SSIM per sampler on the same seeds.
+
+``--wavelet-sizes`` adds rows for ``model.representation: wavelet`` at each size (the same channel widths, 8
+input and output channels, the chain on ``[B, 8, S/2, S/2, S/2]`` with the wavelet x0 projection, and the
+inverse transform of the result, as ``ctdiff.generate`` runs it), in eager mode, with the same ratio to the
+voxel DDPM-1000 eager reference (of ``--size`` or the checkpoint's size) measured in the same run.
+
+Each row is printed as soon as it is measured, so a run cut at a time budget (benchmarks/gpu.sh) keeps the
+rows it finished; the reference, voxel DDPM eager, is the first row measured when eager mode is asked for.
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ import torch
 from ctdiff.checkpoint import load_for_sampling
 from ctdiff.diffusion.samplers import network_evaluations, sample
 from ctdiff.diffusion.schedule import make_schedule
+from ctdiff.config import check_network_size
 from ctdiff.generate import network, sample_generator
+from ctdiff.model import representation
 from ctdiff.model.unet import UNet3D
 from ctdiff.options import PRECISIONS, SAMPLERS_FOR
 
@@ -46,64 +57,89 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", choices=("eager", "compile"), default=["eager", "compile"])
     p.add_argument("--ddpm-steps", type=int, default=None,
                    help="time only this many DDPM steps and scale to all T (the cost per step is constant)")
+    p.add_argument("--wavelet-sizes", type=int, nargs="*", default=[],
+                   help="also time a random wavelet-representation U-Net (eager) for volumes of these sizes")
+    p.add_argument("--wavelet-samplers", nargs="+", choices=[name for name, _ in SAMPLERS],
+                   default=[name for name, _ in SAMPLERS],
+                   help="the samplers of the wavelet rows (a network call costs the same in every sampler)")
     args = p.parse_args()
+    for size in args.wavelet_sizes:
+        try:
+            check_network_size(size, tuple(args.channels), "wavelet", source="--wavelet-sizes")
+        except ValueError as err:
+            p.error(str(err))
 
     device = torch.device("cuda" if gpu else "cpu")
     if gpu:
         torch.backends.cudnn.benchmark = True
     if args.checkpoint:
         model, schedule, recorded = load_for_sampling(args.checkpoint, device)
-        size = recorded.data.size
+        size, rep = recorded.data.size, recorded.model.representation
         described = f"checkpoint {args.checkpoint}"
     else:
         torch.manual_seed(0)
         model = UNet3D(channels=tuple(args.channels), res_blocks=args.res_blocks, attention=False,
                        groups=args.groups).to(device).eval()
         schedule = make_schedule(timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
-        size = args.size
+        size, rep = args.size, "voxels"
         described = f"random U-Net channels {args.channels}, {args.res_blocks} res blocks"
     T = schedule.timesteps
     print(f"{described}, {size}³, batch {args.batch}, {args.precision}, torch {torch.__version__}, "
           f"{torch.cuda.get_device_name() if gpu else platform.processor() or 'CPU'}"
           f"{'' if gpu else f', {torch.get_num_threads()} threads'}")
 
-    def run(forward, sampler: str, steps: int | None, eta: float = 0.0) -> float:
+    def run(forward, rep: str, size: int, sampler: str, steps: int | None, eta: float = 0.0) -> float:
         generators = [sample_generator(0, i) for i in range(args.batch)]
         if gpu:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
+        # Every sampler runs on the same network; the flow rows as if it were a flow model (float times t·T).
         objective = "flow" if sampler in SAMPLERS_FOR["flow"] else "eps"
-        sample(forward, schedule, (1, size, size, size), generators, sampler=sampler, steps=steps, eta=eta,
-               objective=objective, device=device)
+        x = sample(forward, schedule, representation.network_shape(rep, size), generators, sampler=sampler,
+                   steps=steps, eta=eta, objective=objective, device=device, clip=representation.x0_clip(rep))
+        representation.decode(x, rep).clamp(-1.0, 1.0)
         if gpu:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    # Each row is printed as soon as it is measured, so a run cut at a time budget (benchmarks/gpu.sh) keeps
-    # the rows it finished; the reference, DDPM eager, is the first row measured when eager mode is asked for.
-    print(f"{'mode':<9}{'sampler':<32}{'NFE':>6}{'s/batch':>10}{'s/volume':>10}{'vs DDPM eager':>15}"
-          f"{'500 volumes':>13}{'warm-up s':>11}", flush=True)
     ref = None
-    for mode in args.modes:
-        forward = network(model, device, args.precision, mode == "compile")
+
+    def timed(label: str, mode: str, forward, rep: str, size: int, samplers=tuple(n for n, _ in SAMPLERS)) -> None:
+        nonlocal ref
         t0 = time.perf_counter()
-        run(forward, "ddim", 2)  # warm-up: compile, cuDNN algorithm search
+        run(forward, rep, size, "ddim", 2)  # warm-up: compile, cuDNN algorithm search
         warmup = time.perf_counter() - t0
-        for sampler, steps in SAMPLERS:
+        for sampler, steps in [(n, k) for n, k in SAMPLERS if n in samplers]:
             n = network_evaluations(sampler, steps, T)
             if sampler == "ddpm" and args.ddpm_steps:
                 # DDIM with eta = 1 costs what a DDPM step costs: one network call and one noise draw.
-                seconds = run(forward, "ddim", args.ddpm_steps, eta=1.0) * T / args.ddpm_steps
+                seconds = run(forward, rep, size, "ddim", args.ddpm_steps, eta=1.0) * T / args.ddpm_steps
                 name = f"ddpm-{T} (scaled from {args.ddpm_steps})"
             else:
-                seconds = run(forward, sampler, steps)
+                seconds = run(forward, rep, size, sampler, steps)
                 name = f"{sampler}-{steps or T}"
-            if mode == "eager" and sampler == "ddpm":
+            if ref is None and mode == "eager" and sampler == "ddpm" and label == f"{rep0} {size0}³":
                 ref = seconds
             per_volume = seconds / args.batch
             ratio = f"{ref / seconds:.1f}× faster" if ref else "-"
-            print(f"{mode:<9}{name:<32}{n:>6}{seconds:>10.2f}{per_volume:>10.3f}{ratio:>15}"
+            print(f"{label:<15}{mode:<9}{name:<32}{n:>6}{seconds:>10.2f}{per_volume:>10.3f}{ratio:>15}"
                   f"{500 * per_volume / 60:>10.1f} min{warmup:>11.1f}", flush=True)
+
+    rep0, size0 = rep, size
+    print(f"{'volumes':<15}{'mode':<9}{'sampler':<32}{'NFE':>6}{'s/batch':>10}{'s/volume':>10}{'vs DDPM eager':>15}"
+          f"{'500 volumes':>13}{'warm-up s':>11}", flush=True)
+    for mode in args.modes:
+        timed(f"{rep} {size}³", mode, network(model, device, args.precision, mode == "compile"), rep, size)
+    for wsize in args.wavelet_sizes:
+        torch.manual_seed(0)
+        wmodel = UNet3D(channels=tuple(args.channels), res_blocks=args.res_blocks, attention=False,
+                        in_channels=representation.channels("wavelet"), groups=args.groups).to(device).eval()
+        timed(f"wavelet {wsize}³", "eager", network(wmodel, device, args.precision, False), "wavelet", wsize,
+              args.wavelet_samplers)
+        del wmodel
+
+    print(f"vs DDPM eager: against {rep} {size}³ DDPM-{T} eager in this run (below 1: slower)")
+
 
 if __name__ == "__main__":
     main()

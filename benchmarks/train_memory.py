@@ -4,6 +4,7 @@
     python benchmarks/train_memory.py --batch 2 --grad-accumulation 2 --settings ckpt+rnorm   # 8 GiB, one GPU
     python benchmarks/train_memory.py --batch 1 --processes 2 --settings ckpt+rnorm           # 8 GiB, two GPUs
     python benchmarks/train_memory.py --autocast cpu        # CPU autocast's precision policy instead of CUDA's
+    python benchmarks/train_memory.py --representation wavelet --size 256 --batch 1   # 8 Haar sub-bands at 128³
 
 No tensor holds data (``torch._subclasses.FakeTensorMode``), so the paper's network at 128³ is "run" in
 seconds on any machine. ``torch.distributed._tools.mem_tracker.MemTracker`` records the live tensors, by
@@ -18,8 +19,9 @@ keeps on the device is in the count, in these parts:
   and with ``--processes`` > 1 DistributedDataParallel's gradient buckets (one fp32 copy of the gradients:
   Accelerate leaves DDP's ``gradient_as_bucket_view`` off);
 - activations: tensors saved for the backward pass and temporaries, bf16 casts of the weights included;
-- data in flight: the step's batch (volumes, timesteps, noise; ``[b, 1, S, S, S]`` float32 twice) and the
-  next step's copy made by :class:`ctdiff.data.prefetch.Prefetcher`. The next copy is counted as if alive
+- data in flight: the step's batch (volumes, timesteps, noise; ``[b, 1, S, S, S]`` float32 twice, or
+  ``[b, 8, S/2, S/2, S/2]`` with ``--representation wavelet``, the same bytes: the Haar transform runs on the
+  host) and the next step's copy made by :class:`ctdiff.data.prefetch.Prefetcher`. The next copy is counted as if alive
   at the peak; the loop makes it after the step's last kernel is queued, so this errs by one batch at most.
 
 The step runs under CPU autocast (fake tensors cannot be CUDA tensors in a CPU build of torch). The two
@@ -50,8 +52,11 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.nn import functional as F
 
+from ctdiff.config import check_network_size
 from ctdiff.diffusion.schedule import make_schedule
+from ctdiff.model import representation
 from ctdiff.model.unet import UNet3D
+from ctdiff.options import REPRESENTATIONS
 from ctdiff.train import train_step
 
 GIB = 2**30
@@ -99,9 +104,10 @@ class _EachCallTracked:
         return self.module.parameters()
 
 
-def _step_batch(batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A step's batch on the device: volumes ``[b, 1, S, S, S]``, timesteps ``[b]``, noise like the volumes."""
-    shape = (batch, 1, size, size, size)
+def _step_batch(batch: int, size: int, rep: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A step's batch on the device: volumes ``[b, C, S', S', S']`` in representation ``rep`` (``[b, 1, S, S, S]``
+    for voxels), timesteps ``[b]``, noise like the volumes."""
+    shape = (batch, *representation.network_shape(rep, size))
     return torch.randn(shape), torch.zeros(batch, dtype=torch.long), torch.randn(shape)
 
 
@@ -119,7 +125,8 @@ def estimate(args: argparse.Namespace, batch: int, micro_batches: int, checkpoin
     with FakeTensorMode(), policy:
         def unet() -> UNet3D:
             return UNet3D(channels=tuple(args.channels), res_blocks=args.res_blocks, attention=False,
-                          groups=args.groups, grad_checkpointing=checkpointing, recompute_norm=recompute_norm)
+                          in_channels=representation.channels(args.representation), groups=args.groups,
+                          grad_checkpointing=checkpointing, recompute_norm=recompute_norm)
 
         # The EMA copy is a second module built in the same fake mode (copy.deepcopy would make another one).
         model, ema = unet().train(), unet().requires_grad_(False)
@@ -133,8 +140,8 @@ def estimate(args: argparse.Namespace, batch: int, micro_batches: int, checkpoin
         tracker.track_external(model, optimizer, ema)
         with tracker:
             buckets = torch.empty(n_params) if args.processes > 1 else None  # DDP's fp32 gradient buckets
-            x0, t, noise = _step_batch(batch, args.size)  # this step's batch
-            prefetched = _step_batch(batch, args.size)  # the next step's copy
+            x0, t, noise = _step_batch(batch, args.size, args.representation)  # this step's batch
+            prefetched = _step_batch(batch, args.size, args.representation)  # the next step's copy
             train_step(_EachCallTracked(model, tracker), ema, optimizer, _OneProcess(), schedule, x0, t, noise,
                        micro_batches=micro_batches, grad_clip=1.0, ema_decay=0.9999)
             del buckets, prefetched
@@ -156,7 +163,9 @@ def estimate(args: argparse.Namespace, batch: int, micro_batches: int, checkpoin
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--size", type=int, default=128, help="preprocess.size: voxels per side of the volumes")
+    p.add_argument("--representation", choices=REPRESENTATIONS, default="voxels",
+                   help="model.representation: wavelet runs the U-Net on 8 Haar sub-bands at size/2")
     p.add_argument("--channels", type=int, nargs="+", default=[64, 128, 256, 512])
     p.add_argument("--res-blocks", type=int, default=2)
     p.add_argument("--groups", type=int, default=32)
@@ -179,8 +188,14 @@ def main() -> None:
                 p.error(f"--grad-accumulation {k} does not divide --batch {batch} into equal micro-batches")
     if args.processes < 1:
         p.error("--processes must be at least 1")
+    try:
+        side = check_network_size(args.size, tuple(args.channels), args.representation, source="train_memory")
+    except ValueError as err:
+        p.error(str(err))
 
-    print(f"U-Net channels {args.channels}, {args.res_blocks} res blocks, {args.size}³, bf16 autocast "
+    what = (f"{args.size}³" if args.representation == "voxels"
+            else f"{args.size}³ as 8 Haar sub-bands at {side}³ (model.representation: wavelet)")
+    print(f"U-Net channels {args.channels}, {args.res_blocks} res blocks, {what}, bf16 autocast "
           f"({args.autocast.upper()} policy), {args.processes} process(es), torch {torch.__version__}; "
           f"GiB per process (estimate, see the docstring)")
     head = (f"{'batch':>5}{'micro':>6}  {'setting':<11}{'weights+EMA':>12}{'Adam':>6}{'grads':>6}{'DDP':>6}"

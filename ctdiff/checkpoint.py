@@ -21,9 +21,17 @@ from typing import Any
 import torch
 
 from ctdiff import __version__
-from ctdiff.config import DiffusionConfig, ModelConfig, TrainConfig, dataclass_from_dict, section_from_dict
+from ctdiff.config import (
+    DiffusionConfig,
+    ModelConfig,
+    TrainConfig,
+    check_network_size,
+    dataclass_from_dict,
+    section_from_dict,
+)
 from ctdiff.diffusion.schedule import Schedule, make_schedule
 from ctdiff.io import atomic_path
+from ctdiff.model import representation
 from ctdiff.model.condition import condition_channels
 from ctdiff.model.unet import UNet3D
 
@@ -74,14 +82,16 @@ def checkpoint_config(raw: dict[str, Any]) -> CheckpointConfig:
 
 
 def build_model(cfg: ModelConfig, *, grad_checkpointing: bool = False, recompute_norm: bool = False) -> UNet3D:
-    """The residual 3D U-Net described by a ``model`` section (``model.condition`` adds its input channels;
-    a checkpoint written before that key loads as ``none``)."""
+    """The residual 3D U-Net described by a ``model`` section (8 input channels for the wavelet representation;
+    ``model.condition`` adds its channels, in the same representation; a checkpoint written before that key
+    loads as ``none``)."""
     return UNet3D(
         channels=tuple(cfg.channels),
         res_blocks=cfg.res_blocks,
         attention=cfg.attention,
+        in_channels=representation.channels(cfg.representation),
         groups=cfg.groups,
-        cond_channels=condition_channels(cfg.condition),
+        cond_channels=condition_channels(cfg.condition) * representation.channels(cfg.representation),
         grad_checkpointing=grad_checkpointing,
         recompute_norm=recompute_norm,
     )
@@ -147,6 +157,23 @@ def load_for_sampling(path: Path, device: str | torch.device = "cpu") -> tuple[U
         cfg = checkpoint_config(ckpt["config"])
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"checkpoint {path} (ctdiff {ckpt['version']}) records an unreadable config: {err}") from err
+    # model.representation is recorded with the model section (files written before it existed hold voxels
+    # models, and take the default); the weights and the volume size must agree with it.
+    # The condition's channels (model.condition) follow x_t's, in the same representation.
+    per = representation.channels(cfg.model.representation)
+    want = per * (1 + condition_channels(cfg.model.condition))
+    have = ckpt["ema"].get("conv_in.weight")
+    if have is not None and have.shape[1] != want:
+        raise ValueError(
+            f"checkpoint {path} records model.representation: {cfg.model.representation} and model.condition: "
+            f"{cfg.model.condition} ({want} input channels) but its weights take {have.shape[1]}: the file is "
+            "inconsistent, it cannot be sampled"
+        )
+    try:
+        check_network_size(cfg.data.size, tuple(cfg.model.channels), cfg.model.representation,
+                           source=f"checkpoint {path}")
+    except ValueError as err:
+        raise ValueError(f"{err} (the size and model it records do not fit together)") from err
     model = build_model(cfg.model)
     try:
         model.load_state_dict(ckpt["ema"], strict=True)

@@ -30,6 +30,7 @@ from ctdiff.options import (
     Normalise,
     Objective,
     Precision,
+    Representation,
     Sampler,
     SeriesChoice,
     Source,
@@ -71,6 +72,7 @@ class ModelConfig:
     res_blocks: int = 2
     attention: bool = False
     groups: int = 32
+    representation: Representation = "voxels"
     condition: Condition = "none"
 
 
@@ -191,6 +193,22 @@ class FigureConfig:
 
 
 @dataclass(frozen=True)
+class ReaderStudyConfig:
+    n_cases: int = 50
+    synthetic_fraction: float = 0.5
+    seed: int = 0
+    answers: str | None = None
+    lung_window: tuple[float, float] = (-600.0, 1500.0)
+    mediastinal_window: tuple[float, float] = (40.0, 400.0)
+
+    def counts(self) -> tuple[int, int]:
+        """(real, synthetic) cases: ``round(n_cases * synthetic_fraction)`` synthetic (halves round up), the
+        rest real."""
+        n_synthetic = int(self.n_cases * self.synthetic_fraction + 0.5)
+        return self.n_cases - n_synthetic, n_synthetic
+
+
+@dataclass(frozen=True)
 class VariantConfig:
     """One entry of ``variants``: a ``name`` (:data:`ctdiff.options.NAME_REGEX`) and the keys it sets in the
     main config's ``model``, ``diffusion`` and ``train`` sections and the ``sample`` section's sampler, steps,
@@ -220,6 +238,7 @@ class Config:
     sample: SampleConfig = SampleConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     figure: FigureConfig = FigureConfig()
+    reader_study: ReaderStudyConfig = ReaderStudyConfig()
     variants: tuple[VariantConfig, ...] = ()
 
 
@@ -233,6 +252,7 @@ _SECTIONS = {
     "sample": SampleConfig,
     "evaluate": EvaluateConfig,
     "figure": FigureConfig,
+    "reader_study": ReaderStudyConfig,
 }
 
 
@@ -412,12 +432,7 @@ def _check(cfg: Config) -> None:
     lo, hi = cfg.preprocess.hu_window
     if not lo < hi:
         raise ValueError(f"config: preprocess.hu_window must be [low, high] with low < high, got {[lo, hi]}")
-    factor = 2 ** (len(cfg.model.channels) - 1)
-    if cfg.preprocess.size % factor:
-        raise ValueError(
-            f"config: preprocess.size={cfg.preprocess.size} must be divisible by {factor} "
-            f"(2^(levels-1) for model.channels={list(cfg.model.channels)})"
-        )
+    check_network_size(cfg.preprocess.size, cfg.model.channels, cfg.model.representation)
     for c in cfg.model.channels:
         g = min(cfg.model.groups, c)
         if c % g:
@@ -446,6 +461,29 @@ def _check(cfg: Config) -> None:
         raise ValueError(f"config: figure.synthetic={cfg.figure.synthetic} must be below sample.n={cfg.sample.n}")
     _check_evaluate(cfg.evaluate, T)
     _check_kid(cfg)
+    _check_reader_study(cfg)
+
+
+def check_network_size(size: int, channels: tuple[int, ...], representation: str, *, source: str = "config") -> int:
+    """The side the U-Net sees for ``preprocess.size`` voxels per side: ``size`` for ``voxels``, ``size / 2``
+    for ``wavelet`` (8 Haar sub-bands at half resolution), which must be divisible by ``2^(levels-1)``, the
+    U-Net's downsampling factor. Raises ``ValueError`` naming ``preprocess.size``, ``model.representation`` and
+    ``model.channels`` (prefixed by ``source``: the config, or a checkpoint read back)."""
+    factor = 2 ** (len(channels) - 1)
+    levels = f"2^(levels-1) for model.channels={list(channels)}"
+    if representation == "wavelet":
+        if size % 2:
+            raise ValueError(f"{source}: preprocess.size={size} is odd, but model.representation: wavelet halves "
+                             "every axis (8 Haar sub-bands at half resolution): preprocess.size must be even")
+        side = size // 2
+        if side % factor:
+            raise ValueError(f"{source}: preprocess.size={size} with model.representation: wavelet gives the "
+                             f"U-Net {side}^3 voxels, which must be divisible by {factor} ({levels}): choose "
+                             f"preprocess.size divisible by {2 * factor} or fewer model.channels levels")
+        return side
+    if size % factor:
+        raise ValueError(f"{source}: preprocess.size={size} must be divisible by {factor} ({levels})")
+    return size
 
 
 def _check_sampler_steps(key: str, sampler: str, steps: int | None, eta: float, T: int,
@@ -499,6 +537,23 @@ def _check_kid(cfg: Config) -> None:
         raise ValueError(f"config: evaluate.kid_subset_size={e.kid_subset_size} exceeds sample.n={cfg.sample.n}: "
                          f"KID draws subsets without replacement; lower evaluate.kid_subset_size to at most "
                          f"{cfg.sample.n}")
+
+
+def _check_reader_study(cfg: Config) -> None:
+    """Both kinds of case in the study, no more synthetic cases than ``sample.n`` volumes, windows of positive
+    width. The real cases are checked against the held-out set by the study stage, where it is known."""
+    r = cfg.reader_study
+    n_real, n_synthetic = r.counts()
+    if not 0.0 < r.synthetic_fraction < 1.0 or n_real < 1 or n_synthetic < 1:
+        raise ValueError(f"config: reader_study.synthetic_fraction={r.synthetic_fraction} with reader_study.n_cases="
+                         f"{r.n_cases} gives {n_real} real and {n_synthetic} synthetic cases; the study needs both")
+    if n_synthetic > cfg.sample.n:
+        raise ValueError(f"config: reader_study.n_cases={r.n_cases} with reader_study.synthetic_fraction="
+                         f"{r.synthetic_fraction} asks for {n_synthetic} synthetic cases but sample.n={cfg.sample.n}")
+    for key in ("lung_window", "mediastinal_window"):
+        level, width = getattr(r, key)
+        if not width > 0:
+            raise ValueError(f"config: reader_study.{key}=[{level}, {width}] must be [level, width] with width > 0")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

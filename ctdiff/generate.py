@@ -49,7 +49,8 @@ from ctdiff.data.trainset import condition_item
 from ctdiff.diffusion.samplers import network_evaluations, sample
 from ctdiff.io import atomic_path, file_sha256, load_volume, save_volume, write_json
 from ctdiff.machine import describe
-from ctdiff.model.condition import guided
+from ctdiff.model import representation
+from ctdiff.model.condition import guided, null_condition
 from ctdiff.options import PRECISIONS, check_sampler_fits
 
 
@@ -129,6 +130,10 @@ def generate(
         raise ValueError(f"checkpoint {checkpoint} records no hu_window, so its samples cannot be written in HU")
     size = cfg.data.size
     affine = sample_affine(np.asarray(cfg.data.affine), size)
+    # The chain runs in the checkpoint's representation (voxels, or 8 Haar sub-bands at half resolution); its
+    # x0 clip keeps the voxels in [-1, 1], and the final x0 goes back to voxels.
+    rep = cfg.model.representation
+    shape = representation.network_shape(rep, size)
 
     key_fields = {"checkpoint_sha256": file_sha256(Path(checkpoint)), "sampler": settings.sampler,
                   "steps": settings.steps, "eta": settings.eta, "seed": settings.seed}
@@ -157,15 +162,18 @@ def generate(
     for start in range(0, len(mine), settings.batch_size):
         chunk = mine[start : start + settings.batch_size]
         began = time.perf_counter()
-        cond = None
-        if conditioned:
-            cond = torch.from_numpy(np.stack([_encoded(Path(condition_masks[i]), size) for i in chunk])).to(dev)
+        cond = null = None
+        if conditioned:  # encoded in voxels, then brought into the diffusion's representation like x
+            voxel_cond = torch.from_numpy(np.stack([_encoded(Path(condition_masks[i]), size) for i in chunk])).to(dev)
+            cond = representation.encode(voxel_cond, rep)
+            null = representation.encode(null_condition(voxel_cond), rep)
         x = sample(
-            guided(forward, cond, settings.guidance) if conditioned else forward, schedule, (1, size, size, size),
+            guided(forward, cond, settings.guidance, null) if conditioned else forward, schedule, shape,
             [sample_generator(settings.seed, i) for i in chunk],
             sampler=settings.sampler, steps=settings.steps, eta=settings.eta, objective=objective, device=dev,
-            progress=progress and state.is_local_main_process,
+            progress=progress and state.is_local_main_process, clip=representation.x0_clip(rep),
         )
+        x = representation.decode(x, rep).clamp(-1.0, 1.0)  # voxels: x unchanged (already clamped)
         volumes = from_model_range(x.float().cpu().numpy()[:, 0]).astype(np.float32)  # .cpu() waits for the device
         seconds = (time.perf_counter() - began) / len(chunk)
         for i, volume in zip(chunk, volumes):

@@ -1,7 +1,7 @@
 """What the workflow decides when the Snakefile is parsed: where the DICOM tree comes from, which items the
 cohort kept, how much memory an item's ingestion jobs declare, which model variants and (variant, sampler)
 pairs the run compares and where their files go, the sample file names and the ``ctdiff sample`` options of
-a sample set.
+a sample set, and which answer files the reader study's analysis reads.
 
 Every ``snakemake`` call, a dry run included, parses the Snakefile, so this module imports only the standard
 library, :mod:`ctdiff.config` and :mod:`ctdiff.options`: no torch, numpy, pandas or DICOM/NIfTI readers
@@ -106,6 +106,21 @@ def ingest_mem_mb(stage: Literal["convert", "preprocess"], series_json: Path | s
     if item not in voxels:
         raise ValueError(f"{item}: not in the series table {series_json}")
     return mem_mb_for(stage, voxels[item], size)
+
+
+def answers_folder(cfg: Config) -> str:
+    """Where the readers' returned answer files go: ``reader_study.answers``, or ``{results}/reader/answers``."""
+    return cfg.reader_study.answers or f"{cfg.results}/reader/answers"
+
+
+def answer_files(cfg: Config) -> list[str]:
+    """The answer files in :func:`answers_folder` (``*.json``, ``*.csv``, hidden files left out), sorted: the
+    analysis rule's inputs, so that a file added or changed reruns it. No folder = no files."""
+    folder = Path(answers_folder(cfg))
+    if not folder.is_dir():
+        return []
+    return sorted(str(p) for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in (".json", ".csv"))
 
 
 def sample_files(folder: Path | str, n: int) -> list[str]:

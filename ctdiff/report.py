@@ -1,7 +1,7 @@
 """The run's report: metrics with bootstrap intervals beside the paper's and the real-vs-real floor, how to
 read them (``ctdiff.report_guide``), the variants and samplers compared (when configured), the memorisation audits
-(voxels and Med3D features), the anatomy in HU, Figure 1, the learning curve, the data QC summary,
-provenance and config.
+(voxels and Med3D features), the anatomy in HU, Figure 1, the reader study (``ctdiff.reader.section``), the
+learning curve, the data QC summary, provenance and config.
 
 The report is a list of :class:`Section` built once from the run's files (:func:`build_sections`) and
 rendered twice, so the two renderings cannot differ in content:
@@ -34,6 +34,7 @@ import yaml
 from ctdiff.data.cohort import SUMMARY_COLUMNS
 from ctdiff.io import atomic_path
 from ctdiff.metrics.compare import read_variant_table
+from ctdiff.reader.section import reader_section
 from ctdiff.report_guide import HEADER as GUIDE_HEADER
 from ctdiff.report_guide import guide_rows, guide_text
 
@@ -373,6 +374,7 @@ def build_sections(
     pairs_png: Path | None = None,
     variants_tsv: Path | None = None,
     anatomy_png: Path | None = None,
+    reader_json: Path | None = None,
     nodules_png: Path | None = None,
 ) -> list[Section]:
     """The report's sections, in order, from the run's files: the metrics table, then how to read it
@@ -384,6 +386,8 @@ def build_sections(
     ``anatomy_png`` (``ctdiff.plots.anatomy_plot``) goes into the "Anatomy (HU)" section, which exists when
     ``metrics.json`` records the anatomy; ``nodules_png`` (``ctdiff.plots.nodule_figure``) goes into the
     "Nodule control" section, which exists when ``metrics.json`` records it (``model.condition: nodules``).
+    ``reader_json`` (``ctdiff.reader.analysis``) adds the "Reader study" section after Figure 1, waiting for
+    answers until there are some.
     """
     metrics = json.loads(Path(metrics_json).read_text())
     sections = [Section("Metrics", tables=(
@@ -422,6 +426,11 @@ def build_sections(
     figure1 = Image(Path(figure1_png), "Figure 1: axial, coronal and sagittal slices, real (a) and synthetic (b)",
                     "figure1")
     sections.append(Section("Figure 1", images=(figure1,)))
+    if reader_json is not None:
+        text, tables = reader_section(json.loads(Path(reader_json).read_text()),
+                                      str(Path(reader_json).parent / "study"))
+        sections.append(Section("Reader study", text=text, tables=tuple(
+            _table(header, rows, caption=caption, id=id) for caption, header, rows, id in tables)))
     sections.append(Section("Learning curve", images=(Image(Path(learning_curve_png), "training loss",
                                                             "learning-curve"),)))
     qc = qc_summary(qc_summary_tsv)
@@ -506,6 +515,7 @@ def write_report(
     pairs_png: Path | None = None,
     variants_tsv: Path | None = None,
     anatomy_png: Path | None = None,
+    reader_json: Path | None = None,
     nodules_png: Path | None = None,
 ) -> None:
     """Write ``report.md`` and the self-contained ``report.html`` of :func:`build_sections` (same
@@ -513,7 +523,7 @@ def write_report(
     sections = build_sections(metrics_json, qc_summary_tsv, config, figure1_png=figure1_png,
                               learning_curve_png=learning_curve_png, memorisation_png=memorisation_png,
                               pairs_png=pairs_png, variants_tsv=variants_tsv, anatomy_png=anatomy_png,
-                              nodules_png=nodules_png)
+                              reader_json=reader_json, nodules_png=nodules_png)
     with atomic_path(Path(out_md)) as tmp:
         tmp.write_text(render_markdown(sections, Path(out_md).parent))
     with atomic_path(Path(out_html)) as tmp:

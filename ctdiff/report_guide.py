@@ -31,7 +31,8 @@ def guide_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      "0; compare runs at their intervals"))
     if _has(metrics, "anatomy"):
         rows.append(("Do the volumes contain plausible chests (body, two lungs, tissue HU)?", "Anatomy (HU)",
-                     "closer to the real volumes' values; Wasserstein-1 distances lower",
+                     "closer to the real volumes' values; Wasserstein-1 distances lower. A lung counts only if "
+                     "lung-shaped (its share of the body, sphericity, on its own side of the midline): noise has none",
                      "the real volumes' own spread and the real-vs-real floor shown beside them"))
     rows.append(("How close is each synthetic volume to some real one?",
                  "MS-SSIM, synthetic vs nearest real (the paper's protocol)",

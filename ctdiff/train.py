@@ -19,6 +19,9 @@ or host and device wait for each other is commented. Decisions:
   uncompressed in ``state_dir/volumes``, read a batch at a time), and only each step's batch goes to the
   device, prefetched by a background thread (:class:`ctdiff.data.prefetch.Prefetcher`): host and device
   memory do not grow with the cohort. A volume that changes or vanishes during the run is refused by name.
+* With ``model.representation: wavelet`` each batch is Haar-transformed on the host
+  (:mod:`ctdiff.model.representation`) and its noise drawn in that shape, ``[b, 8, S/2, S/2, S/2]``: the
+  network, the loss and the device batch are at half resolution per axis.
 * SIGTERM (what SLURM sends before preemption) finishes the current step, writes a checkpoint and exits
   with status 143; the rerun continues from there. Several processes agree on it at the next log or
   checkpoint step, even when only one of them was signalled.
@@ -68,6 +71,7 @@ from ctdiff.diffusion import flow
 from ctdiff.diffusion.schedule import Schedule, training_loss
 from ctdiff.io import atomic_path
 from ctdiff.machine import describe
+from ctdiff.model import representation
 from ctdiff.model.condition import ENCODING, condition_channels, drop_conditions
 
 LOG_COLUMNS = ("step", "loss", "lr", "elapsed_s")
@@ -87,20 +91,22 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / cfg.steps))
 
 
-def _host_batch(trainset: TrainingSet, cfg: TrainConfig, shard: range, diffusion: DiffusionConfig,
+def _host_batch(trainset: TrainingSet, cfg: TrainConfig, shard: range, diffusion: DiffusionConfig, rep: str,
                 conditions: TrainingSet | None, step: int):
     """This process's share of the global batch of ``step`` on the host: volumes ``[b, 1, S, S, S]`` in
-    [-1, 1], timesteps ``[b]`` and noise, and with ``conditions`` the encoded conditions ``[b, C, S, S, S]``
-    after dropout. A pure function of ``(train.seed, step)`` and the shard, so it depends on neither the
-    device nor the process count, and a resumed run sees the same batches."""
+    [-1, 1] in the representation ``rep`` (``model.representation``: for ``wavelet``, ``[b, 8, S/2, S/2, S/2]``),
+    timesteps ``[b]`` and noise of that shape, and with ``conditions`` the encoded conditions ``[b, C, S, S, S]``
+    after dropout, in the same representation (``[b, 8C, S/2, S/2, S/2]`` for wavelets). A pure function of
+    ``(train.seed, step)`` and the shard, so it depends on neither the device nor the process count, and a
+    resumed run sees the same batches."""
     idx = batch_indices(len(trainset), cfg.batch_size, seed=cfg.seed, step=step)
-    x0 = trainset.read(idx[shard.start : shard.stop])
+    x0 = representation.encode(trainset.read(idx[shard.start : shard.stop]), rep)
     t, noise = draw_noise(cfg.seed, step, shard, tuple(x0.shape[1:]), diffusion)
     if conditions is None:
         return x0, t, noise
     cond = conditions.read(idx[shard.start : shard.stop])
     dropped = draw_condition_dropout(cfg.seed, step, shard, cfg.condition_dropout)
-    return x0, t, noise, drop_conditions(cond, dropped)
+    return x0, t, noise, representation.encode(drop_conditions(cond, dropped), rep)
 
 
 #: Third seed word of the condition-dropout draws, so they never share a stream with :func:`draw_noise`'s.
@@ -471,7 +477,8 @@ def train(
     model.train()
     # Each step's batch, timesteps and noise are read and drawn on the host by a background thread while the
     # previous step runs, and copied to the device without blocking the host (pinned memory on CUDA).
-    fetch = functools.partial(_host_batch, trainset, train_cfg, shard, cfg.diffusion, conditions)
+    fetch = functools.partial(_host_batch, trainset, train_cfg, shard, cfg.diffusion, cfg.model.representation,
+                              conditions)
     batches = Prefetcher(range(start, train_cfg.steps), fetch, device=accelerator.device)
     with _Sigterm() as stop, bar, batches:
         for step, (x0, t, noise, *cond) in batches:

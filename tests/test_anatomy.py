@@ -10,8 +10,9 @@ import pytest
 from scipy.stats import wasserstein_distance
 
 from ctdiff.data.phantom.scan import phantom_volume
-from ctdiff.metrics.anatomy import CLASSES, class_slices, hu_bins, volume_anatomy, voxel_ml
-from ctdiff.metrics.anatomy_compare import QUANTITIES, evaluate_anatomy, hist_w1
+from ctdiff.metrics.anatomy import CLASSES, class_slices, hu_bins, sphericity, volume_anatomy, voxel_ml
+from ctdiff.metrics import anatomy_compare
+from ctdiff.metrics.anatomy_compare import QUANTITIES, anatomy_rows, evaluate_anatomy, hist_w1
 
 WINDOW = (-1000.0, 400.0)
 SPACING = 5.0  # mm: 0.125 mL per voxel
@@ -133,10 +134,12 @@ def test_pydicom_ct_slice():
     assert row["status"] == "no lungs" and row["body_ml"] > 0
 
 
-@pytest.mark.parametrize("value, status", [(0.0, "no body"), (1.0, "no lungs")])
-def test_diverged_volumes(value, status):
+@pytest.mark.parametrize("value, status, reason", [(0.0, "no body", "no connected component above -500 HU"),
+                                                   (1.0, "no lungs", "no air-like component")])
+def test_diverged_volumes(value, status, reason):
     row, hist = volume_anatomy(np.full(SHAPE, value, np.float32), _ras(), WINDOW)
     assert row["status"] == status and row["n_lungs"] == 0 and row["lung_ml"] == 0.0 and row["lung_balance"] is None
+    assert row["reason"].startswith(reason)
     if value == 0.0:
         assert row["fractions"] == {c: None for c in CLASSES} and hist.sum() == 0
     else:
@@ -209,3 +212,97 @@ def test_anatomy_figure(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps({"fid": 1.0}))
     with pytest.raises(ValueError, match="records no anatomy"):
         anatomy_figure(tmp_path / "old.json", tmp_path / "x.png")
+
+
+def test_sphericity_closed_forms():
+    spacing = np.array([1.0, 2.0, 3.0])
+    box = np.zeros((9, 8, 7), bool)
+    box[1:5, 2:8, 3:5] = True  # a 4 × 12 × 6 mm box: V = 288 mm³, A = 2 (48 + 24 + 72) = 288 mm²
+    assert sphericity(box, spacing) == pytest.approx(np.pi ** (1 / 3) * (6 * 288) ** (2 / 3) / 288, rel=1e-12)
+    cube = np.ones((5, 5, 5), bool)  # a cube of any size: (π/6)^(1/3)
+    assert sphericity(cube, np.ones(3)) == pytest.approx((np.pi / 6) ** (1 / 3), rel=1e-12)
+    ball = _ellipsoid((20, 20, 20), (15, 15, 15), shape=(41, 41, 41))
+    assert 0.6 < sphericity(ball, np.ones(3)) < 0.75  # faces overestimate a sphere's area by 1.5 on average
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("mean, sd", [(0.5, 0.5), (0.5, 0.25), (0.3, 0.3), (0.7, 0.3)])
+def test_noise_has_no_lungs(seed, mean, sd):
+    """White noise through the window (N(0.5, 0.5) is N(0, 1) in the model's range) is no chest: its air-like
+    and its solid voxels form sponges, not a body with two lungs, whatever their share."""
+    rng = np.random.default_rng(seed)
+    noise = np.clip(rng.normal(mean, sd, (64, 64, 64)), 0, 1).astype(np.float32)
+    row, _ = volume_anatomy(noise, _ras(6.0), WINDOW)
+    assert row["n_lungs"] == 0 and row["status"] in ("no body", "no lungs") and row["lung_ml"] == 0.0
+    assert isinstance(row["reason"], str) and row["reason"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("mean, sd", [(0.5, 0.5), (0.5, 0.25), (0.3, 0.3), (0.7, 0.3)])
+def test_noise_on_the_demo_grid_has_not_two_lungs(seed, mean, sd):
+    """On the demo's 24³ grid (16 mm) a lung is a few voxels across and noise's air-like sponge only a few
+    voxels thick, so the shape checks are weaker: noise may show one lung there, never two."""
+    noise = np.clip(np.random.default_rng(seed).normal(mean, sd, (24, 24, 24)), 0, 1).astype(np.float32)
+    row, _ = volume_anatomy(noise, _ras(16.0), WINDOW)
+    assert row["n_lungs"] < 2 and isinstance(row["reason"], str)
+
+
+def test_known_lung_volumes_within_the_voxelisation_bound():
+    """Ellipsoidal lungs of known volume V = 4/3·π·abc, off the voxel grid. A voxel whose centre lies inside
+    an ellipsoid E has its cube inside E ⊕ B_r and one whose cube reaches outside E has its centre outside
+    E ⊖ B_r, r = half the voxel diagonal = √3/2 voxels; E contains the ball of radius a_min, so with
+    t = r / a_min: (1 − t)·E ⊆ E ⊖ B_r and E ⊕ B_r ⊆ (1 + t)·E, and the voxel count lies in
+    [(1 − t)³, (1 + t)³] · V / v."""
+    shape, mm = (96, 72, 48), 4.0
+    lungs = {"left": ((30.3, 33.6, 24.2), (12.0, 16.5, 19.0)), "right": ((65.7, 33.4, 23.9), (13.5, 17.0, 20.5))}
+    hu = np.full(shape, -1000.0)
+    hu[_ellipsoid((47.5, 35.5, 23.5), (44, 34, 30), shape)] = 40.0
+    for centre, axes in lungs.values():
+        hu[_ellipsoid(centre, axes, shape)] = -850.0
+    row, _ = volume_anatomy(_scaled(hu), _ras(mm), WINDOW)
+    assert row["status"] == "two lungs" and row["reason"] is None
+    for side, (_, axes) in lungs.items():
+        exact = 4 / 3 * np.pi * np.prod(axes) * mm ** 3 / 1000  # mL
+        t = np.sqrt(3) / 2 / min(axes)
+        assert (1 - t) ** 3 * exact <= row[f"{side}_lung_ml"] <= (1 + t) ** 3 * exact, side
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_phantom_cohort_keeps_its_lungs(seed):
+    """The demo's phantom chests (384 mm field, 6 mm voxels), as preprocessing writes them."""
+    hu = phantom_volume(np.random.default_rng(seed), (64, 64, 64), (6.0, 6.0, 6.0))  # [Z, Y, X] LPS
+    ras = hu.transpose(2, 1, 0)[::-1, ::-1, :].astype(float)
+    row, _ = volume_anatomy(_scaled(ras), _ras(6.0), WINDOW)
+    assert row["status"] == "two lungs" and row["reason"] is None
+    assert 0.5 < row["lung_balance"] <= 1 and 1000 < row["lung_ml"] < 10000
+
+
+def test_a_gas_pocket_is_not_a_second_lung():
+    """A joined pair of lungs and a small gas pocket (under 1 % of the body): the pocket is not the second
+    lung, the pair is split in two."""
+    labels, hu = _chest(join=True)
+    hu[_ellipsoid((20.5, 8.5, 11.5), (2.5, 2.5, 2.5))] = -900.0  # ~65 voxels, 8 mL, in the soft tissue
+    row, _ = volume_anatomy(_scaled(hu), _ras(), WINDOW, min_lung_ml=5.0)
+    assert row["status"] == "two lungs"
+    assert row["lung_ml"] == pytest.approx((labels == "lung").sum() * SPACING ** 3 / 1000, rel=1e-12)
+
+
+def test_workers_do_not_change_the_anatomy(monkeypatch):
+    monkeypatch.setattr(anatomy_compare, "VOXELS_PER_WORKER", 1)  # a process per volume, however small
+    _, hu = _chest()
+    _, joined = _chest(join=True)
+    rng = np.random.default_rng(0)
+    vols = [_scaled(hu), _scaled(joined), np.clip(rng.normal(0.5, 0.5, SHAPE), 0, 1).astype(np.float32),
+            np.zeros(SHAPE, np.float32), np.ones(SHAPE, np.float32)]
+    affines = [_ras()] * len(vols)
+    serial = anatomy_rows(vols, affines, WINDOW, workers=1)
+    for workers in (2, 3):
+        pooled = anatomy_rows(vols, affines, WINDOW, workers=workers)
+        assert [r for r, _ in pooled] == [r for r, _ in serial]
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(pooled, serial))
+    names = [f"v{k}" for k in range(len(vols))]
+    one = evaluate_anatomy(np.stack(vols[:2]), affines[:2], names[:2], np.stack(vols[2:]), affines[2:], names[2:],
+                           hu_window=WINDOW, seed=0, n_boot=5, level=0.9)
+    two = evaluate_anatomy(np.stack(vols[:2]), affines[:2], names[:2], np.stack(vols[2:]), affines[2:], names[2:],
+                           hu_window=WINDOW, seed=0, n_boot=5, level=0.9, workers=2)
+    assert json.dumps(one, sort_keys=True) == json.dumps(two, sort_keys=True)

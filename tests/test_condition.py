@@ -247,3 +247,21 @@ def test_an_unconditional_checkpoint_refuses_masks_and_guidance(volumes, tmp_pat
     assert cli.main([*base, "--guidance", "2"]) == 2
     assert "model.condition: none: it takes no nodule masks and no sample.guidance" in capsys.readouterr().err
     assert cli.main([*base, "--nodule", "3,3,3,6"]) == 2
+
+
+def test_a_wavelet_model_takes_the_condition_as_sub_bands_and_samples_with_it(tmp_path):
+    from ctdiff import cli
+    from ctdiff.io import load_volume
+
+    volumes = write_volumes(tmp_path / "volumes", 4)
+    masks = write_masks(tmp_path / "masks", volumes)
+    cfg = cond_config(steps=2)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, representation="wavelet"))
+    train(volumes, tmp_path / "model.pt", tmp_path / "log.csv", tmp_path / "state", cfg, progress=False,
+          condition_files=masks)
+    model, _, _ = load_for_sampling(tmp_path / "model.pt")
+    assert model.conv_in.weight.shape[1] == 8 + 16 and model.conv_out.weight.shape[0] == 8
+    assert cli.main(["sample", "--checkpoint", str(tmp_path / "model.pt"), "-n", "1", "--sampler", "ddim",
+                     "--steps", "2", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "out"),
+                     "--nodules-from", str(tmp_path / "masks"), "--guidance", "2"]) == 0
+    assert load_volume(tmp_path / "out" / "0000.nii.gz")[0].shape == (SIZE,) * 3

@@ -43,6 +43,7 @@ def test_default_config_is_valid_and_typed():
     assert cfg.evaluate.bootstrap == 200 and cfg.evaluate.ci_level == 0.95
     assert to_dict(cfg)["evaluate"]["compare_samplers"][1] == {"sampler": "dpmpp", "steps": 25, "eta": 0.0}
     assert from_dict(to_dict(cfg)) == cfg  # rule params carry to_dict sections
+    assert cfg.reader_study.counts() == (4, 2)  # the demo's 4 held-out volumes and its 2 samples
 
 
 def test_schema_fills_nested_defaults():
@@ -76,6 +77,9 @@ def test_schema_fills_nested_defaults():
         ({"evaluate": {"ci_level": 1.0}}, "ci_level"),
         ({"evaluate": {"kid_subset_size": 1}}, "kid_subset_size"),
         ({"evaluate": {"kid_subsets": 0}}, "kid_subsets"),
+        ({"reader_study": {"synthetic_fraction": 1.0}}, "synthetic_fraction"),
+        ({"reader_study": {"n_cases": 1}}, "n_cases"),
+        ({"reader_study": {"lung_window": [-600]}}, "lung_window"),
     ],
 )
 def test_schema_rejects_bad_keys_by_name(patch, key):
@@ -134,6 +138,14 @@ def test_kid_subsets_larger_than_the_test_split_are_left_to_the_evaluate_stage()
          "evaluate.compare_samplers[1] repeats evaluate.compare_samplers[0]"),
         ({"sample": {"n": 50}}, "evaluate.kid_subset_size=100 exceeds sample.n=50"),
         ({"sample": {"n": 50}, "evaluate": {"kid_subset_size": 60}}, "lower evaluate.kid_subset_size to at most 50"),
+        ({"sample": {"n": 100}, "evaluate": {"kid_subset_size": 100}, "reader_study": {"n_cases": 2,
+          "synthetic_fraction": 0.2}}, "reader_study.synthetic_fraction=0.2 with reader_study.n_cases=2 gives 2 real "
+         "and 0 synthetic cases; the study needs both"),
+        ({"sample": {"n": 100}, "evaluate": {"kid_subset_size": 100}, "reader_study": {"n_cases": 300}},
+         "reader_study.n_cases=300 with reader_study.synthetic_fraction=0.5 asks for 150 synthetic cases but "
+         "sample.n=100"),
+        ({"sample": {"n": 100}, "evaluate": {"kid_subset_size": 100}, "reader_study": {"lung_window": [-600, 0]}},
+         "reader_study.lung_window=[-600, 0] must be [level, width] with width > 0"),
     ],
 )
 def test_cross_key_errors_name_the_key(patch, message):
@@ -238,7 +250,7 @@ def test_schema_enums_are_the_option_sets():
 
     option_sets = {options.Sampler, options.Precision, options.TrainPrecision, options.Objective, options.FlowTime,
                    options.BetaSchedule, options.LrSchedule, options.Source, options.SeriesChoice, options.Normalise,
-                   options.Condition}
+                   options.Representation, options.Condition}
     literals = 0
     for path, cls, obj in _sections():
         hints = get_type_hints(cls)
@@ -249,7 +261,7 @@ def test_schema_enums_are_the_option_sets():
                 assert tuple(prop["enum"]) == get_args(hints[name]), f"{path}.{name}"
             elif "enum" in prop:
                 assert (path, name) == ("evaluate", "med3d_depth") and tuple(prop["enum"]) == DEPTHS
-    assert literals == 12
+    assert literals == 13
     assert options.SAMPLERS == ("ddpm", "ddim", "dpmpp", "euler", "heun") and options.PRECISIONS == ("fp32", "bf16")
     assert options.OBJECTIVES == ("eps", "v", "flow") and options.FLOW_TIMES == ("logit_normal", "uniform")
     # every objective has its samplers, and every sampler serves some objective

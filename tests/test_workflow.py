@@ -55,7 +55,8 @@ def test_lint_is_clean(tmp_path):
 
 def test_dry_run_of_the_default_config(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "2")
-    assert {"phantom", "discover", "split", "train", "sample", "evaluate", "figure", "report", "all"} <= planned_rules(proc)
+    assert {"phantom", "discover", "split", "train", "sample", "evaluate", "figure", "report", "all",
+            "reader_study", "reader_analysis"} <= planned_rules(proc)
     jobs = planned_jobs(proc)  # config.yaml compares DDIM 50 and DPM-Solver++ 25 steps with the main DDPM set
     assert (jobs["sample_compare"], jobs["evaluate_compare"], jobs["variant_table"]) == (2, 2, 1), jobs
     assert not set(jobs) & VARIANT_RULES, jobs  # config.yaml lists no variant
@@ -167,12 +168,32 @@ def test_end_to_end_outputs(run_dir):
         run_dir / "report.html").read_text()
     assert "9.70" in (run_dir / "report.md").read_text()
     assert "data:image/png;base64" in (run_dir / "report.html").read_text()
+    key = json.loads((run_dir / "reader" / "key.json").read_text())  # 4 cases: the 2 held-out volumes, 2 samples
+    assert sorted((c["truth"], c["source"]) for c in key["cases"]) == sorted(
+        [("real", f"preprocessed/{i}.nii.gz") for i in test] + [("synthetic", f"samples/{i:04d}.nii.gz") for i in range(2)])
+    assert sorted(p.name for p in (run_dir / "reader" / "study" / "cases").iterdir()) == sorted(
+        f"{c['case']}.js" for c in key["cases"])
+    assert "No answers yet" in (run_dir / "report.md").read_text()
     assert not list(run_dir.rglob(".*.tmp*")), "no temporary file may be left behind"
 
 
 def test_nothing_reruns_when_nothing_changed(run_dir):
     proc = snakemake(run_dir.parent, "-n", "--cores", "2", "--configfile", str(TINY))
     assert planned_rules(proc) == set(), proc.stdout
+
+
+def test_returned_answers_rerun_only_the_analysis_and_the_report(run_dir, tmp_path):
+    """An answer file put in the answers folder reruns the reader analysis and the report, nothing else."""
+    key = json.loads((run_dir / "reader" / "key.json").read_text())
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    (answers / "a.json").write_text(json.dumps({
+        "format": "ctdiff-reader-answers", "study": key["study"], "reader": "A", "exported": "",
+        "answers": [{"case": c["case"], "answer": "real", "confidence": 3} for c in key["cases"]]}))
+    change = tmp_path / "answers.yaml"
+    change.write_text(f"reader_study:\n  answers: {answers}\n")
+    proc = snakemake(run_dir.parent, "-n", "--cores", "2", "--configfile", str(TINY), str(change))
+    assert planned_rules(proc) == {"reader_analysis", "report", "all"}, proc.stdout
 
 
 def test_another_sampler_reruns_only_the_comparison(run_dir, tmp_path):

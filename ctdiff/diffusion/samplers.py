@@ -22,12 +22,15 @@ from the clamped ``x0``. Without that, the clamped ``x0`` and the unclamped ``ε
 deterministic DDIM returns noise. The flow steps do the same with the velocity: ``x̂0 = x_t − t·v`` is
 clamped and ``v`` re-derived as ``(x_t − x̂0)/t``, the velocity of the straight path through ``x_t`` and the
 clamped ``x̂0`` (:func:`clip_velocity`), so a step to ``t = 0`` lands on the clamped ``x̂0``.
+``clip`` is ``True`` (that clamp), ``False``, or a callable that maps
+``x0`` onto the data range in the space the chain runs in: with ``model.representation: wavelet`` the data
+range holds in voxel space, and :func:`ctdiff.model.representation.x0_clip` gives the projection.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,13 +47,23 @@ def _check_t(s: Schedule, t: int) -> None:
         raise ValueError(f"t must be in [0, {s.timesteps - 1}], got {t}")
 
 
+Clip = bool | Callable[[Tensor], Tensor]
+
+
+def _clip(x0: Tensor, clip: Clip) -> Tensor:
+    """``x0`` clipped as ``clip`` says: ``True`` clamps to ``[-1, 1]``, ``False`` leaves it, a callable maps it."""
+    if callable(clip):
+        return clip(x0)
+    return x0.clamp(-1.0, 1.0) if clip else x0
+
+
 def _batch_t(t: int, x: Tensor) -> Tensor:
     """The int ``t`` as a ``[B]`` int64 tensor on ``x``'s device."""
     return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
 
 
 def ddpm_step(
-    s: Schedule, eps: Tensor, t: int, x_t: Tensor, noise: Tensor | None, *, clip: bool = True
+    s: Schedule, eps: Tensor, t: int, x_t: Tensor, noise: Tensor | None, *, clip: Clip = True
 ) -> Tensor:
     """One ancestral step ``x_t → x_{t−1}`` (Ho et al. Algorithm 2, line 4).
 
@@ -64,8 +77,7 @@ def ddpm_step(
     _check_t(s, t)
     tb = _batch_t(t, x_t)
     x0 = predict_x0(s, x_t, tb, eps)
-    if clip:
-        x0 = x0.clamp(-1.0, 1.0)
+    x0 = _clip(x0, clip)
     mean, _, _ = q_posterior(s, x0, x_t, tb)
     if t == 0:
         return mean
@@ -83,7 +95,7 @@ def ddim_step(
     noise: Tensor | None,
     *,
     eta: float = 0.0,
-    clip: bool = True,
+    clip: Clip = True,
 ) -> Tensor:
     """One DDIM step ``x_t → x_{t_prev}`` (Song et al. eq. 12), ``t_prev < t``; ``t_prev = −1`` means
     ``ᾱ_prev = 1`` (the step lands on ``x0``).
@@ -103,8 +115,8 @@ def ddim_step(
         raise ValueError(f"eta must be >= 0, got {eta}")
     tb = _batch_t(t, x_t)
     x0 = predict_x0(s, x_t, tb, eps)
-    if clip:
-        x0 = x0.clamp(-1.0, 1.0)
+    if clip is not False:
+        x0 = _clip(x0, clip)
         eps = eps_from_x0(s, x_t, tb, x0)
 
     a_t = s.alphas_cumprod[t]
@@ -132,7 +144,7 @@ def dpmpp_2m_step(
     x0_last: Tensor | None = None,
     t_last: int | None = None,
     *,
-    clip: bool = True,
+    clip: Clip = True,
 ) -> tuple[Tensor, Tensor]:
     """One DPM-Solver++(2M) step ``x_t → x_{t_prev}``; returns ``(x_{t_prev}, x̂0_t)``.
 
@@ -151,8 +163,7 @@ def dpmpp_2m_step(
     if not -1 <= t_prev < t:
         raise ValueError(f"t_prev must be in [-1, {t - 1}] for t={t}, got {t_prev}")
     x0 = predict_x0(s, x_t, _batch_t(t, x_t), eps)
-    if clip:
-        x0 = x0.clamp(-1.0, 1.0)
+    x0 = _clip(x0, clip)
     if t_prev < 0:
         return x0, x0
     a_t, a_prev = float(s.alphas_cumprod[t]), float(s.alphas_cumprod[t_prev])
@@ -219,15 +230,16 @@ def network_evaluations(sampler: str, steps: int | None, timesteps: int) -> int:
     return len(timestep_sequence(sampler, steps, timesteps))
 
 
-def clip_velocity(v: Tensor, t: float, x_t: Tensor) -> Tensor:
-    """The velocity whose ``x̂0`` is clamped to ``[-1, 1]``: ``x̂0 = clamp(x_t − t·v)``, then
-    ``v' = (x_t − x̂0)/t`` (``x_t − t·v' = x̂0``; ``v' = v`` wherever ``x̂0`` was in range). ``t > 0``.
+def clip_velocity(v: Tensor, t: float, x_t: Tensor, clip: Clip = True) -> Tensor:
+    """The velocity whose ``x̂0`` is clipped: ``x̂0 = clip(x_t − t·v)`` (``True``: clamped to ``[-1, 1]``; a
+    callable: the representation's projection), then ``v' = (x_t − x̂0)/t`` (``x_t − t·v' = x̂0``; ``v' = v``
+    wherever ``x̂0`` was in range). ``t > 0``.
 
     ``v``, ``x_t``: ``[B, ...]`` → ``[B, ...]``.
     """
     if not 0.0 < t <= 1.0:
         raise ValueError(f"t must be in (0, 1] to clip a velocity, got {t}")
-    x0 = (x_t - t * v).clamp(-1.0, 1.0)
+    x0 = _clip(x_t - t * v, clip)
     return (x_t - x0) / t
 
 
@@ -236,7 +248,7 @@ def _check_flow_times(t: float, t_next: float) -> None:
         raise ValueError(f"flow times must satisfy 0 <= t_next < t <= 1, got t={t}, t_next={t_next}")
 
 
-def euler_step(v: Tensor, t: float, t_next: float, x_t: Tensor, *, clip: bool = True) -> Tensor:
+def euler_step(v: Tensor, t: float, t_next: float, x_t: Tensor, *, clip: Clip = True) -> Tensor:
     """One Euler step of the flow ODE ``x_t → x_{t_next}``, ``t_next < t``:
     ``x_{t_next} = x_t + (t_next − t)·v`` with ``v`` the network's velocity at ``(x_t, t)``, clipped by
     :func:`clip_velocity` if ``clip`` (a step to ``t_next = 0`` then returns the clamped ``x̂0``).
@@ -244,13 +256,13 @@ def euler_step(v: Tensor, t: float, t_next: float, x_t: Tensor, *, clip: bool = 
     ``v``, ``x_t``: ``[B, ...]`` → ``[B, ...]``.
     """
     _check_flow_times(t, t_next)
-    if clip:
-        v = clip_velocity(v, t, x_t)
+    if clip is not False:
+        v = clip_velocity(v, t, x_t, clip)
     return x_t + (t_next - t) * v
 
 
 def heun_step(
-    v: Tensor, v_next: Tensor, t: float, t_next: float, x_t: Tensor, x_euler: Tensor, *, clip: bool = True
+    v: Tensor, v_next: Tensor, t: float, t_next: float, x_t: Tensor, x_euler: Tensor, *, clip: Clip = True
 ) -> Tensor:
     """Heun's corrector for ``x_t → x_{t_next}`` with ``0 < t_next < t`` (Karras et al. 2022, "Elucidating the
     Design Space of Diffusion-Based Generative Models", Algorithm 1: the trapezoidal rule with an Euler
@@ -266,8 +278,8 @@ def heun_step(
     _check_flow_times(t, t_next)
     if t_next == 0.0:
         raise ValueError("the step to t = 0 is an Euler step: the corrector would need the velocity at t = 0")
-    if clip:
-        v, v_next = clip_velocity(v, t, x_t), clip_velocity(v_next, t_next, x_euler)
+    if clip is not False:
+        v, v_next = clip_velocity(v, t, x_t, clip), clip_velocity(v_next, t_next, x_euler, clip)
     return x_t + (t_next - t) * 0.5 * (v + v_next)
 
 
@@ -288,10 +300,10 @@ def sample(
     steps: int | None = None,
     eta: float = 0.0,
     objective: str = "eps",
-    clip: bool = True,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    clip: Clip = True,
 ) -> Tensor:
     """Draw ``B = len(generators)`` samples of per-sample ``shape`` (``(C, D, H, W)``) → ``[B, *shape]``.
 
@@ -302,8 +314,9 @@ def sample(
     ``v`` take ddpm, ddim and dpmpp, called as ``model(x_t, t)`` with ``t`` ``[B]`` int64; ``flow`` takes
     euler and heun, called as ``model(x_t, t·T)`` with float32 times (:func:`ctdiff.diffusion.flow.network_time`);
     any other pairing is refused. ``x_t`` is passed in ``dtype``; the chain itself is kept in float32.
-    ``clip`` clamps each predicted ``x0`` (module docstring); the result is clamped to ``[-1, 1]``, the range
-    the model was trained on. Put the model in eval mode before calling.
+    ``clip`` is each step's clip of the predicted ``x0`` and of the result (``True``: the clamp to ``[-1, 1]``,
+    the range the model was trained on; a callable for another representation, see the module docstring).
+    Put the model in eval mode before calling.
     """
     if len(generators) == 0:
         raise ValueError("need at least one generator (one per sample)")
@@ -327,7 +340,7 @@ def sample(
                 x = heun_step(v, velocity(x_euler, t_next), t, t_next, x, x_euler, clip=clip)
             else:
                 x = x_euler
-        return x.clamp(-1.0, 1.0)
+        return _clip(x, clip if clip is not False else True)
 
     timesteps = timestep_sequence(sampler, steps, s.timesteps)
     x0_last, t_last = None, None  # DPM-Solver++(2M) history
@@ -346,4 +359,4 @@ def sample(
         else:
             x, x0_last = dpmpp_2m_step(s, eps, t, t_prev, x, x0_last, t_last, clip=clip)
             t_last = t
-    return x.clamp(-1.0, 1.0)
+    return _clip(x, clip if clip is not False else True)

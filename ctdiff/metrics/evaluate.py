@@ -7,7 +7,8 @@ Memory: the test and synthetic volumes are held in memory as float32, (Nr + Ns) 
 memorisation audits (64 at 128³: 0.5 GiB more) and never held together; their Med3D features are kept
 (N_train · C · 8 bytes) for the feature-space audit. Each file is read once. Med3D
 features are computed ``batch_size`` volumes at a time, nearest-volume searches in float64 chunks of
-~64 MiB, and MS-SSIM four pairs at a time.
+~64 MiB, and MS-SSIM four pairs at a time. The anatomy's worker processes (``workers``) are forked and read
+the volumes from this memory; each needs ~40 MiB more at 128³ (numpy's peak for one volume).
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     hu_window: tuple[float, float] = (-1000.0, 400.0),
     nodules: tuple[Sequence[Path], Sequence[Path | None]] | None = None,
+    workers: int = 1,
 ) -> dict:
     """Compare ``synthetic`` with held-out ``real`` NIfTI volumes as the ``evaluate`` section ``settings``
     says; write the metrics to ``out`` (JSON) and return them (``settings.compare_samplers`` plays no part).
@@ -157,7 +159,8 @@ def evaluate(
     - ``real_volumes``: the names of the real volumes, so that sets scored separately can be shown to share them.
     - ``anatomy``: body, lungs and tissue classes in HU (through ``hu_window``, the preprocessing window) per
       volume, and real against synthetic as distributions with the real-vs-real floor and intervals
-      (``ctdiff.metrics.anatomy_compare.evaluate_anatomy``).
+      (``ctdiff.metrics.anatomy_compare.evaluate_anatomy``), measured on ``workers`` processes (the same
+      numbers for any count).
     - ``nodules`` (only when ``nodules`` = (the mask each synthetic volume was drawn with, the real volume
       that mask came from) is given, for a ``model.condition: nodules`` model): contrast, detection, size and
       spurious blobs, synthetic against real (``ctdiff.metrics.nodule_control``).
@@ -259,7 +262,7 @@ def evaluate(
     }
     metrics["anatomy"] = evaluate_anatomy(
         real_vol, read_affines(real), real_names, syn_vol, read_affines(synthetic), syn_names, hu_window=hu_window,
-        seed=settings.seed, n_boot=settings.bootstrap, level=settings.ci_level)
+        seed=settings.seed, n_boot=settings.bootstrap, level=settings.ci_level, workers=workers)
     if nodules is not None:
         metrics["nodules"] = nodule_control(synthetic, nodules[0], nodules[1], hu_window)
     write_json(Path(out), metrics)

@@ -35,7 +35,7 @@ from skimage.feature import blob_log
 
 from ctdiff.data.preprocess import to_hu
 from ctdiff.io import load_volume
-from ctdiff.metrics.anatomy import AIR_LIKE_HU, BODY_HU, _fill_slices, _largest, axial_axis
+from ctdiff.metrics.anatomy import AIR_LIKE_HU, BODY_HU, axial_axis
 from ctdiff.model.condition import spacing_of
 
 #: The lung shell around a nodule: voxels within this many millimetres of it.
@@ -59,10 +59,14 @@ def blobs(volume: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
 def lung_region(hu: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """bool: what the body encloses (filled slice by slice along the axial axis) minus the body's largest
     connected component (voxels above ``BODY_HU``): the lungs with the vessels and nodules inside them."""
-    body, size = _largest(hu > BODY_HU)
-    if not size:
+    labels, n = ndimage.label(hu > BODY_HU)
+    if not n:
         return np.zeros(hu.shape, bool)
-    return _fill_slices(body, axial_axis(affine)) & ~body
+    body = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    axis = axial_axis(affine)
+    filled = np.stack([ndimage.binary_fill_holes(np.take(body, k, axis=axis)) for k in range(body.shape[axis])],
+                      axis=axis)
+    return filled & ~body
 
 
 def _centres_in(points: np.ndarray, region: np.ndarray) -> np.ndarray:

@@ -23,9 +23,10 @@ unconditional one, each one network evaluation per step; any other ``w`` runs th
 unconditional inputs as one doubled batch (the same network cost as two evaluations).
 
 The condition is a separate set of input channels (``UNet3D(cond_channels=...)``, concatenated after
-``x_t``), so another representation of ``x_t`` (the wavelet sub-bands of ``model.representation``) composes
-with it: that representation would transform the condition channels the same way (two channels become
-sixteen half-resolution sub-bands) and only :func:`condition_channels` would change.
+``x_t``), so it composes with the representation of ``x_t`` (``model.representation``): with ``wavelet`` the
+two condition channels are Haar-transformed like the volume, into sixteen half-resolution sub-bands
+(:func:`ctdiff.checkpoint.build_model` multiplies the channels, training and sampling transform the encoded
+condition, dropout and the null condition included, after encoding it in voxels).
 """
 
 from __future__ import annotations
@@ -92,17 +93,19 @@ def drop_conditions(cond: Tensor, dropped: Tensor) -> Tensor:
     return torch.where(keep, cond, null_condition(cond))
 
 
-def guided(model, cond: Tensor | None, guidance: float = 1.0):
+def guided(model, cond: Tensor | None, guidance: float = 1.0, null: Tensor | None = None):
     """``model(x, t, cond)`` as the samplers call a network, ``(x, t) → out``, with classifier-free guidance
     of scale ``guidance`` (module docstring); ``cond`` ``[B, C, D, H, W]`` or None for an unconditional
-    model (then ``guidance`` must be 1: there is nothing to guide). ``cond`` is cast to ``x``'s dtype."""
+    model (then ``guidance`` must be 1: there is nothing to guide). ``null`` is the no-nodule condition in
+    ``cond``'s representation (default :func:`null_condition`, right for voxels; the wavelet representation
+    passes the transform of the voxel one). Both are cast to ``x``'s dtype."""
     if guidance < 0:
         raise ValueError(f"sample.guidance={guidance} must be >= 0")
     if cond is None:
         if guidance != 1.0:
             raise ValueError(f"sample.guidance={guidance} needs a conditioned model (model.condition: nodules)")
         return model
-    null = null_condition(cond)
+    null = null_condition(cond) if null is None else null
 
     def forward(x: Tensor, t: Tensor) -> Tensor:
         if guidance == 1.0:

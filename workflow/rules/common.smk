@@ -12,6 +12,8 @@ from snakemake.utils import min_version, validate
 from ctdiff.config import from_dict, schema_checker, to_dict
 from ctdiff.options import NAME_REGEX, TAG_REGEX
 from ctdiff.plan import (
+    answer_files,
+    answers_folder,
     comparison_runs,
     compared_sample,
     converted_items,
@@ -167,3 +169,8 @@ def variant_table_input(wildcards=None):
     """variants.tsv when the run compares anything (a sampler or a variant), else nothing (no table in the
     report)."""
     return [f"{R}/metrics/variants.tsv"] if len(ROWS) > 1 else []
+
+
+def study_settings():
+    """The reader_study section without answers: where answers are collected changes no study."""
+    return {k: v for k, v in section("reader_study").items() if k != "answers"}

@@ -17,7 +17,7 @@ rule evaluate:
         run=sample_setting(CFG.sample),
         seed=CFG.sample.seed,
         hu_window=list(CFG.preprocess.hu_window),  # the anatomy is measured in HU
-    threads: 8  # capped at --cores; profiles may set their own
+    threads: 8  # torch's CPU threads and the anatomy's processes; capped at --cores; profiles may set their own
     resources:
         gpu=0,
     log:

@@ -105,6 +105,7 @@ rule report:
         histogram=f"{R}/figures/memorisation.png",
         pairs=f"{R}/figures/closest_pairs.png",
         anatomy=f"{R}/figures/anatomy.png",
+        reader=f"{R}/reader/analysis.json",
         variants=variant_table_input,
         nodules=nodule_figure_input,
     output:

@@ -25,5 +25,6 @@ evaluate(
     device="cuda" if torch.cuda.is_available() else "cpu",
     provenance=sampling_provenance(Path(snakemake.input.model), **snakemake.params.run, seed=snakemake.params.seed),
     hu_window=tuple(snakemake.params.hu_window),
+    workers=snakemake.threads,  # the anatomy's processes
     nodules=evaluation_masks(Path(snakemake.input.model), synthetic, read_ids(snakemake.input.test), folder),
 )

@@ -1,0 +1,247 @@
+"""The blinded reader study (visual Turing test): a folder a reader opens from disk, and its key, kept apart.
+
+:func:`write_study` draws ``n_real`` held-out real volumes and ``n_synthetic`` synthetic ones (seeded), shuffles
+them and writes:
+
+- the study folder: ``index.html``, ``reader.js``, ``reader.css`` (the page, :mod:`ctdiff.reader` package
+  data, the same for every study), ``study.js`` (the study id, volume shape, windows and the case ids in
+  reading order) and ``cases/<case id>.js``, one file per case;
+- ``study.zip``, the same folder as one file to send;
+- the key (``key.json``: which case is which volume), outside the folder, and a copy under
+  ``keys/<study id>.json`` that no rerun removes, so that answers to a study sent earlier can still be
+  told apart from answers to the current one.
+
+Blinding: every case goes through :func:`case_payload` alone. A volume is clipped to the preprocessing window
+(values a sampler left outside [0, 1] would otherwise show HU no real volume has), reoriented to the display
+order, mapped through each window to 8 bits and deflated; the compressed bytes are padded with seeded random
+bytes to the length of the largest case, so every case file has the same size (a compressed size would tell
+noisy volumes from smooth ones), and the padding cannot be told from data in a text editor. File names are
+random case ids, every file gets the same modification time, and the zip stores no compression and one
+date. Nothing records the source, the truth, the HU range or the size of a volume inside the folder.
+
+Display order of a case: ``V[k, r, c]`` with ``k`` the axial slice from superior (0) to inferior, ``r`` the
+row from anterior (0) to posterior and ``c`` the column from the patient's right (0) to left, so an axial
+slice is radiological convention as :func:`ctdiff.plots.view` draws it; the page takes coronal slices as
+``V[:, r, :]`` and sagittal ones as ``V[:, :, c]``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ctdiff import __version__
+from ctdiff.config import ReaderStudyConfig, to_dict
+from ctdiff.data.split import read_ids
+from ctdiff.io import atomic_path, file_sha256, write_json
+
+#: The page: identical for every study (package data under ``ctdiff/reader/page``).
+PAGE_FILES = ("index.html", "reader.js", "reader.css")
+#: The modification time of every file of the study folder and zip (2000-01-01 00:00 UTC): nothing in the
+#: folder tells in which order the cases were written.
+FIXED_MTIME = 946684800
+#: Windows in the order the page offers them: (name, label, config key).
+WINDOWS = (("lung", "Lung", "lung_window"), ("mediastinal", "Mediastinal", "mediastinal_window"))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case of the study: its random id, the truth, and the volume it shows (a path; ``source`` names it
+    in the key, e.g. ``preprocessed/LIDC-IDRI-0001.nii.gz``)."""
+
+    id: str
+    truth: str  # "real" or "synthetic"
+    path: Path
+    source: str
+
+
+def display_order(volume: np.ndarray) -> np.ndarray:
+    """A RAS+ volume ``[R, A, S]`` as the page's ``V[k, r, c]`` (superior→inferior, anterior→posterior,
+    patient's right→left): all three axes reversed, then transposed."""
+    return np.ascontiguousarray(volume[::-1, ::-1, ::-1].transpose(2, 1, 0))
+
+
+def window_bytes(volume01: np.ndarray, hu_window: tuple[float, float], level: float, width: float) -> np.ndarray:
+    """uint8 grey levels of a [0, 1] volume (``hu_window`` scaled) in the window ``level``/``width`` (HU):
+    ``round(255 * clip((HU - (level - width/2)) / width, 0, 1))``, HU = low + v (high - low), v clipped to
+    [0, 1]."""
+    lo, hi = hu_window
+    hu = lo + np.clip(volume01.astype(np.float64), 0.0, 1.0) * (hi - lo)
+    grey = np.clip((hu - (level - width / 2)) / width, 0.0, 1.0)
+    return np.rint(grey * 255.0).astype(np.uint8)
+
+
+def load_display(path: Path) -> np.ndarray:
+    """A volume in RAS+ canonical orientation (nibabel), float32, in display order."""
+    img = nib.as_closest_canonical(nib.load(str(path)))
+    return display_order(np.asarray(img.dataobj, dtype=np.float32))
+
+
+def case_payload(path: Path, settings: ReaderStudyConfig, hu_window: tuple[float, float]) -> tuple[tuple[int, ...],
+                                                                                                   bytes]:
+    """(display shape, deflated bytes) of one case: its windows' grey levels one after the other, each a
+    C-ordered ``V[k, r, c]`` uint8 array, compressed with zlib (level 9)."""
+    volume = load_display(path)
+    raw = b"".join(window_bytes(volume, hu_window, *getattr(settings, key)).tobytes() for _, _, key in WINDOWS)
+    return volume.shape, zlib.compress(raw, 9)
+
+
+def padded(compressed: bytes, length: int, rng: np.random.Generator) -> bytes:
+    """``compressed`` as a payload of exactly ``4 + length`` bytes: its length (uint32, little-endian), the
+    bytes, then random padding the page ignores."""
+    if len(compressed) > length:
+        raise ValueError(f"payload of {len(compressed)} bytes exceeds the padded length {length}")
+    fill = rng.integers(0, 256, size=length - len(compressed), dtype=np.uint8).tobytes()
+    return struct.pack("<I", len(compressed)) + compressed + fill
+
+
+def unpadded(payload: bytes) -> bytes:
+    """The compressed bytes of a :func:`padded` payload (the page does the same in JavaScript)."""
+    (n,) = struct.unpack("<I", payload[:4])
+    return payload[4:4 + n]
+
+
+def choose_cases(test_ids: list[str], volumes: Path, synthetic: list[Path], settings: ReaderStudyConfig,
+                 results: Path) -> tuple[str, list[Case]]:
+    """(study id, cases in reading order). ``n_real`` of the held-out ``test_ids`` (``volumes/<id>.nii.gz``)
+    and ``n_synthetic`` of ``synthetic`` are drawn without replacement and shuffled, all from
+    ``settings.seed``. The study id hashes the settings and the chosen files' bytes, so the same volumes give
+    the same study (``answers`` is left out); case ids hash the study id and the reading position, so they say
+    nothing of the truth.
+
+    Raises ``ValueError`` naming ``reader_study.n_cases`` / ``synthetic_fraction`` when the held-out set or
+    the sample set holds too few volumes."""
+    n_real, n_synthetic = settings.counts()
+    if n_real > len(test_ids):
+        raise ValueError(f"reader_study.n_cases={settings.n_cases} with reader_study.synthetic_fraction="
+                         f"{settings.synthetic_fraction} asks for {n_real} real cases but the held-out set holds "
+                         f"{len(test_ids)} volumes; lower reader_study.n_cases or raise synthetic_fraction")
+    if n_synthetic > len(synthetic):
+        raise ValueError(f"reader_study.n_cases={settings.n_cases} with reader_study.synthetic_fraction="
+                         f"{settings.synthetic_fraction} asks for {n_synthetic} synthetic cases but there are "
+                         f"{len(synthetic)} synthetic volumes")
+    rng = np.random.default_rng(settings.seed)
+    real = [sorted(test_ids)[i] for i in sorted(rng.choice(len(test_ids), n_real, replace=False))]
+    fake = [sorted(synthetic)[i] for i in sorted(rng.choice(len(synthetic), n_synthetic, replace=False))]
+    chosen = [("real", Path(volumes) / f"{i}.nii.gz") for i in real] + [("synthetic", Path(p)) for p in fake]
+    chosen = [chosen[i] for i in rng.permutation(len(chosen))]
+    study_settings = {k: v for k, v in to_dict(settings).items() if k != "answers"}  # where answers go changes nothing
+    digest = hashlib.sha256(json.dumps(study_settings, sort_keys=True).encode())
+    for truth, path in chosen:
+        digest.update(f"{truth}:{file_sha256(path)}\n".encode())
+    study = digest.hexdigest()[:12]
+    cases, seen = [], set()
+    for k, (truth, path) in enumerate(chosen):
+        case_id = hashlib.sha256(f"{study}:{k}".encode()).hexdigest()[:8]
+        if case_id in seen:  # 2^-32 per pair; never silently merge two cases
+            raise ValueError(f"case id {case_id} drawn twice in study {study}")
+        seen.add(case_id)
+        cases.append(Case(case_id, truth, path, _source(path, results)))
+    return study, cases
+
+
+def _source(path: Path, results: Path) -> str:
+    """``path`` relative to the results folder where it lies inside it, else as given."""
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), Path(results).resolve())).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def study_manifest(study: str, shape: tuple[int, ...], settings: ReaderStudyConfig, case_ids: list[str]) -> str:
+    """``study.js``: what the page needs and nothing that tells cases apart."""
+    manifest = {
+        "study": study,
+        "shape": list(shape),
+        "windows": [{"name": name, "label": label, "level": getattr(settings, key)[0],
+                     "width": getattr(settings, key)[1]} for name, label, key in WINDOWS],
+        "cases": case_ids,
+    }
+    return "window.CTDIFF_STUDY = " + json.dumps(manifest, indent=1) + ";\n"
+
+
+def case_script(case_id: str, payload: bytes) -> str:
+    """``cases/<id>.js``: hands the base64 payload to the page (script tags load from file://, fetch does
+    not)."""
+    return f'ctdiffCase("{case_id}", "{base64.b64encode(payload).decode()}");\n'
+
+
+def write_study(test_ids_txt: Path, volumes: Path, synthetic: list[Path], settings: ReaderStudyConfig,
+                hu_window: tuple[float, float], out_dir: Path, out_zip: Path, out_key: Path) -> dict:
+    """Write the study folder ``out_dir``, ``out_zip`` and the key ``out_key`` (plus ``keys/<study>.json``
+    beside it); returns the key. See the module docstring for what is blinded and how. Volumes of another
+    shape than the first case's are refused, naming the file."""
+    results = Path(out_key).parent.parent
+    study, cases = choose_cases(read_ids(test_ids_txt), Path(volumes), [Path(p) for p in synthetic], settings,
+                                results)
+    shapes, compressed = {}, {}
+    for case in cases:
+        shapes[case.path], compressed[case.id] = case_payload(case.path, settings, hu_window)
+    first = cases[0].path
+    for path, case_shape in shapes.items():
+        if case_shape != shapes[first]:
+            raise ValueError(f"{path}: volume of shape {case_shape} (display order) but {first} has "
+                             f"{shapes[first]}; every case must have the same size")
+    shape = shapes[first]
+    length = max(len(c) for c in compressed.values())
+    rng = np.random.default_rng([settings.seed, int(study, 16)])
+    files = {name: resources.files("ctdiff.reader").joinpath("page", name).read_bytes() for name in PAGE_FILES}
+    files["study.js"] = study_manifest(study, shape, settings, [c.id for c in cases]).encode()
+    for case in cases:  # reading order, which is random
+        files[f"cases/{case.id}.js"] = case_script(case.id, padded(compressed[case.id], length, rng)).encode()
+    _write_folder(Path(out_dir), files)
+    with atomic_path(Path(out_zip)) as tmp:
+        _write_zip(tmp, files, Path(out_dir).name)
+    key = {
+        "format": "ctdiff-reader-key",
+        "study": study,
+        "ctdiff": __version__,
+        "settings": to_dict(settings),
+        "hu_window": list(hu_window),
+        "shape": list(shape),
+        "cases": [{"case": c.id, "position": k + 1, "truth": c.truth, "source": c.source,
+                   "sha256": file_sha256(c.path)} for k, c in enumerate(cases)],
+    }
+    write_json(Path(out_key), key)
+    write_json(Path(out_key).parent / "keys" / f"{study}.json", key)
+    return key
+
+
+def _write_folder(out_dir: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` into a fresh sibling folder, give every file and folder :data:`FIXED_MTIME`, then
+    move it in place of ``out_dir``."""
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for name, data in files.items():
+            path = tmp / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        for path in sorted(tmp.rglob("*"), reverse=True) + [tmp]:
+            os.utime(path, (FIXED_MTIME, FIXED_MTIME))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_zip(path: Path, files: dict[str, bytes], folder: str) -> None:
+    """The study folder as a zip: names sorted, stored uncompressed (deflating would give the case files
+    different sizes again), one date for every entry, permissions rw-r--r--."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(files):
+            info = zipfile.ZipInfo(f"{folder}/{name}", date_time=(2000, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, files[name])

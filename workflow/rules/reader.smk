@@ -1,0 +1,42 @@
+# The blinded reader study (visual Turing test): a folder readers open from disk, its key kept apart, and the
+# analysis of the answer files they send back (reader_study.answers, read anew at every run).
+
+
+rule reader_study:
+    input:
+        test=f"{R}/splits/test.txt",
+        real=preprocessed,
+        synthetic=SAMPLES,
+    output:
+        study=directory(f"{R}/reader/study"),
+        zip=f"{R}/reader/study.zip",
+        key=f"{R}/reader/key.json",
+    params:
+        reader_study=study_settings(),
+        hu_window=list(CFG.preprocess.hu_window),
+        volumes=f"{R}/preprocessed",
+    log:
+        f"{R}/logs/reader_study.log",
+    conda:
+        ENV
+    script:
+        "../scripts/reader_study.py"
+
+
+rule reader_analysis:
+    input:
+        key=f"{R}/reader/key.json",
+        answers=answer_files(CFG),
+    output:
+        json=f"{R}/reader/analysis.json",
+        cases=f"{R}/reader/cases.tsv",
+        readers=f"{R}/reader/readers.tsv",
+    params:
+        folder=answers_folder(CFG),
+        level=CFG.evaluate.ci_level,  # the run's interval level
+    log:
+        f"{R}/logs/reader_analysis.log",
+    conda:
+        ENV
+    script:
+        "../scripts/reader_analysis.py"
