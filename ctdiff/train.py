@@ -92,7 +92,7 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 
 def _host_batch(trainset: TrainingSet, cfg: TrainConfig, shard: range, diffusion: DiffusionConfig, rep: str,
-                conditions: TrainingSet | None, step: int):
+                step: int, conditions: TrainingSet | None = None):
     """This process's share of the global batch of ``step`` on the host: volumes ``[b, 1, S, S, S]`` in
     [-1, 1] in the representation ``rep`` (``model.representation``: for ``wavelet``, ``[b, 8, S/2, S/2, S/2]``),
     timesteps ``[b]`` and noise of that shape, and with ``conditions`` the encoded conditions ``[b, C, S, S, S]``
@@ -478,7 +478,7 @@ def train(
     # Each step's batch, timesteps and noise are read and drawn on the host by a background thread while the
     # previous step runs, and copied to the device without blocking the host (pinned memory on CUDA).
     fetch = functools.partial(_host_batch, trainset, train_cfg, shard, cfg.diffusion, cfg.model.representation,
-                              conditions)
+                              conditions=conditions)
     batches = Prefetcher(range(start, train_cfg.steps), fetch, device=accelerator.device)
     with _Sigterm() as stop, bar, batches:
         for step, (x0, t, noise, *cond) in batches:
