@@ -265,3 +265,12 @@ def test_a_wavelet_model_takes_the_condition_as_sub_bands_and_samples_with_it(tm
                      "--steps", "2", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "out"),
                      "--nodules-from", str(tmp_path / "masks"), "--guidance", "2"]) == 0
     assert load_volume(tmp_path / "out" / "0000.nii.gz")[0].shape == (SIZE,) * 3
+
+
+def test_guided_sets_count_two_network_evaluations_per_step(conditioned_checkpoint):
+    from ctdiff.metrics.compare import sampling_provenance
+
+    model, _ = conditioned_checkpoint
+    nfe = {w: sampling_provenance(model, sampler="ddim", steps=5, eta=0.0, seed=0, guidance=w)["network_evaluations"]
+           for w in (0.0, 1.0, 2.0)}
+    assert nfe == {0.0: 5, 1.0: 5, 2.0: 10}

@@ -332,6 +332,7 @@ def test_a_nodule_conditioned_variant_trains_samples_and_is_scored_through_the_r
     metrics = json.loads((variant / "metrics" / "metrics.json").read_text())
     assert metrics["nodules"]["synthetic"]["n_volumes"] == 2 and metrics["nodules"]["real"]["n_volumes"] == 2
     assert "nodules" not in json.loads((results / "metrics" / "metrics.json").read_text())  # the paper's row
+    assert metrics["provenance"]["guidance"] == 2.0 and metrics["provenance"]["network_evaluations"] == 20
     assert any((variant / "train_state" / "conditions").glob("*.npy"))
     test = sorted((results / "splits" / "test.txt").read_text().split())
     for i in range(2):  # sample.n = 2 = the test split: no cycling

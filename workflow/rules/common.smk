@@ -133,9 +133,15 @@ def srun(wildcards, resources):
     return "srun --ntasks-per-node=1 " if int(resources.get("nodes", 1)) > 1 else ""
 
 
+def guidance_of(settings):
+    """{"guidance": w} when a sample section guides (w != 1: two network evaluations per step), else nothing,
+    so that the evaluate rules of unguided sets keep their params."""
+    return {"guidance": settings.guidance} if settings.guidance != 1.0 else {}
+
+
 def sample_setting(settings):
     """The sampler setting of a sample section as the evaluate rules record it (steps unresolved)."""
-    return {"sampler": settings.sampler, "steps": settings.steps, "eta": settings.eta}
+    return {"sampler": settings.sampler, "steps": settings.steps, "eta": settings.eta, **guidance_of(settings)}
 
 
 # The model variants (config `variants`): {name: merged config}, without the main row. Empty = no variant jobs.

@@ -36,7 +36,7 @@ use rule evaluate as evaluate_compare with:
     params:
         evaluate=evaluate_settings(),
         volumes=f"{R}/preprocessed",
-        run=lambda wildcards: compare_run(wildcards.tag),
+        run=lambda wildcards: {**compare_run(wildcards.tag), **guidance_of(CFG.sample)},
         seed=CFG.sample.seed,
         hu_window=list(CFG.preprocess.hu_window),  # the anatomy is measured in HU
     log:

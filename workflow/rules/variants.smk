@@ -91,7 +91,8 @@ use rule evaluate as evaluate_variant_compare with:
     params:
         evaluate=evaluate_settings(),
         volumes=f"{R}/preprocessed",
-        run=lambda wildcards: variant_compare_run(wildcards.variant, wildcards.tag),
+        run=lambda wildcards: {**variant_compare_run(wildcards.variant, wildcards.tag),
+                               **guidance_of(variant(wildcards.variant).sample)},
         seed=CFG.sample.seed,
         hu_window=list(CFG.preprocess.hu_window),
     log:
