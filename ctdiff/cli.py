@@ -19,7 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ctdiff.config import SampleConfig, from_dict, section_from_dict
-from ctdiff.options import PRECISIONS, SAMPLERS
+from ctdiff.options import PRECISIONS, SAMPLERS, SAMPLERS_FOR
 from ctdiff.plan import sample_files
 
 
@@ -27,7 +27,12 @@ def _train(args: argparse.Namespace) -> None:
     from ctdiff.data.split import read_ids
     from ctdiff.train import train
 
-    cfg = from_dict(json.loads(args.settings))
+    raw = json.loads(args.settings)
+    # Training reads no sample section; give it a sampler that fits the objective, so that the config checks
+    # (which refuse a ddpm default beside a flow objective) judge only what training uses.
+    objective = raw.get("diffusion", {}).get("objective", "eps")
+    raw.setdefault("sample", {"sampler": SAMPLERS_FOR.get(objective, SAMPLERS)[0]})
+    cfg = from_dict(raw)
     ids = read_ids(args.train_list)
     files = [Path(args.volumes) / f"{item}.nii.gz" for item in ids]
     masks = [Path(args.nodules) / f"{item}.nii.gz" for item in ids] if args.nodules else None

@@ -248,23 +248,32 @@ def test_adding_a_variant_reruns_only_that_variant(run_dir, tmp_path):
     assert jobs["train_variant"] == 2 and jobs["variant_table"] == 1
 
 
-def test_a_variant_runs_end_to_end_beside_the_main_run(run_dir, tmp_path):
-    """In a copy of the finished run: one cheap variant trains, samples and is scored; the table puts it after
-    the paper's rows with its own cost, and a second call finds nothing to do."""
+def test_variants_run_end_to_end_beside_the_main_run(run_dir, tmp_path):
+    """In a copy of the finished run: the paper's row (eps, voxels, DDPM), a flow-matching variant (Euler) and a
+    wavelet + flow variant (Heun) train, sample and are scored by the same rules; the table puts the paper's rows
+    first, each with its own cost, compares DDIM only where it fits (eps), and a second call finds nothing to do."""
     work = tmp_path / "copy"
     shutil.copytree(run_dir.parent, work, symlinks=True)  # copy2 keeps the times Snakemake compares
-    change = tmp_path / "small.yaml"
-    change.write_text("variants:\n  - {name: small, model: {channels: [4, 8]}, sample: {sampler: ddim, steps: 10}}\n")
+    change = tmp_path / "variants.yaml"
+    change.write_text("variants:\n"
+                      "  - {name: flow, diffusion: {objective: flow}, sample: {sampler: euler, steps: 5}}\n"
+                      "  - {name: wavelet-flow, model: {representation: wavelet}, diffusion: {objective: flow},\n"
+                      "     sample: {sampler: heun, steps: 3}}\n")
     snakemake(work, "--cores", "2", "--configfile", str(TINY), str(change))
     results = work / "results"
     table = pd.read_csv(results / "metrics" / "variants.tsv", sep="\t")
-    assert list(zip(table["variant"], table["set"])) == [("paper", "main"), ("paper", "ddim-10"), ("small", "main")]
-    small = json.loads((results / "variants" / "small" / "metrics" / "metrics.json").read_text())
-    assert small["provenance"]["sampler"] == "ddim" and small["provenance"]["network_evaluations"] == 10
-    assert small["real_volumes"] == json.loads((results / "metrics" / "metrics.json").read_text())["real_volumes"]
-    assert table["fid"][2] == small["fid"] and table["train_s_per_step"][2] > 0
-    assert table["sampling_s_per_volume"][2] > 0 and (results / "variants" / "small" / "train" / "log.csv").exists()
-    assert "| small | main | ddim | 10 |" in (results / "report.md").read_text()
+    assert list(zip(table["variant"], table["set"])) == [("paper", "main"), ("paper", "ddim-10"), ("flow", "main"),
+                                                         ("wavelet-flow", "main")]
+    assert list(table["network_evaluations"]) == [50, 10, 5, 5]  # Heun: 2 per step but the last
+    main = json.loads((results / "metrics" / "metrics.json").read_text())
+    for name, sampler in (("flow", "euler"), ("wavelet-flow", "heun")):
+        m = json.loads((results / "variants" / name / "metrics" / "metrics.json").read_text())
+        assert m["provenance"]["sampler"] == sampler and m["real_volumes"] == main["real_volumes"]
+        row = table[table["variant"] == name].iloc[0]
+        assert row["fid"] == m["fid"] and row["train_s_per_step"] > 0 and row["sampling_s_per_volume"] > 0
+        volume = nib.load(results / "variants" / name / "samples" / "0000.nii.gz")
+        assert volume.shape == (16, 16, 16) and np.isfinite(volume.get_fdata()).all()
+    assert "| wavelet-flow | main | heun | 3 |" in (results / "report.md").read_text()
     proc = snakemake(work, "-n", "--cores", "2", "--configfile", str(TINY), str(change))
     assert planned_rules(proc) == set(), proc.stdout
 
