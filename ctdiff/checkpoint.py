@@ -32,6 +32,7 @@ from ctdiff.config import (
 from ctdiff.diffusion.schedule import Schedule, make_schedule
 from ctdiff.io import atomic_path
 from ctdiff.model import representation
+from ctdiff.model.condition import condition_channels
 from ctdiff.model.unet import UNet3D
 
 FORMAT = "ctdiff-checkpoint/1"
@@ -81,13 +82,16 @@ def checkpoint_config(raw: dict[str, Any]) -> CheckpointConfig:
 
 
 def build_model(cfg: ModelConfig, *, grad_checkpointing: bool = False, recompute_norm: bool = False) -> UNet3D:
-    """The residual 3D U-Net described by a ``model`` section (8 input channels for the wavelet representation)."""
+    """The residual 3D U-Net described by a ``model`` section (8 input channels for the wavelet representation;
+    ``model.condition`` adds its channels, in the same representation; a checkpoint written before that key
+    loads as ``none``)."""
     return UNet3D(
         channels=tuple(cfg.channels),
         res_blocks=cfg.res_blocks,
         attention=cfg.attention,
         in_channels=representation.channels(cfg.representation),
         groups=cfg.groups,
+        cond_channels=condition_channels(cfg.condition) * representation.channels(cfg.representation),
         grad_checkpointing=grad_checkpointing,
         recompute_norm=recompute_norm,
     )
@@ -155,12 +159,15 @@ def load_for_sampling(path: Path, device: str | torch.device = "cpu") -> tuple[U
         raise ValueError(f"checkpoint {path} (ctdiff {ckpt['version']}) records an unreadable config: {err}") from err
     # model.representation is recorded with the model section (files written before it existed hold voxels
     # models, and take the default); the weights and the volume size must agree with it.
-    want = representation.channels(cfg.model.representation)
+    # The condition's channels (model.condition) follow x_t's, in the same representation.
+    per = representation.channels(cfg.model.representation)
+    want = per * (1 + condition_channels(cfg.model.condition))
     have = ckpt["ema"].get("conv_in.weight")
     if have is not None and have.shape[1] != want:
         raise ValueError(
-            f"checkpoint {path} records model.representation: {cfg.model.representation} ({want} input channels) "
-            f"but its weights take {have.shape[1]}: the file is inconsistent, it cannot be sampled"
+            f"checkpoint {path} records model.representation: {cfg.model.representation} and model.condition: "
+            f"{cfg.model.condition} ({want} input channels) but its weights take {have.shape[1]}: the file is "
+            "inconsistent, it cannot be sampled"
         )
     try:
         check_network_size(cfg.data.size, tuple(cfg.model.channels), cfg.model.representation,

@@ -33,7 +33,9 @@ def _train(args: argparse.Namespace) -> None:
     objective = raw.get("diffusion", {}).get("objective", "eps")
     raw.setdefault("sample", {"sampler": SAMPLERS_FOR.get(objective, SAMPLERS)[0]})
     cfg = from_dict(raw)
-    files = [Path(args.volumes) / f"{item}.nii.gz" for item in read_ids(args.train_list)]
+    ids = read_ids(args.train_list)
+    files = [Path(args.volumes) / f"{item}.nii.gz" for item in ids]
+    masks = [Path(args.nodules) / f"{item}.nii.gz" for item in ids] if args.nodules else None
     train(
         files,
         Path(args.out),
@@ -42,6 +44,7 @@ def _train(args: argparse.Namespace) -> None:
         cfg,
         tensorboard_dir=Path(args.tensorboard_dir) if args.tensorboard_dir else None,
         progress=not args.no_progress,
+        condition_files=masks,
     )
 
 
@@ -50,11 +53,46 @@ def sample_settings(args: argparse.Namespace) -> SampleConfig:
     return section_from_dict("sample", {f.name: getattr(args, f.name) for f in fields(SampleConfig)})
 
 
+def _condition_masks(args: argparse.Namespace, n: int, out: Path) -> list[Path] | None:
+    """The nodule mask of each sample (:mod:`ctdiff.conditions`): held-out masks from ``--nodules-from``
+    (cycled through ``--nodule-items``' sorted ids, or the folder's masks), or the ``--nodule`` balls painted
+    on the checkpoint's grid and written to ``<out>/nodules/requested.nii.gz``; None without either."""
+    from ctdiff.conditions import held_out_masks, parse_nodule, requested_mask, write_requested
+
+    if args.nodules_from and args.nodule:
+        raise ValueError("give --nodules-from or --nodule, not both")
+    if args.nodules_from:
+        folder = Path(args.nodules_from)
+        if args.nodule_items:
+            from ctdiff.data.split import read_ids
+
+            items = read_ids(args.nodule_items)
+        else:
+            items = [p.name.removesuffix(".nii.gz") for p in folder.glob("*.nii.gz")]
+        return held_out_masks(folder, items, n)
+    if args.nodule:
+        import numpy as np
+
+        from ctdiff.checkpoint import checkpoint_config, read_checkpoint
+        from ctdiff.generate import sample_affine
+
+        nodules = [parse_nodule(text) for text in args.nodule]
+        data = checkpoint_config(read_checkpoint(Path(args.checkpoint))["config"]).data
+        affine = sample_affine(np.asarray(data.affine), data.size)
+        labels, rows = requested_mask(nodules, data.size, affine, mm=args.nodule_mm)
+        return [write_requested(out / "nodules", labels, rows, affine)] * n
+    return None
+
+
 def _sample(args: argparse.Namespace) -> None:
     from ctdiff.generate import generate
 
     settings = sample_settings(args)
     out = Path(args.out)
+    if args.nodule_mm and not args.nodule:
+        raise ValueError("--nodule-mm applies to --nodule centres, and no --nodule was given")
+    if args.nodule_items and not args.nodules_from:
+        raise ValueError("--nodule-items names the items of --nodules-from, which was not given")
     generate(
         Path(args.checkpoint),
         [Path(p) for p in sample_files(out, settings.n)],
@@ -63,6 +101,7 @@ def _sample(args: argparse.Namespace) -> None:
         hu_files=[Path(p) for p in sample_files(out / "hu", settings.n)] if settings.hu else None,
         device=args.device,
         progress=not args.no_progress,
+        condition_masks=_condition_masks(args, settings.n, out),
     )
 
 
@@ -77,6 +116,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--state", required=True, help="folder for resumable checkpoints")
     t.add_argument("--out", required=True, help="final checkpoint")
     t.add_argument("--log-csv", required=True, help="loss log")
+    t.add_argument("--nodules", default=None,
+                   help="folder holding <item>.nii.gz nodule masks on the volumes' grid (model.condition: nodules)")
     t.add_argument("--tensorboard-dir", default=None, help="TensorBoard folder, used when train.tensorboard is true")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_train)
@@ -100,6 +141,20 @@ def parser() -> argparse.ArgumentParser:
                    help="bf16 = network under bf16 autocast; default %(default)s")
     s.add_argument("--compile", action="store_true", default=d.compile, help="torch.compile the network")
     s.add_argument("--hu", action="store_true", default=d.hu, help="also write each volume in HU (int16) to <out>/hu/")
+    s.add_argument("--guidance", type=float, default=d.guidance,
+                   help="classifier-free guidance scale w of a model.condition: nodules checkpoint: uncond + "
+                        "w (cond - uncond); 1 = conditional, 0 = unconditional (1 network call per step), "
+                        "others twice the network cost; default %(default)s")
+    s.add_argument("--nodules-from", default=None,
+                   help="folder of <item>.nii.gz nodule masks (and .tsv tables) on the training grid: sample i "
+                        "takes the mask of the i-th item (sorted), cycling when -n exceeds them")
+    s.add_argument("--nodule-items", default=None,
+                   help="file with one item id per line: the masks of --nodules-from to use (default: all)")
+    s.add_argument("--nodule", action="append", default=[], metavar="X,Y,Z,DIAMETER_MM",
+                   help="a nodule to draw (repeatable): a ball of the diameter around voxel (x, y, z) of every "
+                        "sample; written to <out>/nodules/ as a mask and a table")
+    s.add_argument("--nodule-mm", action="store_true",
+                   help="--nodule centres are patient millimetres (LPS; origin at the volume's centre voxel)")
     s.add_argument("--device", default=None, help="cpu or cuda (default: this process's accelerator device)")
     s.add_argument("--cache", default=None, help="folder of finished samples (default <out>/.cache)")
     s.add_argument("--no-progress", action="store_true")

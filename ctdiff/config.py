@@ -24,6 +24,7 @@ from ctdiff.options import (
     VARIANT_SAMPLE_KEYS,
     VARIANT_SECTIONS,
     BetaSchedule,
+    Condition,
     FlowTime,
     LrSchedule,
     Normalise,
@@ -72,6 +73,7 @@ class ModelConfig:
     attention: bool = False
     groups: int = 32
     representation: Representation = "voxels"
+    condition: Condition = "none"
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class TrainConfig:
     log_every: int = 10
     tensorboard: bool = False
     cache_gb: float = 0.0
+    condition_dropout: float = 0.1
     seed: int = 0
 
 
@@ -117,6 +120,7 @@ class SampleConfig:
     precision: Precision = "fp32"
     compile: bool = False
     hu: bool = False
+    guidance: float = 1.0
 
 
 def check_bootstrap(
@@ -207,8 +211,8 @@ class ReaderStudyConfig:
 @dataclass(frozen=True)
 class VariantConfig:
     """One entry of ``variants``: a ``name`` (:data:`ctdiff.options.NAME_REGEX`) and the keys it sets in the
-    main config's ``model``, ``diffusion`` and ``train`` sections and the ``sample`` section's sampler, steps
-    and eta (plain values, as YAML gives them). Everything else is the main config's."""
+    main config's ``model``, ``diffusion`` and ``train`` sections and the ``sample`` section's sampler, steps,
+    eta and guidance (plain values, as YAML gives them). Everything else is the main config's."""
 
     name: str
     model: dict[str, Any] = field(default_factory=dict)
@@ -444,6 +448,13 @@ def _check(cfg: Config) -> None:
             f"config: train.grad_accumulation={cfg.train.grad_accumulation} must divide "
             f"train.batch_size={cfg.train.batch_size} (each step splits the batch into that many micro-batches)"
         )
+    if not 0.0 <= cfg.train.condition_dropout < 1.0:
+        raise ValueError(f"config: train.condition_dropout={cfg.train.condition_dropout} must lie in [0, 1)")
+    if cfg.sample.guidance < 0:
+        raise ValueError(f"config: sample.guidance={cfg.sample.guidance} must be >= 0")
+    if cfg.sample.guidance != 1.0 and cfg.model.condition == "none":
+        raise ValueError(f"config: sample.guidance={cfg.sample.guidance} needs model.condition: nodules "
+                         "(an unconditional model has nothing to guide; leave it 1)")
     T = cfg.diffusion.timesteps
     _check_sampler_steps("sample", cfg.sample.sampler, cfg.sample.steps, cfg.sample.eta, T, cfg.diffusion.objective)
     if cfg.figure.synthetic >= cfg.sample.n:

@@ -19,6 +19,11 @@
 * Cost: each cached sample has a ``{i:04d}.json`` beside it with the seconds its batch took per volume, the
   batch size and the machine (:func:`ctdiff.machine.describe`); ``sampling.json`` beside the outputs sums
   them up (:func:`sampling_cost`), whichever run drew them.
+* A checkpoint trained with ``model.condition: nodules`` needs ``condition_masks`` (one nodule mask per sample,
+  :mod:`ctdiff.conditions` chooses them): each is checked (shape), encoded (:mod:`ctdiff.model.condition`) and
+  given to every network call with classifier-free guidance of scale ``settings.guidance``; the masks'
+  sha256s and the scale join the cache key, and each sample's mask and table are written beside it
+  (``nodules/``). Cost: 1 network evaluation per step at guidance 0 or 1, a doubled batch otherwise.
 """
 
 from __future__ import annotations
@@ -37,12 +42,15 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
 from ctdiff.checkpoint import load_for_sampling
+from ctdiff.conditions import write_beside
 from ctdiff.config import SampleConfig
 from ctdiff.data.preprocess import from_model_range, to_hu
+from ctdiff.data.trainset import condition_item
 from ctdiff.diffusion.samplers import network_evaluations, sample
 from ctdiff.io import atomic_path, file_sha256, load_volume, save_volume, write_json
 from ctdiff.machine import describe
 from ctdiff.model import representation
+from ctdiff.model.condition import guided, null_condition
 from ctdiff.options import PRECISIONS, check_sampler_fits
 
 
@@ -84,13 +92,17 @@ def generate(
     hu_files: Sequence[Path] | None = None,
     device: str | None = None,
     progress: bool = True,
+    condition_masks: Sequence[Path] | None = None,
 ) -> None:
     """Write ``len(out_files)`` samples; ``out_files[i]`` (and ``hu_files[i]``) holds sample ``i``.
 
-    ``settings`` gives the sampler, steps, eta, batch size (per process), seed, precision and compile.
+    ``settings`` gives the sampler, steps, eta, batch size (per process), seed, precision, compile and
+    guidance; ``condition_masks[i]`` is the nodule mask sample ``i`` is drawn with (conditioned checkpoints).
     """
     if hu_files is not None and len(hu_files) != len(out_files):
         raise ValueError(f"{len(hu_files)} HU files for {len(out_files)} samples")
+    if condition_masks is not None and len(condition_masks) != len(out_files):
+        raise ValueError(f"{len(condition_masks)} nodule masks for {len(out_files)} samples")
     # cpu=True lets Accelerate set up its CPU (gloo) process group when launched without GPUs.
     cpu = device == "cpu" or not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
     state = PartialState(cpu=cpu)
@@ -104,6 +116,15 @@ def generate(
         network_evaluations(settings.sampler, settings.steps, schedule.timesteps)
     except ValueError as err:
         raise ValueError(f"sample.steps={settings.steps} with checkpoint {checkpoint}: {err}") from None
+    conditioned = cfg.model.condition != "none"
+    if conditioned and condition_masks is None:
+        raise ValueError(f"checkpoint {checkpoint} was trained with model.condition: {cfg.model.condition}: give "
+                         "the nodule masks to draw with (ctdiff sample --nodules-from DIR or --nodule x,y,z,d)")
+    if not conditioned and (condition_masks is not None or settings.guidance != 1.0):
+        raise ValueError(f"checkpoint {checkpoint} was trained with model.condition: none: it takes no nodule "
+                         f"masks and no sample.guidance (got {settings.guidance}; leave it 1)")
+    if settings.guidance < 0:
+        raise ValueError(f"sample.guidance={settings.guidance} must be >= 0")
     forward = network(model, dev, settings.precision, settings.compile)
     if hu_files is not None and cfg.data.hu_window is None:
         raise ValueError(f"checkpoint {checkpoint} records no hu_window, so its samples cannot be written in HU")
@@ -118,6 +139,10 @@ def generate(
                   "steps": settings.steps, "eta": settings.eta, "seed": settings.seed}
     if settings.precision != "fp32" or settings.compile:  # fp32 eager keeps its key from before these options
         key_fields |= {"precision": settings.precision, "compile": settings.compile}
+    if conditioned:
+        key_fields |= {"guidance": settings.guidance,
+                       "masks_sha256": hashlib.sha256("".join(file_sha256(Path(m)) for m in condition_masks)
+                                                      .encode()).hexdigest()}
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / key
     if state.is_main_process:
@@ -137,8 +162,14 @@ def generate(
     for start in range(0, len(mine), settings.batch_size):
         chunk = mine[start : start + settings.batch_size]
         began = time.perf_counter()
+        cond = null = None
+        if conditioned:  # encoded in voxels, then brought into the diffusion's representation like x
+            voxel_cond = torch.from_numpy(np.stack([_encoded(Path(condition_masks[i]), size) for i in chunk])).to(dev)
+            cond = representation.encode(voxel_cond, rep)
+            null = representation.encode(null_condition(voxel_cond), rep)
         x = sample(
-            forward, schedule, shape, [sample_generator(settings.seed, i) for i in chunk],
+            guided(forward, cond, settings.guidance, null) if conditioned else forward, schedule, shape,
+            [sample_generator(settings.seed, i) for i in chunk],
             sampler=settings.sampler, steps=settings.steps, eta=settings.eta, objective=objective, device=dev,
             progress=progress and state.is_local_main_process, clip=representation.x0_clip(rep),
         )
@@ -158,9 +189,19 @@ def generate(
             if hu_files is not None:
                 volume, _ = load_volume(cached(i))
                 save_volume(Path(hu_files[i]), to_hu(volume, cfg.data.hu_window), affine)
+            if conditioned:
+                labels, _ = load_volume(Path(condition_masks[i]))
+                write_beside(Path(out).parent, i, labels, affine, Path(condition_masks[i]))
         write_json(Path(out_files[0]).parent / "sampling.json",
                    sampling_cost([cached(i).with_name(f"{i:04d}.json") for i in range(len(out_files))]))
     state.wait_for_everyone()
+
+
+def _encoded(mask: Path, size: int) -> np.ndarray:
+    """The condition of nodule mask ``mask`` (``[2, S, S, S]``, :func:`ctdiff.model.condition.encode_mask` with
+    the spacing of its affine); ``ValueError`` naming it when it is not ``size``³ whole labels."""
+    labels, mask_affine = load_volume(mask)
+    return condition_item(mask, labels, mask_affine, size)
 
 
 def sampling_cost(timings: Sequence[Path]) -> dict:

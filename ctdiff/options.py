@@ -21,6 +21,7 @@ LrSchedule = Literal["constant", "cosine"]
 Source = Literal["phantom", "dicom"]
 SeriesChoice = Literal["largest", "all"]
 Normalise = Literal["none", "zscore"]
+Condition = Literal["none", "nodules"]  # what enters the U-Net beside x_t (ctdiff.model.condition)
 
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -33,6 +34,7 @@ LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
 SOURCES: tuple[str, ...] = get_args(Source)
 SERIES_CHOICES: tuple[str, ...] = get_args(SeriesChoice)
 NORMALISE: tuple[str, ...] = get_args(Normalise)
+CONDITIONS: tuple[str, ...] = get_args(Condition)
 
 # The samplers that fit each objective: ε- and v-prediction networks are sampled through the diffusion of the
 # noise schedule (a v-prediction is turned into ε before each step); a flow network's velocity is integrated
@@ -75,9 +77,10 @@ TAG_REGEX = rf"({'|'.join(SAMPLERS)})-[0-9]+(-eta[0-9.e+-]+)?"
 NAME_REGEX = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 
 # What a variant may override: whole sections the model is trained by, and the sample section's sampler
-# setting (a variant with another objective needs its own sampler); count, seed and precision stay shared.
+# setting and guidance (a variant with another objective needs its own sampler); count, seed and precision
+# stay shared.
 VARIANT_SECTIONS: tuple[str, ...] = ("model", "diffusion", "train", "sample")
-VARIANT_SAMPLE_KEYS: tuple[str, ...] = ("sampler", "steps", "eta")
+VARIANT_SAMPLE_KEYS: tuple[str, ...] = ("sampler", "steps", "eta", "guidance")
 
 def tag(run: dict[str, Any]) -> str:
     """The folder name of a resolved setting ``{"sampler", "steps", "eta"}`` (steps an int, not None)."""

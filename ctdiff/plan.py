@@ -210,8 +210,29 @@ def compared_sample(settings: SampleConfig, run: dict[str, Any]) -> SampleConfig
     return replace(settings, sampler=run["sampler"], steps=run["steps"], eta=run["eta"], hu=False)
 
 
-def sample_options(settings: SampleConfig) -> str:
+def nodule_folder(cfg: Config) -> str:
+    """The preprocessed nodule masks (``{item}.nii.gz`` on the training grid) that training and sampling of a
+    ``model.condition: nodules`` row read."""
+    return f"{cfg.results}/preprocessed/nodules"
+
+
+def train_condition_options(cfg: Config) -> str:
+    """The ``ctdiff train`` options of ``cfg``'s condition: the mask folder for nodules, nothing for none."""
+    return f"--nodules {nodule_folder(cfg)}" if cfg.model.condition == "nodules" else ""
+
+
+def sample_condition_options(cfg: Config) -> str:
+    """The ``ctdiff sample`` options of ``cfg``'s condition: for nodules, the held-out (test split) masks,
+    which sample ``i`` takes in sorted order, cycled (:mod:`ctdiff.conditions`); nothing for none."""
+    if cfg.model.condition != "nodules":
+        return ""
+    return f"--nodules-from {nodule_folder(cfg)} --nodule-items {cfg.results}/splits/test.txt"
+
+
+def sample_options(settings: SampleConfig, conditions: str = "") -> str:
     """The ``ctdiff sample`` options that draw ``settings``; ``ctdiff.cli`` parses them back to ``settings``.
+    ``conditions`` (:func:`sample_condition_options`) follows them when not empty, so that an unconditioned
+    set's options stay what they were before conditioning existed.
 
     The order and spelling are part of the sample rules' params, so changing them reruns every sample set.
     """
@@ -221,4 +242,6 @@ def sample_options(settings: SampleConfig) -> str:
     if s.steps is not None:
         options.append(f"--steps {s.steps}")
     options += ["--compile"] * s.compile + ["--hu"] * s.hu
-    return " ".join(options)
+    if s.guidance != 1.0:  # left out at its default, so that existing sample sets keep their params
+        options.append(f"--guidance {s.guidance}")
+    return " ".join(options + ([conditions] if conditions else []))

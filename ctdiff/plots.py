@@ -263,3 +263,65 @@ def anatomy_figure(metrics_json: Path, out: Path) -> None:
     if "anatomy" not in metrics:
         raise ValueError(f"{metrics_json} records no anatomy (written before it was measured? rerun the evaluation)")
     anatomy_plot(metrics["anatomy"], out)
+
+
+def nodule_crops(rows: Sequence[tuple[Path, Path, Path, int]], out: Path | Sequence[Path], *,
+                 half_width: int = 12) -> None:
+    """Crops through requested nodules' centres: one row per ``(real volume, synthetic volume, mask, label)``,
+    columns real and synthetic in the axial, coronal and sagittal planes (radiological convention, as
+    :func:`view`), the nodule's contour in red. Crops are ``2·half_width`` voxels, or wider for a nodule
+    larger than that, centred on the nodule's centroid (rounded, kept inside the volume)."""
+    if not rows:
+        raise ValueError("no nodule to show")
+    fig, axes = plt.subplots(len(rows), 6, figsize=(12, 2.1 * len(rows)), squeeze=False)
+    for r, (real, synthetic, mask, label) in enumerate(rows):
+        labels, zooms = canonical(mask)
+        inside = labels == label
+        centre = np.round(np.argwhere(inside).mean(axis=0)).astype(int)
+        extent = np.ptp(np.argwhere(inside), axis=0).max() + 1
+        half = max(half_width, int(extent))
+        for c, (source, name) in enumerate([(real, "real"), (synthetic, "synthetic")]):
+            volume, _ = canonical(source)
+            for v, plane in enumerate(VIEWS):
+                axis = {"axial": 2, "coronal": 1, "sagittal": 0}[plane]
+                image, aspect = view(volume, zooms, plane, int(centre[axis]))
+                contour, _ = view(inside.astype(np.float32), zooms, plane, int(centre[axis]))
+                # the crop around the centre in the view's rows and columns (both flipped by view)
+                in_plane = [a for a in range(3) if a != axis]
+                row_c = volume.shape[in_plane[1]] - 1 - centre[in_plane[1]]
+                col_c = volume.shape[in_plane[0]] - 1 - centre[in_plane[0]]
+                rs = slice(max(0, row_c - half), min(image.shape[0], row_c + half))
+                cs = slice(max(0, col_c - half), min(image.shape[1], col_c + half))
+                ax = axes[r, 3 * c + v]
+                ax.imshow(image[rs, cs], cmap="gray", vmin=0.0, vmax=1.0, aspect=aspect, interpolation="nearest")
+                if contour[rs, cs].any():
+                    ax.contour(contour[rs, cs], levels=[0.5], colors="red", linewidths=0.8)
+                ax.set_xticks([]), ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(f"{name} {plane}", fontsize=8)
+        axes[r, 0].set_ylabel(f"{Path(synthetic).name}\nnodule {label}", fontsize=7)
+    fig.tight_layout()
+    _save(fig, out, dpi=120)
+
+
+def nodule_figure(metrics_json: Path, samples: Path, real_volumes: Path, out: Path, *, n: int = 6) -> None:
+    """:func:`nodule_crops` of the first ``n`` nodules the nodule control of ``metrics.json`` measured (each
+    synthetic volume from ``samples``, its mask from ``samples/nodules``, the real volume from
+    ``real_volumes``); a set without nodules gives a figure that says so. ``ValueError`` when the metrics
+    hold no nodule control."""
+    metrics = json.loads(Path(metrics_json).read_text())
+    if "nodules" not in metrics:
+        raise ValueError(f"{metrics_json} records no nodule control (model.condition: none?)")
+    rows = []
+    for entry in metrics["nodules"]["per_volume"]:
+        for nodule in entry["synthetic_measures"]["nodules"]:
+            if entry["real"] is not None and len(rows) < n:
+                rows.append((Path(real_volumes) / entry["real"], Path(samples) / entry["synthetic"],
+                             Path(samples) / "nodules" / entry["mask"], nodule["label"]))
+    if rows:
+        nodule_crops(rows, out)
+        return
+    fig, ax = plt.subplots(figsize=(4, 1))
+    ax.axis("off")
+    ax.text(0.5, 0.5, "no requested nodule in this set's masks", ha="center", va="center")
+    _save(fig, out)

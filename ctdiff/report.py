@@ -342,6 +342,27 @@ def qc_summary(summary_tsv: Path) -> pd.DataFrame:
     return summary[SUMMARY_COLUMNS]
 
 
+def nodule_section(nodules: dict[str, Any], png: Path | None) -> Section:
+    """The "Nodule control" section: synthetic against real (``ctdiff.metrics.nodule_control``)."""
+    def cell(v, fmt):
+        return "—" if v is None else format(v, fmt)
+
+    keys = [("requested nodules", "n_nodules", "d"), ("LoG detection rate inside the mask", "detection_rate", ".2f"),
+            ("contrast vs lung shell (HU, mean)", "contrast_hu_mean", ".0f"),
+            ("blob / mask diameter (median, detected)", "size_ratio_median", ".2f"),
+            ("spurious blobs in the lungs per volume", "spurious_per_volume", ".1f")]
+    rows = [(name, cell(nodules["synthetic"][k], f), cell(nodules["real"][k], f)) for name, k, f in keys]
+    text = ("Each synthetic volume was drawn with the nodule mask of a held-out real volume; both are measured "
+            "alike on that mask: mean HU inside each nodule minus the air-like lung within "
+            f"{nodules['settings']['shell_mm']:g} mm of it, whether scikit-image's LoG detector finds a blob in it and "
+            "its size, and blobs in the lungs away from every nodule (vessels seen end-on count too: compare with "
+            "the real column, not with zero).")
+    images = () if png is None else (Image(Path(png), "crops through requested nodules, real and synthetic, "
+                                           "axial, coronal and sagittal, mask contour in red", "nodules"),)
+    return Section("Nodule control", text=text, tables=(_table(["", "synthetic", "real"], rows, id="nodules"),),
+                   images=images)
+
+
 def build_sections(
     metrics_json: Path,
     qc_summary_tsv: Path,
@@ -354,6 +375,7 @@ def build_sections(
     variants_tsv: Path | None = None,
     anatomy_png: Path | None = None,
     reader_json: Path | None = None,
+    nodules_png: Path | None = None,
 ) -> list[Section]:
     """The report's sections, in order, from the run's files: the metrics table, then how to read it
     (``ctdiff.report_guide``), then the rest.
@@ -362,8 +384,10 @@ def build_sections(
     the metrics; ``memorisation_png`` (the distance histogram) and ``pairs_png`` (the closest pairs as
     images) go into the memorisation section, which exists when ``metrics.json`` records the audit;
     ``anatomy_png`` (``ctdiff.plots.anatomy_plot``) goes into the "Anatomy (HU)" section, which exists when
-    ``metrics.json`` records the anatomy. ``reader_json`` (``ctdiff.reader.analysis``) adds the "Reader
-    study" section after Figure 1, waiting for answers until there are some.
+    ``metrics.json`` records the anatomy; ``nodules_png`` (``ctdiff.plots.nodule_figure``) goes into the
+    "Nodule control" section, which exists when ``metrics.json`` records it (``model.condition: nodules``).
+    ``reader_json`` (``ctdiff.reader.analysis``) adds the "Reader study" section after Figure 1, waiting for
+    answers until there are some.
     """
     metrics = json.loads(Path(metrics_json).read_text())
     sections = [Section("Metrics", tables=(
@@ -397,6 +421,8 @@ def build_sections(
                   "anatomy"),)
         sections.append(Section("Anatomy (HU)", text=anatomy_text(anatomy), tables=anatomy_tables(anatomy),
                                 images=images))
+    if metrics.get("nodules"):
+        sections.append(nodule_section(metrics["nodules"], nodules_png))
     figure1 = Image(Path(figure1_png), "Figure 1: axial, coronal and sagittal slices, real (a) and synthetic (b)",
                     "figure1")
     sections.append(Section("Figure 1", images=(figure1,)))
@@ -490,13 +516,14 @@ def write_report(
     variants_tsv: Path | None = None,
     anatomy_png: Path | None = None,
     reader_json: Path | None = None,
+    nodules_png: Path | None = None,
 ) -> None:
     """Write ``report.md`` and the self-contained ``report.html`` of :func:`build_sections` (same
     arguments)."""
     sections = build_sections(metrics_json, qc_summary_tsv, config, figure1_png=figure1_png,
                               learning_curve_png=learning_curve_png, memorisation_png=memorisation_png,
                               pairs_png=pairs_png, variants_tsv=variants_tsv, anatomy_png=anatomy_png,
-                              reader_json=reader_json)
+                              reader_json=reader_json, nodules_png=nodules_png)
     with atomic_path(Path(out_md)) as tmp:
         tmp.write_text(render_markdown(sections, Path(out_md).parent))
     with atomic_path(Path(out_html)) as tmp:

@@ -33,6 +33,11 @@ or host and device wait for each other is commented. Decisions:
 * ``train.compile`` wraps the network in ``torch.compile`` (default mode: cuDNN's 3D convolutions beat
   every autotuned Triton template, see docs/facts.md); checkpoints always hold the plain module's weights.
   On CUDA, Adam runs fused and cuDNN picks its convolution algorithms by benchmark.
+* ``model.condition: nodules``: each volume's nodule mask (``condition_files``, aligned with ``files``; same
+  affine, checked) is cached and encoded beside the volumes (``state_dir/conditions``,
+  :mod:`ctdiff.model.condition`) and read with the same batch indices; the condition of batch position ``p``
+  is replaced by the no-nodule encoding with probability ``train.condition_dropout``, drawn from
+  ``(seed, step, p)`` in a stream of its own (:func:`draw_condition_dropout`), so resuming stays exact.
 """
 
 from __future__ import annotations
@@ -61,12 +66,13 @@ from tqdm import tqdm
 from ctdiff.checkpoint import TrainingData, build_model, build_schedule, read_checkpoint, save_checkpoint
 from ctdiff.config import Config, DiffusionConfig, TrainConfig, section_from_dict, to_dict
 from ctdiff.data.prefetch import Prefetcher
-from ctdiff.data.trainset import TrainingSet
+from ctdiff.data.trainset import TrainingSet, condition_item
 from ctdiff.diffusion import flow
 from ctdiff.diffusion.schedule import Schedule, training_loss
 from ctdiff.io import atomic_path
 from ctdiff.machine import describe
 from ctdiff.model import representation
+from ctdiff.model.condition import ENCODING, condition_channels, drop_conditions
 
 LOG_COLUMNS = ("step", "loss", "lr", "elapsed_s")
 
@@ -86,15 +92,37 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 
 def _host_batch(trainset: TrainingSet, cfg: TrainConfig, shard: range, diffusion: DiffusionConfig, rep: str,
-                step: int):
+                step: int, conditions: TrainingSet | None = None):
     """This process's share of the global batch of ``step`` on the host: volumes ``[b, 1, S, S, S]`` in
     [-1, 1] in the representation ``rep`` (``model.representation``: for ``wavelet``, ``[b, 8, S/2, S/2, S/2]``),
-    timesteps ``[b]`` and noise of that shape. A pure function of ``(train.seed, step)`` and the shard, so it
-    depends on neither the device nor the process count, and a resumed run sees the same batches."""
+    timesteps ``[b]`` and noise of that shape, and with ``conditions`` the encoded conditions ``[b, C, S, S, S]``
+    after dropout, in the same representation (``[b, 8C, S/2, S/2, S/2]`` for wavelets). A pure function of
+    ``(train.seed, step)`` and the shard, so it depends on neither the device nor the process count, and a
+    resumed run sees the same batches."""
     idx = batch_indices(len(trainset), cfg.batch_size, seed=cfg.seed, step=step)
     x0 = representation.encode(trainset.read(idx[shard.start : shard.stop]), rep)
     t, noise = draw_noise(cfg.seed, step, shard, tuple(x0.shape[1:]), diffusion)
-    return x0, t, noise
+    if conditions is None:
+        return x0, t, noise
+    cond = conditions.read(idx[shard.start : shard.stop])
+    dropped = draw_condition_dropout(cfg.seed, step, shard, cfg.condition_dropout)
+    return x0, t, noise, representation.encode(drop_conditions(cond, dropped), rep)
+
+
+#: Third seed word of the condition-dropout draws, so they never share a stream with :func:`draw_noise`'s.
+DROPOUT_STREAM = 1
+
+
+def draw_condition_dropout(seed: int, step: int, positions: Sequence[int], p: float) -> torch.Tensor:
+    """``[b]`` bool: whether the condition of each global batch position of ``step`` is dropped (replaced by
+    the no-nodule encoding), each ``True`` with probability ``p``. Position ``q`` draws one uniform number
+    from its own generator seeded with ``(seed, step, q, DROPOUT_STREAM)``: independent of the process
+    count, and the same in a resumed run."""
+    draws = []
+    for position in positions:
+        state = np.random.SeedSequence([seed, step, position, DROPOUT_STREAM]).generate_state(1, dtype=np.uint64)[0]
+        draws.append(torch.rand(1, generator=torch.Generator().manual_seed(int(state))))
+    return torch.cat(draws) < p if draws else torch.zeros(0, dtype=torch.bool)
 
 
 def draw_noise(seed: int, step: int, positions: Sequence[int], shape: tuple[int, ...], diffusion: DiffusionConfig):
@@ -119,10 +147,17 @@ def draw_noise(seed: int, step: int, positions: Sequence[int], shape: tuple[int,
 
 
 def objective_loss(objective: str, schedule: Schedule, model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor,
-                   noise: torch.Tensor) -> torch.Tensor:
+                   noise: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss of ``diffusion.objective`` for ``x0`` with the drawn timesteps ``t`` and ``noise``
     (:func:`draw_noise`): :func:`ctdiff.diffusion.schedule.training_loss` for eps and v,
-    :func:`ctdiff.diffusion.flow.training_loss` for flow (whose network time scale is ``T``)."""
+    :func:`ctdiff.diffusion.flow.training_loss` for flow (whose network time scale is ``T``). ``cond``
+    (``[b, C, S, S, S]``) goes to every network call beside ``x_t``."""
+    if cond is not None:
+        net = model
+
+        def model(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+            return net(x, times, cond)
+
     if objective == "flow":
         return flow.training_loss(model, x0, t, noise, schedule.timesteps)
     return training_loss(schedule, model, x0, objective=objective, t=t, noise=noise)
@@ -142,6 +177,7 @@ def train_step(
     grad_clip: float | None = None,
     ema_decay: float = 0.9999,
     objective: str = "eps",
+    cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One optimizer step on this process's share ``x0`` of the global batch; returns its (detached) loss.
 
@@ -161,7 +197,8 @@ def train_step(
         # (a sync point, overlapped with the backward); no_sync keeps the earlier ones local.
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             with accelerator.autocast():
-                loss = objective_loss(objective, schedule, model, x0[part], t[part], noise[part]) / micro_batches
+                loss = objective_loss(objective, schedule, model, x0[part], t[part], noise[part],
+                                      None if cond is None else cond[part]) / micro_batches
             accelerator.backward(loss)
         total += loss.detach().float()
     if grad_clip is not None:  # on the all-reduced gradients, so every process clips alike
@@ -390,6 +427,7 @@ def train(
     *,
     tensorboard_dir: Path | None = None,
     progress: bool = True,
+    condition_files: Sequence[Path] | None = None,
 ) -> torch.nn.Module:
     """Train the U-Net on ``files``, write the self-describing checkpoint ``out`` and the loss log
     ``log_csv``, and return this process's trained network (unwrapped from any distributed wrapper).
@@ -397,6 +435,8 @@ def train(
     Uses the ``model``, ``diffusion``, ``train`` and ``preprocess`` sections of ``cfg``; the checkpoint
     records the preprocessing's size, spacing and HU window so that samples can be written like the training
     data. With ``train.tensorboard`` the loss also goes to TensorBoard event files under ``tensorboard_dir``.
+    With ``model.condition: nodules``, ``condition_files[i]`` is the nodule mask of ``files[i]`` (required;
+    refused with ``condition: none``).
     """
     accelerator = _accelerator(cfg.train, tensorboard_dir)
     # train.precision: auto is recorded (checkpoint, resume) as what it resolved to on this machine.
@@ -408,6 +448,7 @@ def train(
     with accelerator.local_main_process_first():
         trainset = TrainingSet(files, cfg.preprocess.size, Path(state_dir) / "volumes", cache_gb=train_cfg.cache_gb,
                                processes_on_host=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    conditions = _condition_set(cfg, files, condition_files, trainset, Path(state_dir) / "conditions", accelerator)
     if len(trainset) < train_cfg.batch_size:
         raise ValueError(f"training set holds {len(trainset)} volumes, fewer than train.batch_size={train_cfg.batch_size}")
     schedule = build_schedule(cfg.diffusion)
@@ -436,16 +477,18 @@ def train(
     model.train()
     # Each step's batch, timesteps and noise are read and drawn on the host by a background thread while the
     # previous step runs, and copied to the device without blocking the host (pinned memory on CUDA).
-    fetch = functools.partial(_host_batch, trainset, train_cfg, shard, cfg.diffusion, cfg.model.representation)
+    fetch = functools.partial(_host_batch, trainset, train_cfg, shard, cfg.diffusion, cfg.model.representation,
+                              conditions=conditions)
     batches = Prefetcher(range(start, train_cfg.steps), fetch, device=accelerator.device)
     with _Sigterm() as stop, bar, batches:
-        for step, (x0, t, noise) in batches:
+        for step, (x0, t, noise, *cond) in batches:
             lr = learning_rate(train_cfg, step)
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
             loss = train_step(model, state.ema, state.optimizer, accelerator, schedule, x0, t, noise,
                               micro_batches=train_cfg.grad_accumulation, grad_clip=train_cfg.grad_clip,
-                              ema_decay=train_cfg.ema_decay, objective=cfg.diffusion.objective)
+                              ema_decay=train_cfg.ema_decay, objective=cfg.diffusion.objective,
+                              cond=cond[0] if cond else None)
             running += loss  # stays on the device: no sync per step
             n_running += 1
 
@@ -482,6 +525,31 @@ def train(
     return state.net
 
 
+def _condition_set(cfg: Config, files: Sequence[Path], condition_files: Sequence[Path] | None,
+                   trainset: TrainingSet, cache_dir: Path, accelerator: Accelerator) -> TrainingSet | None:
+    """The encoded conditions of ``model.condition`` (None for ``none``), cached in ``cache_dir`` like the
+    volumes; refuses missing or extra masks and a mask whose affine differs from its volume's, naming both."""
+    condition = cfg.model.condition
+    if condition == "none":
+        if condition_files:
+            raise ValueError("nodule masks were given, but model.condition is none (set it to nodules to use them)")
+        return None
+    if condition_files is None or len(condition_files) != len(files):
+        got = "none" if condition_files is None else len(condition_files)
+        raise ValueError(f"model.condition={condition!r} needs one nodule mask per training volume: "
+                         f"{len(files)} volumes, {got} masks")
+    with accelerator.local_main_process_first():
+        conditions = TrainingSet(condition_files, cfg.preprocess.size, cache_dir,
+                                 processes_on_host=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+                                 channels=condition_channels(condition),
+                                 prepare=condition_item, encoding=ENCODING)
+    for volume, mask, a, b in zip(files, condition_files, trainset.affines, conditions.affines):
+        if not np.allclose(a, b, atol=1e-3):
+            raise ValueError(f"nodule mask {mask} does not lie on the grid of its volume {volume} "
+                             f"(affines differ: {np.round(b, 3).tolist()} vs {np.round(a, 3).tolist()})")
+    return conditions
+
+
 def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """Write the loss log as CSV (columns ``step, loss, lr, elapsed_s``), atomically."""
     with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="") as fh:
@@ -490,4 +558,5 @@ def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-__all__ = ["train", "train_step", "batch_indices", "draw_noise", "objective_loss", "learning_rate", "write_log"]
+__all__ = ["train", "train_step", "batch_indices", "draw_noise", "draw_condition_dropout", "objective_loss",
+           "learning_rate", "write_log"]

@@ -23,6 +23,7 @@ def _parsed(options: list[str]) -> SampleConfig:
     SampleConfig(n=1, sampler="dpmpp", steps=25, eta=0, hu=True),
     SampleConfig(n=2, sampler="euler", steps=30),
     SampleConfig(n=2, sampler="heun"),
+    SampleConfig(n=2, guidance=2.5),
     compared_sample(SampleConfig(n=4, hu=True, compile=True), {"sampler": "ddim", "steps": 10, "eta": 1.0}),
 ])
 def test_sample_options_parse_back_to_the_same_section(settings):
@@ -47,4 +48,19 @@ def test_sample_hands_generate_the_sample_section(monkeypatch, tmp_path):
     assert out_files == [tmp_path / "0000.nii.gz", tmp_path / "0001.nii.gz"]
     assert settings == replace(SampleConfig(), n=2, sampler="ddim", steps=4, hu=True)
     assert kwargs == {"hu_files": [tmp_path / "hu" / "0000.nii.gz", tmp_path / "hu" / "0001.nii.gz"],
-                      "device": "cpu", "progress": False}
+                      "device": "cpu", "progress": False, "condition_masks": None}
+
+
+def test_condition_options_follow_the_sample_options_and_leave_unconditioned_ones_as_they_were(tmp_path):
+    from ctdiff.config import Config, ModelConfig
+    from ctdiff.plan import sample_condition_options, train_condition_options
+
+    plain, nodules = Config(results="r"), Config(results="r", model=ModelConfig(condition="nodules"))
+    assert sample_condition_options(plain) == train_condition_options(plain) == ""
+    assert sample_options(SampleConfig(), sample_condition_options(plain)) == sample_options(SampleConfig())
+    options = sample_options(SampleConfig(n=2, guidance=2.0), sample_condition_options(nodules))
+    assert options.endswith("--guidance 2.0 --nodules-from r/preprocessed/nodules --nodule-items r/splits/test.txt")
+    args = cli.parser().parse_args(["sample", "--checkpoint", "m.pt", "--out", "o", *options.split()])
+    assert cli.sample_settings(args) == SampleConfig(n=2, guidance=2.0)
+    assert (args.nodules_from, args.nodule_items) == ("r/preprocessed/nodules", "r/splits/test.txt")
+    assert train_condition_options(nodules) == "--nodules r/preprocessed/nodules"

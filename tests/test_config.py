@@ -252,7 +252,7 @@ def test_schema_enums_are_the_option_sets():
 
     option_sets = {options.Sampler, options.Precision, options.TrainPrecision, options.Objective, options.FlowTime,
                    options.BetaSchedule, options.LrSchedule, options.Source, options.SeriesChoice, options.Normalise,
-                   options.Representation}
+                   options.Representation, options.Condition}
     literals = 0
     for path, cls, obj in _sections():
         hints = get_type_hints(cls)
@@ -263,7 +263,7 @@ def test_schema_enums_are_the_option_sets():
                 assert tuple(prop["enum"]) == get_args(hints[name]), f"{path}.{name}"
             elif "enum" in prop:
                 assert (path, name) == ("evaluate", "med3d_depth") and tuple(prop["enum"]) == DEPTHS
-    assert literals == 12
+    assert literals == 13
     assert options.SAMPLERS == ("ddpm", "ddim", "dpmpp", "euler", "heun") and options.PRECISIONS == ("fp32", "bf16")
     assert options.OBJECTIVES == ("eps", "v", "flow") and options.FLOW_TIMES == ("logit_normal", "uniform")
     # every objective has its samplers, and every sampler serves some objective
@@ -271,6 +271,7 @@ def test_schema_enums_are_the_option_sets():
     assert set(options.SAMPLERS) == {s for samplers in options.SAMPLERS_FOR.values() for s in samplers}
     assert options.TRAIN_PRECISIONS == ("fp32", "bf16", "auto")  # sampling has no auto
     assert options.NORMALISE == get_args(options.Normalise) and options.SOURCES == get_args(options.Source)
+    assert options.CONDITIONS == ("none", "nodules")
 
 
 def test_section_from_dict_rebuilds_what_rule_params_carry():
@@ -342,7 +343,7 @@ def test_variants_merge_into_the_main_config():
     ([{"name": "a", "data": {"n_patients": 4}}],
      r"variants[0].data: a variant overrides only model, diffusion, train, sample (allowed keys: name, model,"),
     ([{"name": "a", "sample": {"n": 4}}], r"variants[0] (a): sample.n is no key a variant can set (allowed in "
-                                           r"sample: sampler, steps, eta)"),
+                                           r"sample: sampler, steps, eta, guidance)"),
     ([{"name": "a", "train": {"lr_schedule": "linear"}}],
      r"variants[0] (a): train.lr_schedule: 'linear' is not one of ['constant', 'cosine']"),
     ([{"name": "a", "model": {"channels": "wide"}}], r"variants[0] (a): model.channels: 'wide' is not of type 'array'"),

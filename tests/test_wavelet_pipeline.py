@@ -126,7 +126,8 @@ def test_checkpoints_without_the_key_are_voxels_and_inconsistent_ones_are_refuse
 
     payload["config"]["model"]["representation"] = "wavelet"  # says wavelet, holds a one-channel network
     save_checkpoint(old, payload)
-    with pytest.raises(ValueError, match=r"records model.representation: wavelet \(8 input channels\).* take 1"):
+    with pytest.raises(ValueError, match=r"records model.representation: wavelet and model.condition: none "
+                                         r"\(8 input channels\).* take 1"):
         load_for_sampling(old)
     with pytest.raises(ValueError, match="representation: wavelet"):
         generate(old, [tmp_path / "x.nii.gz"], tmp_path / "cache", SampleConfig(n=1), progress=False)

@@ -74,6 +74,14 @@ def test_dry_run_of_the_demo_with_the_papers_row(tmp_path):
     assert "results/variants/paper/compare/heun-15" not in proc.stdout and "results/compare/ddim-50" not in proc.stdout
 
 
+def test_dry_run_of_a_nodule_conditioned_run_plans_the_nodule_figure(tmp_path):
+    change = tmp_path / "change.yaml"
+    change.write_text("model:\n  condition: nodules\nsample:\n  guidance: 2.0\n")
+    rules = planned_rules(snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY), str(change)))
+    assert {"train", "sample", "evaluate", "nodule_figure", "report"} <= rules, rules
+    assert "nodule_figure" not in planned_rules(snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY)))
+
+
 @pytest.mark.parametrize("compare", ["[]", "[{sampler: euler, steps: 30}]"])
 def test_dry_run_plans_no_comparison_unless_one_is_configured(tmp_path, compare):
     """An empty list, or one naming only the sample section's own setting, adds no job and no table."""
@@ -325,3 +333,30 @@ def test_html_report_renders_in_headless_chromium(run_dir, tmp_path):
     image = plt.imread(shot)
     dark = (image[..., :3].mean(axis=-1) < 0.2).mean()
     assert dark > 0.02, "the rendered page shows no dark image area: Figure 1 did not render"
+
+
+def test_a_nodule_conditioned_variant_trains_samples_and_is_scored_through_the_rules(run_dir, tmp_path):
+    """In a copy of the finished run: a model.condition: nodules variant with guidance trains on the phantom's
+    masks, draws sample i with the i-th held-out mask (sorted test split) and is scored."""
+    from ctdiff.io import load_volume
+
+    work = tmp_path / "copy"
+    shutil.copytree(run_dir.parent, work, symlinks=True)
+    change = tmp_path / "nodules.yaml"
+    change.write_text("variants:\n  - {name: nodules, model: {condition: nodules}, "
+                      "sample: {sampler: ddim, steps: 10, guidance: 2.0}}\n")
+    snakemake(work, "--cores", "2", "--configfile", str(TINY), str(change))
+    results = work / "results"
+    variant = results / "variants" / "nodules"
+    metrics = json.loads((variant / "metrics" / "metrics.json").read_text())
+    assert metrics["nodules"]["synthetic"]["n_volumes"] == 2 and metrics["nodules"]["real"]["n_volumes"] == 2
+    assert "nodules" not in json.loads((results / "metrics" / "metrics.json").read_text())  # the paper's row
+    assert metrics["provenance"]["guidance"] == 2.0 and metrics["provenance"]["network_evaluations"] == 20
+    assert any((variant / "train_state" / "conditions").glob("*.npy"))
+    test = sorted((results / "splits" / "test.txt").read_text().split())
+    for i in range(2):  # sample.n = 2 = the test split: no cycling
+        drawn, _ = load_volume(variant / "samples" / "nodules" / f"{i:04d}.nii.gz")
+        real, _ = load_volume(results / "preprocessed" / "nodules" / f"{test[i]}.nii.gz")
+        assert np.array_equal(drawn, real)
+        assert (variant / "samples" / "nodules" / f"{i:04d}.tsv").read_text() == \
+            (results / "preprocessed" / "nodules" / f"{test[i]}.tsv").read_text()

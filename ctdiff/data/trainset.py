@@ -31,6 +31,10 @@ Decisions:
   in-process cache pays off where reads are slow (a network filesystem) or where the whole set fits.
   Construction refuses a cache that, times the processes sharing the host, exceeds the host's available
   memory, naming ``train.cache_gb``.
+* The same machinery holds the nodule conditions of ``model.condition: nodules`` (``channels=2``,
+  ``prepare`` = :func:`condition_item`, ``encoding`` = :data:`ctdiff.model.condition.ENCODING`): each mask is
+  checked (shape, labels) and encoded once, the ``[2, S, S, S]`` encoding cached beside the volumes' cache
+  in a folder of its own; an entry written with another ``encoding`` is rebuilt.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import os
 import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +57,7 @@ import torch
 
 from ctdiff.data.preprocess import to_model_range
 from ctdiff.io import atomic_path, file_sha256, load_volume, write_json
+from ctdiff.model.condition import encode_mask, spacing_of
 
 #: version of the cache folder's layout; entries of another version are rebuilt
 CACHE_FORMAT = 1
@@ -64,6 +69,22 @@ _DTYPE = np.dtype("<f4")
 def available_memory() -> int:
     """Bytes of host memory that new allocations can take without swapping (Linux ``MemAvailable``)."""
     return psutil.virtual_memory().available
+
+
+def prepare_volume(path: Path, array: np.ndarray, affine: np.ndarray, size: int) -> np.ndarray:
+    """A training volume as cached: checked (:func:`check_volume`) and scaled to [-1, 1], ``[S, S, S]``."""
+    check_volume(path, array, size)
+    return to_model_range(array)
+
+
+def condition_item(path: Path, array: np.ndarray, affine: np.ndarray, size: int) -> np.ndarray:
+    """A nodule mask as cached: shape ``S``³ and whole, non-negative labels (``ValueError`` naming ``path``),
+    encoded by :func:`ctdiff.model.condition.encode_mask` with the spacing of its affine → ``[2, S, S, S]``."""
+    if array.shape != (size, size, size):
+        raise ValueError(f"nodule mask {path} has shape {array.shape}, expected {(size,) * 3}")
+    if not np.isfinite(array).all() or (array < 0).any() or (array != np.round(array)).any():
+        raise ValueError(f"nodule mask {path} holds values other than whole labels >= 0")
+    return encode_mask(array, spacing_of(affine))
 
 
 def check_volume(path: Path, array: np.ndarray, size: int) -> None:
@@ -97,9 +118,10 @@ class TrainingSet:
     ``files``: the preprocessed volumes (float32 in [0, 1], ``size``³), in the order that batch indices
     refer to. ``cache_gb``: GiB of scaled volumes to keep in this process (0 = none); the check against
     the host's available memory counts it ``processes_on_host`` times (one copy per training process on
-    this host). Attributes: ``shape`` (``(S, S, S)``), ``affine`` (the first volume's 4×4 affine, which
-    samples are written with), ``fingerprint``, ``rebuilt`` (names of the volumes this construction
-    checked and wrote; the others were reused from the folder).
+    this host). ``channels``, ``prepare`` and ``encoding``: what one cached item is (module docstring).
+    Attributes: ``shape`` (``(S, S, S)``), ``affine`` (the first volume's 4×4 affine, which samples are
+    written with), ``affines`` (every item's), ``fingerprint``, ``rebuilt`` (names of the volumes this
+    construction checked and wrote; the others were reused from the folder).
     """
 
     def __init__(
@@ -110,6 +132,9 @@ class TrainingSet:
         *,
         cache_gb: float = 0.0,
         processes_on_host: int = 1,
+        channels: int = 1,
+        prepare: Callable[[Path, np.ndarray, np.ndarray, int], np.ndarray] = prepare_volume,
+        encoding: str = "volume",
     ) -> None:
         if not files:
             raise ValueError("training set is empty: the split left no training volume")
@@ -121,7 +146,10 @@ class TrainingSet:
                                  f"{path.name!r}; the cache in {cache_dir} names volumes by file name")
             by_name[path.name] = path
         self.shape = (size, size, size)
-        self.volume_bytes = size**3 * _DTYPE.itemsize
+        self.channels = channels
+        self._array_shape = self.shape if channels == 1 else (channels, *self.shape)  # one cached array
+        self._prepare, self._encoding = prepare, encoding
+        self.volume_bytes = channels * size**3 * _DTYPE.itemsize
         self.cache_dir = Path(cache_dir)
         self._lru: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lru_lock = threading.Lock()
@@ -136,6 +164,7 @@ class TrainingSet:
         self._prune({path.name for path in files})
 
         self.affine = self._entries[0].affine
+        self.affines = [entry.affine for entry in self._entries]  # per item, e.g. to check masks align
         digest = hashlib.sha256()
         for entry in self._entries:
             digest.update(f"{entry.source.name}\t{entry.sha256}\n".encode())
@@ -179,10 +208,12 @@ class TrainingSet:
             record = json.loads(meta.read_text())
             entry = _Entry(path, int(record["source_bytes"]), int(record["mtime_ns"]), str(record["sha256"]),
                            np.asarray(record["affine"], dtype=np.float64), npy, int(record["npy_bytes"]))
-            current = (record["format"], record["shape"], entry.source_bytes, entry.mtime_ns, npy.stat().st_size)
+            current = (record["format"], record.get("encoding", "volume"), record["shape"], entry.source_bytes,
+                       entry.mtime_ns, npy.stat().st_size)
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if current != (CACHE_FORMAT, list(self.shape), stat.st_size, stat.st_mtime_ns, entry.npy_bytes):
+        if current != (CACHE_FORMAT, self._encoding, list(self._array_shape), stat.st_size, stat.st_mtime_ns,
+                       entry.npy_bytes):
             return None
         return entry
 
@@ -197,8 +228,8 @@ class TrainingSet:
         """Check ``path``, write its scaled array and record; refuses a source that changes while read."""
         before = path.stat()
         array, affine = load_volume(path)
-        check_volume(path, array, self.shape[0])
-        scaled = torch.from_numpy(np.ascontiguousarray(to_model_range(array), dtype=np.float32))
+        scaled = torch.from_numpy(np.ascontiguousarray(self._prepare(path, array, affine, self.shape[0]),
+                                                       dtype=np.float32))
         sha256 = file_sha256(path)
         after = path.stat()
         if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
@@ -210,11 +241,12 @@ class TrainingSet:
                        npy, npy.stat().st_size)
         write_json(meta, {
             "format": CACHE_FORMAT,
+            "encoding": self._encoding,
             "source": str(path),
             "source_bytes": entry.source_bytes,
             "mtime_ns": entry.mtime_ns,
             "sha256": sha256,
-            "shape": list(self.shape),
+            "shape": list(self._array_shape),
             "affine": entry.affine.tolist(),
             "npy_bytes": entry.npy_bytes,
         })
@@ -231,18 +263,18 @@ class TrainingSet:
     # -- reading -------------------------------------------------------------------------------------------
 
     def read(self, indices: Sequence[int], *, pin_memory: bool = False) -> torch.Tensor:
-        """Volumes ``indices`` as a new ``[b, 1, S, S, S]`` float32 tensor in [-1, 1] (page-locked when
+        """Volumes ``indices`` as a new ``[b, C, S, S, S]`` float32 tensor in [-1, 1] (page-locked when
         ``pin_memory``), bit for bit the rows ``indices`` of the whole set scaled at once.
 
         Refuses a volume whose source changed (``ValueError``) or vanished (``FileNotFoundError``) since
         construction, naming it, whether or not the volume is in the in-process cache.
         """
-        out = _new_batch((len(indices), 1, *self.shape), pin_memory)
+        out = _new_batch((len(indices), self.channels, *self.shape), pin_memory)
         for row, index in enumerate(indices):
             index = int(index)
             entry = self._entries[index]
             self._check_source(entry)
-            dest = out[row, 0].numpy()
+            dest = out[row].numpy().reshape(self._array_shape)  # a view: out[row] is contiguous
             if not self._from_lru(index, dest):
                 self._read_npy(entry, dest)
                 self._to_lru(index, dest)
@@ -260,14 +292,15 @@ class TrainingSet:
                              f"(size or modification time differ from those recorded in {entry.npy.parent})")
 
     def _read_npy(self, entry: _Entry, dest: np.ndarray) -> None:
-        """Read the cached array of ``entry`` into ``dest`` (``[S, S, S]`` float32, C-contiguous)."""
+        """Read the cached array of ``entry`` into ``dest`` (``[S, S, S]`` or ``[C, S, S, S]`` float32,
+        C-contiguous)."""
         with open(entry.npy, "rb", buffering=0) as fh:
             version = np.lib.format.read_magic(fh)
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh) if version == _NPY_VERSION else (
                 None, None, None)
-            if (shape, fortran, dtype) != (self.shape, False, _DTYPE):
+            if (shape, fortran, dtype) != (self._array_shape, False, _DTYPE):
                 raise ValueError(f"cache file {entry.npy} of training volume {entry.source} does not hold a "
-                                 f"{self.shape} float32 array; delete it to have it rebuilt")
+                                 f"{self._array_shape} float32 array; delete it to have it rebuilt")
             view = memoryview(dest).cast("B")
             done = 0
             while done < len(view):
@@ -313,4 +346,4 @@ def _new_batch(shape: tuple[int, ...], pin_memory: bool) -> torch.Tensor:
     return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.float32).view(shape)
 
 
-__all__ = ["TrainingSet", "check_volume", "available_memory", "CACHE_FORMAT"]
+__all__ = ["TrainingSet", "check_volume", "prepare_volume", "condition_item", "available_memory", "CACHE_FORMAT"]

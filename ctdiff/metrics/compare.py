@@ -11,7 +11,8 @@ Cost, per row:
 
 - ``network_evaluations`` per volume, the model calls of ``ctdiff.diffusion.samplers.sample``
   (:func:`ctdiff.diffusion.samplers.network_evaluations`: T for ddpm, ``steps`` for ddim, dpmpp and euler,
-  ``2·steps − 1`` for heun), which does not depend on the machine;
+  ``2·steps − 1`` for heun), which does not depend on the machine; twice that for a nodule-conditioned set
+  drawn with classifier-free guidance ``w`` other than 0 and 1 (:func:`ctdiff.model.condition.guided`);
 - ``train_s_per_step``: the median over the training log's intervals (``log.csv``, one row every
   ``train.log_every`` steps) of seconds per optimizer step, leaving out the first interval, which holds the
   start-up (``torch.compile``, cuDNN's algorithm search, the first batches read); ``train_hours`` is that
@@ -57,18 +58,22 @@ SHARED = ("sample_seed", "n_synthetic", "real_volumes")
 SHARED_BY_VARIANT = ("checkpoint_sha256",)
 
 
-def sampling_provenance(checkpoint: Path, *, sampler: str, steps: int | None, eta: float, seed: int) -> dict:
+def sampling_provenance(checkpoint: Path, *, sampler: str, steps: int | None, eta: float, seed: int,
+                        guidance: float = 1.0) -> dict:
     """What produced a synthetic set, for ``evaluate(provenance=...)``: the resolved sampler setting (see
-    :func:`ctdiff.plan.setting`), network evaluations per volume, the sample seed, and the checkpoint's path,
-    training step, sha256 and the ctdiff version that wrote it."""
+    :func:`ctdiff.plan.setting`), the guidance scale, network evaluations per volume (doubled by guidance
+    other than 0 and 1), the sample seed, and the checkpoint's path, training step, sha256 and the ctdiff
+    version that wrote it."""
     ckpt = read_checkpoint(Path(checkpoint))
     T = int(ckpt["config"]["diffusion"]["timesteps"])
     run = setting(sampler, steps, eta, T)
+    per_step = 1 if guidance in (0.0, 1.0) else 2
     return {
         "sampler": run["sampler"],
         "sampler_steps": run["steps"],
         "eta": run["eta"],
-        "network_evaluations": network_evaluations(run["sampler"], run["steps"], T),
+        "guidance": guidance,
+        "network_evaluations": per_step * network_evaluations(run["sampler"], run["steps"], T),
         "sample_seed": seed,
         "checkpoint": str(checkpoint),
         "checkpoint_step": int(ckpt["step"]),

@@ -30,6 +30,7 @@ from ctdiff.metrics.med3d import extract_features, load_med3d
 from ctdiff.metrics.memorisation import audit
 from ctdiff.metrics.msssim import SIGMA, diversity_msssim, msssim_settings, paired_msssim
 from ctdiff.metrics.nearest import nearest_over_chunks
+from ctdiff.metrics.nodule_control import nodule_control
 
 PAPER = {"fid": 9.70, "msssim": 0.266}
 RANGE_TOLERANCE = 1e-4
@@ -130,6 +131,7 @@ def evaluate(
     train_chunk: int = 64,
     device: str | torch.device = "cpu",
     hu_window: tuple[float, float] = (-1000.0, 400.0),
+    nodules: tuple[Sequence[Path], Sequence[Path | None]] | None = None,
     workers: int = 1,
 ) -> dict:
     """Compare ``synthetic`` with held-out ``real`` NIfTI volumes as the ``evaluate`` section ``settings``
@@ -159,6 +161,9 @@ def evaluate(
       volume, and real against synthetic as distributions with the real-vs-real floor and intervals
       (``ctdiff.metrics.anatomy_compare.evaluate_anatomy``), measured on ``workers`` processes (the same
       numbers for any count).
+    - ``nodules`` (only when ``nodules`` = (the mask each synthetic volume was drawn with, the real volume
+      that mask came from) is given, for a ``model.condition: nodules`` model): contrast, detection, size and
+      spurious blobs, synthetic against real (``ctdiff.metrics.nodule_control``).
     ``provenance`` (e.g. ``ctdiff.metrics.compare.sampling_provenance``) is stored as given.
     """
     if train_chunk < 1:
@@ -258,5 +263,7 @@ def evaluate(
     metrics["anatomy"] = evaluate_anatomy(
         real_vol, read_affines(real), real_names, syn_vol, read_affines(synthetic), syn_names, hu_window=hu_window,
         seed=settings.seed, n_boot=settings.bootstrap, level=settings.ci_level, workers=workers)
+    if nodules is not None:
+        metrics["nodules"] = nodule_control(synthetic, nodules[0], nodules[1], hu_window)
     write_json(Path(out), metrics)
     return metrics

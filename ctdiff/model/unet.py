@@ -3,7 +3,8 @@
 Layout for ``channels = (c_0, …, c_{L−1})`` and ``n = res_blocks`` (the ADM / improved-diffusion
 layout of Nichol & Dhariwal 2021, in 3D):
 
-- input: 3³ conv ``C_in → c_0``;
+- input: 3³ conv ``C_in + C_cond → c_0`` on ``x_t`` with the condition channels (if any,
+  :mod:`ctdiff.model.condition`) concatenated after it;
 - encoder level ``i``: ``n`` residual blocks to ``c_i``, then a stride-2 3³ conv halving D, H and W,
   except after the last level; the input conv, every block and every downsample each leave one skip;
 - middle: residual block, optional self-attention over all voxels (off in the paper), residual block;
@@ -142,7 +143,8 @@ class Upsample(nn.Module):
 
 
 class UNet3D(nn.Module):
-    """Residual 3D U-Net: ``x [B, C_in, D, H, W]``, ``t [B]`` int64 → predicted noise ``[B, C_in, D, H, W]``."""
+    """Residual 3D U-Net: ``x [B, C_in, D, H, W]``, ``t [B]`` int64 (and ``cond [B, C_cond, D, H, W]`` when
+    ``cond_channels > 0``) → predicted noise ``[B, C_in, D, H, W]``."""
 
     def __init__(
         self,
@@ -151,6 +153,7 @@ class UNet3D(nn.Module):
         attention: bool = False,
         in_channels: int = 1,
         groups: int = 32,
+        cond_channels: int = 0,
         grad_checkpointing: bool = False,
         recompute_norm: bool = False,
     ) -> None:
@@ -162,13 +165,16 @@ class UNet3D(nn.Module):
             raise ValueError(f"res_blocks must be >= 1, got {res_blocks}")
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        if cond_channels < 0:
+            raise ValueError(f"cond_channels must be >= 0, got {cond_channels}")
         self.channels = channels
         self.in_channels = in_channels
+        self.cond_channels = cond_channels
         self.grad_checkpointing = grad_checkpointing
         emb_dim = 4 * channels[0]
 
         self.time_mlp = nn.Sequential(nn.Linear(channels[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.conv_in = nn.Conv3d(in_channels, channels[0], 3, padding=1)
+        self.conv_in = nn.Conv3d(in_channels + cond_channels, channels[0], 3, padding=1)
 
         # Every encoder output (input conv, each residual block, each downsample) is kept as a skip.
         self.down_blocks = nn.ModuleList()
@@ -236,10 +242,19 @@ class UNet3D(nn.Module):
             return checkpoint(up, h, use_reentrant=False)
         return up(h)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x``: ``[B, C_in, D, H, W]``; ``t``: ``[B]`` int64 timesteps → ``ε̂``: ``[B, C_in, D, H, W]``."""
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """``x``: ``[B, C_in, D, H, W]``; ``t``: ``[B]`` int64 timesteps; ``cond``: ``[B, C_cond, D, H, W]``,
+        required when ``cond_channels > 0`` and refused otherwise → ``ε̂``: ``[B, C_in, D, H, W]``."""
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected x of shape [B, {self.in_channels}, D, H, W], got {tuple(x.shape)}")
+        if self.cond_channels:
+            if cond is None or cond.shape != (x.shape[0], self.cond_channels, *x.shape[2:]):
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(f"expected cond of shape [{x.shape[0]}, {self.cond_channels}, "
+                                 f"{', '.join(map(str, x.shape[2:]))}], got {got}")
+            x = torch.cat([x, cond], dim=1)
+        elif cond is not None:
+            raise ValueError("this U-Net takes no condition (cond_channels=0), but one was given")
         if t.shape != (x.shape[0],):
             raise ValueError(f"expected t of shape [{x.shape[0]}], got {tuple(t.shape)}")
         factor = 2 ** (len(self.channels) - 1)

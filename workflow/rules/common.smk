@@ -19,9 +19,12 @@ from ctdiff.plan import (
     converted_items,
     dicom_tree,
     row_config,
+    nodule_folder,
     row_names,
+    sample_condition_options,
     sample_files,
     sample_options,
+    train_condition_options,
     table_rows,
     variant_sample,
 )
@@ -87,6 +90,15 @@ def preprocessed(wildcards=None):
     return [f"{R}/preprocessed/{item}.nii.gz" for item in converted()]
 
 
+def nodule_inputs(cfg, split=False):
+    """What training (split=False) or sampling (split=True: also the test split naming the held-out masks) of
+    a model.condition: nodules row reads: every converted item's preprocessed mask; nothing for none."""
+    if cfg.model.condition != "nodules":
+        return []
+    masks = [f"{nodule_folder(cfg)}/{item}.nii.gz" for item in converted()]
+    return masks + ([f"{R}/splits/test.txt"] if split else [])
+
+
 # The sampler comparison (evaluate.compare_samplers): {tag: resolved sampler setting}, without an entry equal
 # to the sample section's (that set is the table's main row). Empty = no comparison jobs.
 COMPARE = comparison_runs(CFG)
@@ -121,9 +133,15 @@ def srun(wildcards, resources):
     return "srun --ntasks-per-node=1 " if int(resources.get("nodes", 1)) > 1 else ""
 
 
+def guidance_of(settings):
+    """{"guidance": w} when a sample section guides (w != 1: two network evaluations per step), else nothing,
+    so that the evaluate rules of unguided sets keep their params."""
+    return {"guidance": settings.guidance} if settings.guidance != 1.0 else {}
+
+
 def sample_setting(settings):
     """The sampler setting of a sample section as the evaluate rules record it (steps unresolved)."""
-    return {"sampler": settings.sampler, "steps": settings.steps, "eta": settings.eta}
+    return {"sampler": settings.sampler, "steps": settings.steps, "eta": settings.eta, **guidance_of(settings)}
 
 
 # The model variants (config `variants`): {name: merged config}, without the main row. Empty = no variant jobs.
@@ -146,6 +164,11 @@ def variant_compare_run(name, tag):
         raise WorkflowError(f"variants/{name}/compare/{tag}: no such sampler for this variant "
                             f"(configured: {', '.join(runs) or 'none'})")
     return runs[tag]
+
+
+def nodule_figure_input(wildcards=None):
+    """figures/nodules.png when the main run is nodule-conditioned, else nothing (no figure in the report)."""
+    return [f"{R}/figures/nodules.png"] if CFG.model.condition == "nodules" else []
 
 
 def variant_table_input(wildcards=None):

@@ -15,7 +15,8 @@ use rule sample as sample_compare with:
     output:
         samples=sample_files(f"{R}/compare/{{tag}}/samples", CFG.sample.n),
     params:
-        options=lambda wildcards: sample_options(compared_sample(CFG.sample, compare_run(wildcards.tag))),
+        options=lambda wildcards: sample_options(compared_sample(CFG.sample, compare_run(wildcards.tag)),
+                                                 sample_condition_options(CFG)),
         out=lambda wildcards, output: os.path.dirname(output.samples[0]),
         cache=f"{R}/sample_cache",
     log:
@@ -35,7 +36,7 @@ use rule evaluate as evaluate_compare with:
     params:
         evaluate=evaluate_settings(),
         volumes=f"{R}/preprocessed",
-        run=lambda wildcards: compare_run(wildcards.tag),
+        run=lambda wildcards: {**compare_run(wildcards.tag), **guidance_of(CFG.sample)},
         seed=CFG.sample.seed,
         hu_window=list(CFG.preprocess.hu_window),  # the anatomy is measured in HU
     log:

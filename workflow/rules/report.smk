@@ -62,6 +62,23 @@ rule anatomy_figure:
         "../scripts/anatomy_figure.py"
 
 
+# Only for a model.condition: nodules main run: crops through its requested nodules (nodule_figure_input).
+rule nodule_figure:
+    input:
+        metrics=f"{R}/metrics/metrics.json",
+    output:
+        report(f"{R}/figures/nodules.png", caption="../report/nodules.rst", category="Metrics"),
+    params:
+        samples=f"{R}/samples",
+        volumes=f"{R}/preprocessed",
+    log:
+        f"{R}/logs/nodule_figure.log",
+    conda:
+        ENV
+    script:
+        "../scripts/nodule_figure.py"
+
+
 rule closest_pairs:
     input:
         metrics=f"{R}/metrics/metrics.json",
@@ -90,6 +107,7 @@ rule report:
         anatomy=f"{R}/figures/anatomy.png",
         reader=f"{R}/reader/analysis.json",
         variants=variant_table_input,
+        nodules=nodule_figure_input,
     output:
         md=f"{R}/report.md",
         html=report(f"{R}/report.html", caption="../report/report.rst", category="Report"),

@@ -7,6 +7,10 @@ V = f"{R}/variants/{{variant}}"
 
 
 use rule train as train_variant with:
+    input:
+        train=f"{R}/splits/train.txt",
+        volumes=preprocessed,
+        nodules=lambda wildcards: nodule_inputs(variant(wildcards.variant)),
     output:
         model=f"{V}/train/model.pt",
         log=f"{V}/train/log.csv",
@@ -16,6 +20,7 @@ use rule train as train_variant with:
         state=f"{V}/train_state",
         tensorboard=f"{V}/logs/tensorboard",
         settings=lambda wildcards: train_settings(variant(wildcards.variant)),
+        conditions=lambda wildcards: train_condition_options(variant(wildcards.variant)),
     log:
         f"{V}/logs/train.log",
 
@@ -23,11 +28,13 @@ use rule train as train_variant with:
 use rule sample as sample_variant with:
     input:
         model=f"{V}/train/model.pt",
+        nodules=lambda wildcards: nodule_inputs(variant(wildcards.variant), split=True),
     output:
         samples=sample_files(f"{V}/samples", CFG.sample.n),
         hu=[],  # HU copies only for the main run
     params:
-        options=lambda wildcards: sample_options(variant_sample(CFG, wildcards.variant)),
+        options=lambda wildcards: sample_options(variant_sample(CFG, wildcards.variant),
+                                                 sample_condition_options(variant(wildcards.variant))),
         out=lambda wildcards, output: os.path.dirname(output.samples[0]),
         cache=f"{R}/sample_cache",
     log:
@@ -57,12 +64,14 @@ use rule evaluate as evaluate_variant with:
 use rule sample as sample_variant_compare with:
     input:
         model=f"{V}/train/model.pt",
+        nodules=lambda wildcards: nodule_inputs(variant(wildcards.variant), split=True),
     output:
         samples=sample_files(f"{V}/compare/{{tag}}/samples", CFG.sample.n),
         hu=[],
     params:
         options=lambda wildcards: sample_options(
-            compared_sample(variant(wildcards.variant).sample, variant_compare_run(wildcards.variant, wildcards.tag))
+            compared_sample(variant(wildcards.variant).sample, variant_compare_run(wildcards.variant, wildcards.tag)),
+            sample_condition_options(variant(wildcards.variant)),
         ),
         out=lambda wildcards, output: os.path.dirname(output.samples[0]),
         cache=f"{R}/sample_cache",
@@ -82,7 +91,8 @@ use rule evaluate as evaluate_variant_compare with:
     params:
         evaluate=evaluate_settings(),
         volumes=f"{R}/preprocessed",
-        run=lambda wildcards: variant_compare_run(wildcards.variant, wildcards.tag),
+        run=lambda wildcards: {**variant_compare_run(wildcards.variant, wildcards.tag),
+                               **guidance_of(variant(wildcards.variant).sample)},
         seed=CFG.sample.seed,
         hu_window=list(CFG.preprocess.hu_window),
     log:

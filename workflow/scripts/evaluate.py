@@ -1,9 +1,11 @@
 """FID and MS-SSIM of one synthetic set (the main samples, or one sampler of the comparison) against the
-held-out real volumes; memorisation audit against the training volumes."""
+held-out real volumes; memorisation audit against the training volumes; for a nodule-conditioned checkpoint,
+the control of the nodules (the masks beside the samples against the real volumes they came from)."""
 from pathlib import Path
 
 import torch
 
+from ctdiff.conditions import evaluation_masks
 from ctdiff.config import section_from_dict
 from ctdiff.data.split import read_ids
 from ctdiff.logs import to_file
@@ -13,9 +15,10 @@ from ctdiff.metrics.evaluate import evaluate
 to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 folder = Path(snakemake.params.volumes)
+synthetic = [Path(p) for p in snakemake.input.synthetic]
 evaluate(
     [folder / f"{item}.nii.gz" for item in read_ids(snakemake.input.test)],
-    [Path(p) for p in snakemake.input.synthetic],
+    synthetic,
     Path(snakemake.output[0]),
     section_from_dict("evaluate", snakemake.params.evaluate),
     train=[folder / f"{item}.nii.gz" for item in read_ids(snakemake.input.train)],
@@ -23,4 +26,5 @@ evaluate(
     provenance=sampling_provenance(Path(snakemake.input.model), **snakemake.params.run, seed=snakemake.params.seed),
     hu_window=tuple(snakemake.params.hu_window),
     workers=snakemake.threads,  # the anatomy's processes
+    nodules=evaluation_masks(Path(snakemake.input.model), synthetic, read_ids(snakemake.input.test), folder),
 )

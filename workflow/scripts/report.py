@@ -18,4 +18,5 @@ write_report(
     anatomy_png=Path(snakemake.input.anatomy),
     reader_json=Path(snakemake.input.reader),
     variants_tsv=Path(snakemake.input.variants[0]) if snakemake.input.variants else None,
+    nodules_png=Path(snakemake.input.nodules[0]) if snakemake.input.nodules else None,
 )
