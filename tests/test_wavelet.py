@@ -94,7 +94,8 @@ def test_odd_sides_and_wrong_ranks_are_refused():
 
 def test_config_refuses_sizes_the_wavelet_network_cannot_take():
     base = {"model": {"channels": [8, 16, 32], "groups": 4, "representation": "wavelet"},
-            "preprocess": {"size": 15}, "sample": {"n": 4}, "evaluate": {"kid_subset_size": 2}}
+            "preprocess": {"size": 15}, "sample": {"n": 4}, "evaluate": {"kid_subset_size": 2},
+            "reader_study": {"n_cases": 8}}
     with pytest.raises(ValueError, match=r"preprocess.size=15 is odd.*model.representation: wavelet"):
         from_dict(base)
     # 20 suits the voxel network (divisible by 4), not the wavelet one, which runs at 10^3.
