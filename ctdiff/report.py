@@ -287,7 +287,27 @@ def anatomy_tables(anatomy: dict[str, Any]) -> tuple[Table, Table]:
                      _w1_cell(c["floor"], "w1_hu", None, ".1f")))
     classes = _table(["tissue class", "share of body, real", "share of body, synthetic", "W1 of HU (HU)",
                       "floor W1 (HU)"], rows, caption="Tissue classes (voxels pooled per set)", id="anatomy-classes")
-    return quantities, classes
+    misses = anatomy_misses(anatomy)
+    return (quantities, classes) if misses is None else (quantities, classes, misses)
+
+
+#: Rows of the "without two lungs" table; the count of the rest is said in its caption.
+MAX_MISS_ROWS = 20
+
+
+def anatomy_misses(anatomy: dict[str, Any]) -> Table | None:
+    """The volumes without a body or without two lungs, each with what the plausibility checks found
+    (``ctdiff.metrics.anatomy``: the criteria each rejected component missed), real ones first; None when every
+    volume has two lungs (or ``metrics.json`` predates the per-volume rows)."""
+    rows = [(kind, v["volume"], v["status"], v.get("reason") or "")
+            for kind in ("real", "synthetic") for v in anatomy.get("per_volume", {}).get(kind, ())
+            if v["status"] != "two lungs"]
+    if not rows:
+        return None
+    more = len(rows) - MAX_MISS_ROWS
+    caption = "Volumes without two lungs, and why" + (f" (first {MAX_MISS_ROWS}; {more} more in metrics.json)"
+                                                      if more > 0 else "")
+    return _table(["set", "volume", "found", "why"], rows[:MAX_MISS_ROWS], caption=caption, id="anatomy-misses")
 
 
 def memorisation_rows(memorisation: dict[str, Any]) -> list[tuple[str, str, str]]:

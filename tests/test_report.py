@@ -323,7 +323,10 @@ def test_anatomy_section_in_both_renderings(tmp_path):
     assert "real: 4 of 4 volumes with two lungs" in section.text
     assert "synthetic: 2 of 4 volumes with two lungs, 0 with one, 1 with none, 1 without a body" in section.text
     assert "bone is truncated" in section.text
-    volumes, classes = section.tables
+    volumes, classes, misses = section.tables
+    # the all-air and all-bone synthetic volumes, each with what the checks found
+    assert [r[:3] for r in misses.rows] == [("synthetic", "s2", "no body"), ("synthetic", "s3", "no lungs")], misses
+    assert "no connected component above -500 HU" in misses.rows[0][3] and "air-like" in misses.rows[1][3]
     rows = {r[0]: r for r in volumes.rows}
     lungs = rows["lungs found per volume"]
     assert lungs[1] == "2.00 ± 0.00 (n = 4)" and lungs[2] == "1.00 ± 1.15 (n = 4)"  # sd of 2, 2, 0, 0 is 2/√3
