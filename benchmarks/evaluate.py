@@ -41,6 +41,7 @@ import torch
 from ctdiff.config import EvaluateConfig
 from ctdiff.data.phantom.scan import phantom_volume
 from ctdiff.io import load_volume, save_volume
+from ctdiff.machine import cpu_name
 from ctdiff.metrics.anatomy_compare import VOXELS_PER_WORKER, anatomy_rows, compare_anatomy
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci
 from ctdiff.metrics.evaluate import evaluate, real_floor
@@ -78,17 +79,6 @@ def _covariance_form_replicates(a: np.ndarray, b: np.ndarray, reps: int, seed: i
     for _ in range(reps):
         x, y = a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))]
         frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo; the platform's processor string elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -217,7 +207,7 @@ def main() -> None:
           f"(random weights), B = {args.n_boot}, fastest of {args.rounds} rounds, {args.threads} threads, "
           f"torch {torch.__version__}, {platform.machine()}, device {dev}"
           f"{' (' + torch.cuda.get_device_name(dev) + ')' if torch.device(dev).type == 'cuda' else ''}, "
-          f"CPU {_cpu_model()}")
+          f"CPU {cpu_name()}")
     width = max(len(r[0]) for r in rows)
     for name, seconds, note in rows:
         print(f"{name:<{width}}  {seconds:9.3f} s  {note}")
