@@ -41,6 +41,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
+from ctdiff import seeds
 from ctdiff.checkpoint import load_for_sampling
 from ctdiff.conditions import write_beside
 from ctdiff.config import SampleConfig
@@ -56,8 +57,7 @@ from ctdiff.options import PRECISIONS, check_sampler_fits
 
 def sample_generator(seed: int, index: int) -> torch.Generator:
     """The CPU generator that owns every random draw of sample ``index``."""
-    state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    return seeds.generator(seed, index)
 
 
 def sample_affine(reference: np.ndarray, size: int) -> np.ndarray:

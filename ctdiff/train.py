@@ -63,6 +63,7 @@ from accelerate import Accelerator
 from accelerate.utils import parse_flag_from_env
 from tqdm import tqdm
 
+from ctdiff import seeds
 from ctdiff.checkpoint import TrainingData, build_model, build_schedule, read_checkpoint, save_checkpoint
 from ctdiff.config import Config, DiffusionConfig, TrainConfig, section_from_dict, to_dict
 from ctdiff.data.prefetch import Prefetcher
@@ -120,8 +121,7 @@ def draw_condition_dropout(seed: int, step: int, positions: Sequence[int], p: fl
     count, and the same in a resumed run."""
     draws = []
     for position in positions:
-        state = np.random.SeedSequence([seed, step, position, DROPOUT_STREAM]).generate_state(1, dtype=np.uint64)[0]
-        draws.append(torch.rand(1, generator=torch.Generator().manual_seed(int(state))))
+        draws.append(torch.rand(1, generator=seeds.generator(seed, step, position, DROPOUT_STREAM)))
     return torch.cat(draws) < p if draws else torch.zeros(0, dtype=torch.bool)
 
 
@@ -135,8 +135,7 @@ def draw_noise(seed: int, step: int, positions: Sequence[int], shape: tuple[int,
     """
     ts, noises = [], []
     for position in positions:
-        state = np.random.SeedSequence([seed, step, position]).generate_state(1, dtype=np.uint64)[0]
-        g = torch.Generator().manual_seed(int(state))
+        g = seeds.generator(seed, step, position)
         if diffusion.objective == "flow":
             ts.append(flow.draw_t(1, diffusion.flow_t, location=diffusion.flow_t_location,
                                   scale=diffusion.flow_t_scale, generator=g))
