@@ -138,7 +138,7 @@ def comparison_runs(cfg: Config) -> dict[str, dict[str, Any]]:
     """``{tag: resolved setting}`` for each ``evaluate.compare_samplers`` entry that fits ``cfg``'s objective
     (:data:`ctdiff.options.SAMPLERS_FOR`), in config order, leaving out an entry equal to the ``sample``
     section's setting: that set is already drawn, as the row's main set. Tags are :func:`ctdiff.options.tag`
-    (``ddim-50``, ``dpmpp-25``, ``ddim-50-eta0.5``). For a variant, pass its config (:func:`row_config`)."""
+    (``ddim-50``, ``dpmpp-25``, ``ddim-50-eta0.5``). For a variant, pass its config (:func:`ctdiff.config.variant_config`)."""
     T = cfg.diffusion.timesteps
     main = setting(cfg.sample.sampler, cfg.sample.steps, cfg.sample.eta, T)
     fits = SAMPLERS_FOR.get(cfg.diffusion.objective, ())
@@ -159,12 +159,6 @@ def row_names(cfg: Config) -> list[str]:
     return [cfg.name, *(v.name for v in cfg.variants)]
 
 
-def row_config(cfg: Config, name: str) -> Config:
-    """The config variant ``name`` is trained, sampled and evaluated with (``cfg`` itself for the main row):
-    :func:`ctdiff.config.variant_config`; ``ValueError`` names the configured rows."""
-    return variant_config(cfg, name)
-
-
 def run_folder(cfg: Config, name: str) -> str:
     """Where variant ``name``'s files go: ``{results}`` for the main row (its paths never move), else
     ``{results}/variants/{name}``, laid out the same way (``train/``, ``train_state/``, ``samples/``,
@@ -175,7 +169,7 @@ def run_folder(cfg: Config, name: str) -> str:
 def variant_sample(cfg: Config, name: str) -> SampleConfig:
     """The sample section variant ``name``'s main set is drawn with: its config's (the main config's with the
     variant's sampler, steps and eta); HU copies only for the main row."""
-    settings = row_config(cfg, name).sample
+    settings = variant_config(cfg, name).sample
     return settings if name == cfg.name else replace(settings, hu=False)
 
 
@@ -198,7 +192,7 @@ def table_rows(cfg: Config) -> list[TableRow]:
     for name in row_names(cfg):
         folder = run_folder(cfg, name)
         rows.append(TableRow(name, MAIN_SET, f"{folder}/metrics/metrics.json", f"{folder}/samples", f"{folder}/train"))
-        for t in comparison_runs(row_config(cfg, name)):
+        for t in comparison_runs(variant_config(cfg, name)):
             rows.append(TableRow(name, t, f"{folder}/compare/{t}/metrics.json", f"{folder}/compare/{t}/samples",
                                  f"{folder}/train"))
     return rows

@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, validate
 
-from ctdiff.config import from_dict, schema_checker, to_dict
+from ctdiff.config import from_dict, schema_checker, to_dict, variant_config
 from ctdiff.options import NAME_REGEX, TAG_REGEX
 from ctdiff.plan import (
     answer_files,
@@ -18,7 +18,6 @@ from ctdiff.plan import (
     compared_sample,
     converted_items,
     dicom_tree,
-    row_config,
     nodule_folder,
     row_names,
     sample_condition_options,
@@ -145,7 +144,7 @@ def sample_setting(settings):
 
 
 # The model variants (config `variants`): {name: merged config}, without the main row. Empty = no variant jobs.
-VARIANTS = {name: row_config(CFG, name) for name in row_names(CFG)[1:]}
+VARIANTS = {name: variant_config(CFG, name) for name in row_names(CFG)[1:]}
 # Every (variant, sampler) pair the run evaluates, the main config's rows first: the variants table's rows.
 ROWS = table_rows(CFG)
 
