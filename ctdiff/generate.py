@@ -23,7 +23,9 @@
   :mod:`ctdiff.conditions` chooses them): each is checked (shape), encoded (:mod:`ctdiff.model.condition`) and
   given to every network call with classifier-free guidance of scale ``settings.guidance``; the masks'
   sha256s and the scale join the cache key, and each sample's mask and table are written beside it
-  (``nodules/``). Cost: 1 network evaluation per step at guidance 0 or 1, a doubled batch otherwise.
+  (``nodules/``). Cost: 1 network evaluation per step at guidance 0 or 1, a doubled batch otherwise; so
+  that ``batch_size`` stays the number of volumes in one network call (what sets the memory), a guided set
+  draws ``batch_size // 2`` volumes at a time (at least 1).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from ctdiff.diffusion.samplers import network_evaluations, sample
 from ctdiff.io import atomic_path, file_sha256, load_volume, save_volume, write_json
 from ctdiff.machine import describe
 from ctdiff.model import representation
-from ctdiff.model.condition import guided, null_condition
+from ctdiff.model.condition import copies_per_call, guided, null_condition
 from ctdiff.options import PRECISIONS, check_sampler_fits
 
 
@@ -76,9 +78,10 @@ def network(model: torch.nn.Module, device: torch.device, precision: str, compil
     if precision == "fp32":
         return net
 
-    def bf16(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def bf16(x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        # ``cond``: the condition a nodule-conditioned network takes as its third argument (ctdiff.model.condition)
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            return net(x, t)
+            return net(x, t, *cond)
 
     return bf16
 
@@ -159,8 +162,10 @@ def generate(
     print(f"process {state.process_index} of {state.num_processes}: {len(mine)} of {len(todo)} unfinished "
           f"samples {mine}", flush=True)
     machine = describe(dev, state.num_processes)
-    for start in range(0, len(mine), settings.batch_size):
-        chunk = mine[start : start + settings.batch_size]
+    # Volumes drawn together: one network call holds copies_per_call of each (guidance doubles the batch).
+    drawn = max(1, settings.batch_size // copies_per_call(settings.guidance)) if conditioned else settings.batch_size
+    for start in range(0, len(mine), drawn):
+        chunk = mine[start : start + drawn]
         began = time.perf_counter()
         cond = null = None
         if conditioned:  # encoded in voxels, then brought into the diffusion's representation like x

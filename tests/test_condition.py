@@ -274,3 +274,54 @@ def test_guided_sets_count_two_network_evaluations_per_step(conditioned_checkpoi
     nfe = {w: sampling_provenance(model, sampler="ddim", steps=5, eta=0.0, seed=0, guidance=w)["network_evaluations"]
            for w in (0.0, 1.0, 2.0)}
     assert nfe == {0.0: 5, 1.0: 5, 2.0: 10}
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_a_conditioned_model_samples_in_bf16_close_to_fp32(conditioned_checkpoint, tmp_path, guidance):
+    """The bf16 wrapper passes the condition on (it once took ``(x, t)`` only and raised TypeError at the first
+    network call of a conditioned model); its samples stay within bf16 rounding of the fp32 ones."""
+    from ctdiff.config import SampleConfig
+    from ctdiff.generate import generate
+    from ctdiff.io import load_volume
+
+    model, masks = conditioned_checkpoint
+    mask = sorted(masks.glob("*.nii.gz"))[:1]
+    out = {p: [tmp_path / p / "0000.nii.gz"] for p in ("fp32", "bf16")}
+    for precision, files in out.items():
+        generate(model, files, tmp_path / "cache", SampleConfig(sampler="ddim", steps=3, precision=precision,
+                                                                 guidance=guidance),
+                 device="cpu", progress=False, condition_masks=mask)
+    a, b = (load_volume(out[p][0])[0] for p in ("fp32", "bf16"))
+    assert not np.array_equal(a, b)
+    assert np.abs(a - b).max() < 0.05
+
+
+@pytest.mark.parametrize("guidance, chunks", [(1.0, [2, 1]), (0.0, [2, 1]), (2.0, [1, 1, 1])])
+def test_a_guided_set_draws_half_the_batch_so_a_network_call_holds_batch_size_volumes(
+        conditioned_checkpoint, tmp_path, monkeypatch, guidance, chunks):
+    from ctdiff import generate as gen
+    from ctdiff.config import SampleConfig
+
+    model, masks = conditioned_checkpoint
+    calls, real_sample, real_network = [], gen.sample, gen.network
+
+    def spy(net, schedule, shape, generators, **kw):
+        calls.append(("drawn", len(generators)))
+        return real_sample(net, schedule, shape, generators, **kw)
+
+    def counting_network(*args):
+        net = real_network(*args)
+
+        def call(x, t, *cond):
+            calls.append(len(x))  # what one network call holds
+            return net(x, t, *cond)
+        return call
+
+    monkeypatch.setattr(gen, "sample", spy)
+    monkeypatch.setattr(gen, "network", counting_network)
+    mask = sorted(masks.glob("*.nii.gz"))[:1] * 3
+    gen.generate(model, [tmp_path / f"{i:04d}.nii.gz" for i in range(3)], tmp_path / "cache",
+                 SampleConfig(sampler="ddim", steps=2, batch_size=2, guidance=guidance), device="cpu",
+                 progress=False, condition_masks=mask)
+    assert [c[1] for c in calls if isinstance(c, tuple)] == chunks
+    assert max(c for c in calls if not isinstance(c, tuple)) == 2  # never more than batch_size per call

@@ -38,6 +38,7 @@ from ctdiff.checkpoint import read_checkpoint
 from ctdiff.diffusion.samplers import network_evaluations
 from ctdiff.io import atomic_path, file_sha256
 from ctdiff.machine import label
+from ctdiff.model.condition import copies_per_call
 from ctdiff.plan import TableRow, setting
 
 COLUMNS = [
@@ -67,7 +68,7 @@ def sampling_provenance(checkpoint: Path, *, sampler: str, steps: int | None, et
     ckpt = read_checkpoint(Path(checkpoint))
     T = int(ckpt["config"]["diffusion"]["timesteps"])
     run = setting(sampler, steps, eta, T)
-    per_step = 1 if guidance in (0.0, 1.0) else 2
+    per_step = copies_per_call(guidance)
     return {
         "sampler": run["sampler"],
         "sampler_steps": run["steps"],

@@ -93,6 +93,12 @@ def drop_conditions(cond: Tensor, dropped: Tensor) -> Tensor:
     return torch.where(keep, cond, null_condition(cond))
 
 
+def copies_per_call(guidance: float) -> int:
+    """How many copies of each volume one guided network call holds: 1 at guidance 0 or 1 (only the
+    unconditional or only the conditional prediction is needed), 2 otherwise (both, as one doubled batch)."""
+    return 1 if guidance in (0.0, 1.0) else 2
+
+
 def guided(model, cond: Tensor | None, guidance: float = 1.0, null: Tensor | None = None):
     """``model(x, t, cond)`` as the samplers call a network, ``(x, t) → out``, with classifier-free guidance
     of scale ``guidance`` (module docstring); ``cond`` ``[B, C, D, H, W]`` or None for an unconditional
@@ -108,10 +114,8 @@ def guided(model, cond: Tensor | None, guidance: float = 1.0, null: Tensor | Non
     null = null_condition(cond) if null is None else null
 
     def forward(x: Tensor, t: Tensor) -> Tensor:
-        if guidance == 1.0:
-            return model(x, t, cond.to(x.dtype))
-        if guidance == 0.0:
-            return model(x, t, null.to(x.dtype))
+        if copies_per_call(guidance) == 1:
+            return model(x, t, (cond if guidance == 1.0 else null).to(x.dtype))
         both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]).to(x.dtype))
         out, uncond = both.chunk(2)
         return uncond + guidance * (out - uncond)
@@ -120,4 +124,4 @@ def guided(model, cond: Tensor | None, guidance: float = 1.0, null: Tensor | Non
 
 
 __all__ = ["DISTANCE_CLIP_MM", "ENCODING", "condition_channels", "spacing_of", "encode_mask", "null_condition",
-           "drop_conditions", "guided"]
+           "drop_conditions", "copies_per_call", "guided"]
