@@ -238,14 +238,25 @@ def cpu_has_amx_bf16() -> bool:
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
+def cuda_has_native_bf16() -> bool:
+    """Whether the current CUDA GPU computes in bf16 natively (compute capability 8.0, Ampere, or newer).
+
+    ``torch.cuda.is_bf16_supported()`` also says yes on older cards (Turing, Volta), where bf16 is emulated and
+    slower than fp32; this asks the capability itself.
+    """
+    major, _ = torch.cuda.get_device_capability()
+    return major >= 8
+
+
 def resolve_precision(precision: str, device_type: str) -> str:
     """``train.precision`` as it will run on ``device_type`` (``"cuda"``, ``"cpu"``, ...): ``auto`` becomes
-    ``bf16`` on a CUDA GPU that supports it or a CPU with AMX-BF16 (:func:`cpu_has_amx_bf16`), else ``fp32``;
+    ``bf16`` on a CUDA GPU that computes it natively (:func:`cuda_has_native_bf16`) or a CPU with AMX-BF16
+    (:func:`cpu_has_amx_bf16`), else ``fp32``;
     ``fp32`` and ``bf16`` stay as they are."""
     if precision != "auto":
         return precision
     if device_type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cuda_has_native_bf16() else "fp32"
     if device_type == "cpu":
         return "bf16" if cpu_has_amx_bf16() else "fp32"
     return "fp32"
@@ -272,7 +283,7 @@ def _accelerator(cfg: TrainConfig, tensorboard_dir: Path | None) -> Accelerator:
         if accelerator.device.type != device_type:
             raise ValueError(f"train.precision: auto knows CUDA and CPU devices, not {accelerator.device.type}: "
                              "set fp32 or bf16")
-        feature = "bf16 support" if device_type == "cuda" else "AMX-BF16"
+        feature = "native bf16 (compute capability >= 8.0)" if device_type == "cuda" else "AMX-BF16"
         accelerator.print(f"train.precision: auto -> {precision} ({device_type}, {feature}: "
                           f"{'yes' if precision == 'bf16' else 'no'})")
     if accelerator.device.type == "cuda":

@@ -216,9 +216,12 @@ def test_auto_precision_resolves_from_the_device(monkeypatch):
         monkeypatch.setattr(ctdiff.train, "cpu_has_amx_bf16", lambda amx=amx: amx)
         assert resolve_precision("auto", "cpu") == cpu_choice
         assert [resolve_precision(p, "cpu") for p in ("fp32", "bf16")] == ["fp32", "bf16"]
-    for bf16, cuda_choice in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, bf16=bf16, **k: bf16)
-        assert resolve_precision("auto", "cuda") == cuda_choice
+    # torch.cuda.is_bf16_supported() says yes on pre-Ampere cards too (emulated, slower than fp32): auto asks the
+    # compute capability instead.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    for capability, cuda_choice in (((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "fp32"), ((7, 0), "fp32")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability, **k: c)
+        assert resolve_precision("auto", "cuda") == cuda_choice, capability
     assert resolve_precision("auto", "mps") == "fp32"
 
 
