@@ -85,9 +85,6 @@ class _OneProcess:
     def clip_grad_norm_(self, parameters, max_norm: float) -> torch.Tensor:
         return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
-    def unwrap_model(self, model: _EachCallTracked) -> torch.nn.Module:
-        return model.module
-
 
 class _EachCallTracked:
     """Call ``module`` with fresh per-module statistics each time: MemTracker refuses a second forward of the

@@ -180,8 +180,9 @@ def train_step(
 ) -> torch.Tensor:
     """One optimizer step on this process's share ``x0`` of the global batch; returns its (detached) loss.
 
-    ``model`` is what :meth:`Accelerator.prepare` returned (possibly compiled); ``ema`` is updated from its
-    parameters after the optimizer step. The loss (:func:`objective_loss` of ``objective``) is the mean over
+    ``model`` is what :meth:`Accelerator.prepare` returned (possibly compiled); ``optimizer`` holds all of its
+    parameters in the network's order (as built from ``net.parameters()``), and ``ema`` is updated from them
+    after the optimizer step. The loss (:func:`objective_loss` of ``objective``) is the mean over
     ``x0``, whatever ``micro_batches``.
     """
     n = len(x0)
@@ -205,7 +206,10 @@ def train_step(
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     with torch.no_grad():  # every process holds the same parameters now, so the same EMA; no communication
-        live = [p.detach() for p in accelerator.unwrap_model(model).parameters()]
+        # The live parameters are the optimizer's, in the network's order. Not accelerator.unwrap_model(model):
+        # on a compiled DDP model it points the compiled wrapper at the plain module, after which no_sync finds
+        # no DDP and every micro-batch's backward all-reduces.
+        live = [p.detach() for group in optimizer.param_groups for p in group["params"]]
         torch._foreach_lerp_(list(ema.parameters()), live, 1.0 - ema_decay)
     return total
 

@@ -341,3 +341,38 @@ def test_state_from_before_the_flow_keys_still_resumes():
     older = dict(recorded, diffusion={k: v for k, v in recorded["diffusion"].items()
                                       if k not in ("objective", "flow_t", "flow_t_location", "flow_t_scale")})
     assert _resume_key(older) == _resume_key(recorded)
+
+
+def test_training_steps_keep_the_compiled_ddp_wrapper_and_move_the_ema(tmp_path, fresh_autocast):
+    """The EMA reads the optimizer's parameters: accelerate's unwrap_model on torch.compile(DDP(net)) pointed the
+    compiled wrapper at the plain module, so from the second step on no_sync found no DDP and every micro-batch
+    all-reduced. Compiled with the eager backend (no C compiler needed) over a one-process gloo group."""
+    import copy
+
+    import torch.distributed as dist
+    from accelerate import Accelerator
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ctdiff.checkpoint import build_model, build_schedule
+    from ctdiff.train import draw_noise, train_step
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        net = build_model(TINY_MODEL)
+        ema = copy.deepcopy(net).requires_grad_(False)
+        expected = [p.clone() for p in ema.parameters()]
+        ddp = DistributedDataParallel(net)
+        model = torch.compile(ddp, backend="eager")
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+        accelerator, schedule = Accelerator(cpu=True), build_schedule(TINY_DIFFUSION)
+        x0 = torch.rand(2, 1, SIZE, SIZE, SIZE) * 2 - 1
+        for step in range(2):
+            t, noise = draw_noise(0, step, range(2), (1, SIZE, SIZE, SIZE), TINY_DIFFUSION)
+            train_step(model, ema, optimizer, accelerator, schedule, x0, t, noise, micro_batches=2, ema_decay=0.5)
+            assert model._orig_mod is ddp, step  # no_sync (looked up through it) still finds DDP's
+            expected = [0.5 * e + 0.5 * p.detach() for e, p in zip(expected, net.parameters())]
+            for e, want in zip(ema.parameters(), expected):  # the EMA follows the trained weights
+                torch.testing.assert_close(e, want)
+    finally:
+        dist.destroy_process_group()
