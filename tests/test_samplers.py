@@ -300,3 +300,15 @@ def test_full_loop_matches_diffusers(s, sampler, steps, eta):
             x = ref.step(model(x, torch.tensor([t])), t, x, eta=eta, use_clipped_model_output=True,
                          generator=g).prev_sample
     np.testing.assert_allclose(ours.numpy(), x.clamp(-1, 1).numpy(), atol=2e-4)
+
+
+def test_noise_draws_match_fresh_per_sample_draws():
+    """The batch's noise is each generator's own draw, written in place (pinned on a GPU): the same numbers as
+    drawing every sample on its own, so a sample does not depend on its batch."""
+    from ctdiff.diffusion.samplers import _randn
+
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    got = _randn((2, 3, 4), gens, "cpu", torch.float32)
+    want = torch.stack([torch.randn((2, 3, 4), generator=torch.Generator().manual_seed(s)) for s in (3, 4)])
+    assert torch.equal(got, want)
+    assert _randn((2, 3, 4), gens, "cpu", torch.bfloat16).dtype == torch.bfloat16

@@ -178,3 +178,26 @@ def test_schedule_matches_diffusers():
     cos = make_schedule(T, "cosine")
     ref = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2")
     np.testing.assert_allclose(cos.betas, ref.betas.double().numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_extract_copies_a_table_to_its_device_once_and_forgets_it_with_the_table(monkeypatch):
+    """A copy per call was a blocking host-to-device copy at every step on a GPU."""
+    import gc
+
+    from ctdiff.diffusion import schedule as module
+
+    s = make_schedule(50)
+    t = torch.tensor([0, 7, 49])
+    calls, real = [], torch.tensor
+    monkeypatch.setattr(module.torch, "tensor", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for _ in range(3):
+        got = module.extract(s.sqrt_alphas_cumprod, t, 5)
+        assert got.shape == (3, 1, 1, 1, 1)
+        np.testing.assert_allclose(got.flatten().numpy(), s.sqrt_alphas_cumprod[[0, 7, 49]].astype(np.float32))
+    module.extract(s.betas, t, 2)
+    assert len(calls) == 2  # one copy per table
+    keys = [k for k in module._DEVICE_TABLES if k[0] in (id(s.betas), id(s.sqrt_alphas_cumprod))]
+    assert len(keys) == 2
+    del s, got
+    gc.collect()
+    assert not any(k in module._DEVICE_TABLES for k in keys)

@@ -284,9 +284,17 @@ def heun_step(
 
 
 def _randn(shape: tuple[int, ...], generators: Sequence[torch.Generator], device, dtype) -> Tensor:
-    """``[B, *shape]`` standard normal noise, element ``b`` drawn on the CPU from ``generators[b]``."""
-    draws = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
-    return torch.stack(draws).to(device=device, dtype=dtype)
+    """``[B, *shape]`` standard normal noise, element ``b`` drawn on the CPU from ``generators[b]``.
+
+    For a CUDA device the draws land in pinned memory and go over without blocking the host, so the host draws
+    a step's noise while the GPU still runs the network (torch's pinned-memory allocator keeps the buffer until
+    the copy is done)."""
+    device = torch.device(device)
+    pinned = device.type == "cuda"
+    draws = torch.empty((len(generators), *shape), dtype=torch.float32, pin_memory=pinned)
+    for b, g in enumerate(generators):
+        torch.randn(shape, generator=g, dtype=torch.float32, out=draws[b])
+    return draws.to(device=device, dtype=dtype, non_blocking=pinned)
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ per-timestep scalars are broadcast with :func:`extract`, the one place that know
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -122,8 +123,26 @@ def extract(table: np.ndarray, t: Tensor, ndim: int) -> Tensor:
     """
     if t.ndim != 1:
         raise ValueError(f"t must have shape [B], got {tuple(t.shape)}")
-    values = torch.tensor(table, dtype=torch.float32, device=t.device)[t]  # a copy: tables are read-only
+    values = _on_device(table, t.device)[t]  # indexing copies: the cached table is never written
     return values.reshape(t.shape[0], *([1] * (ndim - 1)))
+
+
+#: ``(id(table), device) → (weak reference to the table, its float32 copy on the device)``.
+_DEVICE_TABLES: dict[tuple[int, str], tuple[weakref.ref, Tensor]] = {}
+
+
+def _on_device(table: np.ndarray, device: torch.device) -> Tensor:
+    """``table`` as float32 on ``device``, copied there once per table and device: a copy per call would be a
+    blocking host-to-device copy at every training and sampling step on a GPU. An entry goes when its table
+    does (tables are read-only, so a cached copy never goes stale)."""
+    key = (id(table), str(device))
+    hit = _DEVICE_TABLES.get(key)
+    if hit is not None and hit[0]() is table:
+        return hit[1]
+    values = torch.tensor(table, dtype=torch.float32, device=device)
+    _DEVICE_TABLES[key] = (weakref.ref(table), values)
+    weakref.finalize(table, _DEVICE_TABLES.pop, key, None)
+    return values
 
 
 def q_sample(s: Schedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
