@@ -351,3 +351,33 @@ def test_kid_refuses_sets_smaller_than_its_subsets(tmp_path):
     assert not out.exists()
     result = _run(real, syn, out)  # 3 real volumes: halves of 1 and 2, no floor
     assert result["floor"]["kid"] is None and result["floor"]["fid"] is None and result["kid"]["subset_size"] == 2
+
+
+def test_features_and_msssim_run_without_tf32_and_the_flags_come_back(tmp_path, monkeypatch):
+    """cuDNN's default TF32 changed the Med3D features and the MS-SSIM blur on a GPU: evaluate turns it off for
+    its whole run and restores the caller's flags."""
+    import torch
+
+    import ctdiff.metrics.evaluate as module
+
+    seen = []
+
+    def spy(real):
+        def wrapped(*a, **k):
+            seen.append((real.__name__, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return real(*a, **k)
+        return wrapped
+
+    for name in ("extract_features", "paired_msssim", "diversity_msssim"):
+        monkeypatch.setattr(module, name, spy(getattr(module, name)))
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # the caller's choice
+    try:
+        real = [_write(tmp_path / "real", f"r{k}", v) for k, v in enumerate(_volumes(4, 1))]
+        syn = [_write(tmp_path / "syn", f"s{k}", v) for k, v in enumerate(_volumes(4, 2))]
+        _run(real, syn, tmp_path / "m.json", diversity_pairs=3, bootstrap=0)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    assert {name for name, *_ in seen} == {"extract_features", "paired_msssim", "diversity_msssim"}
+    assert all(flags == [False, False] for _, *flags in seen), seen

@@ -13,7 +13,8 @@ the volumes from this memory; each needs ~40 MiB more at 128³ (numpy's peak for
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,22 @@ def _chunks(paths: Sequence[Path], size: int, shape: tuple[int, ...], kind: str)
         yield _load_all(paths[i : i + size], shape, kind)
 
 
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """Full float32 in cuDNN convolutions and CUDA matmuls (no TF32) inside the block, as before it after.
+
+    cuDNN allows TF32 by default: its 10-bit mantissa changes the Med3D features, and the MS-SSIM blur's
+    variance, ``blur(x²) − μ²``, magnifies the difference. Without it a GPU's numbers match the CPU's to float32
+    rounding. On a CPU the flags change nothing."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@no_tf32()
 def evaluate(
     real: Sequence[Path],
     synthetic: Sequence[Path],
