@@ -51,7 +51,7 @@ from ctdiff.data.preprocess import from_model_range, to_hu
 from ctdiff.data.trainset import condition_item
 from ctdiff.diffusion.samplers import network_evaluations, sample
 from ctdiff.io import atomic_path, file_sha256, load_volume, save_volume, write_json
-from ctdiff.machine import describe
+from ctdiff.machine import check_compile, describe
 from ctdiff.model import representation
 from ctdiff.model.condition import copies_per_call, guided, null_condition
 from ctdiff.options import PRECISIONS, check_sampler_fits
@@ -110,6 +110,8 @@ def generate(
     cpu = device == "cpu" or not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
     state = PartialState(cpu=cpu)
     dev = torch.device(device) if device else state.device
+    if settings.compile:  # before any work: a host that cannot compile fails at the first network call otherwise
+        check_compile("sample.compile", dev.type)
     model, schedule, cfg = load_for_sampling(checkpoint, dev)
     # Before any sampling: the sampler must fit the objective the checkpoint was trained with, and the steps
     # must suit the sampler (both raise ValueError naming the key and the allowed values).

@@ -1,11 +1,16 @@
 """What machine ran a stage, for the cost columns of the variants table: the accelerator's name (CUDA device
 name, or the CPU's model name from ``/proc/cpuinfo``), how many processes shared the work and, on a CPU, the
 torch threads of each. Training records it in its checkpoint, sampling in ``sampling.json`` beside the samples.
+And what a host needs for ``torch.compile`` (:func:`check_compile`), asked before any work.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import platform
+import shutil
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +47,38 @@ def label(machine: dict[str, Any] | None) -> str | None:
     if machine["type"] == "cpu":
         text += f" (CPU, {machine['threads']} threads)"
     return text
+
+
+def compile_needs(device_type: str) -> list[str]:
+    """What ``torch.compile`` (TorchInductor) needs on this host to compile for ``device_type`` and does not
+    find, in words (empty when all is there).
+
+    On a CUDA GPU Triton builds a small launcher for every kernel with a C compiler (``CC``, else ``gcc``, else
+    ``clang``: what Triton looks for) against ``Python.h``; on the CPU Inductor compiles C++ (``CXX``, else
+    ``g++``, ``clang++`` or ``c++``) against the same headers. A host without them fails at the first compiled
+    call, after the data caches were built: check this before any work.
+    """
+    missing = []
+    if device_type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            missing.append("the triton package (it comes with torch's CUDA builds)")
+        variable, names, what = "CC", ("gcc", "clang"), "a C compiler"
+    else:
+        variable, names, what = "CXX", ("g++", "clang++", "c++"), "a C++ compiler"
+    chosen = os.environ.get(variable)
+    if not (shutil.which(chosen) if chosen else any(shutil.which(n) for n in names)):
+        named = f"{variable}={chosen} is not found" if chosen else f"none of {', '.join(names)} is on PATH"
+        missing.append(f"{what} ({named})")
+    include = Path(sysconfig.get_paths()["include"])
+    if not (include / "Python.h").exists():
+        missing.append(f"the Python headers ({include / 'Python.h'} is missing)")
+    return missing
+
+
+def check_compile(key: str, device_type: str) -> None:
+    """Refuse ``key: true`` (``train.compile``, ``sample.compile``) where :func:`compile_needs` finds something
+    missing, naming the key and what is missing (ValueError)."""
+    missing = compile_needs(device_type)
+    if missing:
+        raise ValueError(f"{key}: true needs, for torch.compile on {device_type}, {' and '.join(missing)}: install "
+                         f"them (Debian/Ubuntu: apt-get install build-essential python3-dev) or set {key}: false")

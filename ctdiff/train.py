@@ -71,7 +71,7 @@ from ctdiff.data.trainset import TrainingSet, condition_item
 from ctdiff.diffusion import flow
 from ctdiff.diffusion.schedule import Schedule, training_loss
 from ctdiff.io import atomic_path
-from ctdiff.machine import describe
+from ctdiff.machine import check_compile, describe
 from ctdiff.model import representation
 from ctdiff.model.condition import ENCODING, condition_channels, drop_conditions
 
@@ -266,6 +266,11 @@ def resolve_precision(precision: str, device_type: str) -> str:
     return "fp32"
 
 
+def _device_type() -> str:
+    """The device type Accelerate will choose (ctdiff.launch runs CPU jobs with ACCELERATE_USE_CPU set)."""
+    return "cuda" if torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU") else "cpu"
+
+
 def _accelerator(cfg: TrainConfig, tensorboard_dir: Path | None) -> Accelerator:
     """The Accelerator for this process (bf16 autocast with ``train.precision: bf16``, or with ``auto`` where
     :func:`resolve_precision` chooses it; the resolved precision is printed to the log), TensorBoard with
@@ -278,9 +283,8 @@ def _accelerator(cfg: TrainConfig, tensorboard_dir: Path | None) -> Accelerator:
             raise ValueError("train.tensorboard is true but the tensorboard package is not installed "
                              "(pip install tensorboard, or pip install 'ctdiff[tensorboard]')")
         tracking = {"log_with": "tensorboard", "project_dir": str(tensorboard_dir)}
-    # The device Accelerate will choose (ctdiff.launch runs CPU jobs with ACCELERATE_USE_CPU set); auto is
-    # resolved for it before the Accelerator exists, since its autocast is fixed at construction.
-    device_type = "cuda" if torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU") else "cpu"
+    # auto is resolved for the device before the Accelerator exists, since its autocast is fixed at construction.
+    device_type = _device_type()
     precision = resolve_precision(cfg.precision, device_type)
     accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", **tracking)
     if cfg.precision == "auto":
@@ -452,6 +456,8 @@ def train(
     With ``model.condition: nodules``, ``condition_files[i]`` is the nodule mask of ``files[i]`` (required;
     refused with ``condition: none``).
     """
+    if cfg.train.compile:  # before any work: a host that cannot compile fails at the first step otherwise
+        check_compile("train.compile", _device_type())
     accelerator = _accelerator(cfg.train, tensorboard_dir)
     # train.precision: auto is recorded (checkpoint, resume) as what it resolved to on this machine.
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=_run_precision(accelerator)))
