@@ -36,6 +36,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,10 @@ from ctdiff.machine import check_compile, describe
 from ctdiff.model import representation
 from ctdiff.model.condition import copies_per_call, guided, null_condition
 from ctdiff.options import PRECISIONS, check_sampler_fits
+
+
+#: How long a process waits for the others after drawing its share of the samples.
+BARRIER_TIMEOUT = timedelta(hours=48)
 
 
 def sample_generator(seed: int, index: int) -> torch.Generator:
@@ -108,7 +113,9 @@ def generate(
         raise ValueError(f"{len(condition_masks)} nodule masks for {len(out_files)} samples")
     # cpu=True lets Accelerate set up its CPU (gloo) process group when launched without GPUs.
     cpu = device == "cpu" or not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
-    state = PartialState(cpu=cpu)
+    # The processes meet after sampling, when the slowest has drawn its share: give the group a timeout for that
+    # instead of NCCL's 10 minutes (a batch of DDPM-1000 at 128³ alone takes several).
+    state = PartialState(cpu=cpu, timeout=BARRIER_TIMEOUT)
     dev = torch.device(device) if device else state.device
     if settings.compile:  # before any work: a host that cannot compile fails at the first network call otherwise
         check_compile("sample.compile", dev.type)

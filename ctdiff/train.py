@@ -22,9 +22,12 @@ or host and device wait for each other is commented. Decisions:
 * With ``model.representation: wavelet`` each batch is Haar-transformed on the host
   (:mod:`ctdiff.model.representation`) and its noise drawn in that shape, ``[b, 8, S/2, S/2, S/2]``: the
   network, the loss and the device batch are at half resolution per axis.
-* SIGTERM (what SLURM sends before preemption) finishes the current step, writes a checkpoint and exits
-  with status 143; the rerun continues from there. Several processes agree on it at the next log or
-  checkpoint step, even when only one of them was signalled.
+* SIGTERM (what SLURM sends before preemption; :mod:`ctdiff.launch` passes it to every process) finishes the
+  current step, writes a checkpoint and exits with status 143; the rerun continues from there. Several
+  processes agree on it within a step (:class:`_Stop`), even when only one of them was signalled, and leave
+  only once the main process has written the checkpoint.
+* The data caches are built before the process group exists (processes take turns at a file lock), so no
+  collective waits while one process reads the cohort.
 * A non-finite loss stops the run before anything is saved, so the last good checkpoint stays intact.
 * ``train.grad_accumulation = k`` splits each process's share of the batch into ``k`` equal micro-batches
   and scales each micro-batch loss by ``1/k``: the summed gradient is the gradient of the whole batch, so
@@ -46,6 +49,7 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import fcntl
 import functools
 import importlib.util
 import math
@@ -54,11 +58,13 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import parse_flag_from_env
 from tqdm import tqdm
@@ -392,39 +398,47 @@ def _save(path: Path, step: int, state: _TrainingState, accelerator: Accelerator
         })
 
 
-def _check_health(first_bad: torch.Tensor, stop_requested: bool, accelerator: Accelerator,
-                  state_dir: Path) -> bool:
-    """Raise ``FloatingPointError`` if any process saw a non-finite loss since the start of this run; else
-    return whether any process has been asked to stop (SIGTERM).
+def _check_health(first_bad: torch.Tensor, accelerator: Accelerator, state_dir: Path) -> None:
+    """Raise ``FloatingPointError`` if any process saw a non-finite loss since the start of this run.
 
-    ``first_bad`` is this process's first such step (0 = none). Called at every log row and checkpoint, so a
-    model a NaN has reached (through the all-reduced gradients, every process's) is never saved and the state
-    folder keeps the last good checkpoint. With several processes the stop request is agreed here too: SLURM
-    signals each task on its own, so two ranks can see SIGTERM at different steps, and a rank that saved and
-    left while another went on to the next step's all-reduce would leave that one waiting for ever.
+    ``first_bad`` is this process's first such step (0 = none). Called at every log row and before every
+    checkpoint, so a model a NaN has reached (through the all-reduced gradients, every process's) is never
+    saved and the state folder keeps the last good checkpoint.
     """
-    # Sync point: gathering two integers from every process waits for each one's device.
-    local = torch.stack([first_bad, torch.tensor(int(stop_requested), device=first_bad.device)])
-    gathered = accelerator.gather(local[None]).cpu().reshape(-1, 2)
-    bad = gathered[:, 0][gathered[:, 0] > 0]
+    # Sync point: gathering an integer from every process waits for each one's device.
+    gathered = accelerator.gather(first_bad[None]).cpu()
+    bad = gathered[gathered > 0]
     if len(bad):
         raise FloatingPointError(
             f"training loss became non-finite at step {int(bad.min())}; nothing was saved after it, the last "
             f"good checkpoint is left in {state_dir} (lower train.lr or set train.grad_clip)"
         )
-    return bool(gathered[:, 1].any())
 
 
-class _Sigterm:
-    """Context that remembers a SIGTERM, so the loop can checkpoint at a step boundary and exit.
+#: How long processes wait for each other at the stop agreement and after a checkpoint write (the main process
+#: writes ~2.5 GB at LIDC's scale while the others wait): well past any write, short of a hang going unnoticed.
+STOP_TIMEOUT = timedelta(hours=1)
 
-    Under ``accelerate launch`` the launcher forwards SIGTERM to every worker process. A single process stops
-    at the end of the step it is in; several processes stop together at the next log or checkpoint step
-    (at most ``train.log_every`` steps later), where they already exchange the loss: one that saw the signal
-    tells the others there (:func:`_check_health`), with no extra sync per step.
+
+class _Stop:
+    """Context that remembers a SIGTERM and agrees on it across processes, so every process checkpoints at the
+    same step boundary and they exit together.
+
+    One process stops at the end of the step it is in. With several, every step starts an all-reduce (max) of
+    this process's flag on a gloo process group of its own, in the background on the host (no device sync, no
+    operation on NCCL's stream), and the next step reads its result: every process reads the same value after
+    the same step, so all stop one step after the first of them saw the signal, whichever process SLURM or
+    the launcher signalled first and whatever ``train.log_every`` is. :meth:`barrier` then holds every process
+    until the main process has written the checkpoint: torch's launcher ends the others as soon as one leaves.
     """
 
-    def __enter__(self) -> _Sigterm:
+    def __init__(self, processes: int) -> None:
+        # new_group is collective: every process creates it, at the same point.
+        self._group = dist.new_group(backend="gloo", timeout=STOP_TIMEOUT) if processes > 1 else None
+        self._flag: torch.Tensor | None = None
+        self._pending = None
+
+    def __enter__(self) -> _Stop:
         self.requested = False
         self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
@@ -432,8 +446,27 @@ class _Sigterm:
     def _handle(self, signum, frame) -> None:
         self.requested = True
 
-    def __exit__(self, *exc) -> None:
+    def agreed(self) -> bool:
+        """Whether every process stops after this step; called by every process once per step."""
+        if self._group is None:
+            return self.requested
+        stop = False
+        if self._pending is not None:
+            self._pending.wait()  # started a step ago and done since; costs nothing in practice
+            stop = bool(self._flag.item())
+        self._flag = torch.tensor([int(self.requested)], dtype=torch.int32)
+        self._pending = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        return stop
+
+    def barrier(self) -> None:
+        """Wait for every process (sync point, on the host): after a checkpoint, for the main process's write."""
+        if self._group is not None:
+            dist.barrier(group=self._group)
+
+    def __exit__(self, exc_type, *exc) -> None:
         signal.signal(signal.SIGTERM, self._previous)
+        if self._pending is not None and exc_type is None:
+            self._pending.wait()  # every process started the same all-reduces: none is left half done
 
 
 def train(
@@ -458,17 +491,19 @@ def train(
     """
     if cfg.train.compile:  # before any work: a host that cannot compile fails at the first step otherwise
         check_compile("train.compile", _device_type())
+    # The volumes (and masks) stay on the host, checked and cached uncompressed under the state folder, built
+    # before the process group exists: the processes take turns at a file lock, so the first builds the caches
+    # while the others wait there, not in a collective that NCCL gives up on after 10 minutes (LIDC's masks alone
+    # take ~10), and then reuse them.
+    with _host_lock(Path(state_dir) / "cache.lock"):
+        trainset = TrainingSet(files, cfg.preprocess.size, Path(state_dir) / "volumes", cache_gb=cfg.train.cache_gb,
+                               processes_on_host=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        conditions = _condition_set(cfg, files, condition_files, trainset, Path(state_dir) / "conditions")
     accelerator = _accelerator(cfg.train, tensorboard_dir)
     # train.precision: auto is recorded (checkpoint, resume) as what it resolved to on this machine.
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=_run_precision(accelerator)))
     train_cfg = cfg.train
     local_batch = _per_process_batch(train_cfg, accelerator.num_processes)
-    # The volumes stay on the host, checked and cached uncompressed under the state folder; one process per
-    # host builds the cache while the others wait (a sync point), then they reuse it.
-    with accelerator.local_main_process_first():
-        trainset = TrainingSet(files, cfg.preprocess.size, Path(state_dir) / "volumes", cache_gb=train_cfg.cache_gb,
-                               processes_on_host=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    conditions = _condition_set(cfg, files, condition_files, trainset, Path(state_dir) / "conditions", accelerator)
     if len(trainset) < train_cfg.batch_size:
         raise ValueError(f"training set holds {len(trainset)} volumes, fewer than train.batch_size={train_cfg.batch_size}")
     schedule = build_schedule(cfg.diffusion)
@@ -500,7 +535,7 @@ def train(
     fetch = functools.partial(_host_batch, trainset, train_cfg, shard, cfg.diffusion, cfg.model.representation,
                               conditions=conditions)
     batches = Prefetcher(range(start, train_cfg.steps), fetch, device=accelerator.device)
-    with _Sigterm() as stop, bar, batches:
+    with _Stop(accelerator.num_processes) as stop, bar, batches:
         for step, (x0, t, noise, *cond) in batches:
             lr = learning_rate(train_cfg, step)
             for group in state.optimizer.param_groups:
@@ -516,10 +551,9 @@ def train(
             first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), done, first_bad)
             log_step = done % train_cfg.log_every == 0 or done == train_cfg.steps
             save_step = done % train_cfg.checkpoint_every == 0
-            stopping = False
-            if log_step or save_step or (stop.requested and accelerator.num_processes == 1):
-                # Sync point (several processes): agree on health and on the stop request.
-                stopping = _check_health(first_bad, stop.requested, accelerator, state_dir)
+            stopping = stop.agreed()  # the same answer on every process
+            if log_step or save_step or stopping:
+                _check_health(first_bad, accelerator, state_dir)  # sync point (several processes)
             if log_step:
                 # Sync point: all-reduce of the running loss across processes, then .item() waits for the device.
                 mean = accelerator.reduce(running, reduction="mean").item() / n_running
@@ -532,11 +566,12 @@ def train(
             bar.update(1)
             if save_step or stopping:  # _check_health ran just above: never save a model a NaN has reached
                 _save(state_path, done, state, accelerator)
+                stop.barrier()  # every process waits for the write, on the host instead of in the next all-reduce
             if stopping:
                 accelerator.print(f"SIGTERM: checkpoint written at step {done}; rerun to resume")
                 raise SystemExit(143)
 
-    _check_health(first_bad, False, accelerator, state_dir)
+    _check_health(first_bad, accelerator, state_dir)
     _save(state_path, train_cfg.steps, state, accelerator)
     _save(Path(out), train_cfg.steps, state, accelerator)
     if accelerator.is_main_process:
@@ -545,8 +580,21 @@ def train(
     return state.net
 
 
+@contextlib.contextmanager
+def _host_lock(path: Path):
+    """Hold an exclusive ``flock`` on ``path`` for the block (the processes of a job take turns); where the
+    file system has no such locks the block runs unlocked (the caches are written atomically either way)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+
+
 def _condition_set(cfg: Config, files: Sequence[Path], condition_files: Sequence[Path] | None,
-                   trainset: TrainingSet, cache_dir: Path, accelerator: Accelerator) -> TrainingSet | None:
+                   trainset: TrainingSet, cache_dir: Path) -> TrainingSet | None:
     """The encoded conditions of ``model.condition`` (None for ``none``), cached in ``cache_dir`` like the
     volumes; refuses missing or extra masks and a mask whose affine differs from its volume's, naming both."""
     condition = cfg.model.condition
@@ -558,11 +606,9 @@ def _condition_set(cfg: Config, files: Sequence[Path], condition_files: Sequence
         got = "none" if condition_files is None else len(condition_files)
         raise ValueError(f"model.condition={condition!r} needs one nodule mask per training volume: "
                          f"{len(files)} volumes, {got} masks")
-    with accelerator.local_main_process_first():
-        conditions = TrainingSet(condition_files, cfg.preprocess.size, cache_dir,
-                                 processes_on_host=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
-                                 channels=condition_channels(condition),
-                                 prepare=condition_item, encoding=ENCODING)
+    conditions = TrainingSet(condition_files, cfg.preprocess.size, cache_dir,
+                             processes_on_host=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+                             channels=condition_channels(condition), prepare=condition_item, encoding=ENCODING)
     for volume, mask, a, b in zip(files, condition_files, trainset.affines, conditions.affines):
         if not np.allclose(a, b, atol=1e-3):
             raise ValueError(f"nodule mask {mask} does not lie on the grid of its volume {volume} "
