@@ -360,3 +360,36 @@ def test_a_nodule_conditioned_variant_trains_samples_and_is_scored_through_the_r
         assert np.array_equal(drawn, real)
         assert (variant / "samples" / "nodules" / f"{i:04d}.tsv").read_text() == \
             (results / "preprocessed" / "nodules" / f"{test[i]}.tsv").read_text()
+
+
+def job_resources(proc: subprocess.CompletedProcess) -> dict[str, dict[str, str]]:
+    """{rule: its resources} from the job blocks of a dry run (one job per rule is enough here)."""
+    found, rule = {}, None
+    for line in (proc.stdout + "\n" + proc.stderr).splitlines():
+        if match := re.match(r"(?:local)?rule (\w+):$", line):
+            rule = match.group(1)
+            found.setdefault(rule, {})
+        elif rule and (match := re.match(r"\s+resources: (.*)", line)):
+            found[rule] = dict(item.split("=", 1) for item in match.group(1).split(", "))
+        elif not line.startswith(" "):
+            rule = None
+    return found
+
+
+def test_every_rule_that_runs_a_network_gets_gpus_from_both_profiles(tmp_path):
+    """The rules that declare a gpu resource (those that train, sample or evaluate, the compared sets and the
+    variants included) all get GPUs from profiles/gpu and profiles/slurm; under the GPU profile no such job
+    is left on the CPU (the compared samplers once ran there: days of work at the paper's scale)."""
+    import yaml
+
+    change = tmp_path / "variants.yaml"
+    change.write_text(VARIANTS)
+    args = ["-n", "--configfile", str(TINY), str(change)]
+    declared = {rule for rule, res in job_resources(snakemake(tmp_path, "--cores", "2", *args)).items()
+                if "gpu" in res}
+    assert {"train", "train_variant", "sample", "sample_compare", "sample_variant", "sample_variant_compare",
+            "evaluate", "evaluate_compare", "evaluate_variant", "evaluate_variant_compare"} <= declared
+    on_gpus = job_resources(snakemake(tmp_path, "--profile", str(REPO / "profiles" / "gpu"), *args))
+    assert {rule: int(on_gpus[rule]["gpu"]) >= 1 for rule in declared} == dict.fromkeys(declared, True), on_gpus
+    slurm = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
+    assert {rule for rule in declared if slurm.get(rule, {}).get("gpu", 0) >= 1} == declared

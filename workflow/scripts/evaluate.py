@@ -8,6 +8,7 @@ import torch
 from ctdiff.conditions import evaluation_masks
 from ctdiff.config import section_from_dict
 from ctdiff.data.split import read_ids
+from ctdiff.launch import gpu_job
 from ctdiff.logs import to_file
 from ctdiff.metrics.compare import sampling_provenance
 from ctdiff.metrics.evaluate import evaluate
@@ -16,15 +17,17 @@ to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 folder = Path(snakemake.params.volumes)
 synthetic = [Path(p) for p in snakemake.input.synthetic]
-evaluate(
-    [folder / f"{item}.nii.gz" for item in read_ids(snakemake.input.test)],
-    synthetic,
-    Path(snakemake.output[0]),
-    section_from_dict("evaluate", snakemake.params.evaluate),
-    train=[folder / f"{item}.nii.gz" for item in read_ids(snakemake.input.train)],
-    device="cuda" if torch.cuda.is_available() else "cpu",
-    provenance=sampling_provenance(Path(snakemake.input.model), **snakemake.params.run, seed=snakemake.params.seed),
-    hu_window=tuple(snakemake.params.hu_window),
-    workers=snakemake.threads,  # the anatomy's processes
-    nodules=evaluation_masks(Path(snakemake.input.model), synthetic, read_ids(snakemake.input.test), folder),
-)
+with gpu_job(int(snakemake.resources.gpu)) as device:  # the GPUs of the rule's gpu resource, else the CPU
+    evaluate(
+        [folder / f"{item}.nii.gz" for item in read_ids(snakemake.input.test)],
+        synthetic,
+        Path(snakemake.output[0]),
+        section_from_dict("evaluate", snakemake.params.evaluate),
+        train=[folder / f"{item}.nii.gz" for item in read_ids(snakemake.input.train)],
+        device=device,
+        provenance=sampling_provenance(Path(snakemake.input.model), **snakemake.params.run,
+                                       seed=snakemake.params.seed),
+        hu_window=tuple(snakemake.params.hu_window),
+        workers=snakemake.threads,  # the anatomy's processes
+        nodules=evaluation_masks(Path(snakemake.input.model), synthetic, read_ids(snakemake.input.test), folder),
+    )
