@@ -4,8 +4,10 @@ import base64
 import json
 import re
 import shutil
+import subprocess
 import zipfile
 import zlib
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -206,3 +208,19 @@ def test_a_volume_holding_nan_is_refused_naming_it(tmp_path):
     with pytest.raises(ValueError, match=r"0002\.nii\.gz: 1 of 1728 voxels are NaN or infinite"):
         _write(tmp_path, samples, settings)
     assert not (tmp_path / "reader").exists()
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_page_asks_for_a_download_every_ten_answers():
+    """reader.js's exportReminder, run by node: due after 10 answers since the last download, never once every
+    case is answered (the page then asks for the final download anyway)."""
+    source = resources.files("ctdiff.reader").joinpath("page", "reader.js").read_text()
+    every = re.search(r"^const EXPORT_EVERY = (\d+);", source, flags=re.M)
+    function = re.search(r"^function exportReminder\(.*?^}\n", source, flags=re.M | re.S)
+    assert every and function
+    cases = [(9, 50, None), (10, 50, None), (19, 50, 10), (20, 50, 10), (50, 50, 0), (35, 50, 30)]
+    script = (f"const EXPORT_EVERY = {every.group(1)};\n{function.group(0)}\n"
+              f"console.log(JSON.stringify({json.dumps(cases)}.map((c) => exportReminder(...c))));\n")
+    out = json.loads(subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True).stdout)
+    assert [bool(text) for text in out] == [False, True, False, True, False, False]
+    assert out[1].startswith("10 answers since your last download")
