@@ -256,7 +256,8 @@ def write_study(test_ids_txt: Path, volumes: Path, synthetic: list[Path], settin
     files = {name: resources.files("ctdiff.reader").joinpath("page", name).read_bytes() for name in PAGE_FILES}
     files["study.js"] = study_manifest(study, shape, settings, [c.id for c in cases]).encode()
     for case in cases:  # reading order, which is random
-        files[f"cases/{case.id}.js"] = case_script(case.id, padded(compressed[case.id], length, secret, f"pad:{case.id}")).encode()
+        payload = padded(compressed[case.id], length, secret, f"pad:{case.id}")
+        files[f"cases/{case.id}.js"] = case_script(case.id, payload).encode()
     _write_folder(Path(out_dir), files)
     with atomic_path(Path(out_zip)) as tmp:
         _write_zip(tmp, files, Path(out_dir).name)
