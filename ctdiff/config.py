@@ -196,7 +196,6 @@ class FigureConfig:
 class ReaderStudyConfig:
     n_cases: int = 50
     synthetic_fraction: float = 0.5
-    seed: int = 0
     answers: str | None = None
     lung_window: tuple[float, float] = (-600.0, 1500.0)
     mediastinal_window: tuple[float, float] = (40.0, 400.0)

@@ -3,8 +3,11 @@ format the page decodes, determinism, and refusals that name the config key or t
 import base64
 import json
 import re
+import shutil
+import subprocess
 import zipfile
 import zlib
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from ctdiff.reader.study import (
     PAGE_FILES,
     WINDOWS,
     display_order,
+    keystream,
     padded,
     unpadded,
     window_bytes,
@@ -121,16 +125,32 @@ def test_the_zip_holds_the_same_files_stored_with_one_date(study):
             assert zf.read(i) == (folder.parent / i.filename).read_bytes()
 
 
-def test_the_same_volumes_give_the_same_study_byte_for_byte(study, tmp_path):
+def _bytes(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_study_is_rebuilt_byte_for_byte_while_its_key_exists(study):
+    """A rerun finds the secret in key.json, or in keys/ when key.json is gone (Snakemake deletes a rule's
+    declared outputs before rerunning it): the same study, byte for byte. Without the key a new secret gives a
+    new study: other case ids, another order."""
     root, _, samples, key = study
-    again = _write(root, samples, out="again")
-    assert again["study"] == key["study"]
-    first, second = (sorted((root / d / "study").rglob("*.js")) for d in ("reader", "again"))
-    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
-    assert (root / "reader" / "study.zip").read_bytes() == (root / "again" / "study.zip").read_bytes()
-    other = _write(root, samples, ReaderStudyConfig(n_cases=6, synthetic_fraction=0.5, seed=1), out="other")
-    assert other["study"] != key["study"]
+    reader = root / "reader"
+    folder, zipped = _bytes(reader / "study"), (reader / "study.zip").read_bytes()
+    secret = bytes.fromhex(key["secret"])
+    assert len(secret) == 32 and secret not in zipped and key["secret"].encode() not in zipped
+    assert _write(root, samples) == key  # key.json present
+    shutil.rmtree(reader / "study")
+    for name in ("study.zip", "key.json"):
+        (reader / name).unlink()
+    assert _write(root, samples) == key  # only keys/<study>.json left
+    assert _bytes(reader / "study") == folder and (reader / "study.zip").read_bytes() == zipped
+    other = _write(root, samples, out="other")  # no key: another secret
+    assert other["study"] != key["study"] and other["secret"] != key["secret"]
     assert not {c["case"] for c in other["cases"]} & {c["case"] for c in key["cases"]}
+    # other settings (or volumes) never reuse a secret: a reader told one study's key must not learn another's
+    copy = shutil.copytree(reader / "keys", root / "third" / "keys")
+    third = _write(root, samples, ReaderStudyConfig(n_cases=4, synthetic_fraction=0.5), out="third")
+    assert third["secret"] != key["secret"] and len(list(copy.iterdir())) == 2
 
 
 def test_display_order_is_the_radiological_view_of_ctdiff_plots():
@@ -151,10 +171,13 @@ def test_window_bytes_and_padding():
     grey = window_bytes((hu + 1000) / 1400, HU, -600.0, 1500.0)
     np.testing.assert_array_equal(grey, [60, 128, 255, 255])  # 255 (hu + 1350) / 1500, rounded, clipped
     assert window_bytes(np.array([-0.5, 1.5]), HU, 40.0, 400.0).tolist() == [0, 255]
-    rng = np.random.default_rng(0)
-    assert unpadded(padded(b"abc", 10, rng)) == b"abc" and len(padded(b"abc", 10, rng)) == 14
+    secret = bytes(32)
+    payload = padded(b"abc", 10, secret, "pad:x")
+    assert unpadded(payload) == b"abc" and len(payload) == 14 and payload == padded(b"abc", 10, secret, "pad:x")
+    assert payload[7:] == keystream(secret, "pad:x", 7) != padded(b"abc", 10, secret, "pad:y")[7:]
+    assert payload[7:] != padded(b"abc", 10, bytes(31) + b"\1", "pad:x")[7:]
     with pytest.raises(ValueError, match="exceeds"):
-        padded(b"abcdef", 3, rng)
+        padded(b"abcdef", 3, secret, "pad:x")
 
 
 def test_too_many_real_cases_are_refused_naming_the_key(study, tmp_path):
@@ -174,3 +197,30 @@ def test_a_volume_of_another_size_is_refused_naming_it(tmp_path):
     with pytest.raises(ValueError, match=r"0000\.nii\.gz.* every case must have the same size"):
         _write(tmp_path, samples, settings)
     assert not (tmp_path / "reader").exists()
+
+
+def test_a_volume_holding_nan_is_refused_naming_it(tmp_path):
+    ids, samples = _cohort(tmp_path, np.random.default_rng(0))
+    volume = np.full((N, N, N), 0.5, np.float32)
+    volume[3, 4, 5] = np.nan
+    save_volume(samples[2], volume, np.eye(4))
+    settings = ReaderStudyConfig(n_cases=8, synthetic_fraction=0.5)  # every sample is drawn
+    with pytest.raises(ValueError, match=r"0002\.nii\.gz: 1 of 1728 voxels are NaN or infinite"):
+        _write(tmp_path, samples, settings)
+    assert not (tmp_path / "reader").exists()
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_page_asks_for_a_download_every_ten_answers():
+    """reader.js's exportReminder, run by node: due after 10 answers since the last download, never once every
+    case is answered (the page then asks for the final download anyway)."""
+    source = resources.files("ctdiff.reader").joinpath("page", "reader.js").read_text()
+    every = re.search(r"^const EXPORT_EVERY = (\d+);", source, flags=re.M)
+    function = re.search(r"^function exportReminder\(.*?^}\n", source, flags=re.M | re.S)
+    assert every and function
+    cases = [(9, 50, None), (10, 50, None), (19, 50, 10), (20, 50, 10), (50, 50, 0), (35, 50, 30)]
+    script = (f"const EXPORT_EVERY = {every.group(1)};\n{function.group(0)}\n"
+              f"console.log(JSON.stringify({json.dumps(cases)}.map((c) => exportReminder(...c))));\n")
+    out = json.loads(subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True).stdout)
+    assert [bool(text) for text in out] == [False, True, False, True, False, False]
+    assert out[1].startswith("10 answers since your last download")

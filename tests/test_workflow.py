@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 
 from conftest import unactivated_env
+from ctdiff.reader.study import FIXED_MTIME
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "tiny.yaml"
@@ -183,6 +185,14 @@ def test_end_to_end_outputs(run_dir):
         [("real", f"preprocessed/{i}.nii.gz") for i in test] + [("synthetic", f"samples/{i:04d}.nii.gz") for i in range(2)])
     assert sorted(p.name for p in (run_dir / "reader" / "study" / "cases").iterdir()) == sorted(
         f"{c['case']}.js" for c in key["cases"])
+    # the study folder holds only what write_study wrote, all dated 2000-01-01 (no .snakemake_timestamp with
+    # the real time, which Snakemake writes into a directory() output), and so does the zip
+    study = run_dir / "reader" / "study"
+    assert {p.stat().st_mtime for p in study.rglob("*")} | {study.stat().st_mtime} == {FIXED_MTIME}
+    assert not list(study.rglob(".*"))
+    with zipfile.ZipFile(run_dir / "reader" / "study.zip") as zf:
+        assert sorted(i.filename for i in zf.infolist()) == sorted(
+            f"study/{p.relative_to(study).as_posix()}" for p in study.rglob("*") if p.is_file())
     assert "No answers yet" in (run_dir / "report.md").read_text()
     assert not list(run_dir.rglob(".*.tmp*")), "no temporary file may be left behind"
 

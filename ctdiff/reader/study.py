@@ -1,23 +1,31 @@
 """The blinded reader study (visual Turing test): a folder a reader opens from disk, and its key, kept apart.
 
-:func:`write_study` draws ``n_real`` held-out real volumes and ``n_synthetic`` synthetic ones (seeded), shuffles
-them and writes:
+:func:`write_study` draws ``n_real`` held-out real volumes and ``n_synthetic`` synthetic ones, shuffles them and
+writes:
 
 - the study folder: ``index.html``, ``reader.js``, ``reader.css`` (the page, :mod:`ctdiff.reader` package
   data, the same for every study), ``study.js`` (the study id, volume shape, windows and the case ids in
   reading order) and ``cases/<case id>.js``, one file per case;
 - ``study.zip``, the same folder as one file to send;
-- the key (``key.json``: which case is which volume), outside the folder, and a copy under
-  ``keys/<study id>.json`` that no rerun removes, so that answers to a study sent earlier can still be
+- the key (``key.json``: which case is which volume, and the study's secret), outside the folder, and a copy
+  under ``keys/<study id>.json`` that no rerun removes, so that answers to a study sent earlier can still be
   told apart from answers to the current one.
+
+The secret: 32 bytes from :mod:`secrets`, drawn when a study is first written and kept only in its key. The
+choice of volumes, their order, the study id and the payload padding all derive from it, so nothing a reader
+holds (the folder, the code, the config, any seed) determines which case is which (a public seed could be
+replayed: Kerckhoffs). A rerun whose key is still there (``key.json`` or ``keys/``) and whose volumes and
+settings are unchanged rebuilds the same study byte for byte; without the key, or with other volumes or
+settings, a new secret gives a new study.
 
 Blinding: every case goes through :func:`case_payload` alone. A volume is clipped to the preprocessing window
 (values a sampler left outside [0, 1] would otherwise show HU no real volume has), reoriented to the display
-order, mapped through each window to 8 bits and deflated; the compressed bytes are padded with seeded random
-bytes to the length of the largest case, so every case file has the same size (a compressed size would tell
-noisy volumes from smooth ones), and the padding cannot be told from data in a text editor. File names are
-random case ids, every file gets the same modification time, and the zip stores no compression and one
-date. Nothing records the source, the truth, the HU range or the size of a volume inside the folder.
+order, mapped through each window to 8 bits and deflated; the compressed bytes are padded with random-looking
+bytes (a SHAKE-256 stream keyed by the secret) to the length of the largest case, so every case file has the
+same size (a compressed size would tell noisy volumes from smooth ones), and the padding can neither be told
+from data in a text editor nor replayed. File names are case ids, every file gets the same modification
+time, and the zip stores no compression and one date. Nothing records the source, the truth, the HU range
+or the size of a volume inside the folder.
 
 Display order of a case: ``V[k, r, c]`` with ``k`` the axial slice from superior (0) to inferior, ``r`` the
 row from anterior (0) to posterior and ``c`` the column from the patient's right (0) to left, so an axial
@@ -29,8 +37,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import shutil
 import struct
 import zipfile
@@ -54,6 +64,8 @@ PAGE_FILES = ("index.html", "reader.js", "reader.css")
 FIXED_MTIME = 946684800
 #: Windows in the order the page offers them: (name, label, config key).
 WINDOWS = (("lung", "Lung", "lung_window"), ("mediastinal", "Mediastinal", "mediastinal_window"))
+#: Bytes of a study's secret.
+SECRET_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -84,9 +96,15 @@ def window_bytes(volume01: np.ndarray, hu_window: tuple[float, float], level: fl
 
 
 def load_display(path: Path) -> np.ndarray:
-    """A volume in RAS+ canonical orientation (nibabel), float32, in display order."""
+    """A volume in RAS+ canonical orientation (nibabel), float32, in display order. A volume holding NaN or
+    infinite voxels is refused, naming the file (they would be drawn as some grey level)."""
     img = nib.as_closest_canonical(nib.load(str(path)))
-    return display_order(np.asarray(img.dataobj, dtype=np.float32))
+    volume = np.asarray(img.dataobj, dtype=np.float32)
+    bad = volume.size - int(np.count_nonzero(np.isfinite(volume)))
+    if bad:
+        raise ValueError(f"{path}: {bad} of {volume.size} voxels are NaN or infinite; a reader study case must "
+                         f"hold finite values only")
+    return display_order(volume)
 
 
 def case_payload(path: Path, settings: ReaderStudyConfig, hu_window: tuple[float, float]) -> tuple[tuple[int, ...],
@@ -98,12 +116,18 @@ def case_payload(path: Path, settings: ReaderStudyConfig, hu_window: tuple[float
     return volume.shape, zlib.compress(raw, 9)
 
 
-def padded(compressed: bytes, length: int, rng: np.random.Generator) -> bytes:
+def keystream(secret: bytes, label: str, n: int) -> bytes:
+    """``n`` bytes of SHAKE-256 over ``label`` and ``secret``: the same with the secret, unpredictable without
+    it (unlike a seeded NumPy generator, whose output a reader can replay seed by seed)."""
+    return hashlib.shake_256(f"ctdiff-reader:{label}:".encode() + secret).digest(n)
+
+
+def padded(compressed: bytes, length: int, secret: bytes, label: str) -> bytes:
     """``compressed`` as a payload of exactly ``4 + length`` bytes: its length (uint32, little-endian), the
-    bytes, then random padding the page ignores."""
+    bytes, then padding the page ignores, :func:`keystream` of ``secret`` and ``label``."""
     if len(compressed) > length:
         raise ValueError(f"payload of {len(compressed)} bytes exceeds the padded length {length}")
-    fill = rng.integers(0, 256, size=length - len(compressed), dtype=np.uint8).tobytes()
+    fill = keystream(secret, label, length - len(compressed))
     return struct.pack("<I", len(compressed)) + compressed + fill
 
 
@@ -113,13 +137,11 @@ def unpadded(payload: bytes) -> bytes:
     return payload[4:4 + n]
 
 
-def choose_cases(test_ids: list[str], volumes: Path, synthetic: list[Path], settings: ReaderStudyConfig,
-                 results: Path) -> tuple[str, list[Case]]:
-    """(study id, cases in reading order). ``n_real`` of the held-out ``test_ids`` (``volumes/<id>.nii.gz``)
-    and ``n_synthetic`` of ``synthetic`` are drawn without replacement and shuffled, all from
-    ``settings.seed``. The study id hashes the settings and the chosen files' bytes, so the same volumes give
-    the same study (``answers`` is left out); case ids hash the study id and the reading position, so they say
-    nothing of the truth.
+def draw(test_ids: list[str], volumes: Path, synthetic: list[Path], settings: ReaderStudyConfig,
+         secret: bytes) -> list[tuple[str, Path]]:
+    """(truth, path) of every case in reading order: ``n_real`` of the held-out ``test_ids``
+    (``volumes/<id>.nii.gz``) and ``n_synthetic`` of ``synthetic``, drawn without replacement and shuffled by a
+    generator seeded from ``secret`` alone.
 
     Raises ``ValueError`` naming ``reader_study.n_cases`` / ``synthetic_fraction`` when the held-out set or
     the sample set holds too few volumes."""
@@ -132,13 +154,22 @@ def choose_cases(test_ids: list[str], volumes: Path, synthetic: list[Path], sett
         raise ValueError(f"reader_study.n_cases={settings.n_cases} with reader_study.synthetic_fraction="
                          f"{settings.synthetic_fraction} asks for {n_synthetic} synthetic cases but there are "
                          f"{len(synthetic)} synthetic volumes")
-    rng = np.random.default_rng(settings.seed)
+    rng = np.random.default_rng(int.from_bytes(keystream(secret, "draw", 32), "big"))
     real = [sorted(test_ids)[i] for i in sorted(rng.choice(len(test_ids), n_real, replace=False))]
     fake = [sorted(synthetic)[i] for i in sorted(rng.choice(len(synthetic), n_synthetic, replace=False))]
     chosen = [("real", Path(volumes) / f"{i}.nii.gz") for i in real] + [("synthetic", Path(p)) for p in fake]
-    chosen = [chosen[i] for i in rng.permutation(len(chosen))]
+    return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
+def choose_cases(test_ids: list[str], volumes: Path, synthetic: list[Path], settings: ReaderStudyConfig,
+                 results: Path, secret: bytes) -> tuple[str, list[Case]]:
+    """(study id, cases in reading order) of :func:`draw`. The study id is an HMAC under ``secret`` of the
+    settings and the chosen files' bytes, so the same secret and volumes give the same study (``answers`` is
+    left out) and another secret another study; case ids hash the study id and the reading position, so they
+    say nothing of the truth."""
+    chosen = draw(test_ids, volumes, synthetic, settings, secret)
     study_settings = {k: v for k, v in to_dict(settings).items() if k != "answers"}  # where answers go changes nothing
-    digest = hashlib.sha256(json.dumps(study_settings, sort_keys=True).encode())
+    digest = hmac.new(secret, json.dumps(study_settings, sort_keys=True).encode(), hashlib.sha256)
     for truth, path in chosen:
         digest.update(f"{truth}:{file_sha256(path)}\n".encode())
     study = digest.hexdigest()[:12]
@@ -150,6 +181,28 @@ def choose_cases(test_ids: list[str], volumes: Path, synthetic: list[Path], sett
         seen.add(case_id)
         cases.append(Case(case_id, truth, path, _source(path, results)))
     return study, cases
+
+
+def kept_secret(test_ids: list[str], volumes: Path, synthetic: list[Path], settings: ReaderStudyConfig,
+                results: Path, out_key: Path) -> bytes | None:
+    """The secret of a key beside ``out_key`` (``out_key`` itself, then ``keys/*.json``) that these volumes and
+    settings rebuild: its draw names the key's cases and its study id is the key's. ``None`` if there is none
+    (no key, a key without a secret, or other volumes or settings: a secret is never reused for another
+    study, since a reader told one study's key after it would then know the other's order)."""
+    for path in [Path(out_key), *sorted((Path(out_key).parent / "keys").glob("*.json"))]:
+        try:
+            key = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+        if not isinstance(key, dict) or not isinstance(key.get("secret"), str):
+            continue
+        secret = bytes.fromhex(key["secret"])
+        chosen = draw(test_ids, volumes, synthetic, settings, secret)
+        if [(t, _source(p, results)) for t, p in chosen] != [(c["truth"], c["source"]) for c in key["cases"]]:
+            continue  # cheap test first: hashing the volumes only for a key that names the same files
+        if choose_cases(test_ids, volumes, synthetic, settings, results, secret)[0] == key["study"]:
+            return secret
+    return None
 
 
 def _source(path: Path, results: Path) -> str:
@@ -181,11 +234,15 @@ def case_script(case_id: str, payload: bytes) -> str:
 def write_study(test_ids_txt: Path, volumes: Path, synthetic: list[Path], settings: ReaderStudyConfig,
                 hu_window: tuple[float, float], out_dir: Path, out_zip: Path, out_key: Path) -> dict:
     """Write the study folder ``out_dir``, ``out_zip`` and the key ``out_key`` (plus ``keys/<study>.json``
-    beside it); returns the key. See the module docstring for what is blinded and how. Volumes of another
-    shape than the first case's are refused, naming the file."""
+    beside it); returns the key. The secret is :func:`kept_secret`'s where a key beside ``out_key`` makes
+    this study, else a new one. See the module docstring for what is blinded and how. Volumes of another
+    shape than the first case's, or holding NaN, are refused, naming the file."""
     results = Path(out_key).parent.parent
-    study, cases = choose_cases(read_ids(test_ids_txt), Path(volumes), [Path(p) for p in synthetic], settings,
-                                results)
+    test_ids, synthetic = read_ids(test_ids_txt), [Path(p) for p in synthetic]
+    secret = kept_secret(test_ids, Path(volumes), synthetic, settings, results, Path(out_key))
+    if secret is None:
+        secret = secrets.token_bytes(SECRET_BYTES)
+    study, cases = choose_cases(test_ids, Path(volumes), synthetic, settings, results, secret)
     shapes, compressed = {}, {}
     for case in cases:
         shapes[case.path], compressed[case.id] = case_payload(case.path, settings, hu_window)
@@ -196,17 +253,18 @@ def write_study(test_ids_txt: Path, volumes: Path, synthetic: list[Path], settin
                              f"{shapes[first]}; every case must have the same size")
     shape = shapes[first]
     length = max(len(c) for c in compressed.values())
-    rng = np.random.default_rng([settings.seed, int(study, 16)])
     files = {name: resources.files("ctdiff.reader").joinpath("page", name).read_bytes() for name in PAGE_FILES}
     files["study.js"] = study_manifest(study, shape, settings, [c.id for c in cases]).encode()
     for case in cases:  # reading order, which is random
-        files[f"cases/{case.id}.js"] = case_script(case.id, padded(compressed[case.id], length, rng)).encode()
+        payload = padded(compressed[case.id], length, secret, f"pad:{case.id}")
+        files[f"cases/{case.id}.js"] = case_script(case.id, payload).encode()
     _write_folder(Path(out_dir), files)
     with atomic_path(Path(out_zip)) as tmp:
         _write_zip(tmp, files, Path(out_dir).name)
     key = {
         "format": "ctdiff-reader-key",
         "study": study,
+        "secret": secret.hex(),  # with it the study can be rebuilt; without it no reader can tell the cases apart
         "ctdiff": __version__,
         "settings": to_dict(settings),
         "hu_window": list(hu_window),

@@ -8,10 +8,13 @@ rule reader_study:
         real=preprocessed,
         synthetic=SAMPLES,
     output:
-        study=directory(f"{R}/reader/study"),
+        # The study folder is not a declared output: Snakemake would stamp a directory() output with a
+        # .snakemake_timestamp file holding the real time. write_study replaces it whole, and it holds the
+        # same files as study.zip, which carries the rule's time.
         zip=f"{R}/reader/study.zip",
         key=f"{R}/reader/key.json",
     params:
+        folder=lambda w, output: output.zip.removesuffix(".zip"),  # <results>/reader/study
         reader_study=study_settings(),
         hu_window=list(CFG.preprocess.hu_window),
         volumes=f"{R}/preprocessed",

@@ -12,7 +12,7 @@ write_study(
     [Path(p) for p in snakemake.input.synthetic],
     section_from_dict("reader_study", snakemake.params.reader_study),
     tuple(snakemake.params.hu_window),
-    Path(snakemake.output.study),
+    Path(snakemake.params.folder),
     Path(snakemake.output.zip),
     Path(snakemake.output.key),
 )

@@ -3,11 +3,15 @@
 // cases/<id>.js, that calls ctdiffCase(id, base64). Its payload: uint32 length, a zlib stream of the windows'
 // uint8 volumes V[k][r][c] (k superior->inferior, r anterior->posterior, c patient's right->left), then
 // padding. Answers live in localStorage under the study id and the reader's name, saved on every change.
+// The browser writes localStorage to disk lazily (Chromium a few seconds later): a closed tab or a normal quit
+// keeps everything, but a browser that is killed or crashes can lose the last seconds of answers. A download is
+// the one copy the browser does not hold, so the page asks for one every EXPORT_EVERY answers.
 "use strict";
 
 const STUDY = window.CTDIFF_STUDY;
 const PREFIX = "ctdiff-reader:" + (STUDY ? STUDY.study : "none") + ":";
 const PLANES = ["axial", "coronal", "sagittal"];
+const EXPORT_EVERY = 10;   // answers between reminders to download them
 const $ = (sel) => document.querySelector(sel);
 
 // ---- storage -------------------------------------------------------------------------------------------
@@ -34,7 +38,8 @@ function save(key, value) {
 
 // ---- state ---------------------------------------------------------------------------------------------
 let reader = load("reader", "");
-let state = null;          // {position, answers: {caseId: {answer, confidence, comment, seconds}}, exported}
+let state = null;          // {position, answers: {caseId: {answer, confidence, comment, seconds}}, exported,
+                           //  exportedCount: answers given at that download}
 let windowIndex = 0;
 let active = 0;            // the view the keys scroll
 let slices = [0, 0, 0];
@@ -53,6 +58,13 @@ function answerOf(id) {
   return state.answers[id];
 }
 function complete(a) { return !!(a && a.answer && a.confidence); }
+// The reminder shown once EXPORT_EVERY answers were given since the last download ("" if none is due).
+function exportReminder(done, total, doneAtExport) {
+  const since = done - (doneAtExport || 0);
+  if (done === total || since < EXPORT_EVERY) return "";
+  return since + " answers since your last download: please download your answers now and keep the file " +
+    "(a browser crash can lose the last few seconds of answers; a download cannot be lost).";
+}
 function answeredCount() { return STUDY.cases.filter((id) => complete(state.answers[id])).length; }
 
 // ---- loading cases -------------------------------------------------------------------------------------
@@ -223,7 +235,10 @@ function renderPanel() {
   if (a.answer && !a.confidence) status = "Now choose your confidence (1–5).";
   else if (!a.answer && a.confidence) status = "Now choose real or synthetic.";
   else if (done === n) status = "All cases answered: please download your answers and send the file.";
+  const reminder = exportReminder(done, n, state.exportedCount);
+  if (!status) status = reminder;
   $("#status").textContent = status;
+  $("#export").classList.toggle("remind", !!reminder);
   const note = state.exported ? "Last downloaded " + new Date(state.exported).toLocaleString() + "." : "";
   $("#export-note").textContent = note + (done < n ? " " + (n - done) + " case(s) still unanswered." : "");
 }
@@ -261,6 +276,7 @@ function download(text, type, ext) {
   a.click();
   setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
   state.exported = new Date().toISOString();
+  state.exportedCount = answeredCount();
   persist();
   renderPanel();
 }
