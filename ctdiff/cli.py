@@ -105,8 +105,13 @@ def _sample(args: argparse.Namespace) -> None:
     )
 
 
+DESCRIPTION = ("Train the diffusion model on preprocessed volumes (what the workflow's train rule runs) or draw "
+               "synthetic volumes from a checkpoint (what the sample rules run, and the way to sample outside "
+               "Snakemake). 'ctdiff sample --help' lists the sampling options.")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ctdiff", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="ctdiff", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train the diffusion model on preprocessed volumes")

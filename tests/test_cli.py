@@ -64,3 +64,11 @@ def test_condition_options_follow_the_sample_options_and_leave_unconditioned_one
     assert cli.sample_settings(args) == SampleConfig(n=2, guidance=2.0)
     assert (args.nodules_from, args.nodule_items) == ("r/preprocessed/nodules", "r/splits/test.txt")
     assert train_condition_options(nodules) == "--nodules r/preprocessed/nodules"
+
+
+def test_help_describes_the_command_in_whole_sentences():
+    """``ctdiff --help`` once printed its description cut mid-sentence ("``ctdiff sample`` (what the")."""
+    text = " ".join(cli.parser().format_help().split())
+    assert " ".join(cli.DESCRIPTION.split()) in text
+    assert cli.DESCRIPTION.endswith(".") and cli.DESCRIPTION.count("(") == cli.DESCRIPTION.count(")")
+    assert "``" not in text

@@ -37,7 +37,7 @@ HEAVY = ("torch", "numpy", "pandas", "scipy", "nibabel", "pydicom", "dicom2nifti
 
 def test_parse_time_modules_import_nothing_heavy():
     """Every snakemake call, a dry run included, imports these; the heavy libraries wait for the jobs."""
-    code = ("import sys, ctdiff.plan, ctdiff.config, ctdiff.options; "
+    code = ("import sys, ctdiff.plan, ctdiff.config, ctdiff.options, ctdiff.overrides; "
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

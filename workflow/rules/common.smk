@@ -5,12 +5,14 @@ import os
 import shlex
 import sys
 
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, validate
 
 from ctdiff.config import from_dict, schema_checker, to_dict, variant_config
 from ctdiff.options import NAME_REGEX, TAG_REGEX
+from ctdiff.overrides import coerce_config
 from ctdiff.plan import (
     answer_files,
     answers_folder,
@@ -31,6 +33,8 @@ from ctdiff.plan import (
 min_version("9.0")
 
 SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+with open(SCHEMA, encoding="utf-8") as fh:  # --config hands over numbers, booleans and null as strings
+    config.update(coerce_config(config, yaml.safe_load(fh)))
 validate(config, SCHEMA)
 
 try:  # each variant's merged config goes through the same schema, then from_dict's checks
