@@ -84,6 +84,8 @@ COMMANDS: dict[str, Check] = {
     'pip install -e ".[slurm]"': Check("real", "installs the SLURM executor plugin"),
     f"snakemake --profile profiles/slurm --configfile config/lidc.yaml --config data='{{root: {LIDC}}}'": Check(
         "dry", "submits to a SLURM cluster (tests/test_slurm.py runs the profile on a real one)"),
+    f"snakemake --profile profiles/gpu --configfile config/lidc.yaml --config data='{{root: {LIDC}}}'": Check(
+        "dry", "docs/gpus.md: a GPU workstation (tests/test_workflow.py checks which jobs get GPUs)"),
     "pip install -e .": Check("mention", "the install line the workspace is made with"),
     "ctdiff sample": Check("mention", "the command's name"),
     "accelerate launch": Check("mention", "what the rules start"),
