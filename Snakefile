@@ -13,8 +13,6 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/compare.smk"
-include: "workflow/rules/variants.smk"
 include: "workflow/rules/reader.smk"
 include: "workflow/rules/report.smk"
 
@@ -25,5 +23,6 @@ rule all:
         f"{R}/report.md",
         f"{R}/report.html",
         f"{R}/reader/study.zip",  # the blinded reader study, to send; its analysis is in the report
+        SAMPLES_HU,  # the main model's samples in HU, with sample.hu: true
         variant_table_input(),  # the variants table, when the run compares samplers or variants
     default_target: True

@@ -2,7 +2,7 @@
 and Heun-15, eager and compiled, in one run.
 
     python benchmarks/sample.py                         # GPU: the paper's U-Net at 128³, bf16; CPU: a tiny one
-    python benchmarks/sample.py --checkpoint results/train/model.pt --batch 8
+    python benchmarks/sample.py --checkpoint results/models/wavelet-flow/train/model.pt --batch 8
     python benchmarks/sample.py --ddpm-steps 100        # time 100 DDPM steps and scale to the full chain
     python benchmarks/sample.py --wavelet-sizes 128 256 # also the wavelet representation at 128³ and 256³
 

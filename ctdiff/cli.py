@@ -1,10 +1,10 @@
 """Command line: ``ctdiff train`` (what the workflow's train rule launches) and ``ctdiff sample`` (what the
 sample rules launch, with the options :func:`ctdiff.plan.sample_options` writes).
 
-``ctdiff sample --checkpoint results/train/model.pt -n 10 --sampler ddim --steps 50 --out DIR`` draws
+``ctdiff sample --checkpoint results/models/paper/train/model.pt -n 10 --sampler ddim --steps 50 --out DIR`` draws
 volumes outside Snakemake (``--sampler euler|heun`` for a checkpoint trained with ``diffusion.objective:
 flow``; a sampler that does not fit the checkpoint's objective is refused before any sampling); sample ``i``
-is the same volume the workflow writes as ``samples/{i:04d}`` for the same seed and sampler. Its options are
+is the same volume the workflow writes as ``samples/{set}/{i:04d}`` for the same seed and sampler. Its options are
 the keys of the ``sample`` config section, with the section's defaults (:class:`ctdiff.config.SampleConfig`).
 Under ``accelerate launch`` (or ``python -m ctdiff.launch --gpus G -- -m ctdiff.cli sample ...``) the
 processes share the samples by index.

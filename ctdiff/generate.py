@@ -201,14 +201,23 @@ def generate(
             with atomic_path(Path(out)) as tmp:
                 shutil.copyfile(cached(i), tmp)
             if hu_files is not None:
-                volume, _ = load_volume(cached(i))
-                save_volume(Path(hu_files[i]), to_hu(volume, cfg.data.hu_window), affine)
+                write_hu([cached(i)], [Path(hu_files[i])], cfg.data.hu_window)
             if conditioned:
                 labels, _ = load_volume(Path(condition_masks[i]))
                 write_beside(Path(out).parent, i, labels, affine, Path(condition_masks[i]))
         write_json(Path(out_files[0]).parent / "sampling.json",
                    sampling_cost([cached(i).with_name(f"{i:04d}.json") for i in range(len(out_files))]))
     state.wait_for_everyone()
+
+
+def write_hu(samples: Sequence[Path], hu_files: Sequence[Path], hu_window: tuple[float, float]) -> None:
+    """Write each sample (float32 in [0, 1]) to the HU file at the same position, int16 through ``hu_window``
+    (the preprocessing window the model was trained on), on the sample's own affine."""
+    if len(samples) != len(hu_files):
+        raise ValueError(f"{len(hu_files)} HU files for {len(samples)} samples")
+    for sample, out in zip(samples, hu_files):
+        volume, affine = load_volume(Path(sample))
+        save_volume(Path(out), to_hu(volume, hu_window), affine)
 
 
 def _encoded(mask: Path, size: int) -> np.ndarray:

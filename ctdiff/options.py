@@ -73,7 +73,7 @@ TAG_REGEX = rf"({'|'.join(SAMPLERS)})-[0-9]+(-eta[0-9.e+-]+)?"
 
 
 # The name of a model variant (config ``variants``) and of the main row (config ``name``): a folder name under
-# ``{results}/variants/``, so a letter or digit first, then letters, digits, ``_``, ``-`` or ``.``, at most 64.
+# ``{results}/models/``, so a letter or digit first, then letters, digits, ``_``, ``-`` or ``.``, at most 64.
 NAME_REGEX = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 
 # What a variant may override: whole sections the model is trained by, and the sample section's sampler

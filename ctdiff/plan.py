@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from ctdiff.config import Config, SampleConfig, variant_config
+from ctdiff.config import Config, SampleConfig, to_dict, variant_config
 from ctdiff.options import SAMPLERS_FOR, tag
 
 
@@ -150,33 +150,75 @@ def comparison_runs(cfg: Config) -> dict[str, dict[str, Any]]:
     return runs
 
 
-#: The ``set`` of a row drawn with its variant's own ``sample`` section (the others are sampler tags).
+#: The ``set`` drawn with a model's own ``sample`` section (the others are sampler tags).
 MAIN_SET = "main"
 
 
 def row_names(cfg: Config) -> list[str]:
-    """The variants table's variant names: the main config's ``name`` first, then ``variants`` in order."""
+    """The models of the run: the main config's ``name`` first, then ``variants`` in order."""
     return [cfg.name, *(v.name for v in cfg.variants)]
 
 
-def run_folder(cfg: Config, name: str) -> str:
-    """Where variant ``name``'s files go: ``{results}`` for the main row (its paths never move), else
-    ``{results}/variants/{name}``, laid out the same way (``train/``, ``train_state/``, ``samples/``,
-    ``metrics/metrics.json``, ``compare/{tag}/``, ``logs/``)."""
-    return cfg.results if name == cfg.name else f"{cfg.results}/variants/{name}"
+def model_config(cfg: Config, model: str) -> Config:
+    """The config model ``model`` is trained and sampled with: the main config for its own name, else the
+    variant's merged config; ``ValueError`` naming the configured models for any other name."""
+    if model not in row_names(cfg):
+        raise ValueError(f"models/{model}: no such model (configured: {', '.join(row_names(cfg))})")
+    return variant_config(cfg, model)
 
 
-def variant_sample(cfg: Config, name: str) -> SampleConfig:
-    """The sample section variant ``name``'s main set is drawn with: its config's (the main config's with the
-    variant's sampler, steps and eta); HU copies only for the main row."""
-    settings = variant_config(cfg, name).sample
-    return settings if name == cfg.name else replace(settings, hu=False)
+def model_folder(cfg: Config, model: str) -> str:
+    """Every file of model ``model``, the main one and each variant alike: ``{results}/models/{model}`` with
+    ``train/`` (``model.pt``, ``log.csv``), ``train_state/``, ``samples/{set}/``, ``metrics/{set}.json`` and
+    ``logs/``."""
+    return f"{cfg.results}/models/{model}"
+
+
+def sample_sets(cfg: Config, model: str) -> list[str]:
+    """The sample sets of model ``model``: :data:`MAIN_SET` (its own ``sample`` section), then the tag of
+    each :func:`comparison_runs` entry of its config."""
+    return [MAIN_SET, *comparison_runs(model_config(cfg, model))]
+
+
+def set_sample(cfg: Config, model: str, set: str) -> SampleConfig:
+    """The sample section set ``set`` of model ``model`` is drawn with: the model's own for :data:`MAIN_SET`
+    (HU copies are a rule of their own), a compared sampler's (:func:`compared_sample`) for a tag;
+    ``ValueError`` for a tag the model does not compare."""
+    model_cfg = model_config(cfg, model)
+    if set == MAIN_SET:
+        return replace(model_cfg.sample, hu=False)
+    runs = comparison_runs(model_cfg)
+    if set not in runs:
+        raise ValueError(f"models/{model}/samples/{set}: no such sampler for this model "
+                         f"(configured: {', '.join(runs) or 'none'})")
+    return compared_sample(model_cfg.sample, runs[set])
+
+
+def set_setting(cfg: Config, model: str, set: str) -> dict[str, Any]:
+    """The sampler setting of a set as its evaluation records it (``ctdiff.metrics.compare.sampling_provenance``
+    resolves the rest): the model's sampler, steps (unresolved) and eta for :data:`MAIN_SET`, the resolved
+    compared setting for a tag; with ``guidance`` where the model's sample section guides (w != 1)."""
+    settings = model_config(cfg, model).sample
+    guidance = {"guidance": settings.guidance} if settings.guidance != 1.0 else {}
+    if set == MAIN_SET:
+        return {"sampler": settings.sampler, "steps": settings.steps, "eta": settings.eta, **guidance}
+    return {**comparison_runs(model_config(cfg, model))[set], **guidance}
+
+
+def samples_folder(cfg: Config, model: str, set: str = MAIN_SET) -> str:
+    """The volumes of set ``set`` of model ``model`` (``{i:04d}.nii.gz``, ``sampling.json``; ``hu/`` for HU copies)."""
+    return f"{model_folder(cfg, model)}/samples/{set}"
+
+
+def metrics_file(cfg: Config, model: str, set: str = MAIN_SET) -> str:
+    """The metrics of set ``set`` of model ``model``."""
+    return f"{model_folder(cfg, model)}/metrics/{set}.json"
 
 
 @dataclass(frozen=True)
 class TableRow:
-    """One row of the variants table: variant ``variant`` drawn with sampler set ``set`` (:data:`MAIN_SET`
-    or a comparison tag); its ``metrics`` file, ``samples`` folder and the variant's ``train`` folder."""
+    """One row of the variants table: model ``variant`` drawn with sampler set ``set`` (:data:`MAIN_SET` or a
+    comparison tag); its ``metrics`` file, ``samples`` folder and the model's ``train`` folder."""
 
     variant: str
     set: str
@@ -186,22 +228,33 @@ class TableRow:
 
 
 def table_rows(cfg: Config) -> list[TableRow]:
-    """Every (variant, sampler) pair the run evaluates, the main config's rows first: per variant its own
-    sample section's set, then each :func:`comparison_runs` entry of its config."""
-    rows = []
-    for name in row_names(cfg):
-        folder = run_folder(cfg, name)
-        rows.append(TableRow(name, MAIN_SET, f"{folder}/metrics/metrics.json", f"{folder}/samples", f"{folder}/train"))
-        for t in comparison_runs(variant_config(cfg, name)):
-            rows.append(TableRow(name, t, f"{folder}/compare/{t}/metrics.json", f"{folder}/compare/{t}/samples",
-                                 f"{folder}/train"))
-    return rows
+    """Every (model, sample set) pair the run evaluates, the main model's first: per model its own sample
+    section's set, then each :func:`comparison_runs` entry of its config."""
+    return [TableRow(model, set, metrics_file(cfg, model, set), samples_folder(cfg, model, set),
+                     f"{model_folder(cfg, model)}/train")
+            for model in row_names(cfg) for set in sample_sets(cfg, model)]
 
 
 def compared_sample(settings: SampleConfig, run: dict[str, Any]) -> SampleConfig:
     """The sample section as a compared sampler draws it: ``run``'s sampler, steps and eta replace the
     section's; count, seed, batch size, precision and compile stay; no HU copies."""
     return replace(settings, sampler=run["sampler"], steps=run["steps"], eta=run["eta"], hu=False)
+
+
+def evaluate_settings(cfg: Config) -> dict[str, Any]:
+    """The evaluate section without ``compare_samplers``: what scoring one sample set depends on, so adding or
+    removing a compared sampler rescores no existing set."""
+    return {k: v for k, v in to_dict(cfg.evaluate).items() if k != "compare_samplers"}
+
+
+def train_settings(cfg: Config) -> str:
+    """The sections a training run depends on, as JSON for ``ctdiff train --settings``."""
+    return json.dumps({name: to_dict(getattr(cfg, name)) for name in ("model", "diffusion", "train", "preprocess")})
+
+
+def study_settings(cfg: Config) -> dict[str, Any]:
+    """The reader_study section without ``answers``: where answers are collected changes no study."""
+    return {k: v for k, v in to_dict(cfg.reader_study).items() if k != "answers"}
 
 
 def nodule_folder(cfg: Config) -> str:

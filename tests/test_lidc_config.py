@@ -44,7 +44,7 @@ def test_lidc_dry_run_reads_the_given_tree(tmp_path):
     assert "discover" in rules and "phantom" not in rules, rules
     # lidc.yaml sets its own sampler comparison (a list in a layered config file replaces config.yaml's)
     assert {"sample_compare", "evaluate_compare", "variant_table"} <= rules, rules
-    assert "results/lidc/compare/ddim-50/metrics.json" in proc.stdout
+    assert "results/lidc/models/paper/metrics/ddim-50.json" in proc.stdout
 
 
 def test_lidc_8gb_overlay_validates_and_sets_the_memory_settings(tmp_path):

@@ -24,11 +24,13 @@ from ctdiff.plan import (
     ingest_mem_mb,
     mem_mb_for,
     row_names,
-    run_folder,
+    model_config,
+    model_folder,
     sample_files,
     sample_options,
     table_rows,
-    variant_sample,
+    set_sample,
+    set_setting,
 )
 
 HEAVY = ("torch", "numpy", "pandas", "scipy", "nibabel", "pydicom", "dicom2nifti", "isal", "SimpleITK",
@@ -160,25 +162,41 @@ def test_a_compared_sampler_replaces_the_setting_and_drops_hu():
 
 
 def test_table_rows_pair_every_variant_with_its_samplers_main_first():
-    """Per variant its own sample section's set, then the compared samplers that fit its objective, except
-    the one it already draws; the main config's files stay where they are, a variant's mirror them."""
+    """Per model its own sample section's set, then the compared samplers that fit its objective, except
+    the one it already draws; every model, the main one included, is laid out alike under models/."""
     cfg = from_dict({"results": "out", "evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 20},
                                                                          {"sampler": "ddpm"}]},
                      "variants": [{"name": "cosine", "train": {"lr_schedule": "cosine"}},
                                   {"name": "fast", "sample": {"sampler": "ddim", "steps": 20}}]})
     assert row_names(cfg) == ["paper", "cosine", "fast"]
-    assert run_folder(cfg, "paper") == "out" and run_folder(cfg, "fast") == "out/variants/fast"
+    assert model_folder(cfg, "paper") == "out/models/paper" and model_folder(cfg, "fast") == "out/models/fast"
     rows = table_rows(cfg)
     assert [(r.variant, r.set) for r in rows] == [("paper", MAIN_SET), ("paper", "ddim-20"), ("cosine", MAIN_SET),
                                                   ("cosine", "ddim-20"), ("fast", MAIN_SET), ("fast", "ddpm-1000")]
-    assert rows[0] == TableRow("paper", "main", "out/metrics/metrics.json", "out/samples", "out/train")
-    assert rows[1].metrics == "out/compare/ddim-20/metrics.json" and rows[1].samples == "out/compare/ddim-20/samples"
-    assert rows[5] == TableRow("fast", "ddpm-1000", "out/variants/fast/compare/ddpm-1000/metrics.json",
-                               "out/variants/fast/compare/ddpm-1000/samples", "out/variants/fast/train")
-    assert variant_sample(cfg, "fast") == replace(cfg.sample, sampler="ddim", steps=20)
+    assert rows[0] == TableRow("paper", "main", "out/models/paper/metrics/main.json", "out/models/paper/samples/main",
+                               "out/models/paper/train")
+    assert rows[1].metrics == "out/models/paper/metrics/ddim-20.json"
+    assert rows[1].samples == "out/models/paper/samples/ddim-20"
+    assert rows[5] == TableRow("fast", "ddpm-1000", "out/models/fast/metrics/ddpm-1000.json",
+                               "out/models/fast/samples/ddpm-1000", "out/models/fast/train")
+    assert set_sample(cfg, "fast", MAIN_SET) == replace(cfg.sample, sampler="ddim", steps=20)
+    assert set_sample(cfg, "fast", "ddpm-1000") == replace(cfg.sample, sampler="ddpm", steps=1000, eta=0.0)
     hu = from_dict({"sample": {"hu": True}, "variants": [{"name": "v", "train": {"lr": 1.0}}]})
-    assert variant_sample(hu, "paper").hu and not variant_sample(hu, "v").hu  # HU copies: the main run's only
+    # HU copies are a rule of their own (sample_hu): no sample set draws them
+    assert not set_sample(hu, "paper", MAIN_SET).hu and not set_sample(hu, "v", MAIN_SET).hu
     assert [(r.variant, r.set) for r in table_rows(from_dict({}))] == [("paper", MAIN_SET)]
+    with pytest.raises(ValueError, match=r"models/nope: no such model \(configured: paper, cosine, fast\)"):
+        model_config(cfg, "nope")
+    with pytest.raises(ValueError, match=r"models/fast/samples/ddim-20: no such sampler for this model"):
+        set_sample(cfg, "fast", "ddim-20")
+
+
+def test_a_set_records_its_setting_as_the_evaluation_reads_it():
+    cfg = from_dict({"evaluate": {"compare_samplers": [{"sampler": "ddim", "steps": 20}]},
+                     "variants": [{"name": "guided", "model": {"condition": "nodules"}, "sample": {"guidance": 2.0}}]})
+    assert set_setting(cfg, "paper", MAIN_SET) == {"sampler": "ddpm", "steps": None, "eta": 0.0}
+    assert set_setting(cfg, "paper", "ddim-20") == {"sampler": "ddim", "steps": 20, "eta": 0.0}
+    assert set_setting(cfg, "guided", "ddim-20")["guidance"] == 2.0
 
 
 def test_each_row_compares_only_the_samplers_of_its_objective(monkeypatch):

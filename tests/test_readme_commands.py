@@ -65,7 +65,7 @@ COMMANDS: dict[str, Check] = {
         "real", "only the figure and the report rerun",
         run=f"snakemake --cores all {TINY} --config figure='{{real: 1, synthetic: 1, slices: [10, null, null]}}'",
         rules=frozenset({"figure", "report", "all"})),
-    "ctdiff sample --checkpoint results/train/model.pt -n 10 --sampler euler --steps 30 --out DIR": Check(
+    "ctdiff sample --checkpoint results/models/wavelet-flow/train/model.pt -n 10 --sampler euler --steps 30 --out DIR": Check(
         "real", "samples from the demo's (tiny) flow checkpoint"),
     "ctdiff --help": Check("real", "", expect=("usage: ctdiff",)),
     "ctdiff sample --help": Check("real", "", expect=("--checkpoint",)),

@@ -31,7 +31,7 @@ def slurm_ready() -> str | None:
 def test_profile_requests_gpus_for_heavy_steps_and_groups_ingestion():
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
-    for rule in ("train", "sample", "evaluate", "sample_compare", "evaluate_compare"):
+    for rule in ("train", "sample", "evaluate"):
         assert profile["set-resources"][rule]["gpu"] >= 1
     assert profile["groups"]["convert"] == profile["groups"]["preprocess"]
     assert profile["group-components"][profile["groups"]["convert"]] > 1
@@ -61,7 +61,7 @@ def test_tiny_workflow_through_sbatch(tmp_path):
     assert proc.returncode == 0, log[-6000:]
 
     results = work / "results"
-    for path in ("figures/figure1.png", "report.html", "metrics/metrics.json", "train/model.pt"):
+    for path in ("figures/figure1.png", "report.html", "models/paper/metrics/main.json", "models/paper/train/model.pt"):
         assert (results / path).exists(), path
     job_ids = set(re.findall(r"SLURM jobid[^\d]*(\d+)", log, flags=re.I))
     assert len(job_ids) >= 8, log[-3000:]  # phantom, discover, ingest group(s), split, train, sample, ...

@@ -18,6 +18,7 @@ from ctdiff.reader.study import FIXED_MTIME
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "tiny.yaml"
+DEMO = "wavelet-flow"  # config/config.yaml's main model (tests/tiny.yaml's is paper)
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -32,17 +33,33 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return proc
 
 
-def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
-    """{rule: job count} from the job-stats table of a dry run."""
-    table = proc.stdout + proc.stderr
-    jobs = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.M)}
-    jobs.pop("total", None)
+def planned_jobs(proc: subprocess.CompletedProcess, main: str = "paper") -> dict[str, int]:
+    """{job kind: count} from the job blocks of a dry run. A kind is the rule's name, and for the rules that
+    serve every model what the job is for, ``main`` being the main model's name: train, sample and evaluate
+    of the main model's own set keep their names; of a compared sampler's set they are sample_compare and
+    evaluate_compare; of a variant, train_variant, sample_variant, evaluate_variant, sample_variant_compare
+    and evaluate_variant_compare."""
+    jobs: dict[str, int] = {}
+    rule, kinds = None, []
+    for line in (proc.stdout + "\n" + proc.stderr).splitlines() + [""]:
+        if match := re.match(r"(?:local)?(?:rule|checkpoint) (\w+):$", line):
+            rule = match.group(1)
+            kinds.append(rule)
+        elif rule and (match := re.match(r"\s+wildcards: (.*)", line)):
+            wildcards = dict(item.split("=", 1) for item in match.group(1).split(", "))
+            if "model" in wildcards and rule in ("train", "sample", "evaluate"):
+                kind = rule + ("_variant" if wildcards["model"] != main else "")
+                kinds[-1] = kind + ("_compare" if wildcards.get("set", "main") != "main" else "")
+        elif not line.startswith(" "):
+            rule = None
+    for kind in kinds:
+        jobs[kind] = jobs.get(kind, 0) + 1
     return jobs
 
 
-def planned_rules(proc: subprocess.CompletedProcess) -> set[str]:
-    """Rule names in the job-stats table of a dry run."""
-    return set(planned_jobs(proc))
+def planned_rules(proc: subprocess.CompletedProcess, main: str = "paper") -> set[str]:
+    """The job kinds of a dry run (:func:`planned_jobs`)."""
+    return set(planned_jobs(proc, main))
 
 
 COMPARE_RULES = {"sample_compare", "evaluate_compare", "variant_table"}
@@ -58,11 +75,11 @@ def test_lint_is_clean(tmp_path):
 def test_dry_run_of_the_default_config(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "2")
     assert {"phantom", "discover", "split", "train", "sample", "evaluate", "figure", "report", "all",
-            "reader_study", "reader_analysis"} <= planned_rules(proc)
-    jobs = planned_jobs(proc)  # config.yaml compares Heun-15 with its main Euler-30 set
+            "reader_study", "reader_analysis"} <= planned_rules(proc, DEMO)
+    jobs = planned_jobs(proc, DEMO)  # config.yaml compares Heun-15 with its main Euler-30 set
     assert (jobs["sample_compare"], jobs["evaluate_compare"], jobs["variant_table"]) == (1, 1, 1), jobs
     assert not set(jobs) & VARIANT_RULES, jobs  # config.yaml lists no variant
-    assert "results/compare/heun-15/samples/0001.nii.gz" in proc.stdout
+    assert f"results/models/{DEMO}/samples/heun-15/0001.nii.gz" in proc.stdout
 
 
 def test_dry_run_of_the_demo_with_the_papers_row(tmp_path):
@@ -70,10 +87,11 @@ def test_dry_run_of_the_demo_with_the_papers_row(tmp_path):
     DDIM-50, which fits eps) and scored by the same rules; the demo's own row compares Heun only."""
     proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(REPO / "config" / "config.yaml"),
                      str(REPO / "config" / "demo_paper.yaml"))
-    jobs = planned_jobs(proc)
+    jobs = planned_jobs(proc, DEMO)
     assert jobs["train_variant"] == 1 and jobs["sample_variant_compare"] == 1 and jobs["sample_compare"] == 1, jobs
-    assert "results/variants/paper/compare/ddim-50/metrics.json" in proc.stdout
-    assert "results/variants/paper/compare/heun-15" not in proc.stdout and "results/compare/ddim-50" not in proc.stdout
+    assert "results/models/paper/metrics/ddim-50.json" in proc.stdout
+    assert "results/models/paper/samples/heun-15" not in proc.stdout
+    assert f"results/models/{DEMO}/samples/ddim-50" not in proc.stdout
 
 
 def test_dry_run_of_a_nodule_conditioned_run_plans_the_nodule_figure(tmp_path):
@@ -90,7 +108,7 @@ def test_dry_run_plans_no_comparison_unless_one_is_configured(tmp_path, compare)
     change = tmp_path / "change.yaml"
     change.write_text(f"evaluate:\n  compare_samplers: {compare}\n")
     proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(change))
-    rules = planned_rules(proc)
+    rules = planned_rules(proc, DEMO)
     assert {"sample", "evaluate", "report"} <= rules and not rules & (COMPARE_RULES | VARIANT_RULES), rules
     assert "variants.tsv" not in proc.stdout
 
@@ -135,18 +153,18 @@ def test_end_to_end_outputs(run_dir):
     test = (run_dir / "splits" / "test.txt").read_text().split()
     assert sorted(train + test) == items and len(test) == 2
 
-    log = pd.read_csv(run_dir / "train" / "log.csv")
+    log = pd.read_csv(run_dir / "models" / "paper" / "train" / "log.csv")
     assert list(log.step) == [1, 2, 3, 4] and np.isfinite(log.loss).all()
     for i in range(2):
-        img = nib.load(run_dir / "samples" / f"{i:04d}.nii.gz")
+        img = nib.load(run_dir / "models" / "paper" / "samples" / "main" / f"{i:04d}.nii.gz")
         data = np.asarray(img.dataobj)
         assert data.dtype == np.float32 and data.shape == (16, 16, 16)
         assert 0.0 <= data.min() and data.max() <= 1.0
-        hu = nib.load(run_dir / "samples" / "hu" / f"{i:04d}.nii.gz")
+        hu = nib.load(run_dir / "models" / "paper" / "samples" / "main" / "hu" / f"{i:04d}.nii.gz")
         assert hu.get_data_dtype() == np.int16 and np.allclose(hu.affine, img.affine)
         assert np.abs(np.asarray(hu.dataobj) - (-1000 + 1400 * data)).max() <= 0.5 + 1e-3
 
-    metrics = json.loads((run_dir / "metrics" / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "models" / "paper" / "metrics" / "main.json").read_text())
     assert np.isfinite(metrics["fid"]) and metrics["n_real"] == 2 and metrics["n_synthetic"] == 2
     assert 0.0 <= metrics["msssim_nearest_real"]["mean"] <= 1.0
     assert metrics["provenance"]["checkpoint_step"] == 4
@@ -155,7 +173,7 @@ def test_end_to_end_outputs(run_dir):
     assert (run_dir / "figures" / "samples.png").exists()
     assert (run_dir / "figures" / "closest_pairs.png").stat().st_size > 5_000
     assert 'id="closest-pairs"' in (run_dir / "report.html").read_text()
-    compared = json.loads((run_dir / "compare" / "ddim-10" / "metrics.json").read_text())
+    compared = json.loads((run_dir / "models" / "paper" / "metrics" / "ddim-10.json").read_text())
     assert compared["provenance"]["sampler"] == "ddim" and compared["provenance"]["network_evaluations"] == 10
     assert metrics["provenance"]["network_evaluations"] == 50 and metrics["provenance"]["sampler_steps"] == 50
     assert compared["real_volumes"] == metrics["real_volumes"] == [f"{i}.nii.gz" for i in test]
@@ -182,7 +200,7 @@ def test_end_to_end_outputs(run_dir):
     assert "data:image/png;base64" in (run_dir / "report.html").read_text()
     key = json.loads((run_dir / "reader" / "key.json").read_text())  # 4 cases: the 2 held-out volumes, 2 samples
     assert sorted((c["truth"], c["source"]) for c in key["cases"]) == sorted(
-        [("real", f"preprocessed/{i}.nii.gz") for i in test] + [("synthetic", f"samples/{i:04d}.nii.gz") for i in range(2)])
+        [("real", f"preprocessed/{i}.nii.gz") for i in test] + [("synthetic", f"models/paper/samples/main/{i:04d}.nii.gz") for i in range(2)])
     assert sorted(p.name for p in (run_dir / "reader" / "study" / "cases").iterdir()) == sorted(
         f"{c['case']}.js" for c in key["cases"])
     # the study folder holds only what write_study wrote, all dated 2000-01-01 (no .snakemake_timestamp with
@@ -222,7 +240,7 @@ def test_another_sampler_reruns_only_the_comparison(run_dir, tmp_path):
     proc = snakemake(run_dir.parent, "-n", "--cores", "2", "--configfile", str(TINY), str(change))
     jobs = planned_jobs(proc)
     assert set(jobs) == COMPARE_RULES | {"report", "all"}, jobs
-    assert jobs["sample_compare"] == jobs["evaluate_compare"] == 1 and "compare/dpmpp-5/metrics.json" in proc.stdout
+    assert jobs["sample_compare"] == jobs["evaluate_compare"] == 1 and "models/paper/metrics/dpmpp-5.json" in proc.stdout
 
 
 VARIANTS = """variants:
@@ -232,8 +250,8 @@ VARIANTS = """variants:
 
 
 def test_dry_run_plans_each_variant_by_the_same_rules(tmp_path):
-    """A variant's jobs are the main run's rules with a {variant} wildcard, under results/variants/; the main
-    run's paths do not move. small's own sampler is the compared DDIM-10, so it compares nothing more."""
+    """A variant's jobs are the main model's rules with another {model}, under results/models/; the main
+    model's paths do not move. small's own sampler is the compared DDIM-10, so it compares nothing more."""
     change = tmp_path / "variants.yaml"
     change.write_text(VARIANTS)
     plain = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY))
@@ -242,10 +260,10 @@ def test_dry_run_plans_each_variant_by_the_same_rules(tmp_path):
     assert {rule: jobs[rule] for rule in VARIANT_RULES} == {
         "train_variant": 2, "sample_variant": 2, "evaluate_variant": 2, "sample_variant_compare": 1,
         "evaluate_variant_compare": 1}, jobs
-    for path in ("results/variants/cosine/train/model.pt", "results/variants/small/samples/0001.nii.gz",
-                 "results/variants/cosine/compare/ddim-10/metrics.json", "results/variants/small/metrics/metrics.json"):
+    for path in ("results/models/cosine/train/model.pt", "results/models/small/samples/main/0001.nii.gz",
+                 "results/models/cosine/metrics/ddim-10.json", "results/models/small/metrics/main.json"):
         assert path in proc.stdout, path
-    assert "results/variants/small/compare/" not in proc.stdout
+    assert "results/models/small/samples/ddim-10/" not in proc.stdout
     outputs = set(re.findall(r"output: (.*)", plain.stdout))
     assert outputs <= set(re.findall(r"output: (.*)", proc.stdout))  # every main output where it was
 
@@ -285,13 +303,13 @@ def test_variants_run_end_to_end_beside_the_main_run(run_dir, tmp_path):
     assert list(zip(table["variant"], table["set"])) == [("paper", "main"), ("paper", "ddim-10"), ("flow", "main"),
                                                          ("wavelet-flow", "main")]
     assert list(table["network_evaluations"]) == [50, 10, 5, 5]  # Heun: 2 per step but the last
-    main = json.loads((results / "metrics" / "metrics.json").read_text())
+    main = json.loads((results / "models" / "paper" / "metrics" / "main.json").read_text())
     for name, sampler in (("flow", "euler"), ("wavelet-flow", "heun")):
-        m = json.loads((results / "variants" / name / "metrics" / "metrics.json").read_text())
+        m = json.loads((results / "models" / name / "metrics" / "main.json").read_text())
         assert m["provenance"]["sampler"] == sampler and m["real_volumes"] == main["real_volumes"]
         row = table[table["variant"] == name].iloc[0]
         assert row["fid"] == m["fid"] and row["train_s_per_step"] > 0 and row["sampling_s_per_volume"] > 0
-        volume = nib.load(results / "variants" / name / "samples" / "0000.nii.gz")
+        volume = nib.load(results / "models" / name / "samples" / "main" / "0000.nii.gz")
         assert volume.shape == (16, 16, 16) and np.isfinite(volume.get_fdata()).all()
     assert "| wavelet-flow | main | heun | 3 |" in (results / "report.md").read_text()
     proc = snakemake(work, "-n", "--cores", "2", "--configfile", str(TINY), str(change))
@@ -320,7 +338,7 @@ def test_snakemake_report_holds_figure_and_metrics(run_dir):
     out = run_dir / "snakemake_report.html"
     snakemake(run_dir.parent, "--configfile", str(TINY), "--report", str(out))
     page = out.read_text(errors="replace")
-    assert "figure1.png" in page and "metrics.json" in page
+    assert "figure1.png" in page and "main.json" in page
     assert "report.html" in page and "summary.tsv" in page and "variants.tsv" in page
 
 
@@ -357,18 +375,18 @@ def test_a_nodule_conditioned_variant_trains_samples_and_is_scored_through_the_r
                       "sample: {sampler: ddim, steps: 10, guidance: 2.0}}\n")
     snakemake(work, "--cores", "2", "--configfile", str(TINY), str(change))
     results = work / "results"
-    variant = results / "variants" / "nodules"
-    metrics = json.loads((variant / "metrics" / "metrics.json").read_text())
+    variant = results / "models" / "nodules"
+    metrics = json.loads((variant / "metrics" / "main.json").read_text())
     assert metrics["nodules"]["synthetic"]["n_volumes"] == 2 and metrics["nodules"]["real"]["n_volumes"] == 2
-    assert "nodules" not in json.loads((results / "metrics" / "metrics.json").read_text())  # the paper's row
+    assert "nodules" not in json.loads((results / "models" / "paper" / "metrics" / "main.json").read_text())
     assert metrics["provenance"]["guidance"] == 2.0 and metrics["provenance"]["network_evaluations"] == 20
     assert any((variant / "train_state" / "conditions").glob("*.npy"))
     test = sorted((results / "splits" / "test.txt").read_text().split())
     for i in range(2):  # sample.n = 2 = the test split: no cycling
-        drawn, _ = load_volume(variant / "samples" / "nodules" / f"{i:04d}.nii.gz")
+        drawn, _ = load_volume(variant / "samples" / "main" / "nodules" / f"{i:04d}.nii.gz")
         real, _ = load_volume(results / "preprocessed" / "nodules" / f"{test[i]}.nii.gz")
         assert np.array_equal(drawn, real)
-        assert (variant / "samples" / "nodules" / f"{i:04d}.tsv").read_text() == \
+        assert (variant / "samples" / "main" / "nodules" / f"{i:04d}.tsv").read_text() == \
             (results / "preprocessed" / "nodules" / f"{test[i]}.tsv").read_text()
 
 
@@ -387,9 +405,9 @@ def job_resources(proc: subprocess.CompletedProcess) -> dict[str, dict[str, str]
 
 
 def test_every_rule_that_runs_a_network_gets_gpus_from_both_profiles(tmp_path):
-    """The rules that declare a gpu resource (those that train, sample or evaluate, the compared sets and the
-    variants included) all get GPUs from profiles/gpu and profiles/slurm; under the GPU profile no such job
-    is left on the CPU (the compared samplers once ran there: days of work at the paper's scale)."""
+    """The rules that declare a gpu resource (those that train, sample or evaluate every model and sample set)
+    all get GPUs from profiles/gpu and profiles/slurm; under the GPU profile no such job is left on the CPU
+    (the compared samplers once ran there: days of work at the paper's scale)."""
     import yaml
 
     change = tmp_path / "variants.yaml"
@@ -397,8 +415,7 @@ def test_every_rule_that_runs_a_network_gets_gpus_from_both_profiles(tmp_path):
     args = ["-n", "--configfile", str(TINY), str(change)]
     declared = {rule for rule, res in job_resources(snakemake(tmp_path, "--cores", "2", *args)).items()
                 if "gpu" in res}
-    assert {"train", "train_variant", "sample", "sample_compare", "sample_variant", "sample_variant_compare",
-            "evaluate", "evaluate_compare", "evaluate_variant", "evaluate_variant_compare"} <= declared
+    assert {"train", "sample", "evaluate"} <= declared
     on_gpus = job_resources(snakemake(tmp_path, "--profile", str(REPO / "profiles" / "gpu"), *args))
     assert {rule: int(on_gpus[rule]["gpu"]) >= 1 for rule in declared} == dict.fromkeys(declared, True), on_gpus
     slurm = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]

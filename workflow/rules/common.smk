@@ -1,7 +1,8 @@
-# Config validation, the item lists (chosen by discover, then converted) and path helpers. Every decision
+# Config validation, the item lists (chosen by discover, then converted) and the models. Every decision
 # is a function of ctdiff.plan, which imports nothing heavy: every snakemake call parses these files.
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -11,23 +12,30 @@ from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, validate
 
 from ctdiff.config import from_dict, schema_checker, to_dict, variant_config
-from ctdiff.options import NAME_REGEX, TAG_REGEX
+from ctdiff.options import TAG_REGEX
 from ctdiff.overrides import coerce_config
 from ctdiff.plan import (
+    MAIN_SET,
     answer_files,
     answers_folder,
-    comparison_runs,
-    compared_sample,
     converted_items,
     dicom_tree,
+    evaluate_settings,
+    metrics_file,
+    model_config,
+    model_folder,
     nodule_folder,
     row_names,
     sample_condition_options,
     sample_files,
     sample_options,
-    train_condition_options,
+    samples_folder,
+    set_sample,
+    set_setting,
+    study_settings,
     table_rows,
-    variant_sample,
+    train_condition_options,
+    train_settings,
 )
 
 min_version("9.0")
@@ -51,8 +59,16 @@ ENV = "../../envs/ctdiff.yaml"
 # another folder reruns nothing.
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     shell.prefix(f"export CTDIFF_PYTHON={shlex.quote(sys.executable)}; ")
-SAMPLES = sample_files(f"{R}/samples", CFG.sample.n)
-SAMPLES_HU = sample_files(f"{R}/samples/hu", CFG.sample.n) if CFG.sample.hu else []
+# Every model of the run, the main one first: {name: its config} (variants merged into the main config).
+MODELS = {name: model_config(CFG, name) for name in row_names(CFG)}
+M = model_folder(CFG, "{model}")  # one layout for every model: {results}/models/{model}/
+# What Figure 1, the report and the reader study show: the main model's own sample set and its metrics.
+SAMPLES = sample_files(samples_folder(CFG, CFG.name), CFG.sample.n)
+SAMPLES_HU = sample_files(f"{samples_folder(CFG, CFG.name)}/hu", CFG.sample.n) if CFG.sample.hu else []
+METRICS = metrics_file(CFG, CFG.name)
+TRAIN = f"{model_folder(CFG, CFG.name)}/train"
+# Every (model, set) pair the run evaluates, the main model's first: the variants table's rows.
+ROWS = table_rows(CFG)
 
 
 def section(name):
@@ -60,10 +76,12 @@ def section(name):
     return to_dict(getattr(CFG, name))
 
 
-# Item ids become folder and file names: no path separators.
+# Item ids become folder and file names: no path separators. A model is one of MODELS, a sample set main
+# or a compared sampler's tag (the folder names ctdiff.options.tag writes).
 wildcard_constraints:
     item=r"[A-Za-z0-9._-]+",
-    variant=NAME_REGEX,
+    model="|".join(re.escape(name) for name in MODELS),
+    set=f"{MAIN_SET}|{TAG_REGEX}",
 
 
 def items():
@@ -102,71 +120,9 @@ def nodule_inputs(cfg, split=False):
     return masks + ([f"{R}/splits/test.txt"] if split else [])
 
 
-# The sampler comparison (evaluate.compare_samplers): {tag: resolved sampler setting}, without an entry equal
-# to the sample section's (that set is the table's main row). Empty = no comparison jobs.
-COMPARE = comparison_runs(CFG)
-
-
-def compare_run(tag):
-    """The resolved setting of a compared sampler; a tag evaluate.compare_samplers does not name stops the run."""
-    if tag not in COMPARE:
-        raise WorkflowError(f"compare/{tag}: no such entry in evaluate.compare_samplers "
-                            f"(configured: {', '.join(COMPARE) or 'none'})")
-    return COMPARE[tag]
-
-
-def compare_samples(tag):
-    """The sample files of one compared sampler: sample.n volumes, like samples/."""
-    return sample_files(f"{R}/compare/{tag}/samples", CFG.sample.n)
-
-
-def evaluate_settings():
-    """The evaluate section without compare_samplers: what scoring one synthetic set depends on, so adding or
-    removing a compared sampler reruns no existing evaluation."""
-    return {k: v for k, v in section("evaluate").items() if k != "compare_samplers"}
-
-
-def train_settings(cfg):
-    """The sections a training run depends on, as the train rules pass them to `ctdiff train`."""
-    return json.dumps({name: to_dict(getattr(cfg, name)) for name in ("model", "diffusion", "train", "preprocess")})
-
-
 def srun(wildcards, resources):
     """The srun prefix that starts one launcher per node when a train job spans several (SLURM)."""
     return "srun --ntasks-per-node=1 " if int(resources.get("nodes", 1)) > 1 else ""
-
-
-def guidance_of(settings):
-    """{"guidance": w} when a sample section guides (w != 1: two network evaluations per step), else nothing,
-    so that the evaluate rules of unguided sets keep their params."""
-    return {"guidance": settings.guidance} if settings.guidance != 1.0 else {}
-
-
-def sample_setting(settings):
-    """The sampler setting of a sample section as the evaluate rules record it (steps unresolved)."""
-    return {"sampler": settings.sampler, "steps": settings.steps, "eta": settings.eta, **guidance_of(settings)}
-
-
-# The model variants (config `variants`): {name: merged config}, without the main row. Empty = no variant jobs.
-VARIANTS = {name: variant_config(CFG, name) for name in row_names(CFG)[1:]}
-# Every (variant, sampler) pair the run evaluates, the main config's rows first: the variants table's rows.
-ROWS = table_rows(CFG)
-
-
-def variant(name):
-    """The merged config of a variant; a name `variants` does not list stops the run."""
-    if name not in VARIANTS:
-        raise WorkflowError(f"variants/{name}: no such entry in variants (configured: {', '.join(VARIANTS) or 'none'})")
-    return VARIANTS[name]
-
-
-def variant_compare_run(name, tag):
-    """The resolved setting of a compared sampler of a variant (its config's comparison_runs)."""
-    runs = comparison_runs(variant(name))
-    if tag not in runs:
-        raise WorkflowError(f"variants/{name}/compare/{tag}: no such sampler for this variant "
-                            f"(configured: {', '.join(runs) or 'none'})")
-    return runs[tag]
 
 
 def nodule_figure_input(wildcards=None):
@@ -178,8 +134,3 @@ def variant_table_input(wildcards=None):
     """variants.tsv when the run compares anything (a sampler or a variant), else nothing (no table in the
     report)."""
     return [f"{R}/metrics/variants.tsv"] if len(ROWS) > 1 else []
-
-
-def study_settings():
-    """The reader_study section without answers: where answers are collected changes no study."""
-    return {k: v for k, v in section("reader_study").items() if k != "answers"}

@@ -15,7 +15,7 @@ rule reader_study:
         key=f"{R}/reader/key.json",
     params:
         folder=lambda w, output: output.zip.removesuffix(".zip"),  # <results>/reader/study
-        reader_study=study_settings(),
+        reader_study=study_settings(CFG),
         hu_window=list(CFG.preprocess.hu_window),
         volumes=f"{R}/preprocessed",
     log:

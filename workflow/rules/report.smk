@@ -25,7 +25,7 @@ rule figure:
 
 rule learning_curve:
     input:
-        log=f"{R}/train/log.csv",
+        log=f"{TRAIN}/log.csv",
     output:
         report(f"{R}/figures/learning_curve.png", caption="../report/learning_curve.rst", category="Training"),
     log:
@@ -38,7 +38,7 @@ rule learning_curve:
 
 rule memorisation_histogram:
     input:
-        metrics=f"{R}/metrics/metrics.json",
+        metrics=METRICS,
     output:
         report(f"{R}/figures/memorisation.png", caption="../report/memorisation.rst", category="Memorisation"),
     log:
@@ -51,7 +51,7 @@ rule memorisation_histogram:
 
 rule anatomy_figure:
     input:
-        metrics=f"{R}/metrics/metrics.json",
+        metrics=METRICS,
     output:
         report(f"{R}/figures/anatomy.png", caption="../report/anatomy.rst", category="Metrics"),
     log:
@@ -65,11 +65,11 @@ rule anatomy_figure:
 # Only for a model.condition: nodules main run: crops through its requested nodules (nodule_figure_input).
 rule nodule_figure:
     input:
-        metrics=f"{R}/metrics/metrics.json",
+        metrics=METRICS,
     output:
         report(f"{R}/figures/nodules.png", caption="../report/nodules.rst", category="Metrics"),
     params:
-        samples=f"{R}/samples",
+        samples=samples_folder(CFG, CFG.name),
         volumes=f"{R}/preprocessed",
     log:
         f"{R}/logs/nodule_figure.log",
@@ -81,12 +81,12 @@ rule nodule_figure:
 
 rule closest_pairs:
     input:
-        metrics=f"{R}/metrics/metrics.json",
+        metrics=METRICS,
     output:
         report(f"{R}/figures/closest_pairs.png", caption="../report/closest_pairs.rst", category="Memorisation"),
     params:
         volumes=f"{R}/preprocessed",
-        samples=f"{R}/samples",
+        samples=samples_folder(CFG, CFG.name),
         n=4,  # pairs shown, closest first, of the audit's closest pairs
     log:
         f"{R}/logs/closest_pairs.log",
@@ -98,7 +98,7 @@ rule closest_pairs:
 
 rule report:
     input:
-        metrics=f"{R}/metrics/metrics.json",
+        metrics=METRICS,
         qc=f"{R}/qc/summary.tsv",
         figure=f"{R}/figures/figure1.png",
         curve=f"{R}/figures/learning_curve.png",

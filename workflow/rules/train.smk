@@ -1,28 +1,30 @@
-# Residual 3D U-Net DDPM, launched with Accelerate (ctdiff.launch): one process per GPU of the job, CPU when
-# none; with resources nodes > 1 on SLURM, one launcher per node through srun.
-# Resumable state lives in {results}/train_state/, never a declared output.
+# Residual 3D U-Net DDPM (or the model's objective and representation), one rule for every model: the main
+# one and each variant, under {results}/models/{model}/. Launched with Accelerate (ctdiff.launch): one
+# process per GPU of the job, CPU when none; with resources nodes > 1 on SLURM, one launcher per node through
+# srun. Resumable state lives in {results}/models/{model}/train_state/, never a declared output.
 
 
 rule train:
     input:
         train=f"{R}/splits/train.txt",
         volumes=preprocessed,
-        nodules=lambda wildcards: nodule_inputs(CFG),
+        nodules=lambda wildcards: nodule_inputs(MODELS[wildcards.model]),
     output:
-        model=f"{R}/train/model.pt",
-        log=report(f"{R}/train/log.csv", caption="../report/learning_curve.rst", category="Training"),
+        model=f"{M}/train/model.pt",
+        log=report(f"{M}/train/log.csv", caption="../report/learning_curve.rst", category="Training",
+                   subcategory="{model}"),
     params:
         srun=srun,
         volumes=f"{R}/preprocessed",
-        state=f"{R}/train_state",
-        tensorboard=f"{R}/logs/tensorboard",
-        settings=lambda wildcards: train_settings(CFG),
-        conditions=train_condition_options(CFG),
+        state=f"{M}/train_state",
+        tensorboard=f"{M}/logs/tensorboard",
+        settings=lambda wildcards: train_settings(MODELS[wildcards.model]),
+        conditions=lambda wildcards: train_condition_options(MODELS[wildcards.model]),
     threads: 8  # capped at --cores; profiles may set their own
     resources:
         gpu=0,
     log:
-        f"{R}/logs/train.log",
+        f"{M}/logs/train.log",
     conda:
         ENV
     shell:
