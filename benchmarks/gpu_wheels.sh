@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Download into .whl/ the wheels benchmarks/gpu.sh installs on a GPU machine without a package index: the
 # packages its parts import that the machine's python3 lacks (benchmarks/gpu_machine_packages.txt lists what
-# it has). Run it here, on a machine with a package index, in the repository; .whl/ is git-ignored, travels
-# with the working tree as an untracked-but-carried folder, and gpu.sh installs it with
+# it has). Run it on a machine with a package index, in the repository; .whl/ is git-ignored, so it must be
+# copied to the GPU machine with the checkout by name; gpu.sh installs it there with
 # `pip install --no-index --no-deps --target`.
 #
 #   bash benchmarks/gpu_wheels.sh                  # wheels for the GPU machine: CPython 3.12, manylinux x86_64
