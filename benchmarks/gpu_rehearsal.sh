@@ -67,7 +67,7 @@ if have & carried:
     sys.exit(f"rehearsal: the stand-in already holds {sorted(have & carried)}: make it afresh (no --reuse)")
 extra = sorted(have - machine - {"pip", "setuptools", "wheel"})
 print(f"stand-in: {len(have)} distributions, all on the GPU machine's list" + (
-    f" except {', '.join(extra)} (pulled in by the packages above; the machine has others in their place)"
+    f" except {', '.join(extra)} (pulled in by the current releases of the packages above)"
     if extra else ""))
 EOF
 
