@@ -7,7 +7,7 @@
 # network and builds nothing.
 #
 #   bash benchmarks/gpu.sh                        # on the GPU machine, in a copy of the repository
-#   bash benchmarks/gpu.sh --smoke                # the same commands at tiny size on the CPU (about 4 minutes)
+#   bash benchmarks/gpu.sh --smoke                # the same commands at tiny size on the CPU (4-15 min, 2 cores)
 #   bash benchmarks/gpu.sh --smoke --parts step-reference,sample --budget sample=2
 #   PYTHON=/opt/venv/bin/python bash benchmarks/gpu.sh --out /tmp/gpu
 #
@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
     --deadline)
       [[ ${2:-} =~ ^[0-9]+$ ]] || { echo "gpu.sh: --deadline takes seconds (0: none)" >&2; exit 2; }
       deadline=$2; shift ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "gpu.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
