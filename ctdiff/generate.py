@@ -48,7 +48,7 @@ from ctdiff import seeds
 from ctdiff.checkpoint import load_for_sampling
 from ctdiff.conditions import write_beside
 from ctdiff.config import SampleConfig
-from ctdiff.data.preprocess import from_model_range, to_hu
+from ctdiff.data.intensity import from_model_range, to_hu
 from ctdiff.data.trainset import condition_item
 from ctdiff.diffusion.samplers import network_evaluations, sample
 from ctdiff.io import atomic_path, file_sha256, load_volume, save_volume, write_json

@@ -46,6 +46,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+# The intensity maps live in ctdiff.data.intensity (no SimpleITK there, so training, sampling and evaluation
+# import without it); they stay importable from here.
+from ctdiff.data.intensity import from_model_range, to_hu, to_model_range  # noqa: F401
 from ctdiff.io import save_volume
 
 #: HU of air, the value of every output voxel outside the scanned volume (before windowing).
@@ -208,26 +211,3 @@ def cube_affine(origin: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     affine[:3, :3] = lps_to_ras @ _RAS_DIRECTION @ np.diag(spacing)
     affine[:3, 3] = lps_to_ras @ origin
     return affine
-
-
-def to_model_range(volume: np.ndarray) -> np.ndarray:
-    """``[0, 1]`` → ``[-1, 1]``, the range the network is trained and sampled in: ``2 v - 1``, in the
-    array's own dtype (float32 volumes stay float32)."""
-    return volume * 2 - 1
-
-
-def from_model_range(x: np.ndarray) -> np.ndarray:
-    """``[-1, 1]`` → ``[0, 1]``: ``(x + 1) / 2``, clipped to ``[0, 1]`` (a sample may overshoot the range).
-
-    The inverse of :func:`to_model_range` on ``[-1, 1]``, up to one float rounding.
-    """
-    return ((x + 1.0) / 2.0).clip(0.0, 1.0)
-
-
-def to_hu(volume: np.ndarray, hu_window: tuple[float, float]) -> np.ndarray:
-    """The inverse of the final scaling: ``[0, 1]`` → HU as int16 (rounded), ``0 → lo`` and ``1 → hi``.
-
-    Values the clamp removed (below ``lo`` or above ``hi``) cannot come back: 0 reads as ``lo``.
-    """
-    lo, hi = (float(v) for v in hu_window)
-    return np.rint(lo + np.clip(volume, 0.0, 1.0) * (hi - lo)).astype(np.int16)

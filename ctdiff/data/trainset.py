@@ -6,7 +6,7 @@ Decisions:
 
 * Volumes stay on the host; only each step's batch goes to the device. On construction every source volume
   (``.nii.gz``, float32 in [0, 1], ``S``³) is checked (shape ``S``³, finite, values in [0, 1] ± 1e-4;
-  ``ValueError`` naming the file), scaled to [-1, 1] (:func:`ctdiff.data.preprocess.to_model_range`, float32),
+  ``ValueError`` naming the file), scaled to [-1, 1] (:func:`ctdiff.data.intensity.to_model_range`, float32),
   and written once, uncompressed, as ``<cache_dir>/<name>.npy`` (``[S, S, S]`` little-endian float32, C
   order, ``.npy`` format 1.0) beside ``<name>.json``, which records the source's byte size, ``mtime_ns``
   and sha256 and the volume's affine. ``<name>`` is the source's file name, so names must be unique.
@@ -55,7 +55,7 @@ import numpy as np
 import psutil  # installed with Accelerate, which depends on it
 import torch
 
-from ctdiff.data.preprocess import to_model_range
+from ctdiff.data.intensity import to_model_range
 from ctdiff.io import atomic_path, file_sha256, load_volume, write_json
 from ctdiff.model.condition import encode_mask, spacing_of
 

@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.feature import blob_log
 
-from ctdiff.data.preprocess import to_hu
+from ctdiff.data.intensity import to_hu
 from ctdiff.io import load_volume
 from ctdiff.metrics.anatomy import AIR_LIKE_HU, BODY_HU, axial_axis
 from ctdiff.model.condition import spacing_of
