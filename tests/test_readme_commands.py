@@ -104,6 +104,10 @@ COMMANDS: dict[str, Check] = {
     "python -m ctdiff.launch --gpus 4 -- -m ctdiff.cli sample ...": Check(
         "skip", "elided ('...'); the same launcher runs above with --dry-run"),
     "bash benchmarks/gpu.sh": Check("skip", "needs a GPU"),
+    "bash benchmarks/gpu_wheels.sh": Check(
+        "skip", "downloads wheels from the package index (tests/test_gpu_script.py installs carried wheels)"),
+    "bash benchmarks/gpu_rehearsal.sh": Check(
+        "skip", "builds a fresh venv and runs gpu.sh --smoke offline: about 15 minutes"),
     "bash benchmarks/gpu.sh --smoke": Check("skip", "runs for a few minutes: the GPU benchmarks at tiny size"),
     "bash tests/slurm/start.sh": Check(
         "skip", "needs root: installs and starts a one-node SLURM cluster (.ci/run does it before the suite)"),
