@@ -1,12 +1,13 @@
-"""Seconds per synthetic volume for DDPM-1000, DDIM-50, DPM-Solver++(2M)-25 and the flow samplers Euler-30
-and Heun-15, eager and compiled, in one run.
+"""Seconds per synthetic volume for every sampler (``ctdiff.diffusion.samplers.FAMILIES``, each with its
+``typical_steps``: DDPM-1000, DDIM-50, DPM-Solver++(2M)-25 and the flow samplers Euler-30 and Heun-15), eager
+and compiled, in one run.
 
     python benchmarks/sample.py                         # GPU: the paper's U-Net at 128³, bf16; CPU: a tiny one
     python benchmarks/sample.py --checkpoint results/models/wavelet-flow/train/model.pt --batch 8
     python benchmarks/sample.py --ddpm-steps 100        # time 100 DDPM steps and scale to the full chain
     python benchmarks/sample.py --wavelet-sizes 128 256 # also the wavelet representation at 128³ and 256³
 
-Every row runs ``ctdiff.diffusion.samplers.sample`` on the network as ``ctdiff.generate`` wraps it
+Every row runs ``ctdiff.diffusion.sampling.sample`` on the network as ``ctdiff.generate`` wraps it
 (``network(model, device, precision, compile)``), with one generator per batch element as in production,
 after one untimed warm-up batch per mode (which pays for compiling). The network is randomly initialised
 unless ``--checkpoint`` is given; speed does not depend on the weights, so every sampler runs on the same
@@ -33,15 +34,17 @@ import time
 import torch
 
 from ctdiff.checkpoint import load_for_sampling
-from ctdiff.diffusion.samplers import network_evaluations, sample
+from ctdiff.diffusion.samplers import FAMILIES, family, network_evaluations
+from ctdiff.diffusion.sampling import sample
 from ctdiff.diffusion.schedule import make_schedule
 from ctdiff.config import check_network_size
 from ctdiff.generate import network, sample_generator
 from ctdiff.model import representation
 from ctdiff.model.unet import UNet3D
-from ctdiff.options import PRECISIONS, SAMPLERS_FOR
+from ctdiff.options import PRECISIONS
 
-SAMPLERS = (("ddpm", None), ("ddim", 50), ("dpmpp", 25), ("euler", 30), ("heun", 15))
+# (sampler, steps) of each row: every family at the steps it is measured with (None = T).
+SAMPLERS = tuple((f.name, f.typical_steps) for f in FAMILIES)
 
 
 def main() -> None:
@@ -94,7 +97,7 @@ def main() -> None:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         # Every sampler runs on the same network; the flow rows as if it were a flow model (float times t·T).
-        objective = "flow" if sampler in SAMPLERS_FOR["flow"] else "eps"
+        objective = family(sampler).objectives[0]
         x = sample(forward, schedule, representation.network_shape(rep, size), generators, sampler=sampler,
                    steps=steps, eta=eta, objective=objective, device=device, clip=representation.x0_clip(rep))
         representation.decode(x, rep).clamp(-1.0, 1.0)

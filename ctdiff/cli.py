@@ -19,8 +19,24 @@ from dataclasses import fields
 from pathlib import Path
 
 from ctdiff.config import SampleConfig, from_dict, section_from_dict
+from ctdiff.diffusion.samplers import FAMILIES
 from ctdiff.options import PRECISIONS, SAMPLERS, SAMPLERS_FOR
 from ctdiff.plan import sample_files
+
+
+def _sampler_help() -> str:
+    """``--sampler``'s help, from the sampler families: each one's objectives and what it is."""
+    each = "; ".join(f"{f.name} ({' and '.join(f.objectives)} checkpoints): {f.summary}" for f in FAMILIES)
+    return f"a sampler that fits the checkpoint's objective: {each}; default %(default)s"
+
+
+def _steps_help(timesteps: int = 1000) -> str:
+    """``--steps``' help, from the sampler families' limits (worded for any T, computed at T = 1000)."""
+    full = [f.name for f in FAMILIES if f.full_chain]
+    fewer = [f.name for f in FAMILIES if f.max_steps(timesteps) < timesteps]
+    notes = [f"{' and '.join(full)} must use T"] if full else []
+    notes += [f"{' and '.join(fewer)} needs a number below T"] if fewer else []
+    return f"sampler steps; default T, the checkpoint's diffusion.timesteps ({'; '.join(notes)})"
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -133,11 +149,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("-n", type=int, required=True, help="number of volumes")
     s.add_argument("--out", required=True, help="output folder; sample i is <out>/<i:04d>.nii.gz")
-    s.add_argument("--sampler", default=d.sampler, choices=SAMPLERS,
-                   help="for eps and v checkpoints: ddpm (all T steps, the paper's), ddim or dpmpp (DPM-Solver++ 2M); "
-                        "for flow checkpoints: euler or heun; default %(default)s")
-    s.add_argument("--steps", type=int, default=d.steps,
-                   help="sampler steps (ddim, dpmpp, euler, heun); default T (dpmpp needs a number below T)")
+    s.add_argument("--sampler", default=d.sampler, choices=SAMPLERS, help=_sampler_help())
+    s.add_argument("--steps", type=int, default=d.steps, help=_steps_help())
     s.add_argument("--eta", type=float, default=d.eta, help="DDIM eta; default %(default)s")
     s.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="volumes denoised together per process; default %(default)s")

@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass, field
 from numbers import Integral
 from typing import Any
 
+from ctdiff.diffusion.samplers import FAMILIES, family
 from ctdiff.options import (
+    ETA_SAMPLERS,
     NAME_REGEX,
     SAMPLERS_FOR,
     SAMPLERS,
@@ -36,7 +38,6 @@ from ctdiff.options import (
     Source,
     TrainPrecision,
     check_sampler_fits,
-    max_steps,
 )
 
 
@@ -487,27 +488,33 @@ def check_network_size(size: int, channels: tuple[int, ...], representation: str
 
 def _check_sampler_steps(key: str, sampler: str, steps: int | None, eta: float, T: int,
                          objective: str | None) -> None:
-    """The sample section's rules for one sampler setting at ``key``: a known sampler that fits
-    ``diffusion.objective`` (:data:`ctdiff.options.SAMPLERS_FOR`; not checked when ``objective`` is None), steps in 1..T (1..T−1 for dpmpp), ddpm runs
-    all T steps; eta >= 0 and, since only DDIM uses it, 0 for the other samplers."""
+    """The sample section's rules for one sampler setting at ``key``, from the sampler's family
+    (:mod:`ctdiff.diffusion.samplers`): a known sampler that fits ``diffusion.objective``
+    (:data:`ctdiff.options.SAMPLERS_FOR`; not checked when ``objective`` is None), steps in 1..max_steps (T;
+    T−1 for dpmpp), a full-chain sampler (ddpm) runs all T steps; eta >= 0 and 0 for samplers that do not
+    use it (all but ddim)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"config: {key}.sampler={sampler!r} must be one of {', '.join(SAMPLERS)}")
     if objective is not None:
         check_sampler_fits(sampler, objective, key=f"{key}.sampler")
-    most = max_steps(sampler, T)
-    # dpmpp never evaluates the network at t = 0, so it takes at most T − 1 steps (ctdiff.options.max_steps).
-    why = "diffusion.timesteps" if most == T else f"{sampler}: diffusion.timesteps - 1, no evaluation at t = 0"
+    f = family(sampler)
+    most = f.max_steps(T)
+    # e.g. dpmpp never evaluates the network at t = 0, so it takes at most T − 1 steps.
+    why = "diffusion.timesteps" if most == T else f"{sampler}: {f.max_steps_why}"
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= most):
         raise ValueError(f"config: {key}.steps={steps} must lie in 1..{most} ({why})")
     if steps is None and most < T:
         raise ValueError(f"config: {key}.steps=null means diffusion.timesteps={T}, but {sampler} takes 1..{most} "
                          f"steps ({why}): set {key}.steps")
-    if sampler == "ddpm" and steps not in (None, T):
-        raise ValueError(f"config: {key}.steps={steps}: the ddpm sampler runs all {T} steps (use null or ddim)")
+    if f.full_chain and steps not in (None, T):
+        fewer = [g.name for g in FAMILIES if not g.full_chain and set(g.objectives) & set(f.objectives)]
+        raise ValueError(f"config: {key}.steps={steps}: the {sampler} sampler runs all {T} steps "
+                         f"(use null, or {' or '.join(fewer)} for fewer steps)")
     if eta < 0:
         raise ValueError(f"config: {key}.eta={eta} must be >= 0")
-    if eta and sampler != "ddim":
-        raise ValueError(f"config: {key}.eta={eta}: only the ddim sampler uses eta (leave it 0 for {sampler})")
+    if eta and sampler not in ETA_SAMPLERS:
+        raise ValueError(f"config: {key}.eta={eta}: only the {' and '.join(ETA_SAMPLERS)} sampler uses eta "
+                         f"(leave it 0 for {sampler})")
 
 
 def _check_evaluate(e: EvaluateConfig, T: int) -> None:

@@ -50,7 +50,8 @@ from ctdiff.conditions import write_beside
 from ctdiff.config import SampleConfig
 from ctdiff.data.intensity import from_model_range, to_hu
 from ctdiff.data.trainset import condition_item
-from ctdiff.diffusion.samplers import network_evaluations, sample
+from ctdiff.diffusion.samplers import network_evaluations
+from ctdiff.diffusion.sampling import sample
 from ctdiff.io import atomic_path, file_sha256, load_volume, save_volume, write_json
 from ctdiff.machine import check_compile, describe
 from ctdiff.model import representation

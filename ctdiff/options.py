@@ -1,8 +1,8 @@
 """The closed option sets and the formats built from them, in one light module (no torch, no numpy).
 
 Config, command line, samplers and workflow rules import these names instead of restating them; the
-schema's ``enum`` lists are checked against them by ``tests/test_config.py``. Adding a sampler or a
-precision starts here.
+schema's ``enum`` lists are checked against them by ``tests/test_config.py``. Adding a precision starts here;
+the samplers' names and facts come from :data:`ctdiff.diffusion.samplers.FAMILIES` (a module per sampler).
 """
 
 from __future__ import annotations
@@ -10,7 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, get_args
 
-Sampler = Literal["ddpm", "ddim", "dpmpp", "euler", "heun"]
+from ctdiff.diffusion.samplers import FAMILIES, family
+
+# The sampler names, in the order of ctdiff.diffusion.samplers.FAMILIES (a Literal built from that tuple).
+SAMPLERS: tuple[str, ...] = tuple(f.name for f in FAMILIES)
+Sampler = Literal[SAMPLERS]  # type: ignore[valid-type]
 Precision = Literal["fp32", "bf16"]
 TrainPrecision = Literal["fp32", "bf16", "auto"]  # auto: bf16 where it is measured faster (ctdiff.train)
 Objective = Literal["eps", "v", "flow"]
@@ -23,7 +27,6 @@ SeriesChoice = Literal["largest", "all"]
 Normalise = Literal["none", "zscore"]
 Condition = Literal["none", "nodules"]  # what enters the U-Net beside x_t (ctdiff.model.condition)
 
-SAMPLERS: tuple[str, ...] = get_args(Sampler)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 TRAIN_PRECISIONS: tuple[str, ...] = get_args(TrainPrecision)
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
@@ -36,15 +39,13 @@ SERIES_CHOICES: tuple[str, ...] = get_args(SeriesChoice)
 NORMALISE: tuple[str, ...] = get_args(Normalise)
 CONDITIONS: tuple[str, ...] = get_args(Condition)
 
-# The samplers that fit each objective: ε- and v-prediction networks are sampled through the diffusion of the
-# noise schedule (a v-prediction is turned into ε before each step); a flow network's velocity is integrated
-# by the ODE solvers. A row of the variants table compares only the evaluate.compare_samplers entries that fit
-# its variant's objective.
-SAMPLERS_FOR: dict[str, tuple[str, ...]] = {
-    "eps": ("ddpm", "ddim", "dpmpp"),
-    "v": ("ddpm", "ddim", "dpmpp"),
-    "flow": ("euler", "heun"),
-}
+# The samplers that fit each objective (each family's ``objectives``): ε- and v-prediction networks are sampled
+# through the diffusion of the noise schedule (a v-prediction is turned into ε before each step); a flow
+# network's velocity is integrated by the ODE solvers. A row of the variants table compares only the
+# evaluate.compare_samplers entries that fit its variant's objective.
+SAMPLERS_FOR: dict[str, tuple[str, ...]] = {o: tuple(f.name for f in FAMILIES if o in f.objectives) for o in OBJECTIVES}
+# The samplers that use sample.eta (it must stay 0 for the others).
+ETA_SAMPLERS: tuple[str, ...] = tuple(f.name for f in FAMILIES if f.takes_eta)
 
 
 def check_sampler_fits(sampler: str, objective: str, *, key: str = "sample.sampler", where: str = "config: ") -> None:
@@ -61,10 +62,10 @@ def check_sampler_fits(sampler: str, objective: str, *, key: str = "sample.sampl
 
 
 def max_steps(sampler: str, timesteps: int) -> int:
-    """The most steps ``sampler`` takes with ``T = timesteps``: T, except DPM-Solver++, whose grid
-    (``ctdiff.diffusion.samplers.timestep_sequence``) never evaluates the network at t = 0 and so holds at most
-    the T − 1 timesteps 1 … T − 1."""
-    return timesteps - 1 if sampler == "dpmpp" else timesteps
+    """The most steps ``sampler`` takes with ``T = timesteps`` (its family's ``max_steps``): T, except
+    DPM-Solver++, whose grid never evaluates the network at t = 0 and so holds at most the T − 1 timesteps
+    1 … T − 1."""
+    return family(sampler).max_steps(timesteps)
 
 
 # Folder name of a resolved sampler setting in the sampler comparison: ``ddim-50``, ``dpmpp-25``,

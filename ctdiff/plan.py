@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ctdiff.config import Config, SampleConfig, to_dict, variant_config
-from ctdiff.options import SAMPLERS_FOR, tag
+from ctdiff.options import ETA_SAMPLERS, SAMPLERS_FOR, tag
 
 
 @dataclass(frozen=True)
@@ -129,9 +129,10 @@ def sample_files(folder: Path | str, n: int) -> list[str]:
 
 
 def setting(sampler: str, steps: int | None, eta: float, timesteps: int) -> dict[str, Any]:
-    """A sampler setting with ``steps`` resolved (None → T) and ``eta`` kept only where it acts (ddim)."""
+    """A sampler setting with ``steps`` resolved (None → T) and ``eta`` kept only where it acts
+    (:data:`ctdiff.options.ETA_SAMPLERS`: ddim)."""
     return {"sampler": sampler, "steps": timesteps if steps is None else int(steps),
-            "eta": float(eta) if sampler == "ddim" else 0.0}
+            "eta": float(eta) if sampler in ETA_SAMPLERS else 0.0}
 
 
 def comparison_runs(cfg: Config) -> dict[str, dict[str, Any]]:

@@ -11,7 +11,8 @@ from torch import nn
 
 from conftest import write_train_folder
 from ctdiff.checkpoint import save_checkpoint
-from ctdiff.diffusion.samplers import network_evaluations, sample
+from ctdiff.diffusion.samplers import network_evaluations
+from ctdiff.diffusion.sampling import sample
 from ctdiff.diffusion.schedule import make_schedule
 from ctdiff.metrics.compare import read_variant_table, sampling_provenance, train_seconds_per_step, variant_table
 from ctdiff.plan import TableRow

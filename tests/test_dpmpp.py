@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from ctdiff.diffusion.samplers import dpmpp_2m_step, network_evaluations, sample, timestep_sequence
+from ctdiff.diffusion.samplers import dpmpp_2m_step, network_evaluations, timestep_sequence
+from ctdiff.diffusion.sampling import sample
 from ctdiff.diffusion.schedule import make_schedule
 
 

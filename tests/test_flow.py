@@ -15,8 +15,8 @@ from ctdiff.diffusion.samplers import (
     flow_time_grid,
     heun_step,
     network_evaluations,
-    sample,
 )
+from ctdiff.diffusion.sampling import sample
 from ctdiff.diffusion.schedule import make_schedule
 from ctdiff.model.unet import UNet3D
 from ctdiff.train import draw_noise, objective_loss

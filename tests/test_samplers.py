@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ctdiff.diffusion.samplers import ddim_step, ddpm_step, sample, timestep_sequence
+from ctdiff.diffusion.samplers import ddim_step, ddpm_step, timestep_sequence
+from ctdiff.diffusion.sampling import sample
 from ctdiff.diffusion.schedule import eps_from_x0, make_schedule, q_sample, v_from_eps
 from ctdiff.model.unet import UNet3D
 
@@ -305,7 +306,7 @@ def test_full_loop_matches_diffusers(s, sampler, steps, eta):
 def test_noise_draws_match_fresh_per_sample_draws():
     """The batch's noise is each generator's own draw, written in place (pinned on a GPU): the same numbers as
     drawing every sample on its own, so a sample does not depend on its batch."""
-    from ctdiff.diffusion.samplers import _randn
+    from ctdiff.diffusion.sampling import _randn
 
     gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
     got = _randn((2, 3, 4), gens, "cpu", torch.float32)

@@ -9,7 +9,8 @@ import torch
 
 from ctdiff.checkpoint import load_for_sampling, read_checkpoint, save_checkpoint
 from ctdiff.config import Config, DiffusionConfig, ModelConfig, PreprocessConfig, SampleConfig, TrainConfig
-from ctdiff.diffusion.samplers import ddim_step, sample, timestep_sequence
+from ctdiff.diffusion.samplers import ddim_step, timestep_sequence
+from ctdiff.diffusion.sampling import sample
 from ctdiff.diffusion.schedule import make_schedule
 from ctdiff.generate import generate, sample_generator
 from ctdiff.io import load_volume, save_volume

@@ -14,7 +14,7 @@ Modeling"; Esser et al. 2024, "Scaling Rectified Flow Transformers for High-Reso
 - ``x̂0 = x_t − t·v``, ``ε̂ = x_t + (1 − t)·v``   what a velocity implies about the endpoints.
 
 Sampling integrates ``dx/dt = v_θ(x, t)`` from ``x_1 = ε`` at ``t = 1`` down to ``t = 0``
-(:func:`ctdiff.diffusion.samplers.euler_step`, :func:`~ctdiff.diffusion.samplers.heun_step`).
+(:func:`ctdiff.diffusion.samplers.euler.euler_step`, :func:`ctdiff.diffusion.samplers.heun.heun_step`).
 
 Time embedding: the network is called as ``model(x_t, t·T)`` with ``T = diffusion.timesteps`` (1000 by
 default, :func:`network_time`), so the U-Net's sinusoidal embedding sees the numeric range of the DDPM

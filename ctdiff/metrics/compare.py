@@ -9,9 +9,9 @@ checkpoint. ``variant_table`` checks that instead of assuming it: rows that diff
 
 Cost, per row:
 
-- ``network_evaluations`` per volume, the model calls of ``ctdiff.diffusion.samplers.sample``
-  (:func:`ctdiff.diffusion.samplers.network_evaluations`: T for ddpm, ``steps`` for ddim, dpmpp and euler,
-  ``2·steps − 1`` for heun), which does not depend on the machine; twice that for a nodule-conditioned set
+- ``network_evaluations`` per volume, the model calls of ``ctdiff.diffusion.sampling.sample``
+  (:func:`ctdiff.diffusion.samplers.network_evaluations`, each sampler family's ``evaluations``: T for ddpm,
+  ``steps`` for ddim, dpmpp and euler, ``2·steps − 1`` for heun), which does not depend on the machine; twice that for a nodule-conditioned set
   drawn with classifier-free guidance ``w`` other than 0 and 1 (:func:`ctdiff.model.condition.guided`);
 - ``train_s_per_step``: the median over the training log's intervals (``log.csv``, one row every
   ``train.log_every`` steps) of seconds per optimizer step, leaving out the first interval, which holds the
@@ -39,6 +39,7 @@ from ctdiff.diffusion.samplers import network_evaluations
 from ctdiff.io import atomic_path, file_sha256
 from ctdiff.machine import label
 from ctdiff.model.condition import copies_per_call
+from ctdiff.options import ETA_SAMPLERS
 from ctdiff.plan import TableRow, setting
 
 COLUMNS = [
@@ -101,7 +102,7 @@ def _row(name: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
     row = {
         "set": name, "sampler": prov["sampler"], "steps": prov["sampler_steps"],
-        "eta": prov["eta"] if prov["sampler"] == "ddim" else None,
+        "eta": prov["eta"] if prov["sampler"] in ETA_SAMPLERS else None,
         "network_evaluations": prov["network_evaluations"], "n_synthetic": m["n_synthetic"], "n_real": m["n_real"],
         "fid": m["fid"],
         "msssim_nearest_real": m["msssim_nearest_real"]["mean"], "msssim_diversity": m["msssim_diversity"]["mean"],
