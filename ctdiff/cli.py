@@ -1,5 +1,7 @@
 """Command line: ``ctdiff train`` (what the workflow's train rule launches) and ``ctdiff sample`` (what the
-sample rules launch, with the options :func:`ctdiff.plan.sample_options` writes).
+sample rule launches). Both take their config sections the same way: ``--settings``, the JSON that
+:func:`ctdiff.config.job_settings` writes (the workflow writes it once, :func:`ctdiff.config.read_job_settings`
+reads it back into the same dataclasses).
 
 ``ctdiff sample --checkpoint results/models/paper/train/model.pt -n 10 --sampler ddim --steps 50 --out DIR`` draws
 volumes outside Snakemake (``--sampler euler|heun`` for a checkpoint trained with ``diffusion.objective:
@@ -13,21 +15,20 @@ processes share the samples by index.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import fields
 from pathlib import Path
 
-from ctdiff.config import SampleConfig, from_dict, section_from_dict
+from ctdiff.config import SampleConfig, read_job_settings, section_from_dict, to_dict
 from ctdiff.diffusion.samplers import FAMILIES
-from ctdiff.options import PRECISIONS, SAMPLERS, SAMPLERS_FOR
+from ctdiff.options import PRECISIONS, SAMPLERS
 from ctdiff.plan import sample_files
 
 
 def _sampler_help() -> str:
     """``--sampler``'s help, from the sampler families: each one's objectives and what it is."""
     each = "; ".join(f"{f.name} ({' and '.join(f.objectives)} checkpoints): {f.summary}" for f in FAMILIES)
-    return f"a sampler that fits the checkpoint's objective: {each}; default %(default)s"
+    return f"a sampler that fits the checkpoint's objective: {each}; default {SampleConfig().sampler}"
 
 
 def _steps_help(timesteps: int = 1000) -> str:
@@ -43,12 +44,7 @@ def _train(args: argparse.Namespace) -> None:
     from ctdiff.data.split import read_ids
     from ctdiff.train import train
 
-    raw = json.loads(args.settings)
-    # Training reads no sample section; give it a sampler that fits the objective, so that the config checks
-    # (which refuse a ddpm default beside a flow objective) judge only what training uses.
-    objective = raw.get("diffusion", {}).get("objective", "eps")
-    raw.setdefault("sample", {"sampler": SAMPLERS_FOR.get(objective, SAMPLERS)[0]})
-    cfg = from_dict(raw)
+    cfg = read_job_settings("train", args.settings)  # the sections training reads, checked together
     ids = read_ids(args.train_list)
     files = [Path(args.volumes) / f"{item}.nii.gz" for item in ids]
     masks = [Path(args.nodules) / f"{item}.nii.gz" for item in ids] if args.nodules else None
@@ -65,8 +61,15 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def sample_settings(args: argparse.Namespace) -> SampleConfig:
-    """The ``sample`` section a parsed ``ctdiff sample`` command line asks for."""
-    return section_from_dict("sample", {f.name: getattr(args, f.name) for f in fields(SampleConfig)})
+    """The ``sample`` section a parsed ``ctdiff sample`` command line asks for: ``--settings`` (what the
+    workflow passes) or the section's defaults, with each option given by hand in place of its key."""
+    base = read_job_settings("sample", args.settings).sample if args.settings else SampleConfig()
+    given = {f.name: getattr(args, f.name) for f in fields(SampleConfig) if hasattr(args, f.name)}
+    if not args.settings and "n" not in given:  # the count has no default on the command line
+        print("ctdiff sample: error: give the number of volumes, -n N (or --settings holding sample.n)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    return section_from_dict("sample", {**to_dict(base), **given})
 
 
 def _condition_masks(args: argparse.Namespace, n: int, out: Path) -> list[Path] | None:
@@ -133,7 +136,9 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train the diffusion model on preprocessed volumes")
     t.add_argument("--train-list", required=True, help="file with one training item id per line")
     t.add_argument("--volumes", required=True, help="folder holding <item>.nii.gz preprocessed volumes")
-    t.add_argument("--settings", required=True, help="JSON with the model, diffusion, train, preprocess sections")
+    t.add_argument("--settings", required=True,
+                   help="JSON (or @file) with the model, diffusion, train and preprocess sections, as the workflow "
+                        "writes them")
     t.add_argument("--state", required=True, help="folder for resumable checkpoints")
     t.add_argument("--out", required=True, help="final checkpoint")
     t.add_argument("--log-csv", required=True, help="loss log")
@@ -143,26 +148,29 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_train)
 
-    # The sample section's keys as options, with its defaults.
-    d = SampleConfig()
+    # The sample section's keys as options, each in place of its key of --settings (or of the section's default).
+    d, given = SampleConfig(), {"default": argparse.SUPPRESS}
     s = sub.add_parser("sample", help="draw synthetic volumes from a checkpoint")
     s.add_argument("--checkpoint", required=True)
-    s.add_argument("-n", type=int, required=True, help="number of volumes")
+    s.add_argument("--settings", default=None,
+                   help="JSON (or @file) with the sample section, as the workflow writes it; the options below "
+                        "replace its keys")
+    s.add_argument("-n", type=int, **given, help="number of volumes (required without --settings)")
     s.add_argument("--out", required=True, help="output folder; sample i is <out>/<i:04d>.nii.gz")
-    s.add_argument("--sampler", default=d.sampler, choices=SAMPLERS, help=_sampler_help())
-    s.add_argument("--steps", type=int, default=d.steps, help=_steps_help())
-    s.add_argument("--eta", type=float, default=d.eta, help="DDIM eta; default %(default)s")
-    s.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="volumes denoised together per process; default %(default)s")
-    s.add_argument("--seed", type=int, default=d.seed, help="sample i depends only on (seed, i); default %(default)s")
-    s.add_argument("--precision", default=d.precision, choices=PRECISIONS,
-                   help="bf16 = network under bf16 autocast; default %(default)s")
-    s.add_argument("--compile", action="store_true", default=d.compile, help="torch.compile the network")
-    s.add_argument("--hu", action="store_true", default=d.hu, help="also write each volume in HU (int16) to <out>/hu/")
-    s.add_argument("--guidance", type=float, default=d.guidance,
+    s.add_argument("--sampler", choices=SAMPLERS, **given, help=_sampler_help())
+    s.add_argument("--steps", type=int, **given, help=_steps_help())
+    s.add_argument("--eta", type=float, **given, help=f"DDIM eta; default {d.eta}")
+    s.add_argument("--batch-size", type=int, dest="batch_size", **given,
+                   help=f"volumes in one network call per process; default {d.batch_size}")
+    s.add_argument("--seed", type=int, **given, help=f"sample i depends only on (seed, i); default {d.seed}")
+    s.add_argument("--precision", choices=PRECISIONS, **given,
+                   help=f"bf16 = network under bf16 autocast; default {d.precision}")
+    s.add_argument("--compile", action="store_true", **given, help="torch.compile the network")
+    s.add_argument("--hu", action="store_true", **given, help="also write each volume in HU (int16) to <out>/hu/")
+    s.add_argument("--guidance", type=float, **given,
                    help="classifier-free guidance scale w of a model.condition: nodules checkpoint: uncond + "
                         "w (cond - uncond); 1 = conditional, 0 = unconditional (1 network call per step), "
-                        "others twice the network cost; default %(default)s")
+                        f"others twice the network cost; default {d.guidance}")
     s.add_argument("--nodules-from", default=None,
                    help="folder of <item>.nii.gz nodule masks (and .tsv tables) on the training grid: sample i "
                         "takes the mask of the i-th item (sorted), cycling when -n exceeds them")

@@ -11,10 +11,12 @@ plain dict a workflow rule hands its script. Nothing downstream reads raw config
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from numbers import Integral
+from pathlib import Path
 from typing import Any
 
 from ctdiff.diffusion.samplers import FAMILIES, family
@@ -266,6 +268,49 @@ def section_from_dict(name: str, values: dict[str, Any]):
     return dataclass_from_dict(_SECTIONS[name], values, name)
 
 
+#: The config sections each job reads from its settings (``ctdiff train --settings``, ``ctdiff sample
+#: --settings``), in the order the settings hold them.
+JOB_SECTIONS: dict[str, tuple[str, ...]] = {"train": ("model", "diffusion", "train", "preprocess"),
+                                            "sample": ("sample",)}
+
+
+def job_settings(job: str, **sections: Any) -> str:
+    """The settings of ``job`` as the workflow writes them: its sections (:data:`JOB_SECTIONS`), each as
+    :func:`to_dict` writes the dataclass, in one JSON object. :func:`read_job_settings` reads them back into
+    the same dataclasses; a missing or extra section raises ``ValueError`` naming it."""
+    _check_job_sections(job, sections)
+    return json.dumps({name: to_dict(sections[name]) for name in JOB_SECTIONS[job]})
+
+
+def read_job_settings(job: str, text: str) -> Config:
+    """The settings :func:`job_settings` wrote (the JSON itself, or ``@path`` of a file holding it) as a
+    :class:`Config` holding those sections, the others at their defaults, after the checks that span the
+    sections the job reads (:func:`check_training` for ``train``). ``ValueError`` names a missing or extra
+    section, an unknown key or a bad value."""
+    if job not in JOB_SECTIONS:
+        raise ValueError(f"no job {job!r} (jobs: {', '.join(JOB_SECTIONS)})")
+    try:
+        raw = json.loads(Path(text[1:]).read_text(encoding="utf-8") if text.startswith("@") else text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{job} settings are not JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{job} settings must be a JSON object of sections, got {type(raw).__name__}")
+    _check_job_sections(job, raw)
+    cfg = Config(**{name: section_from_dict(name, raw[name]) for name in JOB_SECTIONS[job]})
+    if job == "train":
+        check_training(cfg)
+    return cfg
+
+
+def _check_job_sections(job: str, sections: dict[str, Any]) -> None:
+    wanted = JOB_SECTIONS[job]
+    missing, extra = [n for n in wanted if n not in sections], sorted(set(sections) - set(wanted))
+    if missing or extra:
+        raise ValueError(f"{job} settings hold the sections {', '.join(wanted)}"
+                         + (f"; missing: {', '.join(missing)}" if missing else "")
+                         + (f"; not read by {job}: {', '.join(extra)}" if extra else ""))
+
+
 def dataclass_from_dict(cls: type, values: dict[str, Any], name: str, *, source: str = "config"):
     """``cls`` from a plain dict: lists become tuples, keys left out take their defaults, and an unknown key
     raises ``ValueError`` naming it as ``{source}: unknown key {name}.{key}``."""
@@ -429,27 +474,9 @@ def _check_compare_fits(cfg: Config) -> None:
 def _check(cfg: Config) -> None:
     if cfg.data.source == "dicom" and not cfg.data.root:
         raise ValueError("config: data.root must name the DICOM tree when data.source is 'dicom'")
-    lo, hi = cfg.preprocess.hu_window
-    if not lo < hi:
-        raise ValueError(f"config: preprocess.hu_window must be [low, high] with low < high, got {[lo, hi]}")
-    check_network_size(cfg.preprocess.size, cfg.model.channels, cfg.model.representation)
-    for c in cfg.model.channels:
-        g = min(cfg.model.groups, c)
-        if c % g:
-            raise ValueError(f"config: model.groups={cfg.model.groups} does not divide model.channels entry {c}")
-    if not cfg.diffusion.beta_start < cfg.diffusion.beta_end:
-        raise ValueError("config: diffusion.beta_start must be smaller than diffusion.beta_end")
-    if not cfg.diffusion.flow_t_scale > 0:
-        raise ValueError(f"config: diffusion.flow_t_scale={cfg.diffusion.flow_t_scale} must be > 0")
+    check_training(cfg)
     if cfg.split.test >= 1 and cfg.split.test != int(cfg.split.test):
         raise ValueError(f"config: split.test={cfg.split.test} must be a fraction < 1 or a whole count")
-    if cfg.train.batch_size % cfg.train.grad_accumulation:
-        raise ValueError(
-            f"config: train.grad_accumulation={cfg.train.grad_accumulation} must divide "
-            f"train.batch_size={cfg.train.batch_size} (each step splits the batch into that many micro-batches)"
-        )
-    if not 0.0 <= cfg.train.condition_dropout < 1.0:
-        raise ValueError(f"config: train.condition_dropout={cfg.train.condition_dropout} must lie in [0, 1)")
     if cfg.sample.guidance < 0:
         raise ValueError(f"config: sample.guidance={cfg.sample.guidance} must be >= 0")
     if cfg.sample.guidance != 1.0 and cfg.model.condition == "none":
@@ -462,6 +489,30 @@ def _check(cfg: Config) -> None:
     _check_evaluate(cfg.evaluate, T)
     _check_kid(cfg)
     _check_reader_study(cfg)
+
+
+def check_training(cfg: Config) -> None:
+    """The checks that span the sections a training run reads (``preprocess``, ``model``, ``diffusion``,
+    ``train``): what :func:`from_dict` checks of them, and what ``ctdiff train`` checks of its settings."""
+    lo, hi = cfg.preprocess.hu_window
+    if not lo < hi:
+        raise ValueError(f"config: preprocess.hu_window must be [low, high] with low < high, got {[lo, hi]}")
+    check_network_size(cfg.preprocess.size, cfg.model.channels, cfg.model.representation)
+    for c in cfg.model.channels:
+        g = min(cfg.model.groups, c)
+        if c % g:
+            raise ValueError(f"config: model.groups={cfg.model.groups} does not divide model.channels entry {c}")
+    if not cfg.diffusion.beta_start < cfg.diffusion.beta_end:
+        raise ValueError("config: diffusion.beta_start must be smaller than diffusion.beta_end")
+    if not cfg.diffusion.flow_t_scale > 0:
+        raise ValueError(f"config: diffusion.flow_t_scale={cfg.diffusion.flow_t_scale} must be > 0")
+    if cfg.train.batch_size % cfg.train.grad_accumulation:
+        raise ValueError(
+            f"config: train.grad_accumulation={cfg.train.grad_accumulation} must divide "
+            f"train.batch_size={cfg.train.batch_size} (each step splits the batch into that many micro-batches)"
+        )
+    if not 0.0 <= cfg.train.condition_dropout < 1.0:
+        raise ValueError(f"config: train.condition_dropout={cfg.train.condition_dropout} must lie in [0, 1)")
 
 
 def check_network_size(size: int, channels: tuple[int, ...], representation: str, *, source: str = "config") -> int:

@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from ctdiff.config import Config, SampleConfig, to_dict, variant_config
+from ctdiff.config import JOB_SECTIONS, Config, SampleConfig, job_settings, to_dict, variant_config
 from ctdiff.options import ETA_SAMPLERS, SAMPLERS_FOR, tag
 
 
@@ -249,8 +249,14 @@ def evaluate_settings(cfg: Config) -> dict[str, Any]:
 
 
 def train_settings(cfg: Config) -> str:
-    """The sections a training run depends on, as JSON for ``ctdiff train --settings``."""
-    return json.dumps({name: to_dict(getattr(cfg, name)) for name in ("model", "diffusion", "train", "preprocess")})
+    """The settings of ``cfg``'s training run, as ``ctdiff train --settings`` reads them back
+    (:func:`ctdiff.config.job_settings`)."""
+    return job_settings("train", **{name: getattr(cfg, name) for name in JOB_SECTIONS["train"]})
+
+
+def sample_settings(settings: SampleConfig) -> str:
+    """The settings of a sample set, as ``ctdiff sample --settings`` reads them back: its ``sample`` section."""
+    return job_settings("sample", sample=settings)
 
 
 def study_settings(cfg: Config) -> dict[str, Any]:
@@ -271,25 +277,8 @@ def train_condition_options(cfg: Config) -> str:
 
 def sample_condition_options(cfg: Config) -> str:
     """The ``ctdiff sample`` options of ``cfg``'s condition: for nodules, the held-out (test split) masks,
-    which sample ``i`` takes in sorted order, cycled (:mod:`ctdiff.conditions`); nothing for none."""
+    which sample ``i`` takes in sorted order, cycled (:mod:`ctdiff.conditions`); nothing for none. Inputs of
+    the job, not settings: they follow ``--settings`` on the command line."""
     if cfg.model.condition != "nodules":
         return ""
     return f"--nodules-from {nodule_folder(cfg)} --nodule-items {cfg.results}/splits/test.txt"
-
-
-def sample_options(settings: SampleConfig, conditions: str = "") -> str:
-    """The ``ctdiff sample`` options that draw ``settings``; ``ctdiff.cli`` parses them back to ``settings``.
-    ``conditions`` (:func:`sample_condition_options`) follows them when not empty, so that an unconditioned
-    set's options stay what they were before conditioning existed.
-
-    The order and spelling are part of the sample rules' params, so changing them reruns every sample set.
-    """
-    s = settings
-    options = [f"-n {s.n}", f"--sampler {s.sampler}", f"--eta {s.eta}", f"--batch-size {s.batch_size}",
-               f"--seed {s.seed}", f"--precision {s.precision}"]
-    if s.steps is not None:
-        options.append(f"--steps {s.steps}")
-    options += ["--compile"] * s.compile + ["--hu"] * s.hu
-    if s.guidance != 1.0:  # left out at its default, so that existing sample sets keep their params
-        options.append(f"--guidance {s.guidance}")
-    return " ".join(options + ([conditions] if conditions else []))

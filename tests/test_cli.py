@@ -1,5 +1,5 @@
-"""`ctdiff sample`: its options are the sample section's keys with the section's defaults, the options the
-workflow writes parse back to the same section, and that section is what the sampling stage receives."""
+"""`ctdiff sample`: the settings the workflow writes parse back to the same sample section, its options (typed by
+hand) are the section's keys with the section's defaults, and that section is what the sampling stage receives."""
 from dataclasses import replace
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import pytest
 
 from ctdiff import cli
 from ctdiff.config import SampleConfig
-from ctdiff.plan import compared_sample, sample_options
+from ctdiff.plan import compared_sample, sample_settings
 
 
 def _parsed(options: list[str]) -> SampleConfig:
@@ -26,8 +26,19 @@ def _parsed(options: list[str]) -> SampleConfig:
     SampleConfig(n=2, guidance=2.5),
     compared_sample(SampleConfig(n=4, hu=True, compile=True), {"sampler": "ddim", "steps": 10, "eta": 1.0}),
 ])
-def test_sample_options_parse_back_to_the_same_section(settings):
-    assert _parsed(sample_options(settings).split()) == settings
+def test_the_workflow_settings_and_the_typed_options_parse_back_to_the_same_section(settings):
+    assert _parsed(["--settings", sample_settings(settings)]) == settings
+    assert _parsed(_typed(settings)) == settings
+    # an option typed beside --settings replaces that key only
+    assert _parsed(["--settings", sample_settings(settings), "--seed", "11"]) == replace(settings, seed=11)
+
+
+def _typed(s: SampleConfig) -> list[str]:
+    """The options a person types for ``s``."""
+    options = ["-n", str(s.n), "--sampler", s.sampler, "--eta", str(s.eta), "--batch-size", str(s.batch_size),
+               "--seed", str(s.seed), "--precision", s.precision, "--guidance", str(s.guidance)]
+    options += ["--steps", str(s.steps)] * (s.steps is not None) + ["--compile"] * s.compile + ["--hu"] * s.hu
+    return options
 
 
 def test_the_command_line_defaults_are_the_sample_sections():
@@ -51,16 +62,16 @@ def test_sample_hands_generate_the_sample_section(monkeypatch, tmp_path):
                       "device": "cpu", "progress": False, "condition_masks": None}
 
 
-def test_condition_options_follow_the_sample_options_and_leave_unconditioned_ones_as_they_were(tmp_path):
+def test_condition_options_follow_the_settings_and_leave_unconditioned_ones_as_they_were(tmp_path):
     from ctdiff.config import Config, ModelConfig
     from ctdiff.plan import sample_condition_options, train_condition_options
 
     plain, nodules = Config(results="r"), Config(results="r", model=ModelConfig(condition="nodules"))
     assert sample_condition_options(plain) == train_condition_options(plain) == ""
-    assert sample_options(SampleConfig(), sample_condition_options(plain)) == sample_options(SampleConfig())
-    options = sample_options(SampleConfig(n=2, guidance=2.0), sample_condition_options(nodules))
-    assert options.endswith("--guidance 2.0 --nodules-from r/preprocessed/nodules --nodule-items r/splits/test.txt")
-    args = cli.parser().parse_args(["sample", "--checkpoint", "m.pt", "--out", "o", *options.split()])
+    options = sample_condition_options(nodules)
+    assert options == "--nodules-from r/preprocessed/nodules --nodule-items r/splits/test.txt"
+    args = cli.parser().parse_args(["sample", "--checkpoint", "m.pt", "--out", "o", "--settings",
+                                    sample_settings(SampleConfig(n=2, guidance=2.0)), *options.split()])
     assert cli.sample_settings(args) == SampleConfig(n=2, guidance=2.0)
     assert (args.nodules_from, args.nodule_items) == ("r/preprocessed/nodules", "r/splits/test.txt")
     assert train_condition_options(nodules) == "--nodules r/preprocessed/nodules"

@@ -385,3 +385,62 @@ def test_compared_samplers_must_fit_some_objective(monkeypatch):
 def test_every_objective_names_its_samplers():
     assert set(options.SAMPLERS_FOR) == set(options.OBJECTIVES)
     assert all(set(s) <= set(options.SAMPLERS) for s in options.SAMPLERS_FOR.values())
+
+
+def _changed(section):
+    """``section`` with every field moved off its default where a plain change is valid (each a different
+    value, so a key read back into the wrong field shows)."""
+    import dataclasses
+
+    values = {}
+    for f in dataclasses.fields(section):
+        v = getattr(section, f.name)
+        if isinstance(v, bool):
+            values[f.name] = not v
+        elif isinstance(v, int):
+            values[f.name] = v + 3
+        elif isinstance(v, float):
+            values[f.name] = v / 2 if v else 0.25
+    return dataclasses.replace(section, **values)
+
+
+@pytest.mark.parametrize("name", ["data", "preprocess", "split", "model", "diffusion", "train", "sample",
+                                  "evaluate", "figure", "reader_study"])
+def test_every_section_round_trips_through_its_written_form(name):
+    """What the workflow writes of a section (to_dict, as JSON) reads back into the same dataclass."""
+    import json
+
+    from ctdiff.config import section_from_dict
+
+    default = getattr(Config(), name)
+    for section in (default, _changed(default)):
+        assert section_from_dict(name, json.loads(json.dumps(to_dict(section)))) == section
+
+
+def test_job_settings_round_trip_and_name_what_is_wrong(tmp_path):
+    import dataclasses
+
+    from ctdiff.config import JOB_SECTIONS, job_settings, read_job_settings
+
+    cfg = from_dict({"model": {"channels": [8, 16], "representation": "wavelet"}, "diffusion": {"objective": "flow"},
+                     "train": {"steps": 9, "grad_accumulation": 2}, "preprocess": {"size": 32},
+                     "sample": {"sampler": "euler", "steps": 4}})
+    text = job_settings("train", **{name: getattr(cfg, name) for name in JOB_SECTIONS["train"]})
+    back = read_job_settings("train", text)
+    assert [getattr(back, n) for n in JOB_SECTIONS["train"]] == [getattr(cfg, n) for n in JOB_SECTIONS["train"]]
+    (tmp_path / "train.json").write_text(text)
+    assert read_job_settings("train", f"@{tmp_path / 'train.json'}") == back  # the same from a file
+    assert read_job_settings("sample", job_settings("sample", sample=cfg.sample)).sample == cfg.sample
+    # a flow model needs no invented sampler to be trained: training reads no sample section
+    assert back.sample == Config().sample
+    with pytest.raises(ValueError, match=r"train settings hold the sections model, diffusion, train, preprocess; "
+                                         r"missing: preprocess; not read by train: sample"):
+        read_job_settings("train", '{"model": {}, "diffusion": {}, "train": {}, "sample": {}}')
+    with pytest.raises(ValueError, match=r"unknown key sample.stepz"):
+        read_job_settings("sample", '{"sample": {"stepz": 3}}')
+    bad = dataclasses.replace(cfg.train, batch_size=3)
+    with pytest.raises(ValueError, match=r"train.grad_accumulation=2 must divide train.batch_size=3"):
+        read_job_settings("train", job_settings("train", model=cfg.model, diffusion=cfg.diffusion, train=bad,
+                                                preprocess=cfg.preprocess))
+    with pytest.raises(ValueError, match=r"sample settings are not JSON"):
+        read_job_settings("sample", "{sample: 1}")

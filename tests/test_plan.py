@@ -27,7 +27,8 @@ from ctdiff.plan import (
     model_config,
     model_folder,
     sample_files,
-    sample_options,
+    sample_settings,
+    train_settings,
     table_rows,
     set_sample,
     set_setting,
@@ -144,12 +145,15 @@ def test_tags_match_the_wildcard_constraint():
     assert all(re.fullmatch(TAG_REGEX, t) for t in comparison_runs(cfg))
 
 
-def test_sample_options_keep_their_spelling():
-    """The options are the sample rules' params: a changed spelling would redraw every sample set."""
-    assert sample_options(SampleConfig(n=2, steps=50, hu=True)) == (
-        "-n 2 --sampler ddpm --eta 0.0 --batch-size 8 --seed 0 --precision fp32 --steps 50 --hu")
-    assert sample_options(SampleConfig(n=2, compile=True)) == (
-        "-n 2 --sampler ddpm --eta 0.0 --batch-size 8 --seed 0 --precision fp32 --compile")
+def test_the_settings_of_a_sample_set_are_its_sample_section_alone():
+    """The settings are the sample rule's params: they hold the sample section, nothing else, so a change
+    elsewhere in the config redraws no sample set."""
+    assert json.loads(sample_settings(SampleConfig(n=2, steps=50, hu=True))) == {
+        "sample": {"n": 2, "sampler": "ddpm", "steps": 50, "eta": 0.0, "batch_size": 8, "seed": 0,
+                   "precision": "fp32", "compile": False, "hu": True, "guidance": 1.0}}
+    cfg = from_dict({"train": {"steps": 7}, "preprocess": {"size": 32}})
+    assert set(json.loads(train_settings(cfg))) == {"model", "diffusion", "train", "preprocess"}
+    assert json.loads(train_settings(cfg))["train"]["steps"] == 7
 
 
 def test_a_compared_sampler_replaces_the_setting_and_drops_hu():
@@ -157,8 +161,6 @@ def test_a_compared_sampler_replaces_the_setting_and_drops_hu():
     run = {"sampler": "ddim", "steps": 50, "eta": 0.5}
     compared = compared_sample(main, run)
     assert compared == replace(main, sampler="ddim", steps=50, eta=0.5, hu=False)
-    assert sample_options(compared) == (
-        "-n 4 --sampler ddim --eta 0.5 --batch-size 2 --seed 3 --precision bf16 --steps 50 --compile")
 
 
 def test_table_rows_pair_every_variant_with_its_samplers_main_first():

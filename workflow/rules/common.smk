@@ -28,7 +28,7 @@ from ctdiff.plan import (
     row_names,
     sample_condition_options,
     sample_files,
-    sample_options,
+    sample_settings,
     samples_folder,
     set_sample,
     set_setting,

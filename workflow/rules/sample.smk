@@ -15,8 +15,8 @@ rule sample:
     output:
         samples=sample_files(f"{M}/samples/{{set}}", CFG.sample.n),
     params:
-        options=lambda wildcards: sample_options(set_sample(CFG, wildcards.model, wildcards.set),
-                                                 sample_condition_options(MODELS[wildcards.model])),
+        settings=lambda wildcards: sample_settings(set_sample(CFG, wildcards.model, wildcards.set)),
+        conditions=lambda wildcards: sample_condition_options(MODELS[wildcards.model]),
         out=lambda wildcards, output: os.path.dirname(output.samples[0]),
         cache=f"{R}/sample_cache",
     threads: 8  # capped at --cores; profiles may set their own
@@ -28,7 +28,8 @@ rule sample:
         ENV
     shell:
         "\"${{CTDIFF_PYTHON:-python}}\" -m ctdiff.launch --gpus {resources.gpu} --threads {threads} -- -m ctdiff.cli sample"
-        " --checkpoint {input.model} {params.options} --out {params.out} --cache {params.cache} --no-progress"
+        " --checkpoint {input.model} --settings {params.settings:q} {params.conditions} --out {params.out}"
+        " --cache {params.cache} --no-progress"
         " > {log} 2>&1"
 
 
