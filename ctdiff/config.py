@@ -35,6 +35,7 @@ from ctdiff.options import (
     SeriesChoice,
     Source,
     TrainPrecision,
+    check_guidance,
     check_sampler_fits,
     max_steps,
 )
@@ -449,11 +450,7 @@ def _check(cfg: Config) -> None:
         )
     if not 0.0 <= cfg.train.condition_dropout < 1.0:
         raise ValueError(f"config: train.condition_dropout={cfg.train.condition_dropout} must lie in [0, 1)")
-    if cfg.sample.guidance < 0:
-        raise ValueError(f"config: sample.guidance={cfg.sample.guidance} must be >= 0")
-    if cfg.sample.guidance != 1.0 and cfg.model.condition == "none":
-        raise ValueError(f"config: sample.guidance={cfg.sample.guidance} needs model.condition: nodules "
-                         "(an unconditional model has nothing to guide; leave it 1)")
+    check_guidance(cfg.sample.guidance, cfg.model.condition != "none")
     T = cfg.diffusion.timesteps
     _check_sampler_steps("sample", cfg.sample.sampler, cfg.sample.steps, cfg.sample.eta, T, cfg.diffusion.objective)
     if cfg.figure.synthetic >= cfg.sample.n:

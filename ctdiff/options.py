@@ -60,6 +60,21 @@ def check_sampler_fits(sampler: str, objective: str, *, key: str = "sample.sampl
                          f"allowed samplers for {objective}: {', '.join(SAMPLERS_FOR[objective])}")
 
 
+def check_guidance(guidance: float, conditioned: bool, *, masks: bool = False, where: str = "config: ") -> None:
+    """Raise ``ValueError`` naming ``sample.guidance`` when the classifier-free guidance scale ``guidance`` is
+    negative, or is not 1 (or nodule ``masks`` are given) for a model that is not ``conditioned``
+    (``model.condition: none``): it has nothing to guide. ``where`` begins the message (the config, or the
+    checkpoint that records the condition). Config checks, ``ctdiff.generate`` and
+    ``ctdiff.model.condition.guided`` all ask here."""
+    if guidance < 0:
+        raise ValueError(f"{where}sample.guidance={guidance} must be >= 0")
+    if not conditioned and (guidance != 1.0 or masks):
+        asked = (f"sample.guidance={guidance} needs model.condition: nodules (guidance needs a conditioned model)"
+                 if guidance != 1.0 else "nodule masks need model.condition: nodules")
+        raise ValueError(f"{where}{asked}; with model.condition: none: it takes no nodule masks and no "
+                         "sample.guidance (leave it 1)")
+
+
 def max_steps(sampler: str, timesteps: int) -> int:
     """The most steps ``sampler`` takes with ``T = timesteps``: T, except DPM-Solver++, whose grid
     (``ctdiff.diffusion.samplers.timestep_sequence``) never evaluates the network at t = 0 and so holds at most

@@ -300,6 +300,21 @@ def test_bootstrap_settings_have_one_rule():
         check_bootstrap(0, 0.5, least=1, names=("n_boot", "level"))
 
 
+def test_hu_window_and_ema_decay_defaults_live_in_the_dataclasses():
+    """Functions that take the HU window or the EMA decay restate no default of their own: they default to the
+    dataclass field (whose default the schema test above ties to the schema) or take the value from the caller."""
+    import inspect
+
+    from ctdiff.config import PreprocessConfig
+    from ctdiff.data.preprocess import preprocess
+    from ctdiff.metrics.evaluate import evaluate
+    from ctdiff.train import train_step
+
+    for function in (preprocess, evaluate):
+        assert inspect.signature(function).parameters["hu_window"].default is PreprocessConfig.hu_window
+    assert inspect.signature(train_step).parameters["ema_decay"].default is inspect.Parameter.empty
+
+
 # Model variants: a named list of overrides, each merged into the main config and checked like one.
 
 VARIANTS = [{"name": "cosine", "train": {"lr_schedule": "cosine"}},

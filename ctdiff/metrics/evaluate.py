@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctdiff.config import EvaluateConfig
+from ctdiff.config import EvaluateConfig, PreprocessConfig
 from ctdiff.io import load_volume, write_json
 from ctdiff.metrics.anatomy_compare import evaluate_anatomy, read_affines
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci, pair_mean_ci
@@ -147,7 +147,7 @@ def evaluate(
     diversity_pairs: int = 1000,
     train_chunk: int = 64,
     device: str | torch.device = "cpu",
-    hu_window: tuple[float, float] = (-1000.0, 400.0),
+    hu_window: tuple[float, float] = PreprocessConfig.hu_window,
     nodules: tuple[Sequence[Path], Sequence[Path | None]] | None = None,
     workers: int = 1,
 ) -> dict:
