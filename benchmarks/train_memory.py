@@ -52,7 +52,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.nn import functional as F
 
-from ctdiff.config import check_network_size
+from ctdiff.config import TrainConfig, check_network_size
 from ctdiff.diffusion.schedule import make_schedule
 from ctdiff.model import representation
 from ctdiff.model.unet import UNet3D
@@ -140,7 +140,7 @@ def estimate(args: argparse.Namespace, batch: int, micro_batches: int, checkpoin
             x0, t, noise = _step_batch(batch, args.size, args.representation)  # this step's batch
             prefetched = _step_batch(batch, args.size, args.representation)  # the next step's copy
             train_step(_EachCallTracked(model, tracker), ema, optimizer, _OneProcess(), schedule, x0, t, noise,
-                       micro_batches=micro_batches, grad_clip=1.0, ema_decay=0.9999)
+                       micro_batches=micro_batches, grad_clip=1.0, ema_decay=TrainConfig.ema_decay)
             del buckets, prefetched
         peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
     kinds = {str(k).rsplit(".", 1)[-1]: v / GIB for k, v in peak.items()}

@@ -41,7 +41,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from ctdiff.config import DiffusionConfig, check_network_size
+from ctdiff.config import DiffusionConfig, TrainConfig, check_network_size
 from ctdiff.diffusion.schedule import make_schedule, q_sample
 from ctdiff.model import representation
 from ctdiff.model.unet import UNet3D
@@ -142,7 +142,7 @@ def child(args: argparse.Namespace) -> dict:
             x0 = data[idx]
             t, noise = draw_noise(0, step, range(batch), shape, DiffusionConfig(timesteps=schedule.timesteps))
             train_step(model, ema, optimizer, accelerator, schedule, x0, t.to(device), noise.to(device),
-                       micro_batches=opts["accum"], grad_clip=1.0, ema_decay=0.9999)
+                       micro_batches=opts["accum"], grad_clip=1.0, ema_decay=TrainConfig.ema_decay)
 
     def sync() -> None:
         if device.type == "cuda":

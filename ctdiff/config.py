@@ -39,6 +39,7 @@ from ctdiff.options import (
     SeriesChoice,
     Source,
     TrainPrecision,
+    check_guidance,
     check_sampler_fits,
 )
 
@@ -477,11 +478,7 @@ def _check(cfg: Config) -> None:
     check_training(cfg)
     if cfg.split.test >= 1 and cfg.split.test != int(cfg.split.test):
         raise ValueError(f"config: split.test={cfg.split.test} must be a fraction < 1 or a whole count")
-    if cfg.sample.guidance < 0:
-        raise ValueError(f"config: sample.guidance={cfg.sample.guidance} must be >= 0")
-    if cfg.sample.guidance != 1.0 and cfg.model.condition == "none":
-        raise ValueError(f"config: sample.guidance={cfg.sample.guidance} needs model.condition: nodules "
-                         "(an unconditional model has nothing to guide; leave it 1)")
+    check_guidance(cfg.sample.guidance, cfg.model.condition != "none")
     T = cfg.diffusion.timesteps
     _check_sampler_steps("sample", cfg.sample.sampler, cfg.sample.steps, cfg.sample.eta, T, cfg.diffusion.objective)
     if cfg.figure.synthetic >= cfg.sample.n:

@@ -56,7 +56,7 @@ from ctdiff.io import atomic_path, file_sha256, load_volume, save_volume, write_
 from ctdiff.machine import check_compile, describe
 from ctdiff.model import representation
 from ctdiff.model.condition import copies_per_call, guided, null_condition
-from ctdiff.options import PRECISIONS, check_sampler_fits
+from ctdiff.options import PRECISIONS, check_guidance, check_sampler_fits
 
 
 #: How long a process waits for the others after drawing its share of the samples.
@@ -133,11 +133,8 @@ def generate(
     if conditioned and condition_masks is None:
         raise ValueError(f"checkpoint {checkpoint} was trained with model.condition: {cfg.model.condition}: give "
                          "the nodule masks to draw with (ctdiff sample --nodules-from DIR or --nodule x,y,z,d)")
-    if not conditioned and (condition_masks is not None or settings.guidance != 1.0):
-        raise ValueError(f"checkpoint {checkpoint} was trained with model.condition: none: it takes no nodule "
-                         f"masks and no sample.guidance (got {settings.guidance}; leave it 1)")
-    if settings.guidance < 0:
-        raise ValueError(f"sample.guidance={settings.guidance} must be >= 0")
+    check_guidance(settings.guidance, conditioned, masks=condition_masks is not None,
+                   where=f"checkpoint {checkpoint}: ")
     forward = network(model, dev, settings.precision, settings.compile)
     if hu_files is not None and cfg.data.hu_window is None:
         raise ValueError(f"checkpoint {checkpoint} records no hu_window, so its samples cannot be written in HU")

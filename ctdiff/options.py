@@ -20,7 +20,7 @@ TrainPrecision = Literal["fp32", "bf16", "auto"]  # auto: bf16 where it is measu
 Objective = Literal["eps", "v", "flow"]
 FlowTime = Literal["logit_normal", "uniform"]  # how training draws the flow time t (diffusion.flow_t)
 Representation = Literal["voxels", "wavelet"]  # what the U-Net denoises (ctdiff.model.representation)
-BetaSchedule = Literal["linear"]
+BetaSchedule = Literal["linear", "cosine"]  # Ho et al. 2020 (the paper); Nichol & Dhariwal 2021
 LrSchedule = Literal["constant", "cosine"]
 Source = Literal["phantom", "dicom"]
 SeriesChoice = Literal["largest", "all"]
@@ -59,6 +59,21 @@ def check_sampler_fits(sampler: str, objective: str, *, key: str = "sample.sampl
         hint = f" (it samples {' and '.join(fits)} models)" if fits else ""
         raise ValueError(f"{where}{key}={sampler!r} cannot sample a diffusion.objective={objective!r} model{hint}; "
                          f"allowed samplers for {objective}: {', '.join(SAMPLERS_FOR[objective])}")
+
+
+def check_guidance(guidance: float, conditioned: bool, *, masks: bool = False, where: str = "config: ") -> None:
+    """Raise ``ValueError`` naming ``sample.guidance`` when the classifier-free guidance scale ``guidance`` is
+    negative, or is not 1 (or nodule ``masks`` are given) for a model that is not ``conditioned``
+    (``model.condition: none``): it has nothing to guide. ``where`` begins the message (the config, or the
+    checkpoint that records the condition). Config checks, ``ctdiff.generate`` and
+    ``ctdiff.model.condition.guided`` all ask here."""
+    if guidance < 0:
+        raise ValueError(f"{where}sample.guidance={guidance} must be >= 0")
+    if not conditioned and (guidance != 1.0 or masks):
+        asked = (f"sample.guidance={guidance} needs model.condition: nodules (guidance needs a conditioned model)"
+                 if guidance != 1.0 else "nodule masks need model.condition: nodules")
+        raise ValueError(f"{where}{asked}; with model.condition: none: it takes no nodule masks and no "
+                         "sample.guidance (leave it 1)")
 
 
 def max_steps(sampler: str, timesteps: int) -> int:

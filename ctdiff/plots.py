@@ -28,6 +28,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from ctdiff.config import FigureConfig  # noqa: E402
 from ctdiff.data.split import read_ids  # noqa: E402
 from ctdiff.io import atomic_path  # noqa: E402
+from ctdiff.metrics import keys  # noqa: E402
 
 VIEWS = ("axial", "coronal", "sagittal")
 
@@ -239,9 +240,9 @@ def chosen_figures(test_ids: Path, volumes: Path, synthetic: Sequence[Path], cho
 def _audit(metrics_json: Path) -> dict:
     """The memorisation audit recorded in ``metrics.json``; ``ValueError`` when it records none."""
     metrics = json.loads(Path(metrics_json).read_text())
-    if "memorisation" not in metrics:
+    if keys.MEMORISATION not in metrics:
         raise ValueError(f"{metrics_json} records no memorisation audit")
-    return metrics["memorisation"]
+    return metrics[keys.MEMORISATION]
 
 
 def audit_closest_pairs(metrics_json: Path, samples: Path, train_volumes: Path, out: Path, *, n: int) -> None:
@@ -260,9 +261,9 @@ def audit_histogram(metrics_json: Path, out: Path) -> None:
 def anatomy_figure(metrics_json: Path, out: Path) -> None:
     """:func:`anatomy_plot` of the anatomy recorded in ``metrics.json``; ``ValueError`` when it records none."""
     metrics = json.loads(Path(metrics_json).read_text())
-    if "anatomy" not in metrics:
+    if keys.ANATOMY not in metrics:
         raise ValueError(f"{metrics_json} records no anatomy (written before it was measured? rerun the evaluation)")
-    anatomy_plot(metrics["anatomy"], out)
+    anatomy_plot(metrics[keys.ANATOMY], out)
 
 
 def nodule_crops(rows: Sequence[tuple[Path, Path, Path, int]], out: Path | Sequence[Path], *,
@@ -310,10 +311,10 @@ def nodule_figure(metrics_json: Path, samples: Path, real_volumes: Path, out: Pa
     ``real_volumes``); a set without nodules gives a figure that says so. ``ValueError`` when the metrics
     hold no nodule control."""
     metrics = json.loads(Path(metrics_json).read_text())
-    if "nodules" not in metrics:
+    if keys.NODULES not in metrics:
         raise ValueError(f"{metrics_json} records no nodule control (model.condition: none?)")
     rows = []
-    for entry in metrics["nodules"]["per_volume"]:
+    for entry in metrics[keys.NODULES]["per_volume"]:
         for nodule in entry["synthetic_measures"]["nodules"]:
             if entry["real"] is not None and len(rows) < n:
                 rows.append((Path(real_volumes) / entry["real"], Path(samples) / entry["synthetic"],

@@ -33,6 +33,7 @@ import yaml
 
 from ctdiff.data.cohort import SUMMARY_COLUMNS
 from ctdiff.io import atomic_path
+from ctdiff.metrics import keys
 from ctdiff.metrics.compare import read_variant_table
 from ctdiff.reader.section import reader_section
 from ctdiff.report_guide import HEADER as GUIDE_HEADER
@@ -86,44 +87,44 @@ def metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """Rows (metric, this run, paper, note) of the metrics table: values with their bootstrap intervals where
     present beside the paper's values (``metrics["paper"]``, ``ValueError`` without them), then the real-vs-real
     floor."""
-    net = metrics.get("feature_network", {})
+    net = metrics.get(keys.FEATURE_NETWORK, {})
     fid_note = "" if net.get("pretrained") else "seeded random feature network: not comparable to the paper"
-    if metrics.get("fid_rank_deficient"):
+    if metrics.get(keys.FID_RANK_DEFICIENT):
         fid_note = "; ".join(filter(None, [fid_note, "fewer volumes than feature dimensions: covariance rank-deficient"]))
-    paper = metrics.get("paper", {})
+    paper = metrics.get(keys.PAPER, {})
     missing = {"fid", "msssim"} - set(paper)
     if missing:
         raise ValueError(f"metrics.json records no paper value for {sorted(missing)} under 'paper'")
-    paired, diversity = metrics["msssim_nearest_real"], metrics["msssim_diversity"]
-    boot = metrics.get("bootstrap", {})
+    paired, diversity = metrics[keys.MSSSIM_NEAREST_REAL], metrics[keys.MSSSIM_DIVERSITY]
+    boot = metrics.get(keys.BOOTSTRAP, {})
     level = boot.get("level")
     rows = [
-        ("FID (Med3D features)", _with_ci(f"{metrics['fid']:.3f}", boot.get("fid"), level),
+        ("FID (Med3D features)", _with_ci(f"{metrics[keys.FID]:.3f}", boot.get(keys.FID), level),
          f"{paper['fid']:.2f}", fid_note),
         ("MS-SSIM, synthetic vs nearest real (higher = closer; mean ± sd)",
-         _with_ci(f"{paired['mean']:.3f} ± {paired['std']:.3f}", boot.get("msssim_nearest_real"), level),
+         _with_ci(f"{paired['mean']:.3f} ± {paired['std']:.3f}", boot.get(keys.MSSSIM_NEAREST_REAL), level),
          f"{paper['msssim']:.3f}", "paper's protocol; the interval is for the mean"),
         ("MS-SSIM, synthetic vs synthetic (lower = more diverse)",
-         _with_ci(f"{diversity['mean']:.3f} ± {diversity['std']:.3f}", boot.get("msssim_diversity"), level),
+         _with_ci(f"{diversity['mean']:.3f} ± {diversity['std']:.3f}", boot.get(keys.MSSSIM_DIVERSITY), level),
          "—", "diversity, as WDM-3D reports it; the interval is for the mean"),
     ]
-    if "kid" in metrics:
-        rows.insert(1, kid_row(metrics["kid"], boot.get("kid"), level))
-    floor = metrics.get("floor")
+    if keys.KID in metrics:
+        rows.insert(1, kid_row(metrics[keys.KID], boot.get(keys.KID), level))
+    floor = metrics.get(keys.FLOOR)
     if floor is not None:
-        if floor.get("fid") is None:
+        if floor.get(keys.FID) is None:
             value, note = "—", f"not computed: {floor.get('reason', 'no reason recorded')}"
         else:
-            value = f"FID {floor['fid']:.3f}; MS-SSIM {floor['msssim_nearest_real']:.3f}"
+            value = f"FID {floor[keys.FID]:.3f}; MS-SSIM {floor[keys.MSSSIM_NEAREST_REAL]:.3f}"
             note = (f"two halves of the test set ({len(floor['half_a'])} vs {len(floor['half_b'])} volumes), "
                     "what real data scores against real data")
         rows.append(("Floor: real vs real (FID; nearest-real MS-SSIM)", value, "—", note))
-        if "kid" in floor:
+        if keys.KID in floor:
             rows.append(kid_floor_row(floor))
     if boot.get("n_boot"):
         methods = "; ".join(f"{name}: {boot[key]['method']}" for name, key in
-                            (("FID", "fid"), ("MS-SSIM", "msssim_nearest_real"), ("diversity", "msssim_diversity"),
-                             ("KID", "kid"))
+                            (("FID", keys.FID), ("MS-SSIM", keys.MSSSIM_NEAREST_REAL),
+                             ("diversity", keys.MSSSIM_DIVERSITY), ("KID", keys.KID))
                             if "method" in boot.get(key, {}))
         rows.append(("Intervals", f"{boot['n_boot']} bootstrap replicates, seed {boot['seed']}", "—", methods))
     elif boot:
@@ -149,7 +150,7 @@ def kid_row(kid: dict[str, Any], interval: dict | None, level: float | None) -> 
 
 def kid_floor_row(floor: dict[str, Any]) -> tuple[str, str, str, str]:
     """The metrics-table row of KID's real-vs-real floor (``floor["kid"]``, None where a half is too small)."""
-    kid = floor["kid"]
+    kid = floor[keys.KID]
     if kid is None:
         return ("Floor: real vs real (KID)", "—", "—",
                 f"not computed: {floor.get('reason', 'no reason recorded')}")
@@ -345,7 +346,7 @@ def memorisation_comparison(memorisation: dict[str, Any]) -> tuple[list[str], li
         ("held-out to training, median", *(f"{a['test_to_train']['median']:.4g}" for a in audits)),
         ("closest synthetic–training pair", *(closest(a) for a in audits)),
     ]
-    net = memorisation["features"].get("feature_network", {})
+    net = memorisation["features"].get(keys.FEATURE_NETWORK, {})
     name = f"Med3D ResNet-{net['depth']} features" if "depth" in net else "Med3D features"
     if net and not net.get("pretrained", True):
         name += " (random weights)"
@@ -367,11 +368,11 @@ def nodule_section(nodules: dict[str, Any], png: Path | None) -> Section:
     def cell(v, fmt):
         return "—" if v is None else format(v, fmt)
 
-    keys = [("requested nodules", "n_nodules", "d"), ("LoG detection rate inside the mask", "detection_rate", ".2f"),
+    measures = [("requested nodules", "n_nodules", "d"), ("LoG detection rate inside the mask", "detection_rate", ".2f"),
             ("contrast vs lung shell (HU, mean)", "contrast_hu_mean", ".0f"),
             ("blob / mask diameter (median, detected)", "size_ratio_median", ".2f"),
             ("spurious blobs in the lungs per volume", "spurious_per_volume", ".1f")]
-    rows = [(name, cell(nodules["synthetic"][k], f), cell(nodules["real"][k], f)) for name, k, f in keys]
+    rows = [(name, cell(nodules["synthetic"][k], f), cell(nodules["real"][k], f)) for name, k, f in measures]
     text = ("Each synthetic volume was drawn with the nodule mask of a held-out real volume; both are measured "
             "alike on that mask: mean HU inside each nodule minus the air-like lung within "
             f"{nodules['settings']['shell_mm']:g} mm of it, whether scikit-image's LoG detector finds a blob in it and "
@@ -417,7 +418,7 @@ def build_sections(
     if variants_tsv is not None:
         header, rows, sentence = variant_rows(read_variant_table(variants_tsv))
         sections.append(Section("Variants and samplers", text=sentence, tables=(_table(header, rows, id="variants"),)))
-    memorisation = metrics.get("memorisation")
+    memorisation = metrics.get(keys.MEMORISATION)
     if memorisation:
         pairs = _table(["synthetic", "nearest training volume", "L2 distance"], memorisation_rows(memorisation),
                        caption="Closest pairs")
@@ -434,15 +435,15 @@ def build_sections(
                              memorisation_rows(memorisation["features"]), caption="Closest pairs in feature space")]
         sections.append(Section("Memorisation", text=memorisation_summary(memorisation), tables=tuple(tables),
                                 images=tuple(images)))
-    anatomy = metrics.get("anatomy")
+    anatomy = metrics.get(keys.ANATOMY)
     if anatomy:
         images = () if anatomy_png is None else (
             Image(Path(anatomy_png), "anatomy in HU: body HU histogram, lung volumes, per-class W1 with the floor",
                   "anatomy"),)
         sections.append(Section("Anatomy (HU)", text=anatomy_text(anatomy), tables=anatomy_tables(anatomy),
                                 images=images))
-    if metrics.get("nodules"):
-        sections.append(nodule_section(metrics["nodules"], nodules_png))
+    if metrics.get(keys.NODULES):
+        sections.append(nodule_section(metrics[keys.NODULES], nodules_png))
     figure1 = Image(Path(figure1_png), "Figure 1: axial, coronal and sagittal slices, real (a) and synthetic (b)",
                     "figure1")
     sections.append(Section("Figure 1", images=(figure1,)))
@@ -456,9 +457,9 @@ def build_sections(
     qc = qc_summary(qc_summary_tsv)
     sections.append(Section("Data QC", text="Series found, items converted, usable cohort.", tables=(
         _table(list(qc.columns), list(qc.itertuples(index=False, name=None))),)))
-    provenance = {k: metrics[k] for k in ("n_real", "n_synthetic", "n_train", "volume_shape", "feature_network")
-                  if k in metrics}
-    provenance.update(metrics.get("provenance", {}))
+    provenance = {k: metrics[k] for k in (keys.N_REAL, keys.N_SYNTHETIC, keys.N_TRAIN, keys.VOLUME_SHAPE,
+                                          keys.FEATURE_NETWORK) if k in metrics}
+    provenance.update(metrics.get(keys.PROVENANCE, {}))
     sections.append(Section("Provenance", code=yaml.safe_dump(provenance, sort_keys=False)))
     sections.append(Section("Config", code=yaml.safe_dump(config, sort_keys=False)))
     return sections

@@ -180,7 +180,7 @@ def train_step(
     *,
     micro_batches: int = 1,
     grad_clip: float | None = None,
-    ema_decay: float = 0.9999,
+    ema_decay: float,
     objective: str = "eps",
     cond: torch.Tensor | None = None,
 ) -> torch.Tensor:

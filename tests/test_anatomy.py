@@ -100,6 +100,33 @@ def test_lungs_joined_by_an_airway_are_split():
     assert 0 <= row["left_lung_ml"] - _ellipsoid((14.5, 17.5, 11.5), (4, 6, 7)).sum() * ml <= airway * ml + 1e-9
 
 
+def _stored(hu: np.ndarray, flips: tuple[int, ...], order: tuple[int, int, int] = (0, 1, 2)):
+    """The RAS volume ``hu`` as it would be stored with the array axes in ``flips`` reversed and then the axes
+    permuted to ``order``, and the affine that keeps every voxel at its world position."""
+    affine = _ras()
+    for ax in flips:
+        hu = np.flip(hu, ax)
+        affine[:3, 3] += affine[:3, ax] * (SHAPE[ax] - 1)
+        affine[:3, ax] *= -1
+    affine[:3, :3] = affine[:3, list(order)]
+    return np.ascontiguousarray(np.transpose(hu, order)), affine
+
+
+def test_the_airway_split_does_not_depend_on_how_the_volume_is_stored():
+    """Airway voxels at equal distance from both lungs go to a lung by their world position, so the left and
+    right lung volumes of one chest are the same whether it is stored RAS, LPS, or with its axes in another
+    order."""
+    _, hu = _chest(join=True)
+    ras, _ = volume_anatomy(_scaled(hu), _ras(), WINDOW)
+    assert ras["status"] == "two lungs"
+    for flips, order in [((0, 1), (0, 1, 2)), ((0,), (0, 1, 2)), ((2,), (0, 1, 2)), ((0, 1, 2), (0, 1, 2)),
+                         ((), (2, 1, 0)), ((0, 1), (1, 0, 2))]:
+        volume, affine = _stored(hu, flips, order)
+        row, _ = volume_anatomy(_scaled(volume), affine, WINDOW)
+        assert (row["left_lung_ml"], row["right_lung_ml"]) == (ras["left_lung_ml"], ras["right_lung_ml"]), \
+            (flips, order, row["left_lung_ml"], ras["left_lung_ml"])
+
+
 def test_dicom_phantom_has_two_lungs():
     shape, spacing = (48, 64, 64), (7.0, 6.0, 6.0)
     hu = phantom_volume(np.random.default_rng(0), shape, spacing)  # [Z, Y, X] LPS

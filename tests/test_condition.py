@@ -172,6 +172,25 @@ def test_config_keys_default_to_the_paper_and_are_checked():
         from_dict({"model": {"condition": "nodules"}, "sample": {"guidance": -1}})
 
 
+def test_the_guidance_rule_is_stated_once():
+    """The config check and guided() give the message of ctdiff.options.check_guidance word for word (the config's
+    with its "config: " prefix), so the rule and its wording live in one place."""
+    from ctdiff.options import check_guidance
+
+    for section, conditioned, guidance in [({}, False, 2.0), ({"model": {"condition": "nodules"}}, True, -1)]:
+        with pytest.raises(ValueError) as rule:
+            check_guidance(guidance, conditioned, where="")
+        with pytest.raises(ValueError) as config:
+            from_dict({**section, "sample": {"guidance": guidance}})
+        assert str(config.value) == "config: " + str(rule.value)
+        with pytest.raises(ValueError) as sampling:
+            guided(_net(2 if conditioned else 0), torch.zeros(1, 2, 8, 8, 8) if conditioned else None, guidance)
+        assert str(sampling.value) == str(rule.value)
+    with pytest.raises(ValueError, match="nodule masks need model.condition: nodules"):
+        check_guidance(1.0, False, masks=True)
+    check_guidance(1.0, False)
+    check_guidance(0.0, True, masks=True)
+
 def test_requested_nodules_are_balls_of_their_diameter_and_bad_ones_are_refused():
     from ctdiff.conditions import parse_nodule, requested_mask
     from ctdiff.generate import sample_affine

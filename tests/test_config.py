@@ -300,6 +300,21 @@ def test_bootstrap_settings_have_one_rule():
         check_bootstrap(0, 0.5, least=1, names=("n_boot", "level"))
 
 
+def test_hu_window_and_ema_decay_defaults_live_in_the_dataclasses():
+    """Functions that take the HU window or the EMA decay restate no default of their own: they default to the
+    dataclass field (whose default the schema test above ties to the schema) or take the value from the caller."""
+    import inspect
+
+    from ctdiff.config import PreprocessConfig
+    from ctdiff.data.preprocess import preprocess
+    from ctdiff.metrics.evaluate import evaluate
+    from ctdiff.train import train_step
+
+    for function in (preprocess, evaluate):
+        assert inspect.signature(function).parameters["hu_window"].default is PreprocessConfig.hu_window
+    assert inspect.signature(train_step).parameters["ema_decay"].default is inspect.Parameter.empty
+
+
 # Model variants: a named list of overrides, each merged into the main config and checked like one.
 
 VARIANTS = [{"name": "cosine", "train": {"lr_schedule": "cosine"}},
@@ -327,6 +342,33 @@ def test_variants_merge_into_the_main_config():
     assert from_dict(to_dict(cfg)) == cfg  # the report's config param rebuilds it
     assert from_dict({}).variants == () and from_dict({"name": "demo"}).name == "demo"
 
+
+
+def test_the_cosine_noise_schedule_is_a_choice_and_linear_stays_the_default():
+    """diffusion.beta_schedule: cosine validates in the main config and in a variant and reaches make_schedule;
+    the default and config/lidc.yaml keep the paper's linear schedule."""
+    from ctdiff.checkpoint import build_schedule
+    from ctdiff.config import variant_config
+    from ctdiff.diffusion.schedule import make_schedule
+
+    assert options.BETA_SCHEDULES == ("linear", "cosine")
+    assert Config().diffusion.beta_schedule == "linear"
+    for name in ("config.yaml", "lidc.yaml"):
+        raw = load(name)
+        validate(raw, SCHEMA)
+        assert raw["diffusion"]["beta_schedule"] == "linear", name
+    raw = {"diffusion": {"beta_schedule": "cosine"}}
+    validate(raw, SCHEMA)
+    assert from_dict(raw).diffusion.beta_schedule == "cosine"
+    raw = {"variants": [{"name": "cos", "diffusion": {"beta_schedule": "cosine"}}]}
+    validate(raw, SCHEMA)
+    cfg = from_dict(raw, schema_check=schema_checker(SCHEMA))
+    cos = variant_config(cfg, "cos")
+    assert cos.diffusion == replace(cfg.diffusion, beta_schedule="cosine")
+    assert (build_schedule(cos.diffusion).betas == make_schedule(cfg.diffusion.timesteps, "cosine").betas).all()
+    assert (build_schedule(cfg.diffusion).betas == make_schedule(cfg.diffusion.timesteps, "linear").betas).all()
+    with pytest.raises(WorkflowError, match="beta_schedule"):
+        validate({"diffusion": {"beta_schedule": "quadratic"}}, SCHEMA)
 
 @pytest.mark.parametrize("variants, message", [
     ([{"name": "a b", "train": {"lr": 1.0}}], r"variants[0].name='a b' must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}"),

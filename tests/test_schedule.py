@@ -180,6 +180,47 @@ def test_schedule_matches_diffusers():
     np.testing.assert_allclose(cos.betas, ref.betas.double().numpy(), rtol=1e-5, atol=1e-7)
 
 
+
+def test_cosine_schedule_matches_diffusers_within_float32_rounding():
+    """``beta_schedule="cosine"`` against diffusers' ``squaredcos_cap_v2``, with a bound derived here rather than
+    read off one machine. diffusers evaluates the same formula in float64 (Python floats), rounds the betas to
+    float32, then forms ``α = 1 − β`` and ``ᾱ`` with ``torch.cumprod`` in float32; ours stay in float64. With
+    ``u = 2⁻²⁴`` (float32's unit roundoff):
+
+    - ``β₃₂ = β (1 + e)``, ``|e| ≤ u``: so ``|β₃₂ − β| ≤ u·β``.
+    - ``α₃₂ = fl(1 − β₃₂) = α (1 − e β/α)(1 + e')``: a relative error of at most ``u·β/α + u`` per factor
+      (large only where β is near its 0.999 cap).
+    - the running product adds one rounding ``(1 + e'')`` per multiplication, ``t`` of them for ``ᾱ_t``.
+
+    So ``|ᾱ₃₂,t / ᾱ_t − 1| ≤ exp(Σ_{s≤t} (u·β_s/α_s + u) + t·u) − 1`` (``|Π(1 + x_i) − 1| ≤ exp(Σ|x_i|) − 1``).
+    The two float64 evaluations differ by under 1e-12 (checked below), four orders below ``u``; 1e-11 covers them.
+    """
+    diffusers = pytest.importorskip("diffusers")
+    u = 2.0**-24
+    ours = make_schedule(T, "cosine")
+    ref = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2")
+    ref_betas, ref_cumprod = ref.betas.double().numpy(), ref.alphas_cumprod.double().numpy()
+    assert ref.betas.dtype == ref.alphas_cumprod.dtype == torch.float32  # the premise of the bound
+
+    # the float64 formula itself (Nichol & Dhariwal eq. 17, as diffusers writes it) agrees far below u
+    f = [math.cos((i / T + 0.008) / 1.008 * math.pi / 2) ** 2 for i in range(T + 1)]
+    exact = np.minimum([1 - f[i + 1] / f[i] for i in range(T)], 0.999)
+    assert np.max(np.abs(ours.betas - exact)) < 1e-12
+    assert ours.betas[-1] == 0.999 and ours.betas[0] < 1e-4  # the cap is reached, and the start is gentle
+
+    assert np.all(np.abs(ref_betas - ours.betas) <= u * ours.betas + 1e-11)
+    betas, alphas = ours.betas, ours.alphas
+    per_factor = np.cumsum(u * betas / alphas + u) + u * np.arange(T)
+    bound = np.expm1(per_factor) + 1e-11
+    rel = np.abs(ref_cumprod / ours.alphas_cumprod - 1)
+    assert np.all(rel <= bound), (rel / bound).max()
+    # the bound is not vacuous: under 2e-4 relative even at the last step, where β/α = 999, and a cosine offset
+    # other than Nichol & Dhariwal's s = 0.008 falls far outside it
+    assert bound.max() < 2e-4
+    g = [math.cos((i / T + 0.009) / 1.009 * math.pi / 2) ** 2 for i in range(T + 1)]
+    other = np.cumprod(1 - np.minimum([1 - g[i + 1] / g[i] for i in range(T)], 0.999))
+    assert not np.all(np.abs(ref_cumprod / other - 1) <= bound)
+
 def test_extract_copies_a_table_to_its_device_once_and_forgets_it_with_the_table(monkeypatch):
     """A copy per call was a blocking host-to-device copy at every step on a GPU."""
     import gc

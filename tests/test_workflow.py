@@ -268,6 +268,15 @@ def test_dry_run_plans_each_variant_by_the_same_rules(tmp_path):
     assert outputs <= set(re.findall(r"output: (.*)", proc.stdout))  # every main output where it was
 
 
+def test_dry_run_plans_a_cosine_noise_schedule_variant(tmp_path):
+    """diffusion.beta_schedule: cosine passes the workflow's config validation as a variant and is planned by the
+    variant rules like any other row."""
+    change = tmp_path / "variants.yaml"
+    change.write_text("variants:\n  - {name: cosbeta, diffusion: {beta_schedule: cosine}}\n")
+    jobs = planned_jobs(snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY), str(change)))
+    assert jobs["train_variant"] == jobs["sample_variant"] == jobs["evaluate_variant"] == 1, jobs
+
+
 def test_bad_variant_stops_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("variants:\n  - {name: small, model: {width: 8}}\n")

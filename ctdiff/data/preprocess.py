@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ctdiff.config import PreprocessConfig
 # The intensity maps live in ctdiff.data.intensity (no SimpleITK there, so training, sampling and evaluation
 # import without it); they stay importable from here.
 from ctdiff.data.intensity import from_model_range, to_hu, to_model_range  # noqa: F401
@@ -160,7 +161,7 @@ def preprocess(
     *,
     size: int,
     spacing_mm: float | None,
-    hu_window: tuple[float, float] = (-1000.0, 400.0),
+    hu_window: tuple[float, float] = PreprocessConfig.hu_window,
 ) -> None:
     """Orient, window, anti-alias, resample and scale one HU volume (see the module docstring).
 
@@ -171,7 +172,7 @@ def preprocess(
         size: voxels per output axis (>= 2).
         spacing_mm: isotropic output spacing (mm) with centred crop/pad, or None for the plain resize of
             the whole volume (spacing ``extent / size`` per axis).
-        hu_window: ``(lo, hi)`` HU mapped to 0 and 1.
+        hu_window: ``(lo, hi)`` HU mapped to 0 and 1 (default: the config's, ``PreprocessConfig.hu_window``).
 
     Raises:
         ValueError: bad arguments, or an input that is not a 3-D volume.

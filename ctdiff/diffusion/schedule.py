@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-BETA_SCHEDULES = ("linear", "cosine")
+from ctdiff.options import BETA_SCHEDULES
 
 
 @dataclass(frozen=True, eq=False)

@@ -45,7 +45,9 @@ affine, so volumes in mL; orientation from the affine, NIfTI RAS+ world: +x = pa
    Trachea and main bronchi join both lungs into one component at CT resolutions (about half of it on each
    side): a component of a lung's share and sphericity that straddles the midline is eroded (up to
    ``SPLIT_EROSIONS`` times) until it falls into two parts of at least ``MIN_LUNG_ML / 8`` on either side
-   of the midline, and its voxels go to the nearer part; each part is then checked as above. Airways
+   of the midline, and its voxels go to the nearer part (one at equal distance from both: the part on its side
+   of the midline by its world x, so the split does not depend on how the volume is stored); each part is
+   then checked as above. Airways
    inside the body (trachea, bronchi; bowel gas that joins a lung) count as lung. Why a volume has fewer than
    two lungs (or no body) is in its row's ``reason``: each rejected component with the criteria it fails.
    The bounds come from anatomy and were checked on phantom chests and pydicom's real CT slice, not yet on
@@ -86,6 +88,7 @@ AIR_LIKE_HU = -400.0
 MIN_BODY_ML = 500.0      # an adult chest section in the field of view holds litres
 MIN_LUNG_ML = 50.0       # an adult lung holds 1-4 L at CT; 50 mL keeps small gas pockets and a lone trachea out
 SPLIT_EROSIONS = 3
+MIDLINE_MM = 1e-6        # a voxel this close to the body's midline (world x) lies on it: float round-off
 # What makes an air-like component a lung, and the largest component above BODY_HU a body (module docstring):
 MIN_LUNG_SHARE, MAX_LUNG_SHARE = 0.01, 0.5   # each lung's share of the filled body's voxels
 MIN_LUNG_SPHERICITY = 0.1                    # Wadell's sphericity, face-counted (a voxelised ball: ~0.67)
@@ -196,6 +199,15 @@ def _world_x(points_ijk: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.asarray(points_ijk, float) @ a[0, :3] + a[0, 3]
 
 
+def _grid_x(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """World x (mm, RAS+) of every voxel of an array of ``shape`` [X, Y, Z] with that ``affine``, broadcast to
+    ``shape``."""
+    a = np.asarray(affine, float)
+    x = a[0, 3] + sum(a[0, ax] * np.arange(shape[ax]).reshape([-1 if k == ax else 1 for k in range(3)])
+                      for ax in range(3))
+    return np.broadcast_to(x, shape)
+
+
 def sphericity(mask: np.ndarray, spacing: np.ndarray) -> float:
     """Wadell's sphericity π^(1/3) (6V)^(2/3) / A of a non-empty mask, V its volume and A the area of its
     exposed voxel faces (mm², spacing [3] in mm). 1 = a ball; face counting overestimates a smooth surface
@@ -213,7 +225,13 @@ def _split(component: np.ndarray, min_voxels: int, body_x: float, affine: np.nda
     """Two lungs joined by the airways as one component (a mask on a box whose ``affine`` is given, with a
     background margin): erode until two parts of at least ``min_voxels / 8`` lie on either side of ``body_x``,
     then give every voxel of ``component`` to the nearer part. Returns the two masks, or ``[component]`` when
-    no erosion separates it so."""
+    no erosion separates it so.
+
+    Distances are in voxels, so equal distances are exactly equal (square roots of whole numbers). A voxel at
+    equal distance from both parts goes to the part on its side of ``body_x`` (world x; one within
+    ``MIDLINE_MM`` of it, to the part at larger x, the side :func:`_shape` counts it on): the rule follows the
+    voxel's position in the patient, not the array order in which a feature transform meets the parts, which
+    changed with the storage order (RAS or LPS) of one volume."""
     eroded = component
     for _ in range(SPLIT_EROSIONS):
         eroded = ndimage.binary_erosion(eroded)
@@ -229,14 +247,13 @@ def _split(component: np.ndarray, min_voxels: int, body_x: float, affine: np.nda
                   for k in (a, b))
         if (xa - body_x) * (xb - body_x) >= 0:
             continue
-        seeds = np.zeros(component.shape, np.uint8)
-        seeds[labels == a], seeds[labels == b] = 1, 2
-        # the nearest seed voxel of every voxel (Euclidean feature transform), looked up where it is needed
-        idx = ndimage.distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
-        rest = component & (seeds == 0)
-        nearest = seeds.copy()
-        nearest[rest] = seeds[tuple(i[rest] for i in idx)]
-        return [component & (nearest == 1), component & (nearest == 2)]
+        # every voxel's Euclidean distance to each part; ties by side of the midline (docstring)
+        to_a = ndimage.distance_transform_edt(labels != a)
+        to_b = ndimage.distance_transform_edt(labels != b)
+        right, left = (a, b) if xa > body_x else (b, a)
+        tied = np.where(_grid_x(component.shape, affine) >= body_x - MIDLINE_MM, right, left)
+        nearest = np.where(to_a < to_b, a, np.where(to_b < to_a, b, tied))
+        return [component & (nearest == a), component & (nearest == b)]
     return [component]
 
 
@@ -245,10 +262,7 @@ def _shape(mask: np.ndarray, affine: np.ndarray, spacing: np.ndarray, n_body: in
     share of the body's voxels, sphericity, world x of its centroid, and the share of its voxels on that side
     of the body's midline ``body_x``."""
     n = np.count_nonzero(mask)
-    a = np.asarray(affine, float)
-    x = a[0, 3] + sum(  # world x of every voxel of the box, broadcast to [X, Y, Z]
-        a[0, ax] * np.arange(mask.shape[ax]).reshape([-1 if k == ax else 1 for k in range(3)]) for ax in range(3))
-    x = np.broadcast_to(x, mask.shape)
+    x = _grid_x(mask.shape, affine)
     centre = float(x[mask].mean())
     on_side = np.count_nonzero(mask & ((x < body_x) if centre < body_x else (x >= body_x))) / n
     return {"voxels": n, "share": n / n_body, "sphericity": sphericity(mask, spacing), "x": centre,

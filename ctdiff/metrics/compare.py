@@ -38,6 +38,7 @@ from ctdiff.checkpoint import read_checkpoint
 from ctdiff.diffusion.samplers import network_evaluations
 from ctdiff.io import atomic_path, file_sha256
 from ctdiff.machine import label
+from ctdiff.metrics import keys
 from ctdiff.model.condition import copies_per_call
 from ctdiff.options import ETA_SAMPLERS
 from ctdiff.plan import TableRow, setting
@@ -46,17 +47,16 @@ COLUMNS = [
     "variant", "set", "sampler", "steps", "eta", "network_evaluations",
     "train_s_per_step", "train_steps", "train_hours", "train_machine",
     "sampling_s_per_volume", "sampling_machine",
-    "n_synthetic", "n_real",
-    "fid", "fid_low", "fid_high",
-    "kid", "kid_low", "kid_high",
-    "msssim_nearest_real", "msssim_nearest_real_low", "msssim_nearest_real_high",
-    "msssim_diversity", "msssim_diversity_low", "msssim_diversity_high",
+    keys.N_SYNTHETIC, keys.N_REAL,
+    # a metric's value and its bootstrap interval, named after its metrics.json key
+    *(f"{key}{end}" for key in (keys.FID, keys.KID, keys.MSSSIM_NEAREST_REAL, keys.MSSSIM_DIVERSITY)
+      for end in ("", "_low", "_high")),
     "two_lungs_share", "lung_volume_ratio",
     "ci_level", "n_boot", "checkpoint_step", "sample_seed",
     "memorisation_flagged_voxels", "memorisation_flagged_features",
 ]
 # What every row must share for the comparison to be fair, and what the rows of one variant share besides.
-SHARED = ("sample_seed", "n_synthetic", "real_volumes")
+SHARED = ("sample_seed", keys.N_SYNTHETIC, keys.REAL_VOLUMES)
 SHARED_BY_VARIANT = ("checkpoint_sha256",)
 
 
@@ -87,14 +87,14 @@ def sampling_provenance(checkpoint: Path, *, sampler: str, steps: int | None, et
 def _row(name: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(table row, the values every row must share) of one metrics.json."""
     m = json.loads(Path(path).read_text())
-    prov = m.get("provenance", {})
+    prov = m.get(keys.PROVENANCE, {})
     missing = [k for k in ("sampler", "sampler_steps", "eta", "network_evaluations", "sample_seed",
                            "checkpoint_step", "checkpoint_sha256") if k not in prov]
-    missing += [k for k in ("real_volumes", "n_synthetic", "n_real") if k not in m]
+    missing += [k for k in (keys.REAL_VOLUMES, keys.N_SYNTHETIC, keys.N_REAL) if k not in m]
     if missing:
         raise ValueError(f"{path}: no {', '.join(missing)} (metrics written before the sampler comparison? "
                          "rerun the evaluation)")
-    boot = m.get("bootstrap", {})
+    boot = m.get(keys.BOOTSTRAP, {})
 
     def interval(key: str) -> tuple[float | None, float | None]:
         ci = boot.get(key)
@@ -103,28 +103,29 @@ def _row(name: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     row = {
         "set": name, "sampler": prov["sampler"], "steps": prov["sampler_steps"],
         "eta": prov["eta"] if prov["sampler"] in ETA_SAMPLERS else None,
-        "network_evaluations": prov["network_evaluations"], "n_synthetic": m["n_synthetic"], "n_real": m["n_real"],
-        "fid": m["fid"],
-        "msssim_nearest_real": m["msssim_nearest_real"]["mean"], "msssim_diversity": m["msssim_diversity"]["mean"],
+        "network_evaluations": prov["network_evaluations"],
+        keys.N_SYNTHETIC: m[keys.N_SYNTHETIC], keys.N_REAL: m[keys.N_REAL], keys.FID: m[keys.FID],
+        keys.MSSSIM_NEAREST_REAL: m[keys.MSSSIM_NEAREST_REAL]["mean"],
+        keys.MSSSIM_DIVERSITY: m[keys.MSSSIM_DIVERSITY]["mean"],
         "ci_level": boot.get("level") if boot.get("n_boot") else None, "n_boot": boot.get("n_boot", 0),
         "checkpoint_step": prov["checkpoint_step"], "sample_seed": prov["sample_seed"],
     }
-    for key in ("fid", "msssim_nearest_real", "msssim_diversity"):
+    for key in (keys.FID, keys.MSSSIM_NEAREST_REAL, keys.MSSSIM_DIVERSITY):
         row[f"{key}_low"], row[f"{key}_high"] = interval(key)
     # KID (mean over subsets); a metrics.json written before KID leaves its cells empty
-    row["kid"] = m["kid"]["mean"] if "kid" in m else None
-    row["kid_low"], row["kid_high"] = interval("kid")
+    row[keys.KID] = m[keys.KID]["mean"] if keys.KID in m else None
+    row[f"{keys.KID}_low"], row[f"{keys.KID}_high"] = interval(keys.KID)
     # Anatomy in HU (ctdiff.metrics.anatomy_compare): the share of synthetic volumes with two lungs and the mean
     # synthetic / mean real lung volume; empty for metrics written before the anatomy was measured.
-    summary = m.get("anatomy", {}).get("summary", {})
+    summary = m.get(keys.ANATOMY, {}).get("summary", {})
     row["two_lungs_share"] = summary.get("two_lungs_share_synthetic")
     row["lung_volume_ratio"] = summary.get("lung_volume_ratio")
     # near-copies of training volumes by the voxel and the feature-space audit (empty: not audited)
-    memorisation = m.get("memorisation", {})
+    memorisation = m.get(keys.MEMORISATION, {})
     row["memorisation_flagged_voxels"] = memorisation.get("n_flagged")
     row["memorisation_flagged_features"] = memorisation.get("features", {}).get("n_flagged")
     shared = {"checkpoint_sha256": prov["checkpoint_sha256"], "sample_seed": prov["sample_seed"],
-              "n_synthetic": m["n_synthetic"], "real_volumes": sorted(m["real_volumes"])}
+              keys.N_SYNTHETIC: m[keys.N_SYNTHETIC], keys.REAL_VOLUMES: sorted(m[keys.REAL_VOLUMES])}
     return row, shared
 
 
@@ -173,8 +174,8 @@ def variant_table(rows: Sequence[TableRow], out: Path) -> pd.DataFrame:
         table.append({"variant": r.variant, **row, **train_cost[r.variant], **_sampling_cost(Path(r.samples))})
         first = first or (path, same)
         ref = by_variant.setdefault(r.variant, (path, same))
-        for keys, (other, values) in ((SHARED, first), (SHARED_BY_VARIANT, ref)):
-            differ = [k for k in keys if same[k] != values[k]]
+        for names, (other, values) in ((SHARED, first), (SHARED_BY_VARIANT, ref)):
+            differ = [k for k in names if same[k] != values[k]]
             if differ:
                 raise ValueError(f"{path} and {other} differ in {', '.join(differ)}: the rows of the variants table "
                                  "need the same seed, sample count and real volumes, and a variant's rows its checkpoint")

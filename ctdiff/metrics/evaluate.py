@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctdiff.config import EvaluateConfig
+from ctdiff.config import EvaluateConfig, PreprocessConfig
 from ctdiff.io import load_volume, write_json
+from ctdiff.metrics import keys
 from ctdiff.metrics.anatomy_compare import evaluate_anatomy, read_affines
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci, pair_mean_ci
 from ctdiff.metrics.feature_memorisation import feature_audit, features_while_reading
@@ -87,12 +88,12 @@ def real_floor(
     """
     a, b = real_halves(len(real_vol), seed)
     if len(a) < 2:
-        return {"fid": None, "msssim_nearest_real": None, "seed": seed,
+        return {keys.FID: None, keys.MSSSIM_NEAREST_REAL: None, "seed": seed,
                 "reason": f"{len(real_vol)} real volumes: each half needs at least 2 (FID needs 2 per set)"}
     paired = paired_msssim(real_vol[a], real_vol[b], window=window, device=device)
     return {
-        "fid": fid_from_features(feats_real[a], feats_real[b])["fid"],
-        "msssim_nearest_real": paired["mean"],
+        keys.FID: fid_from_features(feats_real[a], feats_real[b])["fid"],
+        keys.MSSSIM_NEAREST_REAL: paired["mean"],
         "half_a": [names[i] for i in a],
         "half_b": [names[i] for i in b],
         "seed": seed,
@@ -147,7 +148,7 @@ def evaluate(
     diversity_pairs: int = 1000,
     train_chunk: int = 64,
     device: str | torch.device = "cpu",
-    hu_window: tuple[float, float] = (-1000.0, 400.0),
+    hu_window: tuple[float, float] = PreprocessConfig.hu_window,
     nodules: tuple[Sequence[Path], Sequence[Path | None]] | None = None,
     workers: int = 1,
 ) -> dict:
@@ -217,10 +218,10 @@ def evaluate(
     bootstrap: dict = dict(boot)
     if settings.bootstrap:
         intervals = {
-            "fid": fid_ci(feats_real, feats_syn, fid["fid"], **boot),
-            "kid": kid_ci(feats_real, feats_syn, kid["mean"], **kid_settings, **boot),
-            "msssim_nearest_real": mean_ci(np.asarray(paired["values"]), **boot),
-            "msssim_diversity": pair_mean_ci(np.asarray(diversity["values"]), np.asarray(diversity["pairs"]),
+            keys.FID: fid_ci(feats_real, feats_syn, fid["fid"], **boot),
+            keys.KID: kid_ci(feats_real, feats_syn, kid["mean"], **kid_settings, **boot),
+            keys.MSSSIM_NEAREST_REAL: mean_ci(np.asarray(paired["values"]), **boot),
+            keys.MSSSIM_DIVERSITY: pair_mean_ci(np.asarray(diversity["values"]), np.asarray(diversity["pairs"]),
                                              len(syn_vol), **boot),
         }
         for key, ci in intervals.items():
@@ -231,7 +232,7 @@ def evaluate(
                        device=device)
     # KID's floor on the same halves (None where a half has fewer than 2 volumes; floor["reason"] says so)
     half_a, half_b = real_halves(len(real_vol), settings.seed)
-    floor["kid"] = (kid_real_floor(feats_real, half_a, half_b, **kid_settings, seed=settings.seed)
+    floor[keys.KID] = (kid_real_floor(feats_real, half_a, half_b, **kid_settings, seed=settings.seed)
                     if len(half_a) >= 2 else None)
 
     train_feats: list[np.ndarray] = []  # filled chunk by chunk as the voxel search reads the training volumes
@@ -244,11 +245,11 @@ def evaluate(
                                              network=network)
 
     metrics = {
-        "fid": fid["fid"],
-        "fid_rank_deficient": fid["rank_deficient"],
-        "fid_feature_dim": fid["dim"],
-        "kid": kid,
-        "msssim_nearest_real": {
+        keys.FID: fid["fid"],
+        keys.FID_RANK_DEFICIENT: fid["rank_deficient"],
+        keys.FID_FEATURE_DIM: fid["dim"],
+        keys.KID: kid,
+        keys.MSSSIM_NEAREST_REAL: {
             "mean": paired["mean"],
             "std": paired["std"],
             "n": paired["n"],
@@ -257,30 +258,31 @@ def evaluate(
                 for k, (j, v) in enumerate(zip(paired["nearest"], paired["values"]))
             ],
         },
-        "msssim_diversity": {
+        keys.MSSSIM_DIVERSITY: {
             "mean": diversity["mean"],
             "std": diversity["std"],
             "n_pairs": diversity["n_pairs"],
         },
-        "bootstrap": bootstrap,
-        "floor": floor,
-        "memorisation": memorisation,
-        "feature_network": network,
-        "n_real": len(real_vol),
-        "n_synthetic": len(syn_vol),
-        "n_train": len(train),
-        "real_volumes": real_names,
-        "volume_shape": list(real_vol.shape[1:]),
-        "msssim": {"window": window, "scales": len(weights), "weights": weights, "sigma": SIGMA,
+        keys.BOOTSTRAP: bootstrap,
+        keys.FLOOR: floor,
+        keys.MEMORISATION: memorisation,
+        keys.FEATURE_NETWORK: network,
+        keys.N_REAL: len(real_vol),
+        keys.N_SYNTHETIC: len(syn_vol),
+        keys.N_TRAIN: len(train),
+        keys.REAL_VOLUMES: real_names,
+        keys.VOLUME_SHAPE: list(real_vol.shape[1:]),
+        keys.MSSSIM: {"window": window, "scales": len(weights), "weights": weights, "sigma": SIGMA,
                    "data_range": 1.0},
-        "seed": settings.seed,
-        "paper": dict(PAPER),
-        "provenance": dict(provenance or {}),
+        keys.SEED: settings.seed,
+        keys.PAPER: dict(PAPER),
+        keys.PROVENANCE: dict(provenance or {}),
     }
-    metrics["anatomy"] = evaluate_anatomy(
+    metrics[keys.ANATOMY] = evaluate_anatomy(
         real_vol, read_affines(real), real_names, syn_vol, read_affines(synthetic), syn_names, hu_window=hu_window,
         seed=settings.seed, n_boot=settings.bootstrap, level=settings.ci_level, workers=workers)
     if nodules is not None:
-        metrics["nodules"] = nodule_control(synthetic, nodules[0], nodules[1], hu_window)
+        metrics[keys.NODULES] = nodule_control(synthetic, nodules[0], nodules[1], hu_window)
+    keys.check_metrics(metrics, where=f"{out} (not written)")
     write_json(Path(out), metrics)
     return metrics

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ctdiff.metrics import keys
 from ctdiff.metrics.med3d import Med3DResNet, extract_features
 from ctdiff.metrics.memorisation import audit
 from ctdiff.metrics.nearest import nearest_rows
@@ -80,5 +81,5 @@ def feature_audit(
     test_near = nearest_rows(test_features, train_features)
     record = audit(synthetic_names, syn_near, test_names, test_near, train_names, n_closest=n_closest,
                    distance=FEATURE_DISTANCE)
-    record["feature_network"] = dict(network)
+    record[keys.FEATURE_NETWORK] = dict(network)
     return record

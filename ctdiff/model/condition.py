@@ -36,7 +36,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-from ctdiff.options import CONDITIONS
+from ctdiff.options import CONDITIONS, check_guidance
 
 #: Signed distances are clipped to ± this many millimetres before scaling to [-1, 1].
 DISTANCE_CLIP_MM = 30.0
@@ -105,11 +105,8 @@ def guided(model, cond: Tensor | None, guidance: float = 1.0, null: Tensor | Non
     model (then ``guidance`` must be 1: there is nothing to guide). ``null`` is the no-nodule condition in
     ``cond``'s representation (default :func:`null_condition`, right for voxels; the wavelet representation
     passes the transform of the voxel one). Both are cast to ``x``'s dtype."""
-    if guidance < 0:
-        raise ValueError(f"sample.guidance={guidance} must be >= 0")
+    check_guidance(guidance, cond is not None, where="")
     if cond is None:
-        if guidance != 1.0:
-            raise ValueError(f"sample.guidance={guidance} needs a conditioned model (model.condition: nodules)")
         return model
     null = null_condition(cond) if null is None else null
 
