@@ -1,6 +1,6 @@
 """Every sampler family's facts against what the code does with them: its network evaluations against the model
 calls of the sampling loop, its grid against the times the model sees, its limits against the config checks and
-the loop, its name against the schema, the command line and the README. A new family in
+the loop, its name against the schema, the command line and the samplers table of docs/configuration.md. A new family in
 ``ctdiff.diffusion.samplers.FAMILIES`` is checked here without a line of this file changing."""
 
 import re
@@ -134,9 +134,9 @@ def test_the_command_line_takes_and_describes_every_family(name):
     assert f"{name} ({' and '.join(f.objectives)} checkpoints): {f.summary}" in cli._sampler_help()
 
 
-def test_the_readme_samplers_table_has_a_row_per_family():
-    readme = (REPO / "README.md").read_text()
+def test_the_docs_samplers_table_has_a_row_per_family():
+    readme = (REPO / "docs" / "configuration.md").read_text()
     for f in FAMILIES:
         row = re.search(rf"^  \| ([a-z, ]+) \| `{f.name}` \|", readme, re.MULTILINE)
-        assert row, f"README.md: no row for `{f.name}` in the samplers table"
+        assert row, f"docs/configuration.md: no row for `{f.name}` in the samplers table"
         assert row.group(1).split(", ") == list(f.objectives), f.name
