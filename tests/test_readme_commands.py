@@ -73,7 +73,7 @@ COMMANDS: dict[str, Check] = {
         "real", "prints the command a node would run", expect=("accelerate", "--num_processes")),
     "snakemake --cores all --config sample='{n: 8}'": Check("dry", "draws and scores 8 demo samples"),
     "snakemake --cores all --configfile config/config.yaml config/demo_paper.yaml": Check(
-        "dry", "adds 8-15 minutes of training and DDPM-1000 sampling", expect=("train_variant",)),
+        "dry", "adds 8-15 minutes of training and DDPM-1000 sampling", expect=("results/models/paper/train/model.pt",)),
     "snakemake --cores 16 --resources mem_mb=28000": Check("dry", "runs the whole demo"),
     "snakemake --config sample='{n: 8, hu: true, steps: null}'": Check(
         "dry", "docs/facts.md: what --config hands over (numbers, booleans and null, read as typed)"),
