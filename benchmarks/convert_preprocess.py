@@ -34,18 +34,18 @@ def _stage(stage: str, root: str, out: str, size: int, spacing: float, queue) ->
     root_p, out_p = Path(root), Path(out)
     series = out_p / "series.json"
     if stage == "discover":
-        from ctdiff.data.discover import discover
+        from ctdiff.ingest.discover import discover
 
         def run():
             return discover(root_p, out_p / "inventory.tsv", series)
     elif stage == "convert":
-        from ctdiff.data.convert import convert_or_reject
+        from ctdiff.ingest.convert import convert_or_reject
 
         def run():
             return convert_or_reject(root_p, series, PATIENT, out_p / "nifti", out_p / "qc.tsv")
     else:
-        from ctdiff.data.convert import VOLUME_NAME
-        from ctdiff.data.preprocess import preprocess
+        from ctdiff.ingest.convert import VOLUME_NAME
+        from ctdiff.ingest.preprocess import preprocess
 
         def run():
             return preprocess(out_p / "nifti" / VOLUME_NAME, out_p / "pre.nii.gz", size=size, spacing_mm=spacing)
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--spacing", type=float, default=3.0)
     args = parser.parse_args()
 
-    from ctdiff.data.phantom import write_patient
+    from ctdiff.phantom import write_patient
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ctdiff-bench-"))
     root = work / f"dicom-{args.matrix}x{args.slices}"

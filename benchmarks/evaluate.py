@@ -4,7 +4,7 @@
     python benchmarks/evaluate.py --n 32 --size 48 --depth 50
     python benchmarks/evaluate.py --n 16 --size 128 --depth 50 --device cuda
 
-Volumes: the phantom cohort's chests (``ctdiff.data.phantom.scan.phantom_volume``, white noise included), each
+Volumes: the phantom cohort's chests (``ctdiff.phantom.scan.phantom_volume``, white noise included), each
 with its own seed and body scale, over a 384 mm field (3 mm voxels at 128³, as ``config/config.yaml``), in
 [0, 1] through the [-1000, 400] HU window, RAS+ as preprocessing writes them.
 Med3D features and MS-SSIM run on ``--device`` (the GPU when there is one, as in the workflow's evaluate
@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from ctdiff.config import EvaluateConfig
-from ctdiff.data.phantom.scan import phantom_volume
-from ctdiff.io import load_volume, save_volume
+from ctdiff.phantom.scan import phantom_volume
+from ctdiff.files import load_volume, save_volume
 from ctdiff.machine import cpu_name
 from ctdiff.metrics.anatomy_compare import VOXELS_PER_WORKER, anatomy_rows, compare_anatomy
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci

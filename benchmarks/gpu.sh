@@ -300,8 +300,8 @@ t1=$(date +%s.%N)
 "$py" - "$work/imports.json" <<'EOF' 2>&1 | tee -a "$log"
 import importlib, json, runpy, sys, traceback
 modules = ["torch", "numpy", "scipy", "accelerate", "psutil", "tqdm", "nibabel", "isal.igzip", "skimage",
-           "ctdiff.train", "ctdiff.generate", "ctdiff.checkpoint", "ctdiff.io", "ctdiff.metrics.evaluate",
-           "ctdiff.data.phantom.scan"]
+           "ctdiff.training.loop", "ctdiff.sampling.generate", "ctdiff.training.checkpoint", "ctdiff.files", "ctdiff.metrics.evaluate",
+           "ctdiff.phantom.scan"]
 scripts = ["benchmarks/train_step.py", "benchmarks/sample.py", "benchmarks/evaluate.py"]
 missing, failed = set(), {}
 for what in modules + scripts:

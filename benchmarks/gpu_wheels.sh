@@ -22,10 +22,10 @@ py_version=${PY_VERSION:-3.12}
 pip_python=${PIP_PYTHON:-python3}
 
 packages=(
-  nibabel==5.4.2     # ctdiff.io reads and writes .nii.gz (every part imports it)
-  isal==1.9.1        # ctdiff.io's gzip (ISA-L); compiled, one wheel per Python version
-  pydicom==3.0.2     # ctdiff.data.phantom (evaluate.py's phantom chests) imports it
-  defusedxml==0.7.1  # ctdiff.data.annotations (imported by ctdiff.generate and ctdiff.metrics.evaluate)
+  nibabel==5.4.2     # ctdiff.files reads and writes .nii.gz (every part imports it)
+  isal==1.9.1        # ctdiff.files's gzip (ISA-L); compiled, one wheel per Python version
+  pydicom==3.0.2     # ctdiff.phantom (evaluate.py's phantom chests) imports it
+  defusedxml==0.7.1  # ctdiff.ingest.annotations (imported by ctdiff.sampling.generate and ctdiff.metrics.evaluate)
 )
 
 mkdir -p "$dest"

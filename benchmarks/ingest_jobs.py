@@ -11,7 +11,7 @@ of the job's interpreter, Snakemake's script preamble, the script's imports, Sna
 main process (printed apart, polled with psutil), and the few milliseconds of work.
 
 Then what each job imports before it works (Snakemake's preamble, the script's top-level ``import``
-statements and, for convert, dicom2nifti, which ``ctdiff.data.convert`` imports where it calls it) is run in
+statements and, for convert, dicom2nifti, which ``ctdiff.ingest.convert`` imports where it calls it) is run in
 a fresh interpreter, ``--repeats`` times, and the median CPU time printed beside a bare interpreter's.
 """
 
@@ -45,7 +45,7 @@ def patient_ids(n: int) -> list[str]:
 
 
 def write_tree(root: Path, ids: list[str]) -> None:
-    from ctdiff.data.phantom import write_patient
+    from ctdiff.phantom import write_patient
 
     for pid in ids:
         if not (root / pid).is_dir():

@@ -7,7 +7,7 @@ and compiled, in one run.
     python benchmarks/sample.py --ddpm-steps 100        # time 100 DDPM steps and scale to the full chain
     python benchmarks/sample.py --wavelet-sizes 128 256 # also the wavelet representation at 128³ and 256³
 
-Every row runs ``ctdiff.diffusion.sampling.sample`` on the network as ``ctdiff.generate`` wraps it
+Every row runs ``ctdiff.diffusion.sampling.sample`` on the network as ``ctdiff.sampling.generate`` wraps it
 (``network(model, device, precision, compile)``), with one generator per batch element as in production,
 after one untimed warm-up batch per mode (which pays for compiling). The network is randomly initialised
 unless ``--checkpoint`` is given; speed does not depend on the weights, so every sampler runs on the same
@@ -18,7 +18,7 @@ workflow's ``evaluate.compare_samplers`` reports FID and MS-SSIM per sampler on 
 
 ``--wavelet-sizes`` adds rows for ``model.representation: wavelet`` at each size (the same channel widths, 8
 input and output channels, the chain on ``[B, 8, S/2, S/2, S/2]`` with the wavelet x0 projection, and the
-inverse transform of the result, as ``ctdiff.generate`` runs it), in eager mode, with the same ratio to the
+inverse transform of the result, as ``ctdiff.sampling.generate`` runs it), in eager mode, with the same ratio to the
 voxel DDPM-1000 eager reference (of ``--size`` or the checkpoint's size) measured in the same run.
 
 Each row is printed as soon as it is measured, so a run cut at a time budget (benchmarks/gpu.sh) keeps the
@@ -33,12 +33,12 @@ import time
 
 import torch
 
-from ctdiff.checkpoint import load_for_sampling
+from ctdiff.training.checkpoint import load_for_sampling
 from ctdiff.diffusion.samplers import FAMILIES, family, network_evaluations
 from ctdiff.diffusion.sampling import sample
 from ctdiff.diffusion.schedule import make_schedule
 from ctdiff.config import check_network_size
-from ctdiff.generate import network, sample_generator
+from ctdiff.sampling.generate import network, sample_generator
 from ctdiff.model import representation
 from ctdiff.model.unet import UNet3D
 from ctdiff.options import PRECISIONS

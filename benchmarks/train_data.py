@@ -6,8 +6,8 @@
 Paths (each configuration in a fresh child process, so its peak resident set is its own):
 - ``memory``: the whole-set loader training used before ``TrainingSet`` — every volume decoded into one
   ``[N, 1, S, S, S]`` tensor — and per step ``data[idx]``, ``idx`` from ``batch_indices(seed, step)``.
-- ``stream``: ``ctdiff.data.trainset.TrainingSet`` built in an empty cache folder (every volume checked and
-  written as an uncompressed ``.npy``), then per step the batch read by ``ctdiff.data.prefetch.Prefetcher``
+- ``stream``: ``ctdiff.training.trainset.TrainingSet`` built in an empty cache folder (every volume checked and
+  written as an uncompressed ``.npy``), then per step the batch read by ``ctdiff.training.prefetch.Prefetcher``
   one step ahead.
 
 Printed per configuration: setup seconds (for ``stream`` also a second construction on the filled folder,
@@ -47,7 +47,7 @@ def write_volumes(folder: Path, n: int, size: int) -> list[Path]:
     """``n`` smooth random volumes in [0, 1] (a coarse grid upsampled, so gzip compresses them as it does CT)."""
     from scipy.ndimage import zoom
 
-    from ctdiff.io import save_volume
+    from ctdiff.files import save_volume
 
     rng = np.random.default_rng(0)
     paths = []
@@ -65,11 +65,11 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from torch.nn import functional as F
 
-    from ctdiff.data.prefetch import Prefetcher
-    from ctdiff.data.trainset import TrainingSet
+    from ctdiff.training.prefetch import Prefetcher
+    from ctdiff.training.trainset import TrainingSet
     from ctdiff.model.unet import UNet3D
-    from ctdiff.io import load_volume
-    from ctdiff.train import batch_indices
+    from ctdiff.files import load_volume
+    from ctdiff.training.step import batch_indices
 
     torch.set_num_threads(args.threads)
     files = sorted(Path(args.dir).glob("*.nii.gz"))[: args.n]

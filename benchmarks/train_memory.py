@@ -8,9 +8,9 @@
 
 No tensor holds data (``torch._subclasses.FakeTensorMode``), so the paper's network at 128³ is "run" in
 seconds on any machine. ``torch.distributed._tools.mem_tracker.MemTracker`` records the live tensors, by
-kind, at the peak of one steady-state step of :func:`ctdiff.train.train_step` itself (the bf16-autocast
+kind, at the peak of one steady-state step of :func:`ctdiff.training.step.train_step` itself (the bf16-autocast
 forward and backward of each micro-batch, gradient clipping, the fused Adam step and the EMA update),
-called as :func:`ctdiff.train.train` calls it: Adam's moments already allocated, gradients set to None
+called as :func:`ctdiff.training.loop.train` calls it: Adam's moments already allocated, gradients set to None
 between steps, this step's batch and the next one's prefetched copy on the device. Everything one process
 keeps on the device is in the count, in these parts:
 
@@ -21,7 +21,7 @@ keeps on the device is in the count, in these parts:
 - activations: tensors saved for the backward pass and temporaries, bf16 casts of the weights included;
 - data in flight: the step's batch (volumes, timesteps, noise; ``[b, 1, S, S, S]`` float32 twice, or
   ``[b, 8, S/2, S/2, S/2]`` with ``--representation wavelet``, the same bytes: the Haar transform runs on the
-  host) and the next step's copy made by :class:`ctdiff.data.prefetch.Prefetcher`. The next copy is counted as if alive
+  host) and the next step's copy made by :class:`ctdiff.training.prefetch.Prefetcher`. The next copy is counted as if alive
   at the peak; the loop makes it after the step's last kernel is queued, so this errs by one batch at most.
 
 The step runs under CPU autocast (fake tensors cannot be CUDA tensors in a CPU build of torch). The two
@@ -57,7 +57,7 @@ from ctdiff.diffusion.schedule import make_schedule
 from ctdiff.model import representation
 from ctdiff.model.unet import UNet3D
 from ctdiff.options import REPRESENTATIONS
-from ctdiff.train import train_step
+from ctdiff.training.step import train_step
 
 GIB = 2**30
 SETTINGS = {"plain": (False, False), "ckpt": (True, False), "rnorm": (False, True), "ckpt+rnorm": (True, True)}
@@ -70,7 +70,7 @@ def _group_norm_fp32(self: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 class _OneProcess:
-    """What :func:`ctdiff.train.train_step` asks of its ``Accelerator`` (bf16 mixed precision), for one
+    """What :func:`ctdiff.training.step.train_step` asks of its ``Accelerator`` (bf16 mixed precision), for one
     process on fake CPU tensors: bf16 autocast, a plain backward (bf16 needs no loss scaling), clipping."""
 
     def autocast(self):

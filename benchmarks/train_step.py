@@ -7,8 +7,8 @@
 
 Variants (each in a fresh child process, so peak memory is its own):
 - ``reference``: the same U-Net, bf16 autocast, Adam, ε-MSE on noise drawn on the device; nothing else.
-- ``ctdiff-*``: what ``ctdiff.train`` runs per step — batch indices and per-position noise from
-  ``(seed, step, position)`` on the CPU, then :func:`ctdiff.train.train_step` under Accelerate (bf16
+- ``ctdiff-*``: what ``ctdiff.training.loop`` runs per step — batch indices and per-position noise from
+  ``(seed, step, position)`` on the CPU, then :func:`ctdiff.training.step.train_step` under Accelerate (bf16
   autocast, gradient clipping, EMA update, fused Adam on CUDA) — with ``-eager``, ``-compile`` (torch.compile),
   ``-ckpt`` (gradient checkpointing), ``-rnorm`` (``train.recompute_norm``: GroupNorm → SiLU recomputed in
   the backward pass), ``-accumN`` (N micro-batches), ``-bN`` (another batch size), ``-wavelet``
@@ -125,7 +125,7 @@ def child(args: argparse.Namespace) -> dict:
     else:
         from accelerate import Accelerator
 
-        from ctdiff.train import batch_indices, draw_noise, train_step
+        from ctdiff.training.step import batch_indices, draw_noise, train_step
 
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True

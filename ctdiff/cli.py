@@ -41,8 +41,8 @@ def _steps_help(timesteps: int = 1000) -> str:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from ctdiff.data.split import read_ids
-    from ctdiff.train import train
+    from ctdiff.ingest.split import read_ids
+    from ctdiff.training.loop import train
 
     cfg = read_job_settings("train", args.settings)  # the sections training reads, checked together
     ids = read_ids(args.train_list)
@@ -73,17 +73,17 @@ def sample_settings(args: argparse.Namespace) -> SampleConfig:
 
 
 def _condition_masks(args: argparse.Namespace, n: int, out: Path) -> list[Path] | None:
-    """The nodule mask of each sample (:mod:`ctdiff.conditions`): held-out masks from ``--nodules-from``
+    """The nodule mask of each sample (:mod:`ctdiff.sampling.conditions`): held-out masks from ``--nodules-from``
     (cycled through ``--nodule-items``' sorted ids, or the folder's masks), or the ``--nodule`` balls painted
     on the checkpoint's grid and written to ``<out>/nodules/requested.nii.gz``; None without either."""
-    from ctdiff.conditions import held_out_masks, parse_nodule, requested_mask, write_requested
+    from ctdiff.sampling.conditions import held_out_masks, parse_nodule, requested_mask, write_requested
 
     if args.nodules_from and args.nodule:
         raise ValueError("give --nodules-from or --nodule, not both")
     if args.nodules_from:
         folder = Path(args.nodules_from)
         if args.nodule_items:
-            from ctdiff.data.split import read_ids
+            from ctdiff.ingest.split import read_ids
 
             items = read_ids(args.nodule_items)
         else:
@@ -92,8 +92,8 @@ def _condition_masks(args: argparse.Namespace, n: int, out: Path) -> list[Path] 
     if args.nodule:
         import numpy as np
 
-        from ctdiff.checkpoint import checkpoint_config, read_checkpoint
-        from ctdiff.generate import sample_affine
+        from ctdiff.training.checkpoint import checkpoint_config, read_checkpoint
+        from ctdiff.sampling.generate import sample_affine
 
         nodules = [parse_nodule(text) for text in args.nodule]
         data = checkpoint_config(read_checkpoint(Path(args.checkpoint))["config"]).data
@@ -104,7 +104,7 @@ def _condition_masks(args: argparse.Namespace, n: int, out: Path) -> list[Path] 
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from ctdiff.generate import generate
+    from ctdiff.sampling.generate import generate
 
     settings = sample_settings(args)
     out = Path(args.out)

@@ -25,7 +25,7 @@ it dies. The evaluate rule, which runs in Snakemake's own process, claims its GP
 Stopping (SIGTERM, what SLURM sends before a time limit or preemption): the launcher passes it to the
 worker processes themselves, not to Accelerate's launcher, which would kill them 30 s after passing it on
 (``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``, which it reads where SLURM signals it directly, is raised to the same
-grace). The workers agree on a step, write the checkpoint and leave together (:mod:`ctdiff.train`); the
+grace). The workers agree on a step, write the checkpoint and leave together (:mod:`ctdiff.training.loop`); the
 launcher waits for them up to ``--grace`` seconds (default 900: a 2.5 GB checkpoint on a slow disk), then
 kills what is left, and exits with 143.
 """

@@ -1,7 +1,8 @@
 """What machine ran a stage, for the cost columns of the variants table: the accelerator's name (CUDA device
 name, or the CPU's model name from ``/proc/cpuinfo``), how many processes shared the work and, on a CPU, the
 torch threads of each. Training records it in its checkpoint, sampling in ``sampling.json`` beside the samples.
-And what a host needs for ``torch.compile`` (:func:`check_compile`), asked before any work.
+And what a host can do: bf16 on its CPU (:func:`cpu_has_amx_bf16`) or GPU (:func:`cuda_has_native_bf16`), and
+what it needs for ``torch.compile`` (:func:`check_compile`), asked before any work.
 """
 
 from __future__ import annotations
@@ -47,6 +48,29 @@ def label(machine: dict[str, Any] | None) -> str | None:
     if machine["type"] == "cpu":
         text += f" (CPU, {machine['threads']} threads)"
     return text
+
+
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU has AMX-BF16 tile instructions (Intel Xeon since Sapphire Rapids).
+
+    Only these made bf16 autocast faster on the CPU: the demo's U-Net trained 2.5x faster than in fp32 with
+    them, but 1.2-1.6x slower on the same CPU with oneDNN limited to AVX512-BF16 (docs/facts.md).
+    """
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.9
+    if capabilities is not None:
+        return bool(capabilities().get("amx_bf16", False))
+    # Older torch: every CPU with AMX tiles has AMX-BF16.
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def cuda_has_native_bf16() -> bool:
+    """Whether the current CUDA GPU computes in bf16 natively (compute capability 8.0, Ampere, or newer).
+
+    ``torch.cuda.is_bf16_supported()`` also says yes on older cards (Turing, Volta), where bf16 is emulated and
+    slower than fp32; this asks the capability itself.
+    """
+    major, _ = torch.cuda.get_device_capability()
+    return major >= 8
 
 
 def compile_needs(device_type: str) -> list[str]:

@@ -16,7 +16,7 @@ from ctdiff.diffusion.samplers import FAMILIES, family
 SAMPLERS: tuple[str, ...] = tuple(f.name for f in FAMILIES)
 Sampler = Literal[SAMPLERS]  # type: ignore[valid-type]
 Precision = Literal["fp32", "bf16"]
-TrainPrecision = Literal["fp32", "bf16", "auto"]  # auto: bf16 where it is measured faster (ctdiff.train)
+TrainPrecision = Literal["fp32", "bf16", "auto"]  # auto: bf16 where it is measured faster (ctdiff.training.loop)
 Objective = Literal["eps", "v", "flow"]
 FlowTime = Literal["logit_normal", "uniform"]  # how training draws the flow time t (diffusion.flow_t)
 Representation = Literal["voxels", "wavelet"]  # what the U-Net denoises (ctdiff.model.representation)
@@ -65,7 +65,7 @@ def check_guidance(guidance: float, conditioned: bool, *, masks: bool = False, w
     """Raise ``ValueError`` naming ``sample.guidance`` when the classifier-free guidance scale ``guidance`` is
     negative, or is not 1 (or nodule ``masks`` are given) for a model that is not ``conditioned``
     (``model.condition: none``): it has nothing to guide. ``where`` begins the message (the config, or the
-    checkpoint that records the condition). Config checks, ``ctdiff.generate`` and
+    checkpoint that records the condition). Config checks, ``ctdiff.sampling.generate`` and
     ``ctdiff.model.condition.guided`` all ask here."""
     if guidance < 0:
         raise ValueError(f"{where}sample.guidance={guidance} must be >= 0")

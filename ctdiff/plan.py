@@ -47,7 +47,7 @@ def dicom_tree(cfg: Config) -> DicomTree:
 
 
 def converted_items(cohort_tsv: Path | str) -> dict[str, str]:
-    """``{item: patient}`` of the rows of a cohort table (:func:`ctdiff.data.cohort.summarise`) whose decision
+    """``{item: patient}`` of the rows of a cohort table (:func:`ctdiff.ingest.cohort.summarise`) whose decision
     is ``'converted'``: the items every stage after ingestion uses."""
     with open(cohort_tsv, newline="", encoding="utf-8") as fh:
         return {r["item"]: r["patient"] for r in csv.DictReader(fh, delimiter="\t") if r["decision"] == "converted"}
@@ -99,7 +99,7 @@ def ingest_mem_mb(stage: Literal["convert", "preprocess"], series_json: Path | s
                   size: int = 0) -> int:
     """The memory (MB) the ``stage`` job of ``item`` declares (the rules' ``mem_mb`` resource, so that
     Snakemake runs jobs together only within ``--resources mem_mb``): :func:`mem_mb_for` of the item's
-    files x rows x columns in discovery's series table (:func:`ctdiff.data.discover.discover`) and the
+    files x rows x columns in discovery's series table (:func:`ctdiff.ingest.discover.discover`) and the
     preprocess ``size``. Raises ``ValueError`` naming the table when ``item`` is not in it."""
     st = os.stat(series_json)
     voxels = _series_voxels(str(series_json), st.st_mtime_ns, st.st_size)
@@ -196,7 +196,7 @@ def set_sample(cfg: Config, model: str, set: str) -> SampleConfig:
 
 
 def set_setting(cfg: Config, model: str, set: str) -> dict[str, Any]:
-    """The sampler setting of a set as its evaluation records it (``ctdiff.metrics.compare.sampling_provenance``
+    """The sampler setting of a set as its evaluation records it (``ctdiff.metrics.variant_table.sampling_provenance``
     resolves the rest): the model's sampler, steps (unresolved) and eta for :data:`MAIN_SET`, the resolved
     compared setting for a tag; with ``guidance`` where the model's sample section guides (w != 1)."""
     settings = model_config(cfg, model).sample
@@ -277,7 +277,7 @@ def train_condition_options(cfg: Config) -> str:
 
 def sample_condition_options(cfg: Config) -> str:
     """The ``ctdiff sample`` options of ``cfg``'s condition: for nodules, the held-out (test split) masks,
-    which sample ``i`` takes in sorted order, cycled (:mod:`ctdiff.conditions`); nothing for none. Inputs of
+    which sample ``i`` takes in sorted order, cycled (:mod:`ctdiff.sampling.conditions`); nothing for none. Inputs of
     the job, not settings: they follow ``--settings`` on the command line."""
     if cfg.model.condition != "nodules":
         return ""

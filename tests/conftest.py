@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from ctdiff.config import Config, DiffusionConfig, ModelConfig, PreprocessConfig, TrainConfig
-from ctdiff.data.cohort import summarise
-from ctdiff.data.convert import VOLUME_NAME, convert_or_reject
-from ctdiff.data.discover import discover
-from ctdiff.data.preprocess import preprocess
-from ctdiff.io import save_volume
+from ctdiff.ingest.cohort import summarise
+from ctdiff.ingest.convert import VOLUME_NAME, convert_or_reject
+from ctdiff.ingest.discover import discover
+from ctdiff.ingest.preprocess import preprocess
+from ctdiff.files import save_volume
 
 SIZE = 8
 TINY_MODEL = ModelConfig(channels=(4, 8), res_blocks=1, attention=False, groups=2)
@@ -68,8 +68,8 @@ def tiny_config(**train_overrides) -> Config:
 def write_train_folder(folder: Path, *, rows=((10, 5.0), (20, 6.0), (30, 7.5), (40, 8.5)), machine=None) -> Path:
     """A train/ folder as the variants table reads it: a checkpoint at the last logged step (recording
     ``machine`` when given) and its log.csv of ``(step, elapsed_s)`` rows."""
-    from ctdiff.checkpoint import save_checkpoint
-    from ctdiff.train import write_log
+    from ctdiff.training.checkpoint import save_checkpoint
+    from ctdiff.training.loop import write_log
 
     folder.mkdir(parents=True, exist_ok=True)
     payload = {"config": {}, "ema": {}, "step": rows[-1][0]}

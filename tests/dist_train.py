@@ -12,7 +12,7 @@ from accelerate import PartialState
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_config  # noqa: E402
-from ctdiff.train import train  # noqa: E402
+from ctdiff.training.loop import train  # noqa: E402
 
 out = Path(sys.argv[1])
 steps, log_every = (int(a) for a in sys.argv[2:4]) if len(sys.argv) > 2 else (5, 1)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import wasserstein_distance
 
-from ctdiff.data.phantom.scan import phantom_volume
+from ctdiff.phantom.scan import phantom_volume
 from ctdiff.metrics.anatomy import CLASSES, class_slices, hu_bins, sphericity, volume_anatomy, voxel_ml
 from ctdiff.metrics import anatomy_compare
 from ctdiff.metrics.anatomy_compare import QUANTITIES, anatomy_rows, evaluate_anatomy, hist_w1
@@ -226,7 +226,7 @@ def test_class_bins_cover_the_window():
 
 
 def test_anatomy_figure(tmp_path):
-    from ctdiff.plots import anatomy_figure
+    from ctdiff.report.plots import anatomy_figure
 
     _, hu = _chest()
     real = np.stack([_scaled(hu)] * 2)

@@ -1,4 +1,4 @@
-"""Tests for ctdiff.data.annotations: LIDC annotation XML read, placed on the converted volume's voxels,
+"""Tests for ctdiff.ingest.annotations: LIDC annotation XML read, placed on the converted volume's voxels,
 grouped into nodules with a consensus, matched to series at discovery."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from ctdiff.data.annotations.ingest import annotate
-from ctdiff.data.annotations.lidc_xml import AnnotationError, Mark, NonNodule, Roi, lidc_xml, parse, read_header
-from ctdiff.data.annotations.nodules import nodules
-from ctdiff.data.annotations.rasterise import SliceGrid, interior
-from ctdiff.data.convert import convert_item
-from ctdiff.data.discover import discover
+from ctdiff.ingest.annotations.ingest import annotate
+from ctdiff.ingest.annotations.lidc_xml import AnnotationError, Mark, NonNodule, Roi, lidc_xml, parse, read_header
+from ctdiff.ingest.annotations.nodules import nodules
+from ctdiff.ingest.annotations.rasterise import SliceGrid, interior
+from ctdiff.ingest.convert import convert_item
+from ctdiff.ingest.discover import discover
 from test_convert import C20, S20, write_series
 
 # A reading as LIDC writes it (namespace, element order, whitespace in numbers), typed by hand: reader 1
@@ -209,7 +209,7 @@ def grid_2d(shape=(64, 64, 8), spacing=(0.5, 0.5, 2.0)) -> SliceGrid:
 
 
 def reading(marks, non=()) -> object:
-    from ctdiff.data.annotations.lidc_xml import Reading
+    from ctdiff.ingest.annotations.lidc_xml import Reading
     return Reading("x.xml", "9", 4, list(marks), list(non), [])
 
 
@@ -267,7 +267,7 @@ def test_four_readers_exclusions_points_and_one_mark_per_reader():
     assert any("far" in p and "roi skipped" in p for p in problems)
     assert len(np.intersect1d(masks[0], masks[1])) == 2 * 9            # consensus regions may overlap...
     grid_mask = np.zeros(grid.shape, np.uint8)
-    from ctdiff.data.annotations.ingest import _label
+    from ctdiff.ingest.annotations.ingest import _label
     _label([reading(marks, non)], grid, 0.5, grid_mask)
     assert np.count_nonzero(grid_mask == 1) == 211 and np.count_nonzero(grid_mask == 2) == 90 - 2 * 9  # first keeps them
 

@@ -51,7 +51,7 @@ def test_the_command_line_defaults_are_the_sample_sections():
 
 def test_sample_hands_generate_the_sample_section(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr("ctdiff.generate.generate", lambda *args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.setattr("ctdiff.sampling.generate.generate", lambda *args, **kwargs: calls.append((args, kwargs)))
     assert cli.main(["sample", "--checkpoint", "model.pt", "-n", "2", "--sampler", "ddim", "--steps", "4", "--hu",
                      "--out", str(tmp_path), "--device", "cpu", "--no-progress"]) == 0
     (checkpoint, out_files, cache, settings), kwargs = calls[0]

@@ -10,7 +10,7 @@ import pandas as pd
 import pydicom
 from pydicom.uid import generate_uid
 
-from ctdiff.data.phantom import write_patient
+from ctdiff.phantom import write_patient
 from ctdiff.plan import ingest_mem_mb
 from test_workflow import planned_rules, snakemake
 

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from conftest import write_train_folder
-from ctdiff.checkpoint import save_checkpoint
+from ctdiff.training.checkpoint import save_checkpoint
 from ctdiff.diffusion.samplers import network_evaluations
 from ctdiff.diffusion.sampling import sample
 from ctdiff.diffusion.schedule import make_schedule
-from ctdiff.metrics.compare import read_variant_table, sampling_provenance, train_seconds_per_step, variant_table
+from ctdiff.metrics.variant_table import read_variant_table, sampling_provenance, train_seconds_per_step, variant_table
 from ctdiff.plan import TableRow
-from ctdiff.train import write_log
+from ctdiff.training.loop import write_log
 
 
 class CountingModel(nn.Module):

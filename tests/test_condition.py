@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from conftest import AFFINE, SIZE, tiny_config, write_volumes
-from ctdiff.checkpoint import load_for_sampling, read_checkpoint
+from ctdiff.training.checkpoint import load_for_sampling, read_checkpoint
 from ctdiff.config import Config, ModelConfig, from_dict
-from ctdiff.io import save_volume
+from ctdiff.files import save_volume
 from ctdiff.model.condition import DISTANCE_CLIP_MM, encode_mask, guided, null_condition, spacing_of
 from ctdiff.model.unet import UNet3D
-from ctdiff.train import draw_condition_dropout, draw_noise, train
+from ctdiff.training.loop import train
+from ctdiff.training.step import draw_condition_dropout, draw_noise
 
 COND_MODEL = ModelConfig(channels=(4, 8), res_blocks=1, attention=False, groups=2, condition="nodules")
 
@@ -192,8 +193,8 @@ def test_the_guidance_rule_is_stated_once():
     check_guidance(0.0, True, masks=True)
 
 def test_requested_nodules_are_balls_of_their_diameter_and_bad_ones_are_refused():
-    from ctdiff.conditions import parse_nodule, requested_mask
-    from ctdiff.generate import sample_affine
+    from ctdiff.sampling.conditions import parse_nodule, requested_mask
+    from ctdiff.sampling.generate import sample_affine
 
     affine = sample_affine(AFFINE, 8)                                   # 3 mm voxels, centre voxel at 0 mm
     labels, rows = requested_mask([(4, 4, 4, 9.0)], 8, affine, mm=False)
@@ -229,7 +230,7 @@ def conditioned_checkpoint(tmp_path_factory):
 def test_sampling_takes_held_out_masks_in_sorted_cycled_order_and_writes_them_beside(conditioned_checkpoint,
                                                                                       tmp_path, capsys):
     from ctdiff import cli
-    from ctdiff.io import load_volume, write_tsv
+    from ctdiff.files import load_volume, write_tsv
 
     model, masks = conditioned_checkpoint
     write_tsv(masks / "V01.tsv", [{"label": 1, "kind": "nodule"}], ["label", "kind"])
@@ -270,7 +271,7 @@ def test_an_unconditional_checkpoint_refuses_masks_and_guidance(volumes, tmp_pat
 
 def test_a_wavelet_model_takes_the_condition_as_sub_bands_and_samples_with_it(tmp_path):
     from ctdiff import cli
-    from ctdiff.io import load_volume
+    from ctdiff.files import load_volume
 
     volumes = write_volumes(tmp_path / "volumes", 4)
     masks = write_masks(tmp_path / "masks", volumes)
@@ -287,7 +288,7 @@ def test_a_wavelet_model_takes_the_condition_as_sub_bands_and_samples_with_it(tm
 
 
 def test_guided_sets_count_two_network_evaluations_per_step(conditioned_checkpoint):
-    from ctdiff.metrics.compare import sampling_provenance
+    from ctdiff.metrics.variant_table import sampling_provenance
 
     model, _ = conditioned_checkpoint
     nfe = {w: sampling_provenance(model, sampler="ddim", steps=5, eta=0.0, seed=0, guidance=w)["network_evaluations"]
@@ -300,8 +301,8 @@ def test_a_conditioned_model_samples_in_bf16_close_to_fp32(conditioned_checkpoin
     """The bf16 wrapper passes the condition on (it once took ``(x, t)`` only and raised TypeError at the first
     network call of a conditioned model); its samples stay within bf16 rounding of the fp32 ones."""
     from ctdiff.config import SampleConfig
-    from ctdiff.generate import generate
-    from ctdiff.io import load_volume
+    from ctdiff.sampling.generate import generate
+    from ctdiff.files import load_volume
 
     model, masks = conditioned_checkpoint
     mask = sorted(masks.glob("*.nii.gz"))[:1]

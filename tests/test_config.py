@@ -306,9 +306,9 @@ def test_hu_window_and_ema_decay_defaults_live_in_the_dataclasses():
     import inspect
 
     from ctdiff.config import PreprocessConfig
-    from ctdiff.data.preprocess import preprocess
+    from ctdiff.ingest.preprocess import preprocess
     from ctdiff.metrics.evaluate import evaluate
-    from ctdiff.train import train_step
+    from ctdiff.training.step import train_step
 
     for function in (preprocess, evaluate):
         assert inspect.signature(function).parameters["hu_window"].default is PreprocessConfig.hu_window
@@ -347,7 +347,7 @@ def test_variants_merge_into_the_main_config():
 def test_the_cosine_noise_schedule_is_a_choice_and_linear_stays_the_default():
     """diffusion.beta_schedule: cosine validates in the main config and in a variant and reaches make_schedule;
     the default and config/lidc.yaml keep the paper's linear schedule."""
-    from ctdiff.checkpoint import build_schedule
+    from ctdiff.diffusion.schedule import build_schedule
     from ctdiff.config import variant_config
     from ctdiff.diffusion.schedule import make_schedule
 

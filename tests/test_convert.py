@@ -1,4 +1,4 @@
-"""Tests for ctdiff.data.convert on small series built from pydicom's real CT slice (CT_small.dcm)."""
+"""Tests for ctdiff.ingest.convert on small series built from pydicom's real CT slice (CT_small.dcm)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pydicom.pixels import apply_modality_lut
 from dicom2nifti.convert_dicom import dicom_array_to_nifti
 from pydicom.uid import generate_uid
 
-from ctdiff.data.convert import (VOLUME_NAME, _dicom2nifti_las, _dicom2nifti_settings, convert_item,
+from ctdiff.ingest.convert import (VOLUME_NAME, _dicom2nifti_las, _dicom2nifti_settings, convert_item,
                                  convert_or_reject)
 
 COLS = 120  # CT_small is 128x128; a narrower image catches swapped row/column axes
@@ -283,8 +283,8 @@ def test_dicom2nifti_settings_are_restored(tmp_path):
 def test_jobs_that_only_read_converted_volumes_do_not_import_dicom2nifti():
     """The preprocess and cohort jobs import this module for VOLUME_NAME and QC_COLUMNS; dicom2nifti (and the
     scipy.ndimage it loads) waits for the convert job, and no ingestion job imports torch or matplotlib."""
-    code = ("import sys, ctdiff.logs, ctdiff.config, ctdiff.data.convert, ctdiff.data.cohort, "
-            "ctdiff.data.preprocess, ctdiff.data.discover; "
+    code = ("import sys, ctdiff.logs, ctdiff.config, ctdiff.ingest.convert, ctdiff.ingest.cohort, "
+            "ctdiff.ingest.preprocess, ctdiff.ingest.discover; "
             "print(sorted(m for m in ('dicom2nifti', 'scipy.ndimage', 'torch', 'matplotlib', 'pandas') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

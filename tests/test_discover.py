@@ -1,4 +1,4 @@
-"""Tests for ctdiff.data.discover on a small LIDC-like tree built from pydicom's CT_small.dcm."""
+"""Tests for ctdiff.ingest.discover on a small LIDC-like tree built from pydicom's CT_small.dcm."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from ctdiff.data.discover import INVENTORY_COLUMNS, discover
+from ctdiff.ingest.discover import INVENTORY_COLUMNS, discover
 
 SECRET_NAME = "Doe^Jane"
 
@@ -142,7 +142,7 @@ def test_counts_of_read_and_skipped_files_are_logged(tree, tmp_path, caplog):
     (junk / "README").write_text("no extension")
     (junk / "annotations.XML").write_text("<LidcReadMessage/>")
 
-    with caplog.at_level(logging.INFO, logger="ctdiff.data.discover"):
+    with caplog.at_level(logging.INFO, logger="ctdiff.ingest.discover"):
         discover(root, tmp_path / "inv.tsv", tmp_path / "s.json")
     text = caplog.text
     n_dicom = 14 + 11 + 12 + 2 + 3 + 12 + 15

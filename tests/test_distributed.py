@@ -20,13 +20,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import torch
 
 from conftest import SIZE, TINY_DIFFUSION, TINY_MODEL, bin_env, tiny_config, tiny_train_config, write_volumes
-from ctdiff.checkpoint import read_checkpoint
+from ctdiff.training.checkpoint import read_checkpoint
 from ctdiff.config import to_dict
-from ctdiff.train import train
+from ctdiff.training.loop import train
 
 TESTS = Path(__file__).parent
 
@@ -185,7 +184,7 @@ def test_a_slow_cache_build_on_one_rank_never_waits_in_a_collective(tmp_path):
 
 def test_a_slow_rank_in_sampling_does_not_time_the_others_out(tmp_path):
     """The barrier after sampling waits as long as the slowest rank draws (its process group's timeout is
-    ctdiff.generate's, not torch's default)."""
+    ctdiff.sampling.generate's, not torch's default)."""
     files = write_volumes(tmp_path / "volumes", 4)
     train(files, tmp_path / "model.pt", tmp_path / "log.csv", tmp_path / "state", tiny_config(steps=1),
           progress=False)

@@ -26,9 +26,9 @@ from pydicom.uid import generate_uid
 
 from conftest import run_ingestion
 
-from ctdiff.data.convert import VOLUME_NAME, convert_or_reject
-from ctdiff.data.discover import discover
-from ctdiff.data.phantom import write_patient
+from ctdiff.ingest.convert import VOLUME_NAME, convert_or_reject
+from ctdiff.ingest.discover import discover
+from ctdiff.phantom import write_patient
 
 MATRIX = 32
 

@@ -19,7 +19,7 @@ from ctdiff.diffusion.samplers import (
 from ctdiff.diffusion.sampling import sample
 from ctdiff.diffusion.schedule import make_schedule
 from ctdiff.model.unet import UNet3D
-from ctdiff.train import draw_noise, objective_loss
+from ctdiff.training.step import draw_noise, objective_loss
 
 T = 1000
 SHAPE = (1, 4, 4, 4)

@@ -11,10 +11,10 @@ import torch
 from conftest import AFFINE, SIZE, bin_env, tiny_config
 from ctdiff import cli
 from ctdiff.config import SampleConfig
-from ctdiff.generate import generate, sample_affine, sampling_cost
-from ctdiff.io import load_volume, write_json
+from ctdiff.sampling.generate import generate, sample_affine, sampling_cost
+from ctdiff.files import load_volume, write_json
 from ctdiff.machine import describe
-from ctdiff.train import train
+from ctdiff.training.loop import train
 
 
 def train_tiny(volumes, out, steps):
@@ -72,7 +72,7 @@ def test_cache_key_is_the_hash_of_the_sampler_settings(checkpoint, tmp_path):
     import hashlib
     import json
 
-    from ctdiff.io import file_sha256
+    from ctdiff.files import file_sha256
 
     generate(checkpoint, [tmp_path / "a.nii.gz"], tmp_path / "cache", SampleConfig(sampler="ddim", steps=2, seed=4),
              progress=False)
@@ -104,7 +104,7 @@ def test_cli_sample_and_bad_checkpoint(checkpoint, tmp_path, capsys):
 
 def test_checkpoint_of_another_release_is_refused(checkpoint, tmp_path, capsys):
     from ctdiff import __version__
-    from ctdiff.checkpoint import compatible, read_checkpoint
+    from ctdiff.training.checkpoint import compatible, read_checkpoint
 
     assert compatible("0.1.7", "0.1.0") and compatible("1.4.0", "1.2.3")
     assert not compatible("0.2.0", "0.1.0") and not compatible("2.0.0", "1.9.0")
@@ -161,7 +161,7 @@ def test_samplers_that_do_not_fit_the_checkpoints_objective_are_refused(volumes,
 
 
 def test_hu_output_inverts_the_preprocessing_scale(tmp_path, volumes):
-    from ctdiff.data.preprocess import to_hu
+    from ctdiff.ingest.preprocess import to_hu
 
     model = train_tiny(volumes, tmp_path / "train", steps=2)
     unit = [tmp_path / "s" / f"{i}.nii.gz" for i in range(2)]
@@ -194,7 +194,7 @@ def without_preprocessing(checkpoint, out):
 
 
 def test_earlier_checkpoints_load_and_unknown_keys_are_refused(checkpoint, tmp_path):
-    from ctdiff.checkpoint import load_for_sampling
+    from ctdiff.training.checkpoint import load_for_sampling
 
     old = without_preprocessing(checkpoint, tmp_path / "old.pt")
     _, _, cfg = load_for_sampling(checkpoint)

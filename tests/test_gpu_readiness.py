@@ -61,7 +61,7 @@ def test_compile_needs_finds_a_complete_host(monkeypatch, tmp_path):
 
 
 def test_training_with_compile_stops_before_any_work_on_a_host_without_the_toolchain(no_toolchain, tmp_path):
-    from ctdiff.train import train
+    from ctdiff.training.loop import train
 
     files = write_volumes(tmp_path / "volumes", 2)
     with pytest.raises(ValueError, match=r"^train.compile: true needs"):
@@ -71,7 +71,7 @@ def test_training_with_compile_stops_before_any_work_on_a_host_without_the_toolc
 
 
 def test_sampling_with_compile_stops_before_any_work_on_a_host_without_the_toolchain(no_toolchain, tmp_path):
-    from ctdiff.generate import generate
+    from ctdiff.sampling.generate import generate
 
     with pytest.raises(ValueError, match=r"^sample.compile: true needs"):
         generate(tmp_path / "model.pt", [tmp_path / "0000.nii.gz"], tmp_path / "cache",

@@ -117,4 +117,4 @@ def test_wheels_of_missing_packages_are_installed_and_a_missing_module_stops_the
     assert setup["installed"] == ["ctdiff_gpu_probe-0.1-py3-none-any.whl"]
     assert [w.split(" ")[0] for w in setup["not_installed"]] == ["pytest-0.1-py3-none-any.whl"]
     assert setup["imports"]["missing"] == ["nibabel"] and not setup["imports"]["ok"]
-    assert "ctdiff.io" in setup["imports"]["failed"]
+    assert "ctdiff.files" in setup["imports"]["failed"]

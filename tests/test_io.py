@@ -1,4 +1,4 @@
-"""Tests for ctdiff.io: save_volume's ISA-L .nii.gz holds exactly what nibabel's own writer stores; write_tsv's
+"""Tests for ctdiff.files: save_volume's ISA-L .nii.gz holds exactly what nibabel's own writer stores; write_tsv's
 bytes, quoting and atomicity."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ctdiff.io import save_volume, write_tsv
+from ctdiff.files import save_volume, write_tsv
 
 AFFINE = np.array([[-0.7, 0, 0, 90.0], [0, 0.7, 0, -120.0], [0, 0, 2.5, -40.0], [0, 0, 0, 1]])
 

@@ -10,8 +10,8 @@ import logging, sys, warnings
 from ctdiff.logs import to_file
 to_file(sys.argv[1])
 print("printed")
-logging.getLogger("ctdiff.data.discover").info("skipped 3 files")
-logging.getLogger("ctdiff.data.discover").debug("not shown")
+logging.getLogger("ctdiff.ingest.discover").info("skipped 3 files")
+logging.getLogger("ctdiff.ingest.discover").debug("not shown")
 logging.getLogger("somelibrary").info("not shown either")
 logging.getLogger("somelibrary").warning("library warning")
 warnings.warn("python warning")
@@ -25,7 +25,7 @@ def test_a_job_logs_to_its_file(tmp_path):
     assert proc.returncode == 1 and proc.stdout == proc.stderr == ""
     text = log.read_text()
     assert "printed\n" in text
-    assert "INFO ctdiff.data.discover: skipped 3 files" in text
+    assert "INFO ctdiff.ingest.discover: skipped 3 files" in text
     assert "WARNING somelibrary: library warning" in text
     assert "UserWarning: python warning" in text
     assert "RuntimeError: the job failed" in text

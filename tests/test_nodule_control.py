@@ -3,7 +3,7 @@ the mask asks for it, another nowhere asked for; every number follows from the d
 import numpy as np
 import pytest
 
-from ctdiff.io import save_volume
+from ctdiff.files import save_volume
 from ctdiff.metrics.nodule_control import lung_region, measure, nodule_control
 
 WINDOW = (-1000.0, 400.0)
@@ -72,7 +72,7 @@ def test_sets_are_summarised_with_each_real_volume_measured_once(tmp_path):
 def test_the_crops_figure_draws_each_nodule_in_three_planes(tmp_path):
     import json
 
-    from ctdiff.plots import nodule_figure
+    from ctdiff.report.plots import nodule_figure
 
     labels = ball((48,) * 3, (14, 24, 24), 3).astype(np.uint8)
     (tmp_path / "samples" / "nodules").mkdir(parents=True)
@@ -91,7 +91,7 @@ def test_the_crops_figure_draws_each_nodule_in_three_planes(tmp_path):
 
 
 def test_the_report_section_puts_synthetic_beside_real():
-    from ctdiff.report import nodule_section
+    from ctdiff.report.document import nodule_section
 
     summary = {"n_nodules": 3, "detection_rate": 2 / 3, "contrast_hu_mean": 612.4, "size_ratio_median": None,
                "spurious_per_volume": 1.5}

@@ -1,4 +1,4 @@
-"""Tests for ctdiff.data.phantom: determinism, DICOM round trip, dicom2nifti conversion, anatomy, distractors.
+"""Tests for ctdiff.phantom: determinism, DICOM round trip, dicom2nifti conversion, anatomy, distractors.
 
 Cohorts are written at a 48-pixel matrix to stay fast; the anatomy is checked on a 128-pixel volume.
 """
@@ -15,8 +15,8 @@ import pytest
 from pydicom.pixels import apply_rescale
 from scipy import ndimage
 
-from ctdiff.data.phantom import HU_RANGE, PADDING_HU, PADDING_RAW, phantom_volume, write_cohort, write_patient
-from ctdiff.data.phantom.dicom import _draw_acquisition
+from ctdiff.phantom import HU_RANGE, PADDING_HU, PADDING_RAW, phantom_volume, write_cohort, write_patient
+from ctdiff.phantom.dicom import _draw_acquisition
 
 MATRIX, SEED = 48, 3
 

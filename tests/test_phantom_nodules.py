@@ -11,14 +11,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ctdiff.data.annotations.resample import resample_nodules
-from ctdiff.data.convert import convert_or_reject
-from ctdiff.data.discover import discover
-from ctdiff.data.preprocess import preprocess
-from ctdiff.data.phantom import write_patient
-from ctdiff.data.phantom.dicom import _draw_acquisition
-from ctdiff.data.phantom.nodules import GROUND_GLASS_HU, READER_SCALE, READER_SHIFT_PX, SOLID_HU
-from ctdiff.data.phantom.scan import phantom_scan
+from ctdiff.ingest.annotations.resample import resample_nodules
+from ctdiff.ingest.convert import convert_or_reject
+from ctdiff.ingest.discover import discover
+from ctdiff.ingest.preprocess import preprocess
+from ctdiff.phantom import write_patient
+from ctdiff.phantom.dicom import _draw_acquisition
+from ctdiff.phantom.nodules import GROUND_GLASS_HU, READER_SCALE, READER_SHIFT_PX, SOLID_HU
+from ctdiff.phantom.scan import phantom_scan
 
 MATRIX, SEED, PATIENTS = 192, 7, (0, 1)
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from ctdiff.config import FigureConfig
-from ctdiff.io import save_volume
-from ctdiff.plots import (audit_closest_pairs, audit_histogram, canonical, chosen_figures, closest_pairs, figure1,
+from ctdiff.files import save_volume
+from ctdiff.report.plots import (audit_closest_pairs, audit_histogram, canonical, chosen_figures, closest_pairs, figure1,
                           learning_curve, memorisation_histogram, sample_grid, view)
 
 

@@ -1,4 +1,4 @@
-"""Tests for ctdiff.data.preprocess against an analytic chest phantom built here.
+"""Tests for ctdiff.ingest.preprocess against an analytic chest phantom built here.
 
 Phantom (HU): air -1000; an elliptic-cylinder body of +40; a -800 lung sphere on one side only; a +700
 bone cylinder (above the window, so it saturates at 1); -3024 padding outside a circular field of view.
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import ctdiff.data.preprocess as pre
-from ctdiff.data.preprocess import anti_alias_sigma_mm, preprocess
+import ctdiff.ingest.preprocess as pre
+from ctdiff.ingest.preprocess import anti_alias_sigma_mm, preprocess
 
 LO, HI = -1000.0, 400.0
 SHAPE = (300, 260, 100)
@@ -247,7 +247,7 @@ def test_model_range_scaling_is_the_training_and_sampling_arithmetic():
     computed before the pair existed, inverse of each other up to one float32 rounding, float32 kept."""
     import torch
 
-    from ctdiff.data.preprocess import from_model_range, to_model_range
+    from ctdiff.ingest.preprocess import from_model_range, to_model_range
 
     rng = np.random.default_rng(0)
     volume = np.concatenate([rng.random(4096, dtype=np.float32), [0.0, 0.5, 1.0, 1e-9]]).astype(np.float32)

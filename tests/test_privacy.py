@@ -16,8 +16,8 @@ import pydicom
 
 from conftest import run_ingestion
 
-from ctdiff.data.convert import VOLUME_NAME
-from ctdiff.data.phantom import write_patient
+from ctdiff.ingest.convert import VOLUME_NAME
+from ctdiff.phantom import write_patient
 
 PATIENT = "PRIV-0002"
 SECRETS = {

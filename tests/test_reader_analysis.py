@@ -6,7 +6,7 @@ import json
 import pytest
 
 from ctdiff.reader.analysis import analyse, write_analysis
-from ctdiff.reader.section import reader_section
+from ctdiff.report.reader import reader_section
 from ctdiff.reader.stats import proportion
 
 STUDY = "0123456789ab"
@@ -72,9 +72,11 @@ def test_per_reader_pooled_and_per_case(tmp_path, key):
          "comment": 'grain "too regular",\nbut vessels fine'}]
     rows = (tmp_path / "r.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in rows] == ["reader", "Anna", "Ben", "pooled"]
-    text, tables = reader_section(result, "results/reader/study")
+    section = reader_section(result, "results/reader/study")
+    text, tables = section.text, section.tables
+    assert section.title == "Reader study"
     assert "2 reader(s), 12 readings" in text and "Fleiss' κ" in text
-    assert [t[3] for t in tables] == ["reader-study", "reader-cases", "reader-comments"]
+    assert [t.id for t in tables] == ["reader-study", "reader-cases", "reader-comments"]
     assert '"too regular"' in (tmp_path / "a.json").read_text().replace('\\"', '"')
 
 
@@ -118,8 +120,9 @@ def test_no_answers_yet(tmp_path, key):
     result = write_analysis(key, tmp_path / "answers", [], tmp_path / "a.json", tmp_path / "c.tsv", tmp_path / "r.tsv")
     assert result["readers"] == [] and result["pooled"] is None and result["agreement"] is None
     assert all(c["readings"] == 0 and c["fooled_share"] is None for c in result["cases"])
-    text, tables = reader_section(result, "results/reader/study")
-    assert "No answers yet: put the readers' exported answer files (JSON or CSV) in" in text and tables == []
+    section = reader_section(result, "results/reader/study")
+    text, tables = section.text, section.tables
+    assert "No answers yet: put the readers' exported answer files (JSON or CSV) in" in text and tables == ()
     assert (tmp_path / "r.tsv").read_text().splitlines() == [(tmp_path / "r.tsv").read_text().splitlines()[0]]
 
 
@@ -128,7 +131,7 @@ def test_report_section_in_both_renderings(tmp_path, key, answered):
     """The report shows the study waiting for answers, then the readers' results, in Markdown and HTML."""
     from test_report import figures, metrics, write_inputs
 
-    from ctdiff.report import write_report
+    from ctdiff.report.document import write_report
 
     files = [export_json(tmp_path / "anna.json", "Anna", ANNA)] if answered else []
     write_analysis(key, tmp_path / "answers", files, tmp_path / "reader" / "analysis.json", tmp_path / "c.tsv",

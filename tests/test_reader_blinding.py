@@ -30,7 +30,7 @@ from numpy.random import PCG64, SeedSequence
 from scipy.stats import hypergeom
 
 from ctdiff.config import ReaderStudyConfig, to_dict
-from ctdiff.io import file_sha256, save_volume
+from ctdiff.files import file_sha256, save_volume
 from ctdiff.reader.study import case_payload, case_script, study_manifest, write_study
 
 HU = (-1000.0, 400.0)

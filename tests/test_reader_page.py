@@ -1,7 +1,7 @@
 """The reader study page in a real browser (Debian's headless Chromium through the DevTools protocol), used as a
 reader would: opened from disk, stacks scrolled with the wheel and the keys, both windows, every case answered,
 the page reloaded midway with the answers still there, the answers downloaded as JSON and CSV; then the analysis
-runs on the downloads. The pixels the page draws are compared with the slices ctdiff.plots draws in
+runs on the downloads. The pixels the page draws are compared with the slices ctdiff.report.plots draws in
 radiological convention, on a volume whose three sides differ so that no two axes can be confused."""
 import json
 import os
@@ -14,8 +14,8 @@ import pytest
 
 from chromium import CHROMIUM, Chromium
 from ctdiff.config import ReaderStudyConfig
-from ctdiff.io import save_volume
-from ctdiff.plots import canonical, view
+from ctdiff.files import save_volume
+from ctdiff.report.plots import canonical, view
 from ctdiff.reader.analysis import write_analysis
 from ctdiff.reader.study import window_bytes, write_study
 
@@ -55,7 +55,7 @@ def study(tmp_path_factory):
 
 def expected(path: Path, plane: str, index: int, window: tuple[float, float]) -> np.ndarray:
     """The slice at the page's ``index`` (axial from superior, coronal from anterior, sagittal from the right),
-    as ctdiff.plots.view draws it, through ``window``."""
+    as ctdiff.report.plots.view draws it, through ``window``."""
     volume, zooms = canonical(path)
     axis = {"axial": 2, "coronal": 1, "sagittal": 0}[plane]
     image, _ = view(volume, zooms, plane, volume.shape[axis] - 1 - index)
@@ -101,7 +101,7 @@ def test_a_reader_reads_answers_reloads_and_exports(study, tmp_path):
         b.type_text("Dr. Ada Reader")
         b.press("Enter")
         wait_drawn(b, 0)
-        # every plane starts in the middle and shows the slice ctdiff.plots draws, lung window first
+        # every plane starts in the middle and shows the slice ctdiff.report.plots draws, lung window first
         assert [slice_text(b, p) for p in ("axial", "coronal", "sagittal")] == ["7 / 12", "9 / 16", "11 / 20"]
         for plane, index in (("axial", 6), ("coronal", 8), ("sagittal", 10)):
             np.testing.assert_array_equal(canvas(b, plane), expected(source[0], plane, index, lung), plane)

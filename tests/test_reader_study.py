@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from ctdiff.config import ReaderStudyConfig
-from ctdiff.io import save_volume
-from ctdiff.plots import view
+from ctdiff.files import save_volume
+from ctdiff.report.plots import view
 from ctdiff.reader.study import (
     FIXED_MTIME,
     PAGE_FILES,

@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 
 from conftest import write_train_folder
-from ctdiff.io import save_volume
-from ctdiff.metrics.compare import variant_table
+from ctdiff.files import save_volume
+from ctdiff.metrics.variant_table import variant_table
 from ctdiff.plan import TableRow
-from ctdiff.plots import closest_pairs, figure1, learning_curve, memorisation_histogram
-from ctdiff.report import Section, Table, build_sections, render_html, render_markdown, write_report
+from ctdiff.report.plots import closest_pairs, figure1, learning_curve, memorisation_histogram
+from ctdiff.report.document import build_sections, render_html, render_markdown, write_report
+from ctdiff.report.sections import Section, Table
 
 
 def memorisation():
@@ -309,7 +310,7 @@ def anatomy_record() -> dict:
 
 
 def test_anatomy_section_in_both_renderings(tmp_path):
-    from ctdiff.plots import anatomy_plot
+    from ctdiff.report.plots import anatomy_plot
 
     m = metrics(pretrained=True, rank_deficient=False)
     m["anatomy"] = anatomy_record()

@@ -1,7 +1,7 @@
 """Patient-level split: deterministic, disjoint, patients never straddle, sizes as asked."""
 import pytest
 
-from ctdiff.data.split import read_ids, split_items, write_split
+from ctdiff.ingest.split import read_ids, split_items, write_split
 
 
 def cohort(n, two_scans=()):

@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from conftest import AFFINE, SIZE, TINY_DIFFUSION, TINY_MODEL, tiny_config, tiny_train_config, write_volumes
-from ctdiff.checkpoint import checkpoint_config, load_for_sampling, read_checkpoint
+from ctdiff.training.checkpoint import checkpoint_config, load_for_sampling, read_checkpoint
 from ctdiff.config import to_dict
-from ctdiff.io import save_volume
+from ctdiff.files import save_volume
 from ctdiff.machine import describe
-import ctdiff.train
-from ctdiff.train import _resume_key, batch_indices, cpu_has_amx_bf16, learning_rate, resolve_precision, train
+import ctdiff.training.loop
+from ctdiff.machine import cpu_has_amx_bf16
+from ctdiff.training.loop import _resume_key, resolve_precision, train
+from ctdiff.training.step import batch_indices, learning_rate
 
 
 def run(files, out, cfg, state=None):
@@ -113,7 +115,7 @@ def test_nan_between_log_and_checkpoint_steps_is_never_saved(volumes, tmp_path):
     import os
     import signal
 
-    import ctdiff.train as training
+    import ctdiff.training.loop as training
 
     real_step, calls = training.train_step, []
 
@@ -213,7 +215,7 @@ def test_tensorboard_without_a_folder_is_refused(volumes, tmp_path):
 def test_auto_precision_resolves_from_the_device(monkeypatch):
     """auto is bf16 on a CUDA GPU with bf16 and on a CPU with AMX-BF16, fp32 elsewhere; fp32 and bf16 stay."""
     for amx, cpu_choice in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(ctdiff.train, "cpu_has_amx_bf16", lambda amx=amx: amx)
+        monkeypatch.setattr(ctdiff.training.loop, "cpu_has_amx_bf16", lambda amx=amx: amx)
         assert resolve_precision("auto", "cpu") == cpu_choice
         assert [resolve_precision(p, "cpu") for p in ("fp32", "bf16")] == ["fp32", "bf16"]
     # torch.cuda.is_bf16_supported() says yes on pre-Ampere cards too (emulated, slower than fp32): auto asks the
@@ -245,7 +247,7 @@ def fresh_autocast():
 
 def test_auto_precision_is_logged_recorded_and_resumed(volumes, tmp_path, monkeypatch, capfd, fresh_autocast):
     # Without AMX-BF16: auto says so, trains in fp32 and records fp32, the very run that fp32 gives.
-    monkeypatch.setattr(ctdiff.train, "cpu_has_amx_bf16", lambda: False)
+    monkeypatch.setattr(ctdiff.training.loop, "cpu_has_amx_bf16", lambda: False)
     run(volumes, tmp_path / "auto", tiny_config(steps=4, precision="auto"))
     assert "train.precision: auto -> fp32 (cpu, AMX-BF16: no)" in capfd.readouterr().out
     auto = read_checkpoint(tmp_path / "auto" / "model.pt")
@@ -255,7 +257,7 @@ def test_auto_precision_is_logged_recorded_and_resumed(volumes, tmp_path, monkey
     assert all(torch.equal(auto["model"][k], fp32["model"][k]) for k in fp32["model"])
 
     # With AMX-BF16: bf16 autocast (other weights), recorded as bf16; a rerun with auto resumes it.
-    monkeypatch.setattr(ctdiff.train, "cpu_has_amx_bf16", lambda: True)
+    monkeypatch.setattr(ctdiff.training.loop, "cpu_has_amx_bf16", lambda: True)
     fresh_autocast()
     state = tmp_path / "state"
     run(volumes, tmp_path / "bf16", tiny_config(steps=4, precision="auto"), state=state)
@@ -266,7 +268,7 @@ def test_auto_precision_is_logged_recorded_and_resumed(volumes, tmp_path, monkey
     run(volumes, tmp_path / "longer", tiny_config(steps=6, precision="auto"), state=state)
     assert "resuming from step 4" in capfd.readouterr().out
     # A machine where auto means fp32 does not resume that bf16 state: it starts afresh.
-    monkeypatch.setattr(ctdiff.train, "cpu_has_amx_bf16", lambda: False)
+    monkeypatch.setattr(ctdiff.training.loop, "cpu_has_amx_bf16", lambda: False)
     fresh_autocast()
     run(volumes, tmp_path / "elsewhere", tiny_config(steps=6, precision="auto"), state=state)
     assert "starting afresh" in capfd.readouterr().out
@@ -353,8 +355,9 @@ def test_training_steps_keep_the_compiled_ddp_wrapper_and_move_the_ema(tmp_path,
     from accelerate import Accelerator
     from torch.nn.parallel import DistributedDataParallel
 
-    from ctdiff.checkpoint import build_model, build_schedule
-    from ctdiff.train import draw_noise, train_step
+    from ctdiff.model.build import build_model
+    from ctdiff.diffusion.schedule import build_schedule
+    from ctdiff.training.step import draw_noise, train_step
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:

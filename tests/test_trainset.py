@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import AFFINE, SIZE, write_volumes
-from ctdiff.data import trainset as trainset_module
-from ctdiff.data.prefetch import Prefetcher
-from ctdiff.data.trainset import GIB, TrainingSet
-from ctdiff.io import load_volume, save_volume
-from ctdiff.train import batch_indices
+from ctdiff.training import trainset as trainset_module
+from ctdiff.training.prefetch import Prefetcher
+from ctdiff.training.trainset import GIB, TrainingSet
+from ctdiff.files import load_volume, save_volume
+from ctdiff.training.step import batch_indices
 
 N, BATCH = 6, 4
 

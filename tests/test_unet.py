@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from ctdiff.checkpoint import build_model
+from ctdiff.model.build import build_model
 from ctdiff.config import ModelConfig
 from ctdiff.model.unet import UNet3D, timestep_embedding
 

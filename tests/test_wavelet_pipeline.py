@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from ctdiff.checkpoint import load_for_sampling, read_checkpoint, save_checkpoint
+from ctdiff.training.checkpoint import load_for_sampling, read_checkpoint, save_checkpoint
 from ctdiff.config import Config, DiffusionConfig, ModelConfig, PreprocessConfig, SampleConfig, TrainConfig
 from ctdiff.diffusion.samplers import ddim_step, timestep_sequence
 from ctdiff.diffusion.sampling import sample
 from ctdiff.diffusion.schedule import make_schedule
-from ctdiff.generate import generate, sample_generator
-from ctdiff.io import load_volume, save_volume
+from ctdiff.sampling.generate import generate, sample_generator
+from ctdiff.files import load_volume, save_volume
 from ctdiff.model.representation import network_shape, x0_clip
 from ctdiff.model.wavelet import haar3d, ihaar3d
-from ctdiff.train import _host_batch, train
+from ctdiff.training.loop import _host_batch, train
 
 U32 = 2.0**-24
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -137,8 +137,8 @@ def test_checkpoints_without_the_key_are_voxels_and_inconsistent_ones_are_refuse
 def test_the_256_path_has_the_right_shapes(tmp_path):
     """A real 256³ training volume through the training set and the host batch, and the model and sampler
     shapes on the meta device (training and sampling at 256³ run end to end too, but take ~45 s on a CPU core)."""
-    from ctdiff.checkpoint import build_model
-    from ctdiff.data.trainset import TrainingSet
+    from ctdiff.model.build import build_model
+    from ctdiff.training.trainset import TrainingSet
 
     cfg = _config(256)
     volume = np.zeros((256,) * 3, dtype=np.float32)

@@ -375,7 +375,7 @@ def test_html_report_renders_in_headless_chromium(run_dir, tmp_path):
 def test_a_nodule_conditioned_variant_trains_samples_and_is_scored_through_the_rules(run_dir, tmp_path):
     """In a copy of the finished run: a model.condition: nodules variant with guidance trains on the phantom's
     masks, draws sample i with the i-th held-out mask (sorted test split) and is scored."""
-    from ctdiff.io import load_volume
+    from ctdiff.files import load_volume
 
     work = tmp_path / "copy"
     shutil.copytree(run_dir.parent, work, symlinks=True)

@@ -1,4 +1,4 @@
-"""Tests for ctdiff.data.zstack on slice positions shaped like the four LIDC-IDRI scans with non-uniform z.
+"""Tests for ctdiff.ingest.zstack on slice positions shaped like the four LIDC-IDRI scans with non-uniform z.
 
 Positions are handed over in a shuffled file order, as a series table lists them; ``keep`` must index
 that order.
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ctdiff.data.zstack import diagnose, recover
+from ctdiff.ingest.zstack import diagnose, recover
 
 
 def shuffled(z, seed=0):

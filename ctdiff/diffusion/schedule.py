@@ -22,10 +22,15 @@ import math
 import weakref
 from dataclasses import dataclass, fields
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from ctdiff.config import DiffusionConfig
 
 from ctdiff.options import BETA_SCHEDULES
 
@@ -246,3 +251,13 @@ def training_loss(
     out = model(q_sample(s, x0, t, noise), t)
     target = noise if objective == "eps" else v_from_eps(s, x0, t, noise)
     return F.mse_loss(out.float(), target.float())
+
+
+def build_schedule(cfg: DiffusionConfig) -> Schedule:
+    """The noise schedule described by a ``diffusion`` section."""
+    return make_schedule(
+        timesteps=cfg.timesteps,
+        beta_schedule=cfg.beta_schedule,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+    )

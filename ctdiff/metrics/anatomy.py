@@ -1,7 +1,7 @@
 """Anatomical plausibility of one CT volume in Hounsfield units: body, lungs, tissue classes.
 
 A volume in [0, 1] is brought back to HU through the preprocessing window ``(lo, hi)``
-(:func:`ctdiff.data.intensity.to_hu`, default [-1000, 400]): whole HU, and the window's clipping cannot be
+(:func:`ctdiff.ingest.intensity.to_hu`, default [-1000, 400]): whole HU, and the window's clipping cannot be
 undone, so every number here is a number about the *windowed* volume:
 
 - bone above ``hi`` (400 HU) reads as 400: the bone class's HU histogram ends in a spike at 400 and its HU
@@ -81,7 +81,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from ctdiff.data.intensity import to_hu
+from ctdiff.ingest.intensity import to_hu
 
 BODY_HU = -500.0
 AIR_LIKE_HU = -400.0

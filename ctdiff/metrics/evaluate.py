@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ctdiff.config import EvaluateConfig, PreprocessConfig
-from ctdiff.io import load_volume, write_json
+from ctdiff.files import load_volume, write_json
 from ctdiff.metrics import keys
 from ctdiff.metrics.anatomy_compare import evaluate_anatomy, read_affines
 from ctdiff.metrics.bootstrap import fid_ci, mean_ci, pair_mean_ci
@@ -182,7 +182,7 @@ def evaluate(
     - ``nodules`` (only when ``nodules`` = (the mask each synthetic volume was drawn with, the real volume
       that mask came from) is given, for a ``model.condition: nodules`` model): contrast, detection, size and
       spurious blobs, synthetic against real (``ctdiff.metrics.nodule_control``).
-    ``provenance`` (e.g. ``ctdiff.metrics.compare.sampling_provenance``) is stored as given.
+    ``provenance`` (e.g. ``ctdiff.metrics.variant_table.sampling_provenance``) is stored as given.
     """
     if train_chunk < 1:
         raise ValueError(f"train_chunk must be >= 1, got {train_chunk}")

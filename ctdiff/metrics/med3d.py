@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctdiff.io import file_sha256
+from ctdiff.files import file_sha256
 from ctdiff.options import NORMALISE, Normalise
 
 # depth -> (block kind, blocks per layer, shortcut type of the published MedicalNet weights)

@@ -1,7 +1,7 @@
 """How well a nodule-conditioned model puts nodules where it was asked (``model.condition: nodules``).
 
 For every synthetic volume ``i`` drawn with nodule mask ``m_i`` (``samples/nodules/{i:04d}.nii.gz``), and for
-the real volume the mask came from (the held-out item, :mod:`ctdiff.conditions`), so that every number has
+the real volume the mask came from (the held-out item, :mod:`ctdiff.sampling.conditions`), so that every number has
 its real counterpart measured the same way on the same layout:
 
 - **contrast** of each requested nodule (a label of the mask): mean HU inside it minus mean HU of the lung
@@ -33,8 +33,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.feature import blob_log
 
-from ctdiff.data.intensity import to_hu
-from ctdiff.io import load_volume
+from ctdiff.ingest.intensity import to_hu
+from ctdiff.files import load_volume
 from ctdiff.metrics.anatomy import AIR_LIKE_HU, BODY_HU, axial_axis
 from ctdiff.model.condition import spacing_of
 

@@ -25,7 +25,7 @@ unconditional inputs as one doubled batch (the same network cost as two evaluati
 The condition is a separate set of input channels (``UNet3D(cond_channels=...)``, concatenated after
 ``x_t``), so it composes with the representation of ``x_t`` (``model.representation``): with ``wavelet`` the
 two condition channels are Haar-transformed like the volume, into sixteen half-resolution sub-bands
-(:func:`ctdiff.checkpoint.build_model` multiplies the channels, training and sampling transform the encoded
+(:func:`ctdiff.model.build.build_model` multiplies the channels, training and sampling transform the encoded
 condition, dropout and the null condition included, after encoding it in voxels).
 """
 

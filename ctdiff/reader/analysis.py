@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctdiff.io import write_json, write_tsv
+from ctdiff.files import write_json, write_tsv
 from ctdiff.reader.answers import Reading, collect
 from ctdiff.reader.stats import auc_delong, binomial_p, fisher_p, fleiss_kappa, proportion, score
 

@@ -29,7 +29,7 @@ or the size of a volume inside the folder.
 
 Display order of a case: ``V[k, r, c]`` with ``k`` the axial slice from superior (0) to inferior, ``r`` the
 row from anterior (0) to posterior and ``c`` the column from the patient's right (0) to left, so an axial
-slice is radiological convention as :func:`ctdiff.plots.view` draws it; the page takes coronal slices as
+slice is radiological convention as :func:`ctdiff.report.plots.view` draws it; the page takes coronal slices as
 ``V[:, r, :]`` and sagittal ones as ``V[:, :, c]``.
 """
 
@@ -54,8 +54,8 @@ import numpy as np
 
 from ctdiff import __version__
 from ctdiff.config import ReaderStudyConfig, to_dict
-from ctdiff.data.split import read_ids
-from ctdiff.io import atomic_path, file_sha256, write_json
+from ctdiff.ingest.split import read_ids
+from ctdiff.files import atomic_path, file_sha256, write_json
 
 #: The page: identical for every study (package data under ``ctdiff/reader/page``).
 PAGE_FILES = ("index.html", "reader.js", "reader.css")

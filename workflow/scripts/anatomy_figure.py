@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 
-from ctdiff.plots import anatomy_figure
+from ctdiff.report.plots import anatomy_figure
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 anatomy_figure(Path(snakemake.input.metrics), Path(snakemake.output[0]))

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from ctdiff.logs import to_file
-from ctdiff.plots import audit_closest_pairs
+from ctdiff.report.plots import audit_closest_pairs
 
 to_file(snakemake.log[0])
 audit_closest_pairs(

@@ -1,7 +1,7 @@
 """Gather the convert QC rows into the cohort table and count decisions and reasons."""
 from pathlib import Path
 
-from ctdiff.data.cohort import summarise
+from ctdiff.ingest.cohort import summarise
 from ctdiff.logs import to_file
 
 to_file(snakemake.log[0])

@@ -1,7 +1,7 @@
 """Convert one item's chosen DICOM series to an int16 HU NIfTI, or record why it cannot be converted."""
 from pathlib import Path
 
-from ctdiff.data.convert import convert_or_reject
+from ctdiff.ingest.convert import convert_or_reject
 from ctdiff.logs import to_file
 
 to_file(snakemake.log[0])

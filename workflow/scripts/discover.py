@@ -1,7 +1,7 @@
 """Inventory every DICOM series under the root and choose the series to convert."""
 from pathlib import Path
 
-from ctdiff.data.discover import discover
+from ctdiff.ingest.discover import discover
 from ctdiff.logs import to_file
 
 to_file(snakemake.log[0])

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import torch
 
-from ctdiff.conditions import evaluation_masks
+from ctdiff.sampling.conditions import evaluation_masks
 from ctdiff.config import section_from_dict
-from ctdiff.data.split import read_ids
+from ctdiff.ingest.split import read_ids
 from ctdiff.launch import gpu_job
 from ctdiff.logs import to_file
-from ctdiff.metrics.compare import sampling_provenance
+from ctdiff.metrics.variant_table import sampling_provenance
 from ctdiff.metrics.evaluate import evaluate
 
 to_file(snakemake.log[0])

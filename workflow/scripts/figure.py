@@ -3,7 +3,7 @@ from pathlib import Path
 
 from ctdiff.config import FigureConfig
 from ctdiff.logs import to_file
-from ctdiff.plots import chosen_figures
+from ctdiff.report.plots import chosen_figures
 
 to_file(snakemake.log[0])
 chosen_figures(

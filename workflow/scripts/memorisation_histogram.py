@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from ctdiff.logs import to_file
-from ctdiff.plots import audit_histogram
+from ctdiff.report.plots import audit_histogram
 
 to_file(snakemake.log[0])
 audit_histogram(Path(snakemake.input.metrics), Path(snakemake.output[0]))

@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 
-from ctdiff.plots import nodule_figure
+from ctdiff.report.plots import nodule_figure
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 nodule_figure(Path(snakemake.input.metrics), Path(snakemake.params.samples), Path(snakemake.params.volumes),

@@ -1,7 +1,7 @@
 """Write the synthetic phantom cohort as a DICOM tree."""
 from pathlib import Path
 
-from ctdiff.data.phantom import write_cohort
+from ctdiff.phantom import write_cohort
 from ctdiff.logs import to_file
 
 to_file(snakemake.log[0])

@@ -2,9 +2,9 @@
 from pathlib import Path
 
 from ctdiff.config import section_from_dict
-from ctdiff.data.annotations.resample import resample_nodules
-from ctdiff.data.convert import VOLUME_NAME
-from ctdiff.data.preprocess import preprocess
+from ctdiff.ingest.annotations.resample import resample_nodules
+from ctdiff.ingest.convert import VOLUME_NAME
+from ctdiff.ingest.preprocess import preprocess
 from ctdiff.logs import to_file
 
 to_file(snakemake.log[0])

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from ctdiff.logs import to_file
-from ctdiff.report import write_report
+from ctdiff.report.document import write_report
 
 to_file(snakemake.log[0])
 write_report(

@@ -1,7 +1,7 @@
 """The volumes of one sample set in HU (int16), through the preprocessing window."""
 from pathlib import Path
 
-from ctdiff.generate import write_hu
+from ctdiff.sampling.generate import write_hu
 from ctdiff.logs import to_file
 
 to_file(snakemake.log[0])

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from ctdiff.config import section_from_dict
-from ctdiff.data.split import write_split
+from ctdiff.ingest.split import write_split
 from ctdiff.logs import to_file
 from ctdiff.plan import converted_items
 

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from ctdiff.logs import to_file
-from ctdiff.metrics.compare import variant_table
+from ctdiff.metrics.variant_table import variant_table
 from ctdiff.plan import TableRow
 
 to_file(snakemake.log[0])

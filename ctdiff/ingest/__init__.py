@@ -1,0 +1,1 @@
+"""Ingestion: DICOM discovery, conversion to NIfTI, LIDC annotations, the cohort, preprocessing and the split."""
