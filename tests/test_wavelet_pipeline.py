@@ -16,7 +16,8 @@ from ctdiff.sampling.generate import generate, sample_generator
 from ctdiff.files import load_volume, save_volume
 from ctdiff.model.representation import network_shape, x0_clip
 from ctdiff.model.wavelet import haar3d, ihaar3d
-from ctdiff.training.loop import _host_batch, train
+from ctdiff.training.loop import train
+from ctdiff.training.step import host_batch
 
 U32 = 2.0**-24
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -145,7 +146,7 @@ def test_the_256_path_has_the_right_shapes(tmp_path):
     volume[64:192, 80:176, 96:160] = 1.0
     save_volume(tmp_path / "V0.nii.gz", volume, AFFINE)
     trainset = TrainingSet([tmp_path / "V0.nii.gz"], 256, tmp_path / "cache")
-    x0, t, noise = _host_batch(trainset, cfg.train, range(0, 1), DiffusionConfig(timesteps=10), "wavelet", 0)
+    x0, t, noise = host_batch(trainset, cfg.train, range(0, 1), DiffusionConfig(timesteps=10), "wavelet", 0)
     assert x0.shape == noise.shape == (1, 8, 128, 128, 128) and t.shape == (1,)
     expected = haar3d(torch.from_numpy(volume * 2 - 1)[None, None])
     assert torch.equal(x0, expected)  # the same float32 operations on the same [-1, 1] volume
