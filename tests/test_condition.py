@@ -319,7 +319,7 @@ def test_a_conditioned_model_samples_in_bf16_close_to_fp32(conditioned_checkpoin
 @pytest.mark.parametrize("guidance, chunks", [(1.0, [2, 1]), (0.0, [2, 1]), (2.0, [1, 1, 1])])
 def test_a_guided_set_draws_half_the_batch_so_a_network_call_holds_batch_size_volumes(
         conditioned_checkpoint, tmp_path, monkeypatch, guidance, chunks):
-    from ctdiff import generate as gen
+    from ctdiff.sampling import generate as gen
     from ctdiff.config import SampleConfig
 
     model, masks = conditioned_checkpoint
