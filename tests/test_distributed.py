@@ -29,6 +29,7 @@ from ctdiff.config import to_dict
 from ctdiff.train import train
 
 TESTS = Path(__file__).parent
+pytestmark = pytest.mark.slow  # every test starts training processes
 
 
 def gloo_launch(out: Path, port: int, *args: str) -> list[str]:
