@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ctdiff.config import Config, DiffusionConfig, ModelConfig, PreprocessConfig, TrainConfig
 from ctdiff.ingest.cohort import summarise
@@ -12,6 +13,11 @@ from ctdiff.ingest.convert import VOLUME_NAME, convert_or_reject
 from ctdiff.ingest.discover import discover
 from ctdiff.ingest.preprocess import preprocess
 from ctdiff.files import save_volume
+
+# The tests' networks and volumes are tiny (8³ to 16³): one torch thread runs them as fast as two on an idle
+# 2-core machine and many times faster on a busy one, where the second OpenMP thread waits for a core at every
+# operation. Processes the tests start keep torch's default.
+torch.set_num_threads(1)
 
 SIZE = 8
 TINY_MODEL = ModelConfig(channels=(4, 8), res_blocks=1, attention=False, groups=2)

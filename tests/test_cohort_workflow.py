@@ -8,11 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pydicom
+import pytest
 from pydicom.uid import generate_uid
 
 from ctdiff.phantom import write_patient
 from ctdiff.plan import ingest_mem_mb
 from test_workflow import planned_rules, snakemake
+
+pytestmark = pytest.mark.slow  # each test runs the workflow's ingestion
 
 CONFIG = """data: {{source: dicom, root: {root}}}
 preprocess: {{size: 8, spacing_mm: 48.0}}

@@ -28,6 +28,7 @@ from ctdiff.config import to_dict
 from ctdiff.training.loop import train
 
 TESTS = Path(__file__).parent
+pytestmark = pytest.mark.slow  # every test starts training processes
 
 
 def gloo_launch(out: Path, port: int, *args: str) -> list[str]:
@@ -71,38 +72,48 @@ def cli_train(tmp_path: Path, steps: int, every: int) -> list[str]:
             "--log-csv", str(tmp_path / "log.csv")]
 
 
-def wait_for_state(state: Path, min_step: int, proc: subprocess.Popen, timeout: float = 120) -> int:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        assert proc.poll() is None, "training ended before it could be interrupted"
-        if state.exists():
-            try:
-                step = read_checkpoint(state)["step"]
-            except ValueError:
-                step = -1  # being replaced right now
-            if step >= min_step:
-                return step
-        time.sleep(0.05)
-    raise AssertionError("no checkpoint appeared in time")
-
-
 def progress_steps(stderr: str, total: int) -> int:
+    """The last step the progress bar reported in ``stderr`` (0 before the first)."""
     counts = re.findall(rf"(\d+)/{total} ", stderr)
     return int(counts[-1]) if counts else 0
+
+
+def checkpoint_step(state: Path) -> int:
+    """The step of the checkpoint ``state`` (-1 while there is none or it is being replaced)."""
+    try:
+        return read_checkpoint(state)["step"] if state.exists() else -1
+    except ValueError:
+        return -1
+
+
+def wait_for_progress(log: Path, total: int, at_least: int, proc: subprocess.Popen, timeout: float = 180) -> int:
+    """Wait until the process running ``proc`` reports (on its progress bar, written to ``log``) a step of at
+    least ``at_least``; return that step. Fails when the process ends first or nothing comes in ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while (step := progress_steps(log.read_text(), total)) < at_least:
+        assert proc.poll() is None, "training ended before it could be interrupted: " + log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no step {at_least} reported in {timeout} s: " + log.read_text()[-3000:]
+        time.sleep(0.05)
+    return step
 
 
 def test_sigkill_then_rerun_resumes(tmp_path):
     steps, every = 4000, 10
     cmd = cli_train(tmp_path, steps, every)
-    err = open(tmp_path / "stderr.txt", "w")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=bin_env())
-    wait_for_state(tmp_path / "state" / "state.pt", 2 * every, proc)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    err.close()
-    reached = progress_steps((tmp_path / "stderr.txt").read_text(), steps)
-    saved = read_checkpoint(tmp_path / "state" / "state.pt")["step"]
+    log, state = tmp_path / "stderr.txt", tmp_path / "state" / "state.pt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=bin_env())
+        # Kill between two checkpoints, whatever the machine's speed: once the process has written the checkpoint
+        # of step 2 * every (the state file) and then reported a later step (its progress bar).
+        deadline = time.monotonic() + 120
+        while (written := checkpoint_step(state)) < 2 * every:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        wait_for_progress(log, steps, written + 1, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    reached = progress_steps(log.read_text(), steps)
+    saved = read_checkpoint(state)["step"]
     assert saved % every == 0 and reached - saved <= every, (saved, reached)
     assert not (tmp_path / "model.pt").exists()
 
@@ -121,10 +132,7 @@ def test_sigterm_checkpoints_and_exits_143(tmp_path):
     log = tmp_path / "stderr.txt"
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, stdout=err, stderr=err, env=bin_env())
-        deadline = time.monotonic() + 120
-        while progress_steps(log.read_text(), steps) < 3:
-            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-2000:]
-            time.sleep(0.05)
+        wait_for_progress(log, steps, 3, proc, timeout=120)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     assert proc.returncode == 143, log.read_text()[-2000:]
@@ -145,10 +153,7 @@ def test_sigterm_to_one_rank_stops_both_at_one_step(tmp_path):
     with open(log, "w") as err:
         proc = subprocess.Popen(gloo_launch(tmp_path, 29518, str(steps), str(log_every)), stdout=err, stderr=err,
                                 env=bin_env() | GLOO_ENV)
-        deadline = time.monotonic() + 180
-        while progress_steps(log.read_text(), steps) < 2:
-            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.05)
+        wait_for_progress(log, steps, 2, proc, timeout=180)
         rank1 = int((tmp_path / "pid1").read_text())
         signalled_at = progress_steps(log.read_text(), steps)
         os.kill(rank1, signal.SIGTERM)  # rank 1 only; rank 0 learns of it at the next log step
@@ -207,10 +212,7 @@ def test_sigterm_to_the_launcher_checkpoints_on_every_rank_and_resumes_bit_for_b
     with open(log, "w") as err:
         proc = subprocess.Popen([*launcher, str(stopped), str(steps), "1000"], stdout=err, stderr=err,
                                 env=bin_env() | GLOO_ENV)
-        deadline = time.monotonic() + 180
-        while progress_steps(log.read_text(), steps) < 3:
-            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.05)
+        wait_for_progress(log, steps, 3, proc, timeout=180)
         proc.send_signal(signal.SIGTERM)  # the launcher alone
         try:
             proc.wait(timeout=120)

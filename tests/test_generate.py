@@ -226,6 +226,7 @@ def test_bf16_sampling_stays_close_to_fp32(checkpoint, tmp_path):
         assert np.abs(va - vb).max() < 0.05
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_samples_and_draw_the_same_volumes(checkpoint, tmp_path):
     one = [tmp_path / "one" / f"{i:04d}.nii.gz" for i in range(5)]
     generate(checkpoint, one, tmp_path / "one_cache", SampleConfig(sampler="ddim", steps=4, batch_size=3, seed=2),
@@ -249,6 +250,7 @@ def test_two_processes_share_the_samples_and_draw_the_same_volumes(checkpoint, t
     assert cost["timed"] == 5 and [m["processes"] for m in cost["machines"]] == [2]
 
 
+@pytest.mark.slow
 def test_killed_sampling_resumes_without_redoing_or_corrupting(checkpoint, tmp_path):
     import signal
     import time

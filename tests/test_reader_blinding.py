@@ -155,6 +155,7 @@ def test_the_attack_recovers_the_key_of_a_study_drawn_from_a_seed(tmp_path):
     assert (guess == truth).mean() == 1.0
 
 
+@pytest.mark.slow  # replays 100,001 seeds: half a minute
 @pytest.mark.parametrize("n_cases, n_test, n_samples", [(30, 18, 20), (200, 110, 120)])
 def test_the_attack_is_at_chance_against_the_study(tmp_path, n_cases, n_test, n_samples):
     ids, samples = _cohort(tmp_path, n_test, n_samples)

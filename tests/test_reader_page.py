@@ -19,7 +19,8 @@ from ctdiff.report.plots import canonical, view
 from ctdiff.reader.analysis import write_analysis
 from ctdiff.reader.study import window_bytes, write_study
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")]
 
 SHAPE = (20, 16, 12)  # R, A, S voxels
 HU = (-1000.0, 400.0)

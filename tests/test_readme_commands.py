@@ -93,6 +93,7 @@ COMMANDS: dict[str, Check] = {
     'python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && .venv/bin/pip install --no-deps '
     "clean-fid==0.1.35 && .venv/bin/python -m pytest": Check(
         "skip", "the test suite itself, which holds this test"),
+    '.venv/bin/python -m pytest -m "not slow"': Check("skip", "the test suite's fast subset"),
     "ctdiff sample --checkpoint model.pt -n 8 --out DIR --nodules-from results/preprocessed/nodules "
     "--nodule-items results/splits/test.txt --guidance 2": Check(
         "skip", "needs a nodule-conditioned checkpoint (model.condition: nodules); tests/test_cli.py and "

@@ -37,6 +37,7 @@ def test_profile_requests_gpus_for_heavy_steps_and_groups_ingestion():
     assert profile["group-components"][profile["groups"]["convert"]] > 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(slurm_ready() is not None, reason=str(slurm_ready()))
 def test_tiny_workflow_through_sbatch(tmp_path):
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())

@@ -172,6 +172,7 @@ def test_grad_accumulation_must_split_the_batch(volumes, tmp_path):
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="torch.compile on the CPU needs a C++ compiler (.ci/run installs g++)")
+@pytest.mark.slow
 def test_compiled_training_matches_eager(volumes, tmp_path):
     """Compiled, with the recomputing GroupNorm → SiLU (an autograd Function torch.compile has to trace)."""
     run(volumes, tmp_path / "eager", tiny_config(steps=2, checkpoint_every=100))

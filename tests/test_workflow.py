@@ -1,4 +1,6 @@
-"""The workflow as a user drives it: lint, dry-run, a tiny end-to-end run, and rerun-only-stale."""
+"""The workflow as a user drives it: lint, dry-run, a tiny end-to-end run, and rerun-only-stale.
+
+The tests of the end-to-end run (the ``run_dir`` fixture, minutes) are marked ``slow``."""
 import json
 import re
 import shutil
@@ -128,6 +130,7 @@ def run_dir(tmp_path_factory):
     return work / "results"
 
 
+@pytest.mark.slow
 def test_end_to_end_outputs(run_dir):
     inventory = pd.read_csv(run_dir / "qc" / "inventory.tsv", sep="\t", keep_default_na=False)
     chosen = inventory[inventory.decision == "chosen"]
@@ -215,11 +218,13 @@ def test_end_to_end_outputs(run_dir):
     assert not list(run_dir.rglob(".*.tmp*")), "no temporary file may be left behind"
 
 
+@pytest.mark.slow
 def test_nothing_reruns_when_nothing_changed(run_dir):
     proc = snakemake(run_dir.parent, "-n", "--cores", "2", "--configfile", str(TINY))
     assert planned_rules(proc) == set(), proc.stdout
 
 
+@pytest.mark.slow
 def test_returned_answers_rerun_only_the_analysis_and_the_report(run_dir, tmp_path):
     """An answer file put in the answers folder reruns the reader analysis and the report, nothing else."""
     key = json.loads((run_dir / "reader" / "key.json").read_text())
@@ -234,6 +239,7 @@ def test_returned_answers_rerun_only_the_analysis_and_the_report(run_dir, tmp_pa
     assert planned_rules(proc) == {"reader_analysis", "report", "all"}, proc.stdout
 
 
+@pytest.mark.slow
 def test_another_sampler_reruns_only_the_comparison(run_dir, tmp_path):
     change = tmp_path / "change.yaml"
     change.write_text("evaluate:\n  compare_samplers: [{sampler: ddim, steps: 10}, {sampler: dpmpp, steps: 5}]\n")
@@ -286,6 +292,7 @@ def test_bad_variant_stops_before_any_job(tmp_path):
         proc.stdout + proc.stderr)
 
 
+@pytest.mark.slow
 def test_adding_a_variant_reruns_only_that_variant(run_dir, tmp_path):
     change = tmp_path / "variants.yaml"
     change.write_text(VARIANTS)
@@ -295,6 +302,7 @@ def test_adding_a_variant_reruns_only_that_variant(run_dir, tmp_path):
     assert jobs["train_variant"] == 2 and jobs["variant_table"] == 1
 
 
+@pytest.mark.slow
 def test_variants_run_end_to_end_beside_the_main_run(run_dir, tmp_path):
     """In a copy of the finished run: the paper's row (eps, voxels, DDPM), a flow-matching variant (Euler) and a
     wavelet + flow variant (Heun) train, sample and are scored by the same rules; the table puts the paper's rows
@@ -325,6 +333,7 @@ def test_variants_run_end_to_end_beside_the_main_run(run_dir, tmp_path):
     assert planned_rules(proc) == set(), proc.stdout
 
 
+@pytest.mark.slow
 def test_new_interval_settings_rescore_without_resampling(run_dir, tmp_path):
     change = tmp_path / "change.yaml"
     change.write_text("evaluate:\n  ci_level: 0.9\n")
@@ -334,6 +343,7 @@ def test_new_interval_settings_rescore_without_resampling(run_dir, tmp_path):
     assert not rules & {"train", "sample", "sample_compare", "figure"}, rules
 
 
+@pytest.mark.slow
 def test_changed_preprocessing_reruns_only_what_follows(run_dir, tmp_path):
     change = tmp_path / "change.yaml"
     change.write_text("preprocess:\n  spacing_mm: 20.0\n")
@@ -343,6 +353,7 @@ def test_changed_preprocessing_reruns_only_what_follows(run_dir, tmp_path):
     assert not rules & {"phantom", "discover", "convert", "split"}, rules
 
 
+@pytest.mark.slow
 def test_snakemake_report_holds_figure_and_metrics(run_dir):
     out = run_dir / "snakemake_report.html"
     snakemake(run_dir.parent, "--configfile", str(TINY), "--report", str(out))
@@ -354,6 +365,7 @@ def test_snakemake_report_holds_figure_and_metrics(run_dir):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_html_report_renders_in_headless_chromium(run_dir, tmp_path):
     page = (run_dir / "report.html").resolve().as_uri()
@@ -372,6 +384,7 @@ def test_html_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert dark > 0.02, "the rendered page shows no dark image area: Figure 1 did not render"
 
 
+@pytest.mark.slow
 def test_a_nodule_conditioned_variant_trains_samples_and_is_scored_through_the_rules(run_dir, tmp_path):
     """In a copy of the finished run: a model.condition: nodules variant with guidance trains on the phantom's
     masks, draws sample i with the i-th held-out mask (sorted test split) and is scored."""
