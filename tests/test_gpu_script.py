@@ -19,8 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 GPU_SH = ROOT / "benchmarks" / "gpu.sh"
 
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                                reason="gpu.sh needs bash and coreutils' timeout")
+pytestmark = [pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                 reason="gpu.sh needs bash and coreutils' timeout"),
+              pytest.mark.slow]  # each test runs gpu.sh's parts as processes: minutes
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
