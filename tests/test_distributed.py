@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from conftest import SIZE, TINY_DIFFUSION, TINY_MODEL, bin_env, tiny_config, tiny_train_config, write_volumes
