@@ -170,7 +170,7 @@ def generate(
           f"samples {mine}", flush=True)
     machine = describe(dev, state.num_processes)
     # Volumes drawn together: one network call holds copies_per_call of each (guidance doubles the batch).
-    drawn = max(1, settings.batch_size // copies_per_call(settings.guidance)) if conditioned else settings.batch_size
+    drawn = max(1, settings.batch_size // copies_per_call(settings.guidance))  # guidance 1 (unconditioned): all
     for start in range(0, len(mine), drawn):
         chunk = mine[start : start + drawn]
         began = time.perf_counter()
