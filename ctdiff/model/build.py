@@ -10,8 +10,7 @@ from ctdiff.model.unet import UNet3D
 
 def build_model(cfg: ModelConfig, *, grad_checkpointing: bool = False, recompute_norm: bool = False) -> UNet3D:
     """The residual 3D U-Net described by a ``model`` section (8 input channels for the wavelet representation;
-    ``model.condition`` adds its channels, in the same representation; a checkpoint written before that key
-    loads as ``none``)."""
+    ``model.condition`` adds its channels, in the same representation)."""
     return UNet3D(
         channels=tuple(cfg.channels),
         res_blocks=cfg.res_blocks,

@@ -136,8 +136,6 @@ def generate(
     check_guidance(settings.guidance, conditioned, masks=condition_masks is not None,
                    where=f"checkpoint {checkpoint}: ")
     forward = network(model, dev, settings.precision, settings.compile)
-    if hu_files is not None and cfg.data.hu_window is None:
-        raise ValueError(f"checkpoint {checkpoint} records no hu_window, so its samples cannot be written in HU")
     size = cfg.data.size
     affine = sample_affine(np.asarray(cfg.data.affine), size)
     # The chain runs in the checkpoint's representation (voxels, or 8 Haar sub-bands at half resolution); its
@@ -146,9 +144,8 @@ def generate(
     shape = representation.network_shape(rep, size)
 
     key_fields = {"checkpoint_sha256": file_sha256(Path(checkpoint)), "sampler": settings.sampler,
-                  "steps": settings.steps, "eta": settings.eta, "seed": settings.seed}
-    if settings.precision != "fp32" or settings.compile:  # fp32 eager keeps its key from before these options
-        key_fields |= {"precision": settings.precision, "compile": settings.compile}
+                  "steps": settings.steps, "eta": settings.eta, "seed": settings.seed,
+                  "precision": settings.precision, "compile": settings.compile}
     if conditioned:
         key_fields |= {"guidance": settings.guidance,
                        "masks_sha256": hashlib.sha256("".join(file_sha256(Path(m)) for m in condition_masks)
@@ -226,8 +223,8 @@ def _encoded(mask: Path, size: int) -> np.ndarray:
 
 
 def sampling_cost(timings: Sequence[Path]) -> dict:
-    """What drawing a set cost, from the per-sample timing files :func:`generate` writes (a sample cached by
-    an older release has none and is left out): ``seconds_per_volume``, the median over the timed samples of
+    """What drawing a set cost, from the per-sample timing files :func:`generate` writes before each cached
+    volume (a file missing is left out): ``seconds_per_volume``, the median over the timed samples of
     one device's seconds per volume in its batch (the median, so that a first batch that paid for
     ``torch.compile`` or cuDNN's algorithm search does not count), ``timed`` of ``n`` samples, and the
     ``machines`` that drew them. ``seconds_per_volume`` is None when no sample was timed."""

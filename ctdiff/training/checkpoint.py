@@ -45,15 +45,15 @@ class TrainingData:
 
     ``size``: voxels per side; ``files``: the training volumes' file names; ``affine``: the first training
     volume's 4×4 affine (rows), whose orientation and spacing the samples get; ``spacing_mm`` and
-    ``hu_window``: the preprocessing settings (``None`` in files written without them), the window being
-    what turns samples back into HU.
+    ``hu_window``: the preprocessing settings (``spacing_mm`` is None where the volumes were not resampled),
+    the window being what turns samples back into HU.
     """
 
     size: int
     files: tuple[str, ...]
     affine: tuple[tuple[float, ...], ...]
-    spacing_mm: float | None = None
-    hu_window: tuple[float, float] | None = None
+    spacing_mm: float | None
+    hu_window: tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -132,8 +132,7 @@ def load_for_sampling(path: Path, device: str | torch.device = "cpu") -> tuple[U
         cfg = checkpoint_config(ckpt["config"])
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"checkpoint {path} (ctdiff {ckpt['version']}) records an unreadable config: {err}") from err
-    # model.representation is recorded with the model section (files written before it existed hold voxels
-    # models, and take the default); the weights and the volume size must agree with it.
+    # model.representation is recorded with the model section; the weights and the volume size must agree with it.
     # The condition's channels (model.condition) follow x_t's, in the same representation.
     per = representation.channels(cfg.model.representation)
     want = per * (1 + condition_channels(cfg.model.condition))
