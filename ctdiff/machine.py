@@ -41,7 +41,7 @@ def describe(device: torch.device | str, processes: int = 1) -> dict[str, Any]:
 
 def label(machine: dict[str, Any] | None) -> str | None:
     """A machine :func:`describe` recorded, as a table cell: ``2 × NVIDIA H200``, ``1 × AMD EPYC 9R14
-    (CPU, 2 threads)``; None for None (a file written before machines were recorded)."""
+    (CPU, 2 threads)``; None where no machine was recorded."""
     if not machine:
         return None
     text = f"{machine['processes']} × {machine['name']}"

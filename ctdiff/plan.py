@@ -68,8 +68,8 @@ INGEST_MEMORY_MB = {  # stage: (base, per million input voxels, per million outp
 #: benchmark does not run. Every measured peak lies at least 6 % below what its job declares.
 INGEST_MEMORY_MARGIN = 1.25
 
-#: Image matrix assumed for a series table written before discovery recorded ``rows`` and ``columns``
-#: (LIDC-IDRI's CT slices are all 512 x 512).
+#: Image matrix assumed for a series whose headers give no Rows or Columns (discovery records 0 there;
+#: LIDC-IDRI's CT slices are all 512 x 512).
 DEFAULT_MATRIX = (512, 512)
 
 
@@ -79,8 +79,8 @@ def _series_voxels(path: str, mtime_ns: int, size: int) -> dict[str, int]:
     asks once per job and LIDC-IDRI's table lists ~240,000 file names."""
     with open(path, encoding="utf-8") as fh:
         table = json.load(fh)
-    return {item: int(entry["n_files"]) * int(entry.get("rows") or DEFAULT_MATRIX[0])
-            * int(entry.get("columns") or DEFAULT_MATRIX[1]) for item, entry in table.items()}
+    return {item: int(entry["n_files"]) * int(entry["rows"] or DEFAULT_MATRIX[0])
+            * int(entry["columns"] or DEFAULT_MATRIX[1]) for item, entry in table.items()}
 
 
 def mem_mb_for(stage: Literal["convert", "preprocess"], voxels: int, size: int = 0) -> int:

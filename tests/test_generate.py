@@ -184,8 +184,14 @@ def test_a_checkpoint_lacking_a_recorded_setting_or_holding_an_unknown_one_is_re
     payload = torch.load(checkpoint, weights_only=True)
     del payload["config"]["data"]["hu_window"]
     torch.save(payload, tmp_path / "nowindow.pt")
-    with pytest.raises(ValueError, match=r"nowindow.pt .*unreadable config.*hu_window"):
+    with pytest.raises(ValueError, match=r"nowindow.pt .*unreadable config: data.hu_window is not recorded"):
         load_for_sampling(tmp_path / "nowindow.pt")
+
+    payload = torch.load(checkpoint, weights_only=True)
+    del payload["config"]["diffusion"]["objective"]  # no default is taken for it either
+    torch.save(payload, tmp_path / "noobjective.pt")
+    with pytest.raises(ValueError, match=r"noobjective.pt .*diffusion.objective is not recorded"):
+        load_for_sampling(tmp_path / "noobjective.pt")
 
     payload = torch.load(checkpoint, weights_only=True)
     payload["config"]["model"]["width"] = 3

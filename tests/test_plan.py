@@ -97,11 +97,11 @@ def test_declared_memory_grows_with_the_series_and_has_a_floor():
 
 
 def test_ingest_memory_comes_from_the_series_table(tmp_path):
-    """files x rows x columns of the item's entry; a table without rows and columns (written before they were
-    recorded) counts 512 x 512 slices; a rewritten table is read again."""
+    """files x rows x columns of the item's entry; a series whose headers gave no Rows or Columns (recorded as
+    0) counts 512 x 512 slices; a rewritten table is read again."""
     table = tmp_path / "series.json"
     table.write_text(json.dumps({"A": {"n_files": 300, "rows": 256, "columns": 256, "files": []},
-                                 "B": {"n_files": 300, "files": []}}))
+                                 "B": {"n_files": 300, "rows": 0, "columns": 0, "files": []}}))
     assert ingest_mem_mb("convert", table, "A") == mem_mb_for("convert", 300 * 256 * 256)
     assert ingest_mem_mb("convert", table, "B") == mem_mb_for("convert", 300 * 512 * 512)
     assert ingest_mem_mb("preprocess", str(table), "A", 128) == mem_mb_for("preprocess", 300 * 256 * 256, 128)

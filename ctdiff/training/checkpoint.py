@@ -70,8 +70,14 @@ class CheckpointConfig:
 def checkpoint_config(raw: dict[str, Any]) -> CheckpointConfig:
     """The typed view of a checkpoint's ``config`` entry (plain dicts, lists for tuples).
 
-    Raises ``ValueError`` naming an unknown key.
+    Every section is recorded whole by the training run that wrote it, so a missing key (a file of another
+    release) or an unknown one raises ``ValueError`` naming it; nothing takes a default.
     """
+    expected = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig, "data": TrainingData}
+    for name, cls in expected.items():
+        missing = sorted(set(cls.__dataclass_fields__) - set(raw[name]))
+        if missing:
+            raise ValueError(f"{name}.{missing[0]} is not recorded (a file of another release of ctdiff?)")
     data = dict(raw["data"])
     data["affine"] = tuple(tuple(row) for row in data["affine"])
     return CheckpointConfig(
