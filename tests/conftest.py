@@ -89,13 +89,17 @@ def write_train_folder(folder: Path, *, rows=((10, 5.0), (20, 6.0), (30, 7.5), (
 def run_ingestion(root: Path, out: Path, *, size: int, spacing_mm: float) -> tuple[dict[str, dict], list[str]]:
     """discover -> convert_or_reject for every item -> cohort summary -> preprocess the converted ones, as the
     workflow's data rules do, without Snakemake. Returns (each item's QC row, the usable items)."""
-    items = discover(root, out / "qc" / "inventory.tsv", out / "discover" / "series.json")
+    items = discover(root, out / "qc" / "inventory.tsv", out / "discover" / "series.json",
+                     annotations_tsv=out / "discover" / "annotations.tsv")
     rows = {}
     for item in items:
         rows[item] = convert_or_reject(root, out / "discover" / "series.json", item, out / "nifti" / item,
                                        out / "qc" / "convert" / f"{item}.tsv")
     usable = summarise(out / "qc" / "inventory.tsv", sorted((out / "qc" / "convert").glob("*.tsv")),
-                       out / "qc" / "cohort.tsv", out / "qc" / "summary.tsv")
+                       out / "qc" / "cohort.tsv", out / "qc" / "summary.tsv",
+                       found_xml_tsv=out / "discover" / "annotations.tsv",
+                       nifti_dirs=[out / "nifti" / item for item in items], root=root,
+                       xml_tsv=out / "qc" / "annotations.tsv")
     for item in usable:
         preprocess(out / "nifti" / item / VOLUME_NAME, out / "preprocessed" / f"{item}.nii.gz",
                    size=size, spacing_mm=spacing_mm)

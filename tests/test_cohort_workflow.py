@@ -23,20 +23,24 @@ split: {{test: 1}}
 """
 
 
-def tree(root: Path, good: list[int], faulty: list[int]) -> Path:
-    """Phantom patients (32x32 slices); each faulty one loses a slice from the middle of its stack."""
+def tree(root: Path, good: list[int], faulty: list[int], cut_xml: tuple[int, ...] = ()) -> Path:
+    """Phantom patients (32x32 slices); each faulty one loses a slice from the middle of its stack; the
+    annotation XML of each ``cut_xml`` one is cut off mid-file, its header intact."""
     for number in good + faulty:
         pid = f"WF-{number:04d}"
         write_patient(root, pid, np.random.default_rng([3, number]), matrix=32)
+        folders = {f.parent for f in (root / pid).glob("*/*/*.dcm")}
+        main = max(folders, key=lambda d: len(list(d.iterdir())))
         if number in faulty:
-            folders = {f.parent for f in (root / pid).glob("*/*/*.dcm")}
-            main = sorted(max(folders, key=lambda d: len(list(d.iterdir()))).glob("*.dcm"))
-            main[len(main) // 2].unlink()
+            sorted(main.glob("*.dcm"))[len(list(main.glob("*.dcm"))) // 2].unlink()
+        if number in cut_xml:
+            xml = main / f"{number:03d}.xml"
+            xml.write_bytes(xml.read_bytes()[: xml.stat().st_size // 2])
     return root
 
 
 def test_faulty_scan_is_recorded_and_the_rest_go_on(tmp_path):
-    root = tree(tmp_path / "dicom", good=[2, 3], faulty=[6])
+    root = tree(tmp_path / "dicom", good=[2, 3], faulty=[6], cut_xml=(3,))
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG.format(root=root))
     snakemake(tmp_path, "results/splits/test.txt", "--cores", "2", "--configfile", str(config))
@@ -47,6 +51,15 @@ def test_faulty_scan_is_recorded_and_the_rest_go_on(tmp_path):
     assert cohort.set_index("item").reason["WF-0006"].startswith("missing slice(s): ")
     summary = pd.read_csv(tmp_path / "results/qc/summary.tsv", sep="\t", keep_default_na=False)
     assert {"convert", "cohort"} <= set(summary.stage)
+    # Every annotation file with its final decision: WF-0003's, cut off after its header, was matched at
+    # discovery and refused at conversion; WF-0006's series was rejected at conversion.
+    xml = pd.read_csv(tmp_path / "results/qc/annotations.tsv", sep="\t", keep_default_na=False)
+    ct = xml[xml.root_element == "LidcReadMessage"].set_index("item")
+    assert dict(ct.decision) == {"WF-0002": "matched", "WF-0003": "rejected", "WF-0006": "unmatched"}
+    assert ct.reason["WF-0003"].startswith("malformed XML: ")
+    assert ct.reason["WF-0006"].startswith("its series was rejected at conversion: missing slice(s): ")
+    counts = {(d, r): n for s, d, r, n in summary.itertuples(index=False) if s == "annotations"}
+    assert counts[("rejected", "malformed XML")] == 1 and counts[("matched", "")] == 1
     split = sorted((tmp_path / "results/splits/train.txt").read_text().split()
                    + (tmp_path / "results/splits/test.txt").read_text().split())
     assert split == ["WF-0002", "WF-0003"]
@@ -56,6 +69,7 @@ def test_faulty_scan_is_recorded_and_the_rest_go_on(tmp_path):
     # The rest of the DAG only asks for the converted items.
     proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(config))
     assert "preprocess" in planned_rules(proc)
+    assert not {"discover", "convert", "cohort"} & planned_rules(proc)
     assert "WF-0006" not in " ".join(line for line in proc.stdout.splitlines() if "preprocessed/" in line)
     assert "preprocessed/WF-0002" in proc.stdout
 

@@ -19,7 +19,8 @@ Outputs (written atomically):
   image matrix of the series; with ``n_files`` it sizes the memory of the item's jobs, see
   :mod:`ctdiff.plan`); ``annotations``: the LIDC annotation XML files naming the series;
 - annotation TSV (optional), one row per ``.xml`` file: matched to an item by its SeriesInstanceUid (never
-  by folder), ignored (a radiograph reading), unmatched or rejected (malformed), with the reason.
+  by folder), ignored (a radiograph reading), unmatched or rejected (malformed), with the reason. Only each
+  file's header is read here; :mod:`ctdiff.ingest.cohort` turns this table into the final one.
 
 What was read and skipped is logged (``ctdiff.ingest.discover`` logger, INFO): files read, DICOM files per
 series modality, files skipped by kind (not DICOM by file extension, e.g. LIDC's ``.xml`` annotations;
@@ -43,7 +44,7 @@ from typing import Literal
 import numpy as np
 import pydicom
 
-from ctdiff.ingest.annotations.ingest import DISCOVERY_COLUMNS, assign_xml
+from ctdiff.ingest.annotations.ingest import XML_COLUMNS, assign_xml
 from ctdiff.files import atomic_path, write_tsv
 
 log = logging.getLogger(__name__)
@@ -311,8 +312,9 @@ def discover(
         series: ``'largest'`` (one item per patient, id = PatientID) or ``'all'`` (one item per usable
             CT series, id ``f'{patient}_{k}'``).
         annotations_tsv: written when given: one row per XML file found, matched to an item, ignored (a
-            radiograph reading), unmatched or rejected (malformed), with the reason
-            (:data:`ctdiff.ingest.annotations.ingest.DISCOVERY_COLUMNS`).
+            radiograph reading), unmatched or rejected (malformed up to its SeriesInstanceUid), with the
+            reason (:data:`ctdiff.ingest.annotations.ingest.XML_COLUMNS`); conversion decides the rest
+            (:func:`ctdiff.ingest.annotations.ingest.cohort_xml`).
 
     Returns:
         The sorted item ids; empty (and an empty table written) when no series is usable. Whether an empty
@@ -334,7 +336,7 @@ def discover(
     _log_counts(root, found, skipped, decisions, len(items))
     annotations, xml_rows = assign_xml(root, xml, item_of, decisions)
     if annotations_tsv is not None:
-        write_tsv(annotations_tsv, xml_rows, DISCOVERY_COLUMNS)
+        write_tsv(annotations_tsv, xml_rows, XML_COLUMNS)
 
     rows = []
     for s in sorted(found.values(), key=lambda s: (s.patient, s.uid)):

@@ -95,6 +95,11 @@ def convert_qc(wildcards=None):
     return [f"{R}/qc/convert/{item}.tsv" for item in items()]
 
 
+def convert_folders(wildcards=None):
+    """The convert output folder of every chosen item (its annotation QC when it converted)."""
+    return [f"{R}/nifti/{item}" for item in items()]
+
+
 def converted():
     """Items converted to a volume, from the cohort checkpoint; stops the run only when none is left."""
     cohort = checkpoints.cohort.get().output

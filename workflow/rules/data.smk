@@ -27,7 +27,7 @@ checkpoint discover:
     output:
         inventory=f"{R}/qc/inventory.tsv",
         series=f"{R}/discover/series.json",
-        annotations=f"{R}/qc/annotations.tsv",
+        annotations=f"{R}/discover/annotations.tsv",  # headers only: the cohort table below is the final one
     params:
         root=lambda wildcards, input: input[0] if input else DICOM.root,  # a tree this run writes is the input
         series=CFG.data.series,
@@ -64,15 +64,22 @@ rule convert:
         "../scripts/convert.py"
 
 
-# Every QC row in one table and the counts per decision and reason; the items it lists as converted
-# are the cohort of every later stage (see converted() in common.smk).
+# Every QC row in one table, every annotation XML file with its final decision (discovery's, or what
+# conversion made of it), and the counts per decision and reason; the items it lists as converted are
+# the cohort of every later stage (see converted() in common.smk). It reads only what the convert jobs
+# wrote, so it reruns with them and never makes them rerun.
 checkpoint cohort:
     input:
         inventory=f"{R}/qc/inventory.tsv",
+        xml=f"{R}/discover/annotations.tsv",
         qc=convert_qc,
+        nifti=convert_folders,
     output:
         table=f"{R}/qc/cohort.tsv",
+        annotations=f"{R}/qc/annotations.tsv",
         summary=report(f"{R}/qc/summary.tsv", caption="../report/qc_summary.rst", category="Data QC"),
+    params:
+        root=DICOM.root,  # as convert names the XML files
     log:
         f"{R}/logs/cohort.log",
     conda:

@@ -44,8 +44,27 @@ CHARACTERISTICS = ("subtlety", "internalStructure", "calcification", "sphericity
                    "spiculation", "texture", "malignancy")
 
 
+#: Why the parser refuses a file as a whole: each is the category that opens an :class:`AnnotationError`'s
+#: reason (``'malformed XML: no element found: line 12, column 4'``).
+MALFORMED = "malformed XML"
+UNREADABLE = "unreadable"
+NOT_CT = "not a CT reading"
+NO_SERIES_UID = "no ResponseHeader/SeriesInstanceUid"
+REJECTIONS = (MALFORMED, UNREADABLE, NOT_CT, NO_SERIES_UID)
+
+
 class AnnotationError(ValueError):
-    """A file that cannot be read as an annotation XML (the message names the file and the reason)."""
+    """A file that cannot be read as an annotation XML.
+
+    ``reason`` is ``'category: detail'`` (or the category alone), the category one of :data:`REJECTIONS`;
+    the message is ``'{path}: {reason}'``.
+    """
+
+    def __init__(self, path, category: str, detail: str = ""):
+        if category not in REJECTIONS:
+            raise ValueError(f"unknown rejection {category!r}; one of {REJECTIONS}")
+        self.reason = f"{category}: {detail}" if detail else category
+        super().__init__(f"{path}: {self.reason}")
 
 
 @dataclass(frozen=True)
@@ -126,11 +145,11 @@ def read_header(path: Path) -> tuple[str, str]:
             elif event == "start" and name in ("readingSession", "CXRreadingSession"):
                 break
     except (ParseError, DefusedXmlException) as err:
-        raise AnnotationError(f"{path}: malformed XML: {err}") from None
+        raise AnnotationError(path, MALFORMED, str(err)) from None
     except OSError as err:
-        raise AnnotationError(f"{path}: unreadable: {err}") from None
+        raise AnnotationError(path, UNREADABLE, str(err)) from None
     if not root_name:
-        raise AnnotationError(f"{path}: malformed XML: no root element")
+        raise AnnotationError(path, MALFORMED, "no root element")
     return root_name, uid
 
 
@@ -166,15 +185,15 @@ def parse(path: Path) -> Reading:
     try:
         root = _parse(str(path)).getroot()
     except (ParseError, DefusedXmlException) as err:
-        raise AnnotationError(f"{path}: malformed XML: {err}") from None
+        raise AnnotationError(path, MALFORMED, str(err)) from None
     except OSError as err:
-        raise AnnotationError(f"{path}: unreadable: {err}") from None
+        raise AnnotationError(path, UNREADABLE, str(err)) from None
     if _local(root.tag) != LIDC_ROOT:
-        raise AnnotationError(f"{path}: not a CT reading: root element {_local(root.tag)!r}, not {LIDC_ROOT!r}")
+        raise AnnotationError(path, NOT_CT, f"root element {_local(root.tag)!r}, not {LIDC_ROOT!r}")
     headers = _children(root, "ResponseHeader")
     uid = _text(headers[0], "SeriesInstanceUid") if headers else ""
     if not uid:
-        raise AnnotationError(f"{path}: no ResponseHeader/SeriesInstanceUid")
+        raise AnnotationError(path, NO_SERIES_UID)
     marks, non_nodules, problems = [], [], []
     sessions = _children(root, "readingSession")
     for reader, session in enumerate(sessions, start=1):
