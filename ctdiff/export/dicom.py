@@ -188,9 +188,12 @@ def write_seg(path: Path, ct: list[Dataset], segments: np.ndarray, numbers: dict
         device_serial_number="none", content_label="NODULES",
         content_description="the nodule labels the synthetic volume was drawn with",
         series_description="SYNTHETIC nodule labels")
-    for keyword in ("InstanceCreationDate", "InstanceCreationTime"):
+    for keyword in ("InstanceCreationDate", "InstanceCreationTime"):       # highdicom writes the clock's
         if keyword in seg:
             delattr(seg, keyword)
+    for item in seg.get("ContributingEquipmentSequence", []):               # highdicom names itself, with the clock
+        if "ContributionDateTime" in item:
+            del item.ContributionDateTime
     seg.ContentDate, seg.ContentTime = PLACEHOLDER_DATE, "000000"
     seg.PatientIdentityRemoved, seg.DeidentificationMethod = "YES", ct[0].DeidentificationMethod
     path.parent.mkdir(parents=True, exist_ok=True)
