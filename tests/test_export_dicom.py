@@ -326,3 +326,46 @@ def test_unconditioned_set_stable_uids_and_refusals(tmp_path):
     with pytest.raises(ValueError, match="provenance lacks sample_seed"):
         export_dicom([tmp_path / "s" / "0000.nii.gz"], tmp_path / "d", {"checkpoint_sha256": "0", "sampler": "x"},
                      HU_WINDOW)
+
+
+# ---- the command line and the workflow ---------------------------------------------------------------------
+
+def test_cli_exports_a_set_drawn_from_a_conditioned_checkpoint_naming_its_provenance(tmp_path, capsys):
+    """ctdiff sample, then ctdiff export-dicom: the checkpoint's sha256, the sampler's tag and the seed in the
+    files; the requested nodule as a Segmentation and an LIDC file; a missing mask refused by name."""
+    from conftest import write_volumes
+    from test_condition import cond_config, write_masks
+    from ctdiff import cli
+    from ctdiff.files import file_sha256
+    from ctdiff.training.loop import train
+
+    volumes = write_volumes(tmp_path / "volumes", 2)
+    masks = write_masks(tmp_path / "masks", volumes)
+    model = tmp_path / "model.pt"
+    train(volumes, model, tmp_path / "log.csv", tmp_path / "state", cond_config(steps=1), progress=False,
+          condition_files=masks)
+    samples = tmp_path / "samples"
+    assert cli.main(["sample", "--checkpoint", str(model), "-n", "1", "--sampler", "ddim", "--steps", "2", "--seed",
+                     "5", "--device", "cpu", "--no-progress", "--out", str(samples), "--nodule", "4,4,4,6"]) == 0
+    out = tmp_path / "dicom"
+    export = ["export-dicom", "--checkpoint", str(model), "--samples", str(samples), "--sampler", "ddim", "--steps",
+              "2", "--seed", "5"]
+    assert cli.main([*export, "--out", str(out)]) == 0
+    first = pydicom.dcmread(out / "SYNTH-0000" / "CT" / "0001.dcm")
+    assert file_sha256(model) in first.ImageComments and "sampler ddim-2, seed 5" in first.ImageComments
+    assert (out / "SYNTH-0000" / "SEG" / "seg.dcm").exists() and (out / "SYNTH-0000" / "CT" / "0000.xml").exists()
+    (samples / "nodules" / "0000.nii.gz").unlink()
+    assert cli.main([*export, "--out", str(tmp_path / "again")]) == 2
+    assert "nodule-conditioned, but the mask" in capsys.readouterr().err and not (tmp_path / "again").exists()
+
+
+def test_dry_run_schedules_the_export_only_when_asked(tmp_path):
+    from test_workflow import TINY, planned_jobs, snakemake
+
+    assert "export_dicom" not in planned_jobs(snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY)))
+    change = tmp_path / "change.yaml"
+    change.write_text("export:\n  dicom: true\n")
+    proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY), str(change))
+    assert planned_jobs(proc)["export_dicom"] == 2                        # tiny.yaml: main and ddim-10 sets
+    assert "results/models/paper/export/dicom/main" in proc.stdout
+    assert "results/models/paper/export/dicom/ddim-10" in proc.stdout
