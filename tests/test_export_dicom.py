@@ -302,7 +302,7 @@ def test_unconditioned_set_stable_uids_and_refusals(tmp_path):
     affine = sample_affine(np.diag([3.0, 3.0, 3.0, 1.0]), 12)
     volume = np.linspace(0, 1, 12 ** 3, dtype=np.float32).reshape((12,) * 3)
     save_volume(tmp_path / "s" / "0000.nii.gz", volume, affine)
-    a = export_dicom([tmp_path / "s" / "0000.nii.gz"], tmp_path / "a", PROVENANCE, HU_WINDOW)
+    a = export_dicom([tmp_path / "s" / "0000.nii.gz"], tmp_path / "a", PROVENANCE, (-1000, 400))  # as YAML gives it
     b = export_dicom([tmp_path / "s" / "0000.nii.gz"], tmp_path / "b", PROVENANCE, HU_WINDOW)
     assert a["volumes"][0]["series_uid"] == b["volumes"][0]["series_uid"]        # the same samples: the same UIDs
     assert not list((tmp_path / "a").rglob("*.xml")) and not (tmp_path / "a" / "SYNTH-0000" / "SEG").exists()

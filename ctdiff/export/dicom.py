@@ -249,6 +249,7 @@ def export_dicom(samples: Sequence[Path], out: Path, provenance: dict, hu_window
     missing = [k for k in ("checkpoint_sha256", "sampler", "sample_seed") if k not in provenance]
     if missing:
         raise ValueError(f"provenance lacks {', '.join(missing)}")
+    hu_window = (float(hu_window[0]), float(hu_window[1]))        # a config's YAML may give whole numbers
     out = Path(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
