@@ -1,5 +1,6 @@
 """Command line: ``ctdiff train`` (what the workflow's train rule launches), ``ctdiff sample`` (what the
-sample rule launches) and ``ctdiff export-dicom`` (a sample set as DICOM, what the export_dicom rule does). Both take their config sections the same way: ``--settings``, the JSON that
+sample rule launches) and ``ctdiff export-dicom`` (a sample set as DICOM, what the export_dicom rule does).
+Train and sample take their config sections the same way: ``--settings``, the JSON that
 :func:`ctdiff.config.job_settings` writes (the workflow writes it once, :func:`ctdiff.config.read_job_settings`
 reads it back into the same dataclasses).
 

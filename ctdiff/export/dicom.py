@@ -207,8 +207,8 @@ def export_volume(out: Path, index: int, volume: np.ndarray, affine: np.ndarray,
     patient, number = f"SYNTH-{index:04d}", f"{index:04d}"
     hu = to_hu(np.asarray(volume), hu_window)
     stack, index_to_lps = to_stack(hu, affine)
-    uid_key = [hashlib.sha256(np.ascontiguousarray(volume).tobytes()).hexdigest(), json.dumps(provenance, sort_keys=True),
-               index]
+    uid_key = [hashlib.sha256(np.ascontiguousarray(volume).tobytes()).hexdigest(),
+               json.dumps(provenance, sort_keys=True), index]
     if labels is not None:
         uid_key.append(hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest())
     study, series = mint_uid(*uid_key, "study"), mint_uid(*uid_key, "ct series")
@@ -223,8 +223,8 @@ def export_volume(out: Path, index: int, volume: np.ndarray, affine: np.ndarray,
     label_stack, _ = to_stack(np.asarray(labels).astype(np.int64), affine)
     if label_stack.shape != stack.shape:
         raise ValueError(f"sample {index}: labels of shape {np.shape(labels)} for a volume of {np.shape(volume)}")
-    xml, numbers, outlines = annotation_xml(label_stack, index_to_lps[2, 3] + index_to_lps[2, 2] * np.arange(len(ct)),
-                                            [str(d.SOPInstanceUID) for d in ct], series, study)
+    z = np.array([float(d.ImagePositionPatient[2]) for d in ct])
+    xml, numbers, outlines = annotation_xml(label_stack, z, [str(d.SOPInstanceUID) for d in ct], series, study)
     (folder / "CT" / f"{number}.xml").write_bytes(xml)
     entry.update(nodules={str(label): n for label, n in numbers.items()}, annotation=f"{patient}/CT/{number}.xml",
                  outlines={"traced": outlines.traced, "runs": outlines.runs})

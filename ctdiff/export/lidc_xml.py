@@ -148,11 +148,10 @@ def slice_outlines(region: np.ndarray) -> tuple[list[Roi], bool]:
     y0, y1, x0, x1 = y.min(), y.max(), x.min(), x.max()
     crop = np.pad(region[y0:y1 + 1, x0:x1 + 1], 2)             # room for the rings around it
     shift = np.array([x0 - 2, y0 - 2], dtype=np.float64)
-    for rings, make in ((True, _rings), (False, _runs)):
-        rois = [Roi(None, "", r.inclusion, r.points + shift) for r in make(crop)]
-        if not rings or np.array_equal(filled(rois, columns, rows), region):
-            return rois, rings
-    raise AssertionError("unreachable")
+    rings = [Roi(None, "", r.inclusion, r.points + shift) for r in _rings(crop)]
+    if np.array_equal(filled(rings, columns, rows), region):
+        return rings, True
+    return [Roi(None, "", r.inclusion, r.points + shift) for r in _runs(crop)], False
 
 
 def label_marks(stack: np.ndarray, z: np.ndarray, sop_uids: list[str]) -> tuple[list[Mark], dict[int, int], Outlines]:
