@@ -1,5 +1,6 @@
-"""Command line: ``ctdiff train`` (what the workflow's train rule launches) and ``ctdiff sample`` (what the
-sample rule launches). Both take their config sections the same way: ``--settings``, the JSON that
+"""Command line: ``ctdiff train`` (what the workflow's train rule launches), ``ctdiff sample`` (what the
+sample rule launches) and ``ctdiff export-dicom`` (a sample set as DICOM, what the export_dicom rule does).
+Train and sample take their config sections the same way: ``--settings``, the JSON that
 :func:`ctdiff.config.job_settings` writes (the workflow writes it once, :func:`ctdiff.config.read_job_settings`
 reads it back into the same dataclasses).
 
@@ -124,9 +125,20 @@ def _sample(args: argparse.Namespace) -> None:
     )
 
 
-DESCRIPTION = ("Train the diffusion model on preprocessed volumes (what the workflow's train rule runs) or draw "
+def _export_dicom(args: argparse.Namespace) -> None:
+    from ctdiff.export.dicom import export_sample_set
+
+    folder = Path(args.samples)
+    samples = sorted(p for p in folder.glob("*.nii.gz") if p.name.removesuffix(".nii.gz").isdigit())
+    if not samples:
+        raise ValueError(f"no sample {{i:04d}}.nii.gz in {folder}")
+    export_sample_set(Path(args.checkpoint), samples, Path(args.out), sampler=args.sampler, steps=args.steps,
+                      eta=args.eta, seed=args.seed, guidance=args.guidance)
+
+
+DESCRIPTION = ("Train the diffusion model on preprocessed volumes (what the workflow's train rule runs), draw "
                "synthetic volumes from a checkpoint (what the sample rules run, and the way to sample outside "
-               "Snakemake). 'ctdiff sample --help' lists the sampling options.")
+               "Snakemake) or write a sample set as DICOM. 'ctdiff sample --help' lists the sampling options.")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -185,6 +197,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--cache", default=None, help="folder of finished samples (default <out>/.cache)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_sample)
+
+    e = sub.add_parser("export-dicom", help="write a sample set as DICOM (CT series; nodule labels as DICOM SEG and "
+                                            "LIDC XML for a nodule-conditioned checkpoint)")
+    e.add_argument("--checkpoint", required=True, help="the checkpoint the set was drawn from (its sha256 and HU "
+                                                       "window go into the files)")
+    e.add_argument("--samples", required=True, help="folder of the samples <i:04d>.nii.gz (and nodules/ beside them)")
+    e.add_argument("--out", required=True, help="output folder (written complete or not at all)")
+    e.add_argument("--sampler", choices=SAMPLERS, required=True, help="the sampler the set was drawn with")
+    e.add_argument("--steps", type=int, default=None, help="its steps (default T, the checkpoint's timesteps)")
+    e.add_argument("--eta", type=float, default=d.eta, help=f"its DDIM eta; default {d.eta}")
+    e.add_argument("--seed", type=int, required=True, help="the sample seed the set was drawn with")
+    e.add_argument("--guidance", type=float, default=d.guidance, help=f"its guidance scale; default {d.guidance}")
+    e.set_defaults(func=_export_dicom)
     return p
 
 

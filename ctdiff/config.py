@@ -212,6 +212,11 @@ class ReaderStudyConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    dicom: bool = False
+
+
+@dataclass(frozen=True)
 class VariantConfig:
     """One entry of ``variants``: a ``name`` (:data:`ctdiff.options.NAME_REGEX`) and the keys it sets in the
     main config's ``model``, ``diffusion`` and ``train`` sections and the ``sample`` section's sampler, steps,
@@ -242,6 +247,7 @@ class Config:
     evaluate: EvaluateConfig = EvaluateConfig()
     figure: FigureConfig = FigureConfig()
     reader_study: ReaderStudyConfig = ReaderStudyConfig()
+    export: ExportConfig = ExportConfig()
     variants: tuple[VariantConfig, ...] = ()
 
 
@@ -256,6 +262,7 @@ _SECTIONS = {
     "evaluate": EvaluateConfig,
     "figure": FigureConfig,
     "reader_study": ReaderStudyConfig,
+    "export": ExportConfig,
 }
 
 

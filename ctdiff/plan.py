@@ -1,7 +1,7 @@
 """What the workflow decides when the Snakefile is parsed: where the DICOM tree comes from, which items the
 cohort kept, how much memory an item's ingestion jobs declare, which model variants and (variant, sampler)
 pairs the run compares and where their files go, the sample file names and the ``ctdiff sample`` options of
-a sample set, and which answer files the reader study's analysis reads.
+a sample set, which answer files the reader study's analysis reads, and which sets are exported as DICOM.
 
 Every ``snakemake`` call, a dry run included, parses the Snakefile, so this module imports only the standard
 library, :mod:`ctdiff.config` and :mod:`ctdiff.options`: no torch, numpy, pandas or DICOM/NIfTI readers
@@ -214,6 +214,18 @@ def samples_folder(cfg: Config, model: str, set: str = MAIN_SET) -> str:
 def metrics_file(cfg: Config, model: str, set: str = MAIN_SET) -> str:
     """The metrics of set ``set`` of model ``model``."""
     return f"{model_folder(cfg, model)}/metrics/{set}.json"
+
+
+def dicom_export_folder(cfg: Config, model: str, set: str = MAIN_SET) -> str:
+    """Set ``set`` of model ``model`` written as DICOM (:mod:`ctdiff.export.dicom`)."""
+    return f"{model_folder(cfg, model)}/export/dicom/{set}"
+
+
+def dicom_exports(cfg: Config) -> list[str]:
+    """The DICOM export of every (model, sample set) pair the run draws, with ``export.dicom: true``; else none."""
+    if not cfg.export.dicom:
+        return []
+    return [dicom_export_folder(cfg, model, set) for model in row_names(cfg) for set in sample_sets(cfg, model)]
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ def test_lidc_layered_on_the_demo_is_the_papers_recipe():
     assert cfg.model.representation == "voxels" and cfg.diffusion.objective == "eps"
     assert (cfg.sample.sampler, cfg.sample.steps) == ("ddpm", None)
     assert [r.sampler for r in cfg.evaluate.compare_samplers] == ["ddim", "dpmpp"]
+    assert not cfg.export.dicom
 
 
 def test_lidc_dry_run_reads_the_given_tree(tmp_path):

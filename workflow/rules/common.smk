@@ -19,6 +19,7 @@ from ctdiff.plan import (
     answer_files,
     answers_folder,
     converted_items,
+    dicom_exports,
     dicom_tree,
     evaluate_settings,
     metrics_file,
@@ -69,6 +70,8 @@ METRICS = metrics_file(CFG, CFG.name)
 TRAIN = f"{model_folder(CFG, CFG.name)}/train"
 # Every (model, set) pair the run evaluates, the main model's first: the variants table's rows.
 ROWS = table_rows(CFG)
+# Every (model, set) written as DICOM, with export.dicom: true (none otherwise).
+DICOM_EXPORTS = dicom_exports(CFG)
 
 
 def section(name):
