@@ -15,6 +15,7 @@ include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/reader.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:
@@ -25,4 +26,5 @@ rule all:
         f"{R}/reader/study.zip",  # the blinded reader study, to send; its analysis is in the report
         SAMPLES_HU,  # the main model's samples in HU, with sample.hu: true
         variant_table_input(),  # the variants table, when the run compares samplers or variants
+        nnunet_export_input(),  # nnU-Net training sets, with export.nnunet: true
     default_target: True

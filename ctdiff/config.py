@@ -212,6 +212,12 @@ class ReaderStudyConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    nnunet: bool = False
+    nnunet_id: int = 500
+
+
+@dataclass(frozen=True)
 class VariantConfig:
     """One entry of ``variants``: a ``name`` (:data:`ctdiff.options.NAME_REGEX`) and the keys it sets in the
     main config's ``model``, ``diffusion`` and ``train`` sections and the ``sample`` section's sampler, steps,
@@ -242,6 +248,7 @@ class Config:
     evaluate: EvaluateConfig = EvaluateConfig()
     figure: FigureConfig = FigureConfig()
     reader_study: ReaderStudyConfig = ReaderStudyConfig()
+    export: ExportConfig = ExportConfig()
     variants: tuple[VariantConfig, ...] = ()
 
 
@@ -256,6 +263,7 @@ _SECTIONS = {
     "evaluate": EvaluateConfig,
     "figure": FigureConfig,
     "reader_study": ReaderStudyConfig,
+    "export": ExportConfig,
 }
 
 
@@ -486,6 +494,7 @@ def _check(cfg: Config) -> None:
     _check_evaluate(cfg.evaluate, T)
     _check_kid(cfg)
     _check_reader_study(cfg)
+    _check_export(cfg)
 
 
 def check_training(cfg: Config) -> None:
@@ -608,6 +617,18 @@ def _check_reader_study(cfg: Config) -> None:
         level, width = getattr(r, key)
         if not width > 0:
             raise ValueError(f"config: reader_study.{key}=[{level}, {width}] must be [level, width] with width > 0")
+
+
+def _check_export(cfg: Config) -> None:
+    """The nnU-Net dataset ids of the run's exports stay three digits: the last model's combined arm gets
+    ``export.nnunet_id + 2 * (models)`` (the id scheme is ``ctdiff.plan.nnunet_export``'s)."""
+    if not cfg.export.nnunet:
+        return
+    last = cfg.export.nnunet_id + 2 * (1 + len(cfg.variants))
+    if last > 999:
+        raise ValueError(f"config: export.nnunet_id={cfg.export.nnunet_id} with {1 + len(cfg.variants)} models "
+                         f"gives nnU-Net dataset ids up to {last}, above 999; choose export.nnunet_id <= "
+                         f"{999 - 2 * (1 + len(cfg.variants))}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

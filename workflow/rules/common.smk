@@ -24,6 +24,8 @@ from ctdiff.plan import (
     metrics_file,
     model_config,
     model_folder,
+    nnunet_export,
+    nnunet_exports,
     nodule_folder,
     row_names,
     sample_condition_options,
@@ -82,6 +84,8 @@ wildcard_constraints:
     item=r"[A-Za-z0-9._-]+",
     model="|".join(re.escape(name) for name in MODELS),
     set=f"{MAIN_SET}|{TAG_REGEX}",
+    arm="synthetic|combined",  # export_nnunet's; the real arm is a rule of its own
+    dataset=r"Dataset\d{3}_[A-Za-z0-9][A-Za-z0-9_.+-]*",
 
 
 def items():
@@ -128,6 +132,11 @@ def srun(wildcards, resources):
 def nodule_figure_input(wildcards=None):
     """figures/nodules.png when the main run is nodule-conditioned, else nothing (no figure in the report)."""
     return [f"{R}/figures/nodules.png"] if CFG.model.condition == "nodules" else []
+
+
+def nnunet_export_input(wildcards=None):
+    """The dataset.json of every nnU-Net export the run writes (export.nnunet: true), else nothing."""
+    return [f"{e.folder}/dataset.json" for e in nnunet_exports(CFG)]
 
 
 def variant_table_input(wildcards=None):

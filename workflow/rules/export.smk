@@ -1,0 +1,62 @@
+# nnU-Net v2 raw training sets, with export.nnunet: true (docs/nodules.md): the real training split, and for each
+# model.condition: nodules model its main sample set alone (synthetic) and beside the real split (combined);
+# images in HU, labels 0 background and 1 nodule. ctdiff.plan.nnunet_export names each dataset's folder and id.
+# The declared output is the dataset's dataset.json: the folder is written whole and renamed into place, and a
+# directory() output would gain Snakemake's timestamp file inside the dataset.
+
+
+def nnunet_dataset(wildcards, arm, model=None):
+    """The dataset folder name the run gives (arm, model), checked against the one asked for."""
+    try:
+        expected = nnunet_export(CFG, arm, model)
+    except ValueError as err:
+        raise WorkflowError(str(err)) from None
+    if os.path.basename(expected.folder) != wildcards.dataset:
+        raise WorkflowError(f"{wildcards.dataset}: this run's {arm} nnU-Net export is {expected.folder}")
+    return wildcards.dataset
+
+
+def real_masks():
+    """The consensus mask of every converted item (the real arm takes those of the training split)."""
+    return [f"{nodule_folder(CFG)}/{item}.nii.gz" for item in converted()]
+
+
+rule export_nnunet_real:
+    input:
+        train=f"{R}/splits/train.txt",
+        volumes=preprocessed,
+        nodules=lambda wildcards: real_masks(),
+    output:
+        f"{R}/export/nnunet/real/{{dataset}}/dataset.json",
+    params:
+        dataset=lambda wildcards: nnunet_dataset(wildcards, "real"),
+        hu_window=list(CFG.preprocess.hu_window),
+        volumes=f"{R}/preprocessed",
+        nodules=nodule_folder(CFG),
+    log:
+        f"{R}/logs/export/nnunet/{{dataset}}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/export_nnunet.py"
+
+
+rule export_nnunet:
+    input:
+        train=lambda wildcards: [f"{R}/splits/train.txt"] if wildcards.arm == "combined" else [],
+        volumes=lambda wildcards: preprocessed() if wildcards.arm == "combined" else [],
+        nodules=lambda wildcards: real_masks() if wildcards.arm == "combined" else [],
+        samples=sample_files(f"{M}/samples/{MAIN_SET}", CFG.sample.n),
+    output:
+        f"{M}/export/nnunet/{{arm}}/{{dataset}}/dataset.json",
+    params:
+        dataset=lambda wildcards: nnunet_dataset(wildcards, wildcards.arm, wildcards.model),
+        hu_window=list(CFG.preprocess.hu_window),
+        volumes=f"{R}/preprocessed",
+        nodules=nodule_folder(CFG),
+    log:
+        f"{M}/logs/export/nnunet/{{arm}}/{{dataset}}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/export_nnunet.py"
