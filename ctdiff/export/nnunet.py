@@ -12,11 +12,11 @@ nnU-Net (Isensee et al., Nature Methods 2021) reads a dataset from its "raw" for
 Images are in HU, float32: ``lo + v (hi - lo)`` of a preprocessed or synthetic volume ``v`` in [0, 1] with
 the run's ``preprocess.hu_window`` ``(lo, hi)`` (:mod:`ctdiff.ingest.intensity`; nothing is rounded, so the
 image is the source to float rounding), and the channel is named ``CT``, which gives them nnU-Net's CT
-normalisation (clipping to the foreground's 0.5-99.5 percentiles, then the foreground's mean and SD). Labels
-are uint8: 0 background, 1 nodule, every nodule of a consensus mask (``ctdiff.ingest.annotations``) or of the
-mask a synthetic volume was drawn with (:mod:`ctdiff.sampling.conditions`) merged into label 1. Case names
-say where a case came from and are unique in a dataset holding both: ``real_{item}`` for a real volume,
-``synthetic_{i:04d}`` for sample ``i``.
+normalisation: HU clipped to the 0.5-99.5 percentiles of the labelled voxels of the whole training set (here
+the nodules), minus their mean, over their SD. Labels are uint8: 0 background, 1 nodule, every nodule of a
+consensus mask (``ctdiff.ingest.annotations``) or of the mask a synthetic volume was drawn with
+(:mod:`ctdiff.sampling.conditions`) merged into label 1. Case names say where a case came from and are unique
+in a dataset holding both: ``real_{item}`` for a real volume, ``synthetic_{i:04d}`` for sample ``i``.
 
 A dataset is written into a temporary sibling folder and renamed into place when complete
 (:func:`ctdiff.files.atomic_folder`).
@@ -38,8 +38,8 @@ from ctdiff.files import atomic_folder, save_volume, write_json, write_tsv
 
 #: A dataset folder's name as nnU-Net v2 finds it by id: ``Dataset``, three digits, ``_``, a name.
 DATASET_REGEX = r"Dataset(\d{3})_([A-Za-z0-9][A-Za-z0-9_.+-]*)"
-#: The one input channel; nnU-Net picks its intensity normalisation by this name ("CT": percentile clip +
-#: z-score over the dataset's foreground).
+#: The one input channel; nnU-Net picks its intensity normalisation by this name ("CT": clipped to percentiles
+#: of the labelled voxels' HU, then z-scored with their mean and SD).
 CHANNEL_NAMES = {"0": "CT"}
 LABELS = {"background": 0, "nodule": 1}
 FILE_ENDING = ".nii.gz"
@@ -197,5 +197,5 @@ def export(folder: Path, hu_window: tuple[float, float], *, volumes: Path | None
     return write_dataset(folder, cases, hu_window)
 
 
-__all__ = ["export", "Case", "real_cases", "sample_volumes", "synthetic_cases", "hu_image", "write_case", "dataset_json",
-           "write_dataset", "DATASET_REGEX", "CHANNEL_NAMES", "LABELS", "FILE_ENDING", "CASE_COLUMNS"]
+__all__ = ["export", "Case", "real_cases", "sample_volumes", "synthetic_cases", "hu_image", "write_case",
+           "dataset_json", "write_dataset", "DATASET_REGEX", "CHANNEL_NAMES", "LABELS", "FILE_ENDING", "CASE_COLUMNS"]
