@@ -139,6 +139,22 @@ def nnunet_export_input(wildcards=None):
     return [f"{e.folder}/dataset.json" for e in nnunet_exports(CFG)]
 
 
+def nnunet_dataset(wildcards, arm, model=None):
+    """The dataset folder name the run gives (arm, model), checked against the one asked for."""
+    try:
+        expected = nnunet_export(CFG, arm, model)
+    except ValueError as err:
+        raise WorkflowError(str(err)) from None
+    if os.path.basename(expected.folder) != wildcards.dataset:
+        raise WorkflowError(f"{wildcards.dataset}: this run's {arm} nnU-Net export is {expected.folder}")
+    return wildcards.dataset
+
+
+def real_masks():
+    """The consensus mask of every converted item (the real arm takes those of the training split)."""
+    return [f"{nodule_folder(CFG)}/{item}.nii.gz" for item in converted()]
+
+
 def variant_table_input(wildcards=None):
     """variants.tsv when the run compares anything (a sampler or a variant), else nothing (no table in the
     report)."""

@@ -5,22 +5,6 @@
 # directory() output would gain Snakemake's timestamp file inside the dataset.
 
 
-def nnunet_dataset(wildcards, arm, model=None):
-    """The dataset folder name the run gives (arm, model), checked against the one asked for."""
-    try:
-        expected = nnunet_export(CFG, arm, model)
-    except ValueError as err:
-        raise WorkflowError(str(err)) from None
-    if os.path.basename(expected.folder) != wildcards.dataset:
-        raise WorkflowError(f"{wildcards.dataset}: this run's {arm} nnU-Net export is {expected.folder}")
-    return wildcards.dataset
-
-
-def real_masks():
-    """The consensus mask of every converted item (the real arm takes those of the training split)."""
-    return [f"{nodule_folder(CFG)}/{item}.nii.gz" for item in converted()]
-
-
 rule export_nnunet_real:
     input:
         train=f"{R}/splits/train.txt",
