@@ -97,8 +97,8 @@ def test_each_arm_is_an_nnunet_raw_dataset_of_its_sources(run, tmp_path, arm):
     assert (on_disk["channel_names"], on_disk["labels"], on_disk["numTraining"], on_disk["file_ending"]) == (
         {"0": "CT"}, {"background": 0, "nodule": 1}, len(sources), ".nii.gz")
     table = pd.read_csv(out / "cases.tsv", sep="\t")
-    assert dict(zip(table["case"], zip(table["image"], table["labels"]))) == {
-        c: (str(v), str(m)) for c, (v, m) in sources.items()}
+    assert dict(zip(table["case"], zip(table["image"], table["labels"], table["nodule_voxels"]))) == {
+        c: (str(v), str(m), int((np.asarray(nib.load(m).dataobj) > 0).sum())) for c, (v, m) in sources.items()}
     assert set(table["source"]) == {c.split("_")[0] for c in sources}
     lo, hi = HU_WINDOW
     for case, (volume, mask) in sources.items():
@@ -163,6 +163,11 @@ def test_a_folder_nnunet_would_not_find_and_a_twice_named_case_are_refused(run, 
         write_dataset(tmp_path / "Dataset012_x", cases + cases[:1], HU_WINDOW)
     with pytest.raises(ValueError, match="no case"):
         write_dataset(tmp_path / "Dataset012_x", [], HU_WINDOW)
+    for case in cases:
+        save_volume(case.labels, np.zeros((SIZE,) * 3, np.uint8), AFFINE)
+    with pytest.raises(ValueError, match="none of its 2 cases has a nodule voxel"):
+        write_dataset(tmp_path / "Dataset012_x", cases, HU_WINDOW)
+    assert not list(tmp_path.glob("*Dataset012*"))
 
 
 def test_the_command_line_writes_each_arm(run, tmp_path, capsys):

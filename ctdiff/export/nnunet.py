@@ -43,8 +43,9 @@ DATASET_REGEX = r"Dataset(\d{3})_([A-Za-z0-9][A-Za-z0-9_.+-]*)"
 CHANNEL_NAMES = {"0": "CT"}
 LABELS = {"background": 0, "nodule": 1}
 FILE_ENDING = ".nii.gz"
-#: The columns of ``cases.tsv``: each case's name, whether it is real or synthetic, its source volume and mask.
-CASE_COLUMNS = ("case", "source", "image", "labels")
+#: The columns of ``cases.tsv``: each case's name, whether it is real or synthetic, its source volume and mask,
+#: and its nodule voxels.
+CASE_COLUMNS = ("case", "source", "image", "labels", "nodule_voxels")
 #: How far (mm) an image's and its mask's affines may differ, entry by entry: nnU-Net compares spacing,
 #: origin and direction with a tolerance of its own; the labels are written with the image's affine.
 AFFINE_TOLERANCE = 1e-4
@@ -153,8 +154,9 @@ def dataset_json(name: str, cases: Sequence[Case], hu_window: tuple[float, float
 def write_dataset(folder: Path, cases: Sequence[Case], hu_window: tuple[float, float]) -> dict[str, Any]:
     """Write ``cases`` as the nnU-Net v2 raw dataset ``folder`` (``.../DatasetNNN_Name``), atomically: the
     images, the labels, ``dataset.json`` and ``cases.tsv`` (:data:`CASE_COLUMNS`). Returns the dataset.json.
-    Refuses (``ValueError``) a folder name nnU-Net would not find, no case, a case name given twice, and
-    what :func:`write_case` refuses."""
+    Refuses (``ValueError``) a folder name nnU-Net would not find, no case, a case name given twice, cases
+    without a single nodule voxel between them (nnU-Net's planning takes its CT intensity statistics from the
+    labelled voxels and stops on a dataset that has none), and what :func:`write_case` refuses."""
     folder = Path(folder)
     match = re.fullmatch(DATASET_REGEX, folder.name)
     if match is None:
@@ -175,9 +177,13 @@ def write_dataset(folder: Path, cases: Sequence[Case], hu_window: tuple[float, f
         (tmp / "labelsTr").mkdir()
         rows = []
         for case in cases:
-            write_case(case, tmp / "imagesTr", tmp / "labelsTr", (lo, hi))
+            voxels = write_case(case, tmp / "imagesTr", tmp / "labelsTr", (lo, hi))
             rows.append({"case": case.name, "source": case.source, "image": str(case.image),
-                         "labels": str(case.labels)})
+                         "labels": str(case.labels), "nodule_voxels": voxels})
+        if not any(row["nodule_voxels"] for row in rows):
+            raise ValueError(f"{folder}: none of its {len(rows)} cases has a nodule voxel (at this grid the nodules "
+                             "may be smaller than a voxel); nnU-Net plans its CT normalisation on labelled voxels "
+                             "and cannot train on it")
         write_tsv(tmp / "cases.tsv", rows, CASE_COLUMNS)
         write_json(tmp / "dataset.json", meta)
     return meta

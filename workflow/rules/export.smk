@@ -7,7 +7,7 @@
 
 rule export_nnunet_real:
     input:
-        train=f"{R}/splits/train.txt",
+        train=[f"{R}/splits/train.txt"],  # a list, as export_nnunet's (empty for its synthetic arm)
         volumes=preprocessed,
         nodules=lambda wildcards: real_masks(),
     output:
