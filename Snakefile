@@ -27,4 +27,5 @@ rule all:
         SAMPLES_HU,  # the main model's samples in HU, with sample.hu: true
         variant_table_input(),  # the variants table, when the run compares samplers or variants
         DICOM_EXPORTS,  # every sample set as DICOM, with export.dicom: true
+        nnunet_export_input(),  # nnU-Net training sets, with export.nnunet: true
     default_target: True

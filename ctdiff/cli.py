@@ -11,6 +11,11 @@ is the same volume the workflow writes as ``samples/{set}/{i:04d}`` for the same
 the keys of the ``sample`` config section, with the section's defaults (:class:`ctdiff.config.SampleConfig`).
 Under ``accelerate launch`` (or ``python -m ctdiff.launch --gpus G -- -m ctdiff.cli sample ...``) the
 processes share the samples by index.
+
+``ctdiff export-nnunet --out DIR/Dataset500_real --real-items results/splits/train.txt --volumes
+results/preprocessed`` writes the real training split as an nnU-Net v2 raw dataset; ``--samples`` adds (or
+alone gives) a nodule-conditioned model's sample set (:mod:`ctdiff.export.nnunet`, what the workflow's
+export rules run).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from ctdiff.config import SampleConfig, read_job_settings, section_from_dict, to_dict
+from ctdiff.config import PreprocessConfig, SampleConfig, read_job_settings, section_from_dict, to_dict
 from ctdiff.diffusion.samplers import FAMILIES
 from ctdiff.options import PRECISIONS, SAMPLERS
 from ctdiff.plan import sample_files
@@ -136,9 +141,26 @@ def _export_dicom(args: argparse.Namespace) -> None:
                       eta=args.eta, seed=args.seed, guidance=args.guidance)
 
 
+def _export_nnunet(args: argparse.Namespace) -> None:
+    from ctdiff.export.nnunet import export, sample_volumes
+    from ctdiff.ingest.split import read_ids
+
+    if not args.real_items and not args.samples:
+        raise ValueError("give the real cases (--real-items), the synthetic ones (--samples), or both")
+    if args.real_items and not args.volumes:
+        raise ValueError("--real-items names items of --volumes, which was not given")
+    meta = export(Path(args.out), tuple(args.hu_window),
+                  volumes=Path(args.volumes) if args.volumes else None,
+                  masks=Path(args.nodules) if args.nodules else None,
+                  items=read_ids(args.real_items) if args.real_items else (),
+                  samples=sample_volumes(Path(args.samples)) if args.samples else ())
+    print(f"{args.out}: {meta['numTraining']} cases")
+
+
 DESCRIPTION = ("Train the diffusion model on preprocessed volumes (what the workflow's train rule runs), draw "
                "synthetic volumes from a checkpoint (what the sample rules run, and the way to sample outside "
-               "Snakemake) or write a sample set as DICOM. 'ctdiff sample --help' lists the sampling options.")
+               "Snakemake), or export volumes as DICOM or as an nnU-Net training set. 'ctdiff sample --help' lists "
+               "the sampling options.")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -210,6 +232,25 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, required=True, help="the sample seed the set was drawn with")
     e.add_argument("--guidance", type=float, default=d.guidance, help=f"its guidance scale; default {d.guidance}")
     e.set_defaults(func=_export_dicom)
+
+    n = sub.add_parser("export-nnunet", help="write real and/or synthetic volumes as an nnU-Net v2 raw dataset",
+                       description="Write an nnU-Net v2 raw training set (imagesTr/, labelsTr/, dataset.json): "
+                                   "real volumes (--real-items), synthetic ones (--samples) or both, in HU, "
+                                   "labels 0 background and 1 nodule.")
+    n.add_argument("--out", required=True,
+                   help="the dataset folder to write, Dataset<3 digits>_<name> (replaced when it exists)")
+    n.add_argument("--real-items", default=None,
+                   help="file with one item id per line (e.g. results/splits/train.txt): the real cases")
+    n.add_argument("--volumes", default=None, help="folder holding the items' preprocessed <item>.nii.gz")
+    n.add_argument("--nodules", default=None,
+                   help="folder holding the items' consensus masks <item>.nii.gz (default <volumes>/nodules)")
+    n.add_argument("--samples", default=None,
+                   help="a sample set folder of a model.condition: nodules model (<i:04d>.nii.gz, each with its "
+                        "mask in nodules/): the synthetic cases")
+    n.add_argument("--hu-window", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   default=PreprocessConfig().hu_window,
+                   help="the run's preprocess.hu_window, mapping [0, 1] to HU; default %(default)s")
+    n.set_defaults(func=_export_nnunet)
     return p
 
 

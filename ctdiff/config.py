@@ -214,6 +214,8 @@ class ReaderStudyConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     dicom: bool = False
+    nnunet: bool = False
+    nnunet_id: int = 500
 
 
 @dataclass(frozen=True)
@@ -493,6 +495,7 @@ def _check(cfg: Config) -> None:
     _check_evaluate(cfg.evaluate, T)
     _check_kid(cfg)
     _check_reader_study(cfg)
+    _check_export(cfg)
 
 
 def check_training(cfg: Config) -> None:
@@ -615,6 +618,18 @@ def _check_reader_study(cfg: Config) -> None:
         level, width = getattr(r, key)
         if not width > 0:
             raise ValueError(f"config: reader_study.{key}=[{level}, {width}] must be [level, width] with width > 0")
+
+
+def _check_export(cfg: Config) -> None:
+    """The nnU-Net dataset ids of the run's exports stay three digits: the last model's combined arm gets
+    ``export.nnunet_id + 2 * (models)`` (the id scheme is ``ctdiff.plan.nnunet_export``'s)."""
+    if not cfg.export.nnunet:
+        return
+    last = cfg.export.nnunet_id + 2 * (1 + len(cfg.variants))
+    if last > 999:
+        raise ValueError(f"config: export.nnunet_id={cfg.export.nnunet_id} with {1 + len(cfg.variants)} models "
+                         f"gives nnU-Net dataset ids up to {last}, above 999; choose export.nnunet_id <= "
+                         f"{999 - 2 * (1 + len(cfg.variants))}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -294,3 +294,57 @@ def sample_condition_options(cfg: Config) -> str:
     if cfg.model.condition != "nodules":
         return ""
     return f"--nodules-from {nodule_folder(cfg)} --nodule-items {cfg.results}/splits/test.txt"
+
+
+#: The arms of an nnU-Net export: the real training split, a model's main sample set, and both in one set.
+NNUNET_ARMS = ("real", "synthetic", "combined")
+
+
+@dataclass(frozen=True)
+class NnunetExport:
+    """One nnU-Net v2 raw dataset the run writes: its ``arm`` (:data:`NNUNET_ARMS`), the ``model`` whose main
+    sample set it holds (None for the real arm), its dataset ``id`` and its ``folder``
+    (``.../Dataset{id:03d}_{name}``)."""
+
+    arm: str
+    model: str | None
+    id: int
+    folder: str
+
+
+def nnunet_export(cfg: Config, arm: str, model: str | None = None) -> NnunetExport:
+    """The nnU-Net export of ``arm``: the real training split as ``{results}/export/nnunet/real/
+    Dataset{export.nnunet_id}_real``; model ``model``'s main sample set (``synthetic``) or it beside the real
+    split (``combined``) as ``models/{model}/export/nnunet/{arm}/Dataset{id}_{model}-{arm}``, where the k-th
+    model of :func:`row_names` gets ``nnunet_id + 1 + 2k`` (synthetic) and ``nnunet_id + 2 + 2k`` (combined),
+    so that all of a run's exports can share one ``nnUNet_raw`` folder. ``ValueError`` for an unknown arm or
+    model, and for a synthetic arm of a model without nodule masks (``model.condition: none``): nnU-Net
+    trains on labelled cases only."""
+    if arm not in NNUNET_ARMS:
+        raise ValueError(f"nnU-Net export arm {arm!r}: must be one of {', '.join(NNUNET_ARMS)}")
+    base = cfg.export.nnunet_id
+    if arm == "real":
+        if model is not None:
+            raise ValueError("the real nnU-Net export holds no model's samples")
+        return NnunetExport(arm, None, base, f"{cfg.results}/export/nnunet/real/Dataset{base:03d}_real")
+    if model is None:
+        raise ValueError(f"the {arm} nnU-Net export needs a model")
+    if model_config(cfg, model).model.condition != "nodules":
+        raise ValueError(f"models/{model}: the {arm} nnU-Net export needs nodule labels, and this model is "
+                         "unconditional (model.condition: none), so its samples have none; export a model "
+                         "trained with model.condition: nodules")
+    k = row_names(cfg).index(model)
+    number = base + 1 + 2 * k + (arm == "combined")
+    return NnunetExport(arm, model, number,
+                        f"{model_folder(cfg, model)}/export/nnunet/{arm}/Dataset{number:03d}_{model}-{arm}")
+
+
+def nnunet_exports(cfg: Config) -> list[NnunetExport]:
+    """Every nnU-Net export the run writes: none unless ``export.nnunet``; then the real arm, and the synthetic
+    and combined arms of every model with ``model.condition: nodules`` (an unconditional model's samples
+    carry no labels), the main model first."""
+    if not cfg.export.nnunet:
+        return []
+    conditioned = [m for m in row_names(cfg) if model_config(cfg, m).model.condition == "nodules"]
+    return [nnunet_export(cfg, "real"),
+            *(nnunet_export(cfg, arm, m) for m in conditioned for arm in NNUNET_ARMS[1:])]

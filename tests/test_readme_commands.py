@@ -71,7 +71,14 @@ COMMANDS: dict[str, Check] = {
     "ctdiff sample --help": Check("real", "", expect=("--checkpoint",)),
     "python -m ctdiff.launch --gpus 4 --dry-run -- -m ctdiff.cli train": Check(
         "real", "prints the command a node would run", expect=("accelerate", "--num_processes")),
+    "ctdiff export-nnunet --out nnUNet_raw/Dataset500_real --real-items results/splits/train.txt "
+    "--volumes results/preprocessed": Check(
+        "real", "docs/nodules.md: the demo's training split as an nnU-Net dataset", expect=("cases",)),
     "snakemake --cores all --config sample='{n: 8}'": Check("dry", "draws and scores 8 demo samples"),
+    "snakemake --cores all --config model='{condition: nodules}' export='{nnunet: true}'": Check(
+        "dry", "docs/nodules.md: retrains the demo nodule-conditioned and writes its three nnU-Net datasets",
+        expect=("results/export/nnunet/real/Dataset500_real/dataset.json",
+                "results/models/wavelet-flow/export/nnunet/combined/Dataset502_wavelet-flow-combined/dataset.json")),
     "snakemake --cores all --configfile config/config.yaml config/demo_paper.yaml": Check(
         "dry", "adds 8-15 minutes of training and DDPM-1000 sampling", expect=("results/models/paper/train/model.pt",)),
     "snakemake --cores 16 --resources mem_mb=28000": Check("dry", "runs the whole demo"),
@@ -110,6 +117,21 @@ COMMANDS: dict[str, Check] = {
     "bash benchmarks/gpu_rehearsal.sh": Check(
         "skip", "builds a fresh venv and runs gpu.sh --smoke offline: about 15 minutes"),
     "bash benchmarks/gpu.sh --smoke": Check("skip", "runs for a few minutes: the GPU benchmarks at tiny size"),
+    'pip install -e ".[nnunet]"': Check(
+        "skip", "installs nnU-Net and torchvision (gigabytes beside a CUDA torch); .ci/run installs nnunetv2 in a "
+        "venv of its own, with which tests/test_export_nnunet.py runs nnU-Net's dataset integrity check"),
+    "ctdiff export-nnunet": Check("mention", "the command's name"),
+    "export nnUNet_raw=$PWD/nnUNet_raw nnUNet_preprocessed=$PWD/nnUNet_preprocessed "
+    "nnUNet_results=$PWD/nnUNet_results": Check("skip", "nnU-Net's folders, for the nnU-Net commands after it"),
+    'mkdir -p "$nnUNet_raw" && ln -s "$PWD"/results/export/nnunet/real/Dataset* '
+    '"$PWD"/results/models/*/export/nnunet/*/Dataset* "$nnUNet_raw"/': Check(
+        "skip", "needs the exports of a nodule-conditioned run (the dry run above plans them) and nnU-Net's folders"),
+    "nnUNetv2_plan_and_preprocess -d 500 501 502 -c 3d_fullres --verify_dataset_integrity": Check(
+        "skip", "needs nnU-Net and the three exports; tests/test_export_nnunet.py runs the same integrity check on "
+        "each arm"),
+    "nnUNetv2_train 500 3d_fullres 0": Check("skip", "trains nnU-Net: needs a GPU and hours"),
+    "nnUNetv2_train 501 3d_fullres 0": Check("skip", "trains nnU-Net: needs a GPU and hours"),
+    "nnUNetv2_train 502 3d_fullres 0": Check("skip", "trains nnU-Net: needs a GPU and hours"),
     "bash tests/slurm/start.sh": Check(
         "skip", "needs root: installs and starts a one-node SLURM cluster (.ci/run does it before the suite)"),
 }

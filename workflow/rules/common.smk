@@ -25,6 +25,8 @@ from ctdiff.plan import (
     metrics_file,
     model_config,
     model_folder,
+    nnunet_export,
+    nnunet_exports,
     nodule_folder,
     row_names,
     sample_condition_options,
@@ -85,6 +87,8 @@ wildcard_constraints:
     item=r"[A-Za-z0-9._-]+",
     model="|".join(re.escape(name) for name in MODELS),
     set=f"{MAIN_SET}|{TAG_REGEX}",
+    arm="synthetic|combined",  # export_nnunet's; the real arm is a rule of its own
+    dataset=r"Dataset\d{3}_[A-Za-z0-9][A-Za-z0-9_.+-]*",
 
 
 def items():
@@ -136,6 +140,27 @@ def srun(wildcards, resources):
 def nodule_figure_input(wildcards=None):
     """figures/nodules.png when the main run is nodule-conditioned, else nothing (no figure in the report)."""
     return [f"{R}/figures/nodules.png"] if CFG.model.condition == "nodules" else []
+
+
+def nnunet_export_input(wildcards=None):
+    """The dataset.json of every nnU-Net export the run writes (export.nnunet: true), else nothing."""
+    return [f"{e.folder}/dataset.json" for e in nnunet_exports(CFG)]
+
+
+def nnunet_dataset(wildcards, arm, model=None):
+    """The dataset folder name the run gives (arm, model), checked against the one asked for."""
+    try:
+        expected = nnunet_export(CFG, arm, model)
+    except ValueError as err:
+        raise WorkflowError(str(err)) from None
+    if os.path.basename(expected.folder) != wildcards.dataset:
+        raise WorkflowError(f"{wildcards.dataset}: this run's {arm} nnU-Net export is {expected.folder}")
+    return wildcards.dataset
+
+
+def real_masks():
+    """The consensus mask of every converted item (the real arm takes those of the training split)."""
+    return [f"{nodule_folder(CFG)}/{item}.nii.gz" for item in converted()]
 
 
 def variant_table_input(wildcards=None):
