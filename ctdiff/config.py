@@ -597,9 +597,9 @@ def _check_evaluate(e: EvaluateConfig, T: int) -> None:
 
 def check_privacy(p: PrivacyConfig, diffusion: DiffusionConfig) -> None:
     """The privacy section against the model's ``diffusion`` section (every variant's own is checked too): path
-    times strictly inside (0, 1), and for eps and v, whose times are DDPM timesteps ``round(time · (T − 1))``,
-    ``t_error_steps`` distinct timesteps up to the t-error's (:mod:`ctdiff.metrics.membership`). Also what the
-    audit itself checks of its settings (``ValueError`` naming the key)."""
+    times strictly inside (0, 1), and for eps and v, whose times are DDPM timesteps ``round(time · (T − 1))``, a
+    t-error time after timestep 0 (:mod:`ctdiff.metrics.membership`). Also what the audit itself checks of its
+    settings (``ValueError`` naming the key)."""
     if not p.times or not all(0.0 < f < 1.0 for f in p.times):
         raise ValueError(f"config: privacy.times={list(p.times)} must be a non-empty list of path times in (0, 1)")
     if not 0.0 < p.t_error_time < 1.0:
@@ -608,12 +608,9 @@ def check_privacy(p: PrivacyConfig, diffusion: DiffusionConfig) -> None:
         value = getattr(p, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"config: privacy.{key}={value!r} must be a whole number >= 1")
-    if diffusion.objective != "flow":
-        top = round(p.t_error_time * (diffusion.timesteps - 1))
-        if p.t_error_steps > top:
-            raise ValueError(f"config: privacy.t_error_steps={p.t_error_steps} exceeds the {top} DDPM timesteps up to "
-                             f"privacy.t_error_time={p.t_error_time} (diffusion.timesteps={diffusion.timesteps}): "
-                             f"lower privacy.t_error_steps to at most {top} or raise privacy.t_error_time")
+    if diffusion.objective != "flow" and round(p.t_error_time * (diffusion.timesteps - 1)) < 1:
+        raise ValueError(f"config: privacy.t_error_time={p.t_error_time} is DDPM timestep 0 of "
+                         f"diffusion.timesteps={diffusion.timesteps}: the t-error needs a later one")
 
 
 def _check_kid(cfg: Config) -> None:

@@ -183,10 +183,12 @@ def test_equal_sides_are_drawn_by_seed():
 
 
 def test_config_checks_name_the_privacy_key():
-    with pytest.raises(ValueError, match=r"privacy.t_error_steps=10 exceeds the 5 DDPM timesteps"):
-        from_dict({"diffusion": {"timesteps": 50}, "privacy": {"t_error_time": 0.1}})
+    with pytest.raises(ValueError, match=r"privacy.t_error_time=0.01 is DDPM timestep 0 of diffusion.timesteps=50"):
+        from_dict({"diffusion": {"timesteps": 50}, "privacy": {"t_error_time": 0.01}})
     from_dict({"diffusion": {"timesteps": 50, "objective": "flow"}, "sample": {"sampler": "euler", "steps": 5},
-               "privacy": {"t_error_time": 0.1}})  # flow times are continuous: any step count
+               "privacy": {"t_error_time": 0.01}})  # flow times are continuous
+    # T = 50: the t-error's timestep is 5, so its 10 steps become 5, one per timestep
+    assert make_probe(PrivacyConfig(), "eps", 50, (1, 2, 2, 2)).grid == (0, 1, 2, 3, 4, 5)
     with pytest.raises(ValueError, match=r"privacy.times=\[0.5, 1.0\] must be"):
         from_dict({"privacy": {"times": [0.5, 1.0]}})
 

@@ -29,7 +29,7 @@ Attacks (score: higher = "more likely a member"):
    per volume. Score −ℓ. K network evaluations per volume; the per-time AUCs are recorded too.
 2. ``t_error`` (SecMI, Duan et al. 2023, eq. 6–8): carry x0 deterministically to the path time
    ``privacy.t_error_time`` in S = ``privacy.t_error_steps`` first-order steps on the grid
-   0 = g_0 < g_1 < … < g_S, giving x̃; take one deterministic step back to g_{S−1} and one forward again
+   0 = g_0 < g_1 < … < g_S (for eps and v at most one per DDPM timestep: a small T takes fewer), giving x̃; take one deterministic step back to g_{S−1} and one forward again
    to g_S; the t-error is how far that round trip lands from where it started:
 
        x̃ = Φ(x0; g_0 → g_S),    x̂ = ψ(φ(x̃; g_S → g_{S−1}); g_{S−1} → g_S),    e(x0) = mean‖x̂ − x̃‖²     (2)
@@ -103,7 +103,8 @@ RUN_ONLY = frozenset({"compile", "grad_checkpointing", "recompute_norm", "cache_
 class Probe:
     """The fixed draws every volume is scored with: the loss attack's path ``times`` [K] (fractions), their
     network times (DDPM timesteps for eps and v, flow times for flow) and ``noise`` [K, C, D, H, W]; the
-    t-error's ``grid`` [S + 1] of network times from the data (0) to the t-error time."""
+    t-error's ``grid`` [S + 1] of network times from the data (0) to the t-error time (for eps and v at most
+    every timestep: S = min(``t_error_steps``, the t-error's timestep))."""
 
     objective: str
     times: tuple[float, ...]
@@ -126,8 +127,9 @@ def make_probe(settings: PrivacyConfig, objective: str, timesteps: int, shape: S
     end = path_time(settings.t_error_time, objective, timesteps)
     if objective == "flow":
         grid = tuple(float(g) for g in np.linspace(0.0, end, settings.t_error_steps + 1))
-    else:  # distinct timesteps, as config.check_privacy ensures t_error_steps <= end
-        grid = tuple(int(g) for g in np.round(np.linspace(0, end, settings.t_error_steps + 1)))
+    else:  # distinct timesteps: at most every timestep up to the t-error's (config.check_privacy: end >= 1)
+        steps = min(settings.t_error_steps, int(end))
+        grid = tuple(int(g) for g in np.round(np.linspace(0, end, steps + 1)))
     return Probe(objective, tuple(settings.times), tuple(path_time(f, objective, timesteps) for f in settings.times),
                  noise, grid)
 
@@ -307,10 +309,10 @@ def membership_audit(checkpoint: Path, train: Sequence[Path], heldout: Sequence[
                                "auc": separation(-per_time[is_member, k], -per_time[~is_member, k], n_boot=0)["auc"]}
                               for k, (f, nt) in enumerate(zip(probe.times, probe.network_times))]},
         "t_error": {"score": T_ERROR_SCORE, **separation(-t_error[is_member], -t_error[~is_member], **boot),
-                    "time": settings.t_error_time, "steps": settings.t_error_steps, "grid": list(probe.grid)},
+                    "time": settings.t_error_time, "steps": len(probe.grid) - 1, "grid": list(probe.grid)},
     }
     strongest = max(attacks, key=lambda name: attacks[name]["auc"])
-    evaluations = len(probe.times) + settings.t_error_steps + 2
+    evaluations = len(probe.times) + len(probe.grid) - 1 + 2
     record = {
         "attacks": attacks,
         "strongest": strongest,

@@ -21,6 +21,8 @@ from ctdiff.plan import (
     converted_items,
     dicom_tree,
     evaluate_settings,
+    membership_file,
+    membership_inputs,
     metrics_file,
     model_config,
     model_folder,
