@@ -2,18 +2,20 @@
 apart, another model's checkpoint is refused, and the statistics match independent computations."""
 import dataclasses
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from jsonschema import Draft202012Validator
 
 from conftest import AFFINE, SIZE, tiny_config
 from ctdiff.config import PrivacyConfig, from_dict
 from ctdiff.diffusion import flow
 from ctdiff.diffusion.schedule import make_schedule, training_loss
 from ctdiff.files import save_volume
-from ctdiff.metrics import membership, roc
+from ctdiff.metrics import keys, membership, roc
 from ctdiff.metrics.membership import (
     attack_scores,
     check_same_model,
@@ -65,7 +67,10 @@ def test_an_overfit_model_is_caught_at_low_false_positive_rates(overfit, tmp_pat
     assert loss["tpr_at_fpr_1pct"] >= 0.75 and loss["tpr_at_fpr_10pct"] >= 0.75, loss
     assert record["strongest_auc"] >= loss["auc"] and record["strongest"] in ("loss", "t_error")
     assert record["cost"]["network_evaluations_per_volume"] == 5 + 3 + 2
-    assert (tmp_path / "membership.json").is_file()
+    assert json.loads((tmp_path / "membership.json").read_text()) == json.loads(json.dumps(record))
+    schema = keys.schema()  # what evaluate copies into metrics.json follows its schema
+    Draft202012Validator({**schema["properties"]["membership"], "$defs": schema["$defs"]}).validate(
+        json.loads(json.dumps(record)))
 
 
 def test_two_halves_of_the_held_out_set_are_not_told_apart(overfit):
