@@ -229,7 +229,7 @@ def membership_record() -> dict:
     loss = attack(0.9375, 0.75, 1.0, 0.75, 0.75)
     loss["per_time"] = [{"time": 0.1, "network_time": 99, "auc": 0.875}, {"time": 0.4, "network_time": 400, "auc": 0.5}]
     return {"attacks": {"loss": loss, "t_error": attack(0.125, 0.0, 0.375, 0.0, 0.0)}, "strongest": "loss",
-            "strongest_auc": 0.9375, "n_per_side": 4, "n_requested": 500, "n_train": 12, "n_held_out": 4,
+            "strongest_auc": 0.9375, "n_per_side": 4, "n_requested": 500, "n_train_available": 12, "n_held_out_available": 4,
             "members": [], "non_members": [], "per_volume": [], "probe": {}, "checkpoint": {},
             "bootstrap": {"n_boot": 200, "level": 0.95, "seed": 0},
             "cost": {"seconds": 1.0, "seconds_per_volume": 0.125, "network_evaluations_per_volume": 17,

@@ -281,7 +281,7 @@ def membership_audit(checkpoint: Path, train: Sequence[Path], heldout: Sequence[
 
     Returns ``{"attacks": {"loss", "t_error"} (each: ``score``, :func:`ctdiff.metrics.roc.separation`'s AUC,
     TPRs and intervals, loss: ``per_time`` AUCs), "strongest" (the attack of the highest AUC), "strongest_auc",
-    "n_per_side", "n_requested", "n_train", "n_held_out", "members", "non_members", "per_volume", "probe",
+    "n_per_side", "n_requested", "n_train_available", "n_held_out_available", "members", "non_members", "per_volume", "probe",
     "checkpoint", "bootstrap", "cost", "reading"}``.
     """
     model, schedule, recorded = load_for_sampling(Path(checkpoint), device)
@@ -319,8 +319,8 @@ def membership_audit(checkpoint: Path, train: Sequence[Path], heldout: Sequence[
         "strongest_auc": attacks[strongest]["auc"],
         "n_per_side": len(members),
         "n_requested": settings.n,
-        "n_train": len(train),
-        "n_held_out": len(heldout),
+        "n_train_available": len(train),
+        "n_held_out_available": len(heldout),
         "members": [p.name for p in paths[: len(members)]],
         "non_members": [p.name for p in paths[len(members) :]],
         "per_volume": [{"volume": p.name, "member": bool(m), "loss": float(v), "t_error": float(e),
