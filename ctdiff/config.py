@@ -190,6 +190,19 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """The membership-inference audit of every trained model (:mod:`ctdiff.metrics.membership`)."""
+
+    enabled: bool = True
+    n: int = 500
+    times: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.4)
+    t_error_time: float = 0.1
+    t_error_steps: int = 10
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class FigureConfig:
     real: int = 0
     synthetic: int = 0
@@ -247,6 +260,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     figure: FigureConfig = FigureConfig()
     reader_study: ReaderStudyConfig = ReaderStudyConfig()
     export: ExportConfig = ExportConfig()
@@ -262,6 +276,7 @@ _SECTIONS = {
     "train": TrainConfig,
     "sample": SampleConfig,
     "evaluate": EvaluateConfig,
+    "privacy": PrivacyConfig,
     "figure": FigureConfig,
     "reader_study": ReaderStudyConfig,
     "export": ExportConfig,
@@ -493,6 +508,7 @@ def _check(cfg: Config) -> None:
     if cfg.figure.synthetic >= cfg.sample.n:
         raise ValueError(f"config: figure.synthetic={cfg.figure.synthetic} must be below sample.n={cfg.sample.n}")
     _check_evaluate(cfg.evaluate, T)
+    check_privacy(cfg.privacy, cfg.diffusion)
     _check_kid(cfg)
     _check_reader_study(cfg)
     _check_export(cfg)
@@ -587,6 +603,24 @@ def _check_evaluate(e: EvaluateConfig, T: int) -> None:
             raise ValueError(f"config: {key} repeats evaluate.compare_samplers[{seen[same]}] "
                              f"({run.sampler}, {same[1]} steps, eta {run.eta})")
         seen[same] = k
+
+
+def check_privacy(p: PrivacyConfig, diffusion: DiffusionConfig) -> None:
+    """The privacy section against the model's ``diffusion`` section (every variant's own is checked too): path
+    times strictly inside (0, 1), and for eps and v, whose times are DDPM timesteps ``round(time · (T − 1))``, a
+    t-error time after timestep 0 (:mod:`ctdiff.metrics.membership`). Also what the audit itself checks of its
+    settings (``ValueError`` naming the key)."""
+    if not p.times or not all(0.0 < f < 1.0 for f in p.times):
+        raise ValueError(f"config: privacy.times={list(p.times)} must be a non-empty list of path times in (0, 1)")
+    if not 0.0 < p.t_error_time < 1.0:
+        raise ValueError(f"config: privacy.t_error_time={p.t_error_time} must lie in (0, 1)")
+    for key in ("n", "t_error_steps", "batch_size"):
+        value = getattr(p, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config: privacy.{key}={value!r} must be a whole number >= 1")
+    if diffusion.objective != "flow" and round(p.t_error_time * (diffusion.timesteps - 1)) < 1:
+        raise ValueError(f"config: privacy.t_error_time={p.t_error_time} is DDPM timestep 0 of "
+                         f"diffusion.timesteps={diffusion.timesteps}: the t-error needs a later one")
 
 
 def _check_kid(cfg: Config) -> None:

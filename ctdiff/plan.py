@@ -228,6 +228,17 @@ def dicom_exports(cfg: Config) -> list[str]:
     return [dicom_export_folder(cfg, model, set) for model in row_names(cfg) for set in sample_sets(cfg, model)]
 
 
+def membership_file(cfg: Config, model: str) -> str:
+    """The membership-inference audit of model ``model`` (one per model, whatever its sample sets)."""
+    return f"{model_folder(cfg, model)}/metrics/membership.json"
+
+
+def membership_inputs(cfg: Config, model: str) -> list[str]:
+    """What every evaluation of model ``model`` copies in: its :func:`membership_file` where ``privacy.enabled``,
+    else nothing."""
+    return [membership_file(cfg, model)] if cfg.privacy.enabled else []
+
+
 @dataclass(frozen=True)
 class TableRow:
     """One row of the variants table: model ``variant`` drawn with sampler set ``set`` (:data:`MAIN_SET` or a

@@ -43,7 +43,8 @@ def test_every_key_is_described_and_named_once():
     assert tuple(schema["properties"]) == keys.ALL
     constants = {v for k, v in vars(keys).items() if k.isupper() and isinstance(v, str) and k != "SCHEMA_FILE"}
     assert constants == set(keys.ALL)
-    assert set(schema["required"]) == set(keys.ALL) - {keys.NODULES}  # nodules: conditioned models only
+    # nodules: conditioned models only; membership: only where privacy.enabled
+    assert set(schema["required"]) == set(keys.ALL) - {keys.NODULES, keys.MEMBERSHIP}
 
 
 def test_a_metrics_json_written_by_evaluate_follows_the_schema(written):

@@ -214,9 +214,58 @@ def test_variants_table(tmp_path):
             "| 98.000 [90.000, 101.500] | 0.512 [0.500, 0.525] | 0.250 |" in md)
     assert md.index("## Variants and samplers") < md.index("## Memorisation")
     assert "| near-copies flagged (voxels / features) |" in md
-    # every set holds the same audits: the last column of each row
-    assert re.search(r"\| 0\.300 \[0\.280, 0\.330\] \|[^\n]* \| 1 / 2 \|\n", md)
+    # every set holds the same audits: the memorisation column of each row, then no membership audit (—)
+    assert re.search(r"\| 0\.300 \[0\.280, 0\.330\] \|[^\n]* \| 1 / 2 \| — \| — \|\n", md)
     assert 'id="variants"' in page and "<td>ddim-50-eta0.5</td>" in page and "same seeds" in page
+
+
+def membership_record() -> dict:
+    """A membership audit as ctdiff.metrics.membership writes it (the fields the report reads)."""
+    def attack(auc, low, high, tpr1, tpr10):
+        ci = {"low": low, "high": high, "bias": 0.0, "method": "percentile interval"}
+        return {"score": "s", "auc": auc, "tpr_at_fpr_1pct": tpr1, "tpr_at_fpr_10pct": tpr10, "n_positive": 4,
+                "n_negative": 4, "fpr_resolution": 0.25, "intervals": {"auc": ci, "tpr_at_fpr_1pct": ci,
+                                                                      "tpr_at_fpr_10pct": ci}}
+    loss = attack(0.9375, 0.75, 1.0, 0.75, 0.75)
+    loss["per_time"] = [{"time": 0.1, "network_time": 99, "auc": 0.875}, {"time": 0.4, "network_time": 400, "auc": 0.5}]
+    return {"attacks": {"loss": loss, "t_error": attack(0.125, 0.0, 0.375, 0.0, 0.0)}, "strongest": "loss",
+            "strongest_auc": 0.9375, "n_per_side": 4, "n_requested": 500, "n_train_available": 12, "n_held_out_available": 4,
+            "members": [], "non_members": [], "per_volume": [], "probe": {}, "checkpoint": {},
+            "bootstrap": {"n_boot": 200, "level": 0.95, "seed": 0},
+            "cost": {"seconds": 1.0, "seconds_per_volume": 0.125, "network_evaluations_per_volume": 17,
+                     "device": {"name": "Some CPU"}}}
+
+
+def test_privacy_section_beside_the_memorisation_audits(tmp_path):
+    m = metrics(pretrained=False, rank_deficient=True)
+    m["membership"] = membership_record()
+    md, page = _report(tmp_path, m)
+    assert md.index("## Memorisation") < md.index("## Privacy") < md.index("## Figure 1")
+    assert "AUC 0.5 = the attack learns nothing about membership" in md
+    assert ("| Loss (fixed times and noise) | 0.938 [95 % CI 0.750 to 1.000] | 0.750 [95 % CI 0.750 to 1.000] "
+            "| 0.750 [95 % CI 0.750 to 1.000] |" in md)
+    assert "| SecMI t-error | 0.125 [95 % CI 0.000 to 0.375] |" in md
+    assert "reaches AUC 0.938; its interval excludes 0.5: the model leaks membership to it." in md
+    assert "SecMI t-error: the AUC lies below 0.5 within its interval" in md
+    assert "in steps of 25 %" in md and "0.125 s per volume (17 network evaluations) on Some CPU" in md
+    assert "| 0.1 | 99 | 0.875 |" in md and 'id="privacy"' in page
+    assert "membership inference: AUC and TPR at 1 % / 10 % FPR (Privacy)" in _guide(md)
+
+
+def test_variants_table_carries_the_membership_aucs(tmp_path):
+    m = metrics(pretrained=False, rank_deficient=True)
+    m["real_volumes"] = ["r0.nii.gz"]
+    m["provenance"] = {"sampler": "ddpm", "sampler_steps": 1000, "eta": 0.0, "network_evaluations": 1000,
+                       "sample_seed": 4, "checkpoint_step": 7, "checkpoint_sha256": "c" * 64}
+    m["membership"] = membership_record()
+    (tmp_path / "main.json").write_text(json.dumps(m))
+    tsv = _variants_tsv(tmp_path, [("paper", "main", tmp_path / "main.json")])
+    row = pd.read_csv(tsv, sep="\t").iloc[0]
+    assert (row.mia_loss_auc, row.mia_loss_auc_low, row.mia_loss_auc_high, row.mia_t_error_tpr_at_fpr_1pct) == (
+        0.9375, 0.75, 1.0, 0.0)
+    md, _ = _report(tmp_path, m, variants_tsv=tsv)
+    assert "| membership AUC, loss attack [95 % CI] | membership AUC, SecMI t-error [95 % CI] |" in md
+    assert "| 1 / 2 | 0.938 [0.750, 1.000] | 0.125 [0.000, 0.375] |" in md
 
 
 def test_report_without_intervals(tmp_path):

@@ -37,10 +37,10 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 
 def planned_jobs(proc: subprocess.CompletedProcess, main: str = "paper") -> dict[str, int]:
     """{job kind: count} from the job blocks of a dry run. A kind is the rule's name, and for the rules that
-    serve every model what the job is for, ``main`` being the main model's name: train, sample and evaluate
-    of the main model's own set keep their names; of a compared sampler's set they are sample_compare and
-    evaluate_compare; of a variant, train_variant, sample_variant, evaluate_variant, sample_variant_compare
-    and evaluate_variant_compare."""
+    serve every model what the job is for, ``main`` being the main model's name: train, membership, sample and
+    evaluate of the main model's own set keep their names; of a compared sampler's set they are sample_compare
+    and evaluate_compare; of a variant, train_variant, membership_variant, sample_variant, evaluate_variant,
+    sample_variant_compare and evaluate_variant_compare."""
     jobs: dict[str, int] = {}
     rule, kinds = None, []
     for line in (proc.stdout + "\n" + proc.stderr).splitlines() + [""]:
@@ -49,7 +49,7 @@ def planned_jobs(proc: subprocess.CompletedProcess, main: str = "paper") -> dict
             kinds.append(rule)
         elif rule and (match := re.match(r"\s+wildcards: (.*)", line)):
             wildcards = dict(item.split("=", 1) for item in match.group(1).split(", "))
-            if "model" in wildcards and rule in ("train", "sample", "evaluate"):
+            if "model" in wildcards and rule in ("train", "membership", "sample", "evaluate"):
                 kind = rule + ("_variant" if wildcards["model"] != main else "")
                 kinds[-1] = kind + ("_compare" if wildcards.get("set", "main") != "main" else "")
         elif not line.startswith(" "):
@@ -65,8 +65,8 @@ def planned_rules(proc: subprocess.CompletedProcess, main: str = "paper") -> set
 
 
 COMPARE_RULES = {"sample_compare", "evaluate_compare", "variant_table"}
-VARIANT_RULES = {"train_variant", "sample_variant", "evaluate_variant", "sample_variant_compare",
-                 "evaluate_variant_compare"}
+VARIANT_RULES = {"train_variant", "membership_variant", "sample_variant", "evaluate_variant",
+                 "sample_variant_compare", "evaluate_variant_compare"}
 
 
 def test_lint_is_clean(tmp_path):
@@ -76,7 +76,7 @@ def test_lint_is_clean(tmp_path):
 
 def test_dry_run_of_the_default_config(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "2")
-    assert {"phantom", "discover", "split", "train", "sample", "evaluate", "figure", "report", "all",
+    assert {"phantom", "discover", "split", "train", "membership", "sample", "evaluate", "figure", "report", "all",
             "reader_study", "reader_analysis"} <= planned_rules(proc, DEMO)
     jobs = planned_jobs(proc, DEMO)  # config.yaml compares Heun-15 with its main Euler-30 set
     assert (jobs["sample_compare"], jobs["evaluate_compare"], jobs["variant_table"]) == (1, 1, 1), jobs
@@ -113,6 +113,15 @@ def test_dry_run_plans_no_comparison_unless_one_is_configured(tmp_path, compare)
     rules = planned_rules(proc, DEMO)
     assert {"sample", "evaluate", "report"} <= rules and not rules & (COMPARE_RULES | VARIANT_RULES), rules
     assert "variants.tsv" not in proc.stdout
+
+
+def test_dry_run_plans_no_membership_audit_unless_enabled(tmp_path):
+    """privacy.enabled: false drops the membership job and the evaluate rule's input on it."""
+    change = tmp_path / "change.yaml"
+    change.write_text("privacy:\n  enabled: false\n")
+    off = planned_jobs(snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY), str(change)))
+    on = planned_jobs(snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY)))
+    assert on["membership"] == 1 and "membership" not in off and off["evaluate"] == 1, (on, off)
 
 
 def test_bad_config_names_the_key(tmp_path):
@@ -200,6 +209,14 @@ def test_end_to_end_outputs(run_dir):
     assert "## Anatomy (HU)" in (run_dir / "report.md").read_text() and 'id="anatomy"' in (
         run_dir / "report.html").read_text()
     assert "9.70" in (run_dir / "report.md").read_text()
+    # the membership audit: once for the model, copied into both sets; 3 training and 2 held-out volumes
+    audit = json.loads((run_dir / "models" / "paper" / "metrics" / "membership.json").read_text())
+    assert metrics["membership"] == compared["membership"] == audit and audit["n_per_side"] == 2
+    assert set(audit["non_members"]) == {f"{i}.nii.gz" for i in test} and set(audit["members"]) < {
+        f"{i}.nii.gz" for i in train}
+    assert table["mia_loss_auc"].tolist() == [audit["attacks"]["loss"]["auc"]] * 2
+    assert table["mia_t_error_auc"].tolist() == [audit["attacks"]["t_error"]["auc"]] * 2
+    assert "## Privacy" in (run_dir / "report.md").read_text() and 'id="privacy"' in (run_dir / "report.html").read_text()
     assert "data:image/png;base64" in (run_dir / "report.html").read_text()
     key = json.loads((run_dir / "reader" / "key.json").read_text())  # 4 cases: the 2 held-out volumes, 2 samples
     assert sorted((c["truth"], c["source"]) for c in key["cases"]) == sorted(
@@ -264,8 +281,8 @@ def test_dry_run_plans_each_variant_by_the_same_rules(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY), str(change))
     jobs = planned_jobs(proc)
     assert {rule: jobs[rule] for rule in VARIANT_RULES} == {
-        "train_variant": 2, "sample_variant": 2, "evaluate_variant": 2, "sample_variant_compare": 1,
-        "evaluate_variant_compare": 1}, jobs
+        "train_variant": 2, "membership_variant": 2, "sample_variant": 2, "evaluate_variant": 2,
+        "sample_variant_compare": 1, "evaluate_variant_compare": 1}, jobs
     for path in ("results/models/cosine/train/model.pt", "results/models/small/samples/main/0001.nii.gz",
                  "results/models/cosine/metrics/ddim-10.json", "results/models/small/metrics/main.json"):
         assert path in proc.stdout, path
@@ -437,7 +454,7 @@ def test_every_rule_that_runs_a_network_gets_gpus_from_both_profiles(tmp_path):
     args = ["-n", "--configfile", str(TINY), str(change)]
     declared = {rule for rule, res in job_resources(snakemake(tmp_path, "--cores", "2", *args)).items()
                 if "gpu" in res}
-    assert {"train", "sample", "evaluate"} <= declared
+    assert {"train", "membership", "sample", "evaluate"} <= declared
     on_gpus = job_resources(snakemake(tmp_path, "--profile", str(REPO / "profiles" / "gpu"), *args))
     assert {rule: int(on_gpus[rule]["gpu"]) >= 1 for rule in declared} == dict.fromkeys(declared, True), on_gpus
     slurm = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]

@@ -14,6 +14,7 @@ the volumes from this memory; each needs ~40 MiB more at 128³ (numpy's peak for
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -151,6 +152,7 @@ def evaluate(
     hu_window: tuple[float, float] = PreprocessConfig.hu_window,
     nodules: tuple[Sequence[Path], Sequence[Path | None]] | None = None,
     workers: int = 1,
+    membership: Path | None = None,
 ) -> dict:
     """Compare ``synthetic`` with held-out ``real`` NIfTI volumes as the ``evaluate`` section ``settings``
     says; write the metrics to ``out`` (JSON) and return them (``settings.compare_samplers`` plays no part).
@@ -182,6 +184,9 @@ def evaluate(
     - ``nodules`` (only when ``nodules`` = (the mask each synthetic volume was drawn with, the real volume
       that mask came from) is given, for a ``model.condition: nodules`` model): contrast, detection, size and
       spurious blobs, synthetic against real (``ctdiff.metrics.nodule_control``).
+    - ``membership`` (only when ``membership``, the model's membership-inference audit written by
+      ``ctdiff.metrics.membership.membership_audit``, is given): copied as it is; it depends on the model, not
+      on the sample set, so every set of a model carries the same record.
     ``provenance`` (e.g. ``ctdiff.metrics.variant_table.sampling_provenance``) is stored as given.
     """
     if train_chunk < 1:
@@ -283,6 +288,8 @@ def evaluate(
         seed=settings.seed, n_boot=settings.bootstrap, level=settings.ci_level, workers=workers)
     if nodules is not None:
         metrics[keys.NODULES] = nodule_control(synthetic, nodules[0], nodules[1], hu_window)
+    if membership is not None:
+        metrics[keys.MEMBERSHIP] = json.loads(Path(membership).read_text(encoding="utf-8"))
     keys.check_metrics(metrics, where=f"{out} (not written)")
     write_json(Path(out), metrics)
     return metrics

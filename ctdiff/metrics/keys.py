@@ -38,11 +38,12 @@ PAPER = "paper"
 PROVENANCE = "provenance"
 ANATOMY = "anatomy"
 NODULES = "nodules"
+MEMBERSHIP = "membership"
 
 #: Every top-level key, in the order the writer stores them.
 ALL: tuple[str, ...] = (FID, FID_RANK_DEFICIENT, FID_FEATURE_DIM, KID, MSSSIM_NEAREST_REAL, MSSSIM_DIVERSITY,
                         BOOTSTRAP, FLOOR, MEMORISATION, FEATURE_NETWORK, N_REAL, N_SYNTHETIC, N_TRAIN, REAL_VOLUMES,
-                        VOLUME_SHAPE, MSSSIM, SEED, PAPER, PROVENANCE, ANATOMY, NODULES)
+                        VOLUME_SHAPE, MSSSIM, SEED, PAPER, PROVENANCE, ANATOMY, NODULES, MEMBERSHIP)
 
 SCHEMA_FILE = "metrics.schema.json"  # package data of ctdiff.metrics
 

@@ -20,6 +20,9 @@ Cost, per row:
 - ``sampling_s_per_volume``: one device's seconds per volume at the sample batch size, the median over the
   set's samples (``sampling.json``, :func:`ctdiff.sampling.generate.sampling_cost`), on ``sampling_machine``.
 
+Privacy: ``mia_{loss,t_error}_auc`` (with ``_low``, ``_high`` and ``_tpr_at_fpr_1pct``), the membership-inference
+audit of the row's model (:mod:`ctdiff.metrics.membership`); every set of one model carries the same values.
+
 Machines are recorded since this table has cost columns; a set drawn or trained before leaves them empty.
 """
 
@@ -43,6 +46,8 @@ from ctdiff.model.condition import copies_per_call
 from ctdiff.options import ETA_SAMPLERS
 from ctdiff.plan import TableRow, setting
 
+MIA_ATTACKS = ("loss", "t_error")
+
 COLUMNS = [
     "variant", "set", "sampler", "steps", "eta", "network_evaluations",
     "train_s_per_step", "train_steps", "train_hours", "train_machine",
@@ -54,6 +59,9 @@ COLUMNS = [
     "two_lungs_share", "lung_volume_ratio",
     "ci_level", "n_boot", "checkpoint_step", "sample_seed",
     "memorisation_flagged_voxels", "memorisation_flagged_features",
+    # the membership-inference audit of the row's model (ctdiff.metrics.membership): per attack, the AUC with its
+    # interval and the TPR at 1 % FPR; empty where the model was not audited (privacy.enabled: false)
+    *(f"mia_{attack}_{key}" for attack in MIA_ATTACKS for key in ("auc", "auc_low", "auc_high", "tpr_at_fpr_1pct")),
 ]
 # What every row must share for the comparison to be fair, and what the rows of one variant share besides.
 SHARED = ("sample_seed", keys.N_SYNTHETIC, keys.REAL_VOLUMES)
@@ -124,6 +132,12 @@ def _row(name: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     memorisation = m.get(keys.MEMORISATION, {})
     row["memorisation_flagged_voxels"] = memorisation.get("n_flagged")
     row["memorisation_flagged_features"] = memorisation.get("features", {}).get("n_flagged")
+    attacks = m.get(keys.MEMBERSHIP, {}).get("attacks", {})
+    for attack in MIA_ATTACKS:
+        a = attacks.get(attack, {})
+        ci = a.get("intervals", {}).get("auc", {})
+        row[f"mia_{attack}_auc"], row[f"mia_{attack}_tpr_at_fpr_1pct"] = a.get("auc"), a.get("tpr_at_fpr_1pct")
+        row[f"mia_{attack}_auc_low"], row[f"mia_{attack}_auc_high"] = ci.get("low"), ci.get("high")
     shared = {"checkpoint_sha256": prov["checkpoint_sha256"], "sample_seed": prov["sample_seed"],
               keys.N_SYNTHETIC: m[keys.N_SYNTHETIC], keys.REAL_VOLUMES: sorted(m[keys.REAL_VOLUMES])}
     return row, shared

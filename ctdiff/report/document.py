@@ -1,6 +1,6 @@
 """The run's report: metrics with bootstrap intervals beside the paper's and the real-vs-real floor, how to
 read them (``ctdiff.report.guide``), the variants and samplers compared (when configured), the memorisation audits
-(voxels and Med3D features), the anatomy in HU, Figure 1, the reader study (``ctdiff.report.reader``), the
+(voxels and Med3D features), the membership-inference audit ("Privacy", ``ctdiff.report.privacy``), the anatomy in HU, Figure 1, the reader study (``ctdiff.report.reader``), the
 learning curve, the data QC summary, provenance and config.
 
 The report is a list of :class:`Section` built once from the run's files (:func:`build_sections`) and
@@ -34,6 +34,7 @@ from ctdiff.ingest.cohort import SUMMARY_COLUMNS
 from ctdiff.files import atomic_path
 from ctdiff.metrics import keys
 from ctdiff.metrics.variant_table import read_variant_table
+from ctdiff.report.privacy import privacy_section
 from ctdiff.report.reader import reader_section
 from ctdiff.report.sections import Image, Section, Table, table
 from ctdiff.report.guide import HEADER as GUIDE_HEADER
@@ -161,7 +162,8 @@ def variant_rows(table: pd.DataFrame) -> tuple[list[str], list[tuple], str]:
               "training s/step (machine)", "training hours for its steps", "sampling s/volume, one device (machine)",
               f"FID{ci}", f"MS-SSIM, nearest real (higher = closer){ci}",
               f"MS-SSIM, diversity (lower = more diverse){ci}", f"KID (lower = closer){ci}",
-              "two lungs (share of synthetic)", "lung volume, synthetic / real", "near-copies flagged (voxels / features)"]
+              "two lungs (share of synthetic)", "lung volume, synthetic / real", "near-copies flagged (voxels / features)",
+              f"membership AUC, loss attack{ci}", f"membership AUC, SecMI t-error{ci}"]
     rows = [
         (r.variant, r.set, r.sampler, int(r.steps), "—" if pd.isna(r.eta) else f"{r.eta:g}", int(r.network_evaluations),
          _cost(r.train_s_per_step, ".3g", r.train_machine),
@@ -172,7 +174,10 @@ def variant_rows(table: pd.DataFrame) -> tuple[list[str], list[tuple], str]:
          _value_ci(r.msssim_diversity, r.msssim_diversity_low, r.msssim_diversity_high),
          _kid_ci(r.kid, r.kid_low, r.kid_high), _number(r.two_lungs_share, ".2f"),
          _number(r.lung_volume_ratio, ".3f"),
-         _flagged(r.memorisation_flagged_voxels, r.memorisation_flagged_features))
+         _flagged(r.memorisation_flagged_voxels, r.memorisation_flagged_features),
+         *("—" if pd.isna(auc) else _value_ci(auc, low, high) for auc, low, high in (
+             (r.mia_loss_auc, r.mia_loss_auc_low, r.mia_loss_auc_high),
+             (r.mia_t_error_auc, r.mia_t_error_auc_low, r.mia_t_error_auc_high))))
         for r in table.itertuples(index=False)
     ]
     first = table.iloc[0]
@@ -186,7 +191,9 @@ def variant_rows(table: pd.DataFrame) -> tuple[list[str], list[tuple], str]:
                 "first logged interval, and the hours that implies for the variant's train.steps; sampling: one "
                 "device's median seconds per volume at the sample batch size), so compare them only between rows "
                 "measured on the same machine. A variant is better or worse than the reference row only where its "
-                "interval does not overlap the reference's; on a demo-sized set the intervals are wide.")
+                "interval does not overlap the reference's; on a demo-sized set the intervals are wide. The membership "
+                "AUCs are the model's (see Privacy; the same for every set of a variant): 0.5 = the attack cannot "
+                "tell training scans from held-out ones.")
     return header, rows, sentence
 
 
@@ -399,6 +406,8 @@ def build_sections(
                              memorisation_rows(memorisation["features"]), caption="Closest pairs in feature space")]
         sections.append(Section("Memorisation", text=memorisation_summary(memorisation), tables=tuple(tables),
                                 images=tuple(images)))
+    if metrics.get(keys.MEMBERSHIP):  # beside the memorisation audits: the model, not its samples, is audited
+        sections.append(privacy_section(metrics[keys.MEMBERSHIP]))
     anatomy = metrics.get(keys.ANATOMY)
     if anatomy:
         images = () if anatomy_png is None else (

@@ -49,6 +49,11 @@ def guide_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      "0; each flagged volume is one to look at",
                      "the held-out volume closest to the training set sets the threshold: no held-out real "
                      "scan is flagged"))
+    if metrics.get(keys.MEMBERSHIP):
+        rows.append(("Can an attacker who holds the model tell its training scans from held-out ones?",
+                     "membership inference: AUC and TPR at 1 % / 10 % FPR (Privacy)",
+                     "AUC 0.5 and TPR at the FPR = the attack learns nothing; 1 = every training scan found",
+                     "0.5; the audit is as strong as its strongest attack"))
     return rows
 
 

@@ -22,6 +22,8 @@ from ctdiff.plan import (
     dicom_exports,
     dicom_tree,
     evaluate_settings,
+    membership_file,
+    membership_inputs,
     metrics_file,
     model_config,
     model_folder,

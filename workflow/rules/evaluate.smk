@@ -1,7 +1,32 @@
 # Every sample set of every model scored alike: FID on Med3D features and both MS-SSIM protocols, synthetic
 # vs held-out real volumes, with bootstrap intervals, the real-vs-real floor, the memorisation audit against
-# the training volumes and, for a nodule-conditioned model, the control of the nodules. Then the variants
+# the training volumes and, for a nodule-conditioned model, the control of the nodules. The membership-inference
+# audit depends on the model alone: run once per model, copied into each of its sets' metrics. Then the variants
 # table: one row per (model, set), the main model's first, when the run compares anything.
+
+
+rule membership:
+    input:
+        train=f"{R}/splits/train.txt",
+        test=f"{R}/splits/test.txt",
+        real=preprocessed,
+        model=f"{M}/train/model.pt",
+    output:
+        membership_file(CFG, "{model}"),
+    params:
+        privacy=section("privacy"),
+        bootstrap={"n_boot": CFG.evaluate.bootstrap, "level": CFG.evaluate.ci_level},  # as every interval
+        volumes=f"{R}/preprocessed",
+        settings=lambda wildcards: train_settings(MODELS[wildcards.model]),  # what the checkpoint must record
+    threads: 8  # torch's CPU threads; capped at --cores; profiles may set their own
+    resources:
+        gpu=0,
+    log:
+        f"{M}/logs/membership.log",
+    conda:
+        ENV
+    script:
+        "../scripts/membership.py"
 
 
 rule evaluate:
@@ -11,6 +36,7 @@ rule evaluate:
         real=preprocessed,
         synthetic=sample_files(f"{M}/samples/{{set}}", CFG.sample.n),
         model=f"{M}/train/model.pt",
+        membership=lambda wildcards: membership_inputs(CFG, wildcards.model),  # none without privacy.enabled
     output:
         report(f"{M}/metrics/{{set}}.json", caption="../report/metrics.rst", category="Metrics",
                subcategory="{model}"),

@@ -1,6 +1,7 @@
 """FID and MS-SSIM of one synthetic set (the main samples, or one sampler of the comparison) against the
 held-out real volumes; memorisation audit against the training volumes; for a nodule-conditioned checkpoint,
-the control of the nodules (the masks beside the samples against the real volumes they came from)."""
+the control of the nodules (the masks beside the samples against the real volumes they came from); the model's
+membership-inference audit copied in."""
 from pathlib import Path
 
 import torch
@@ -30,4 +31,5 @@ with gpu_job(int(snakemake.resources.gpu)) as device:  # the GPUs of the rule's 
         hu_window=tuple(snakemake.params.hu_window),
         workers=snakemake.threads,  # the anatomy's processes
         nodules=evaluation_masks(Path(snakemake.input.model), synthetic, read_ids(snakemake.input.test), folder),
+        membership=Path(snakemake.input.membership[0]) if snakemake.input.membership else None,  # privacy.enabled
     )
