@@ -19,6 +19,28 @@ from ctdiff.files import save_volume
 # operation. Processes the tests start keep torch's default.
 torch.set_num_threads(1)
 
+#: Most parallel test processes ``-n auto`` starts (pyproject's addopts): each imports torch, and the longest
+#: modules (the end-to-end workflow run, the README's commands in a fresh venv) bound the wall time beyond that.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one process per CPU this run may use, at most :data:`MAX_WORKERS`."""
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules holding ``slow`` tests first, most slow tests first, each module's tests in their own order:
+    the parallel processes take one module at a time in this order (``--dist loadscope``), so the longest ones
+    start at once instead of last."""
+    slow: dict[str, int] = {}
+    for item in items:
+        slow.setdefault(item.module.__name__, 0)
+        slow[item.module.__name__] += item.get_closest_marker("slow") is not None
+    rank = {name: k for k, name in enumerate(sorted(slow, key=lambda name: -slow[name]))}
+    items.sort(key=lambda item: rank[item.module.__name__])
+
+
 SIZE = 8
 TINY_MODEL = ModelConfig(channels=(4, 8), res_blocks=1, attention=False, groups=2)
 TINY_DIFFUSION = DiffusionConfig(timesteps=20)
