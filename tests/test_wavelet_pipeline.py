@@ -112,19 +112,21 @@ def test_wavelet_trains_and_samples_end_to_end(tmp_path):
         assert 0.0 <= volume.min() and volume.max() <= 1.0
 
 
-def test_checkpoints_without_the_key_are_voxels_and_inconsistent_ones_are_refused(tmp_path):
+def test_checkpoints_without_the_key_or_inconsistent_with_their_weights_are_refused(tmp_path):
     files = _write(tmp_path / "v", 1, 16)
     ckpt = tmp_path / "model.pt"
     voxels = dataclasses.replace(_config(16, steps=1), model=ModelConfig(channels=(4, 8), res_blocks=1, groups=2))
     train(files, ckpt, tmp_path / "log.csv", tmp_path / "state", voxels, progress=False)
     payload = read_checkpoint(ckpt)
-    del payload["config"]["model"]["representation"]  # as written before the key existed
+    model, _, cfg = load_for_sampling(ckpt)
+    assert cfg.model.representation == "voxels" and model.in_channels == 1
+    del payload["config"]["model"]["representation"]
     for key in ("format", "version"):
         payload.pop(key)
     old = tmp_path / "old.pt"
     save_checkpoint(old, payload)
-    model, _, cfg = load_for_sampling(old)
-    assert cfg.model.representation == "voxels" and model.in_channels == 1
+    with pytest.raises(ValueError, match="model.representation is not recorded"):
+        load_for_sampling(old)
 
     payload["config"]["model"]["representation"] = "wavelet"  # says wavelet, holds a one-channel network
     save_checkpoint(old, payload)

@@ -7,7 +7,7 @@ Per sample ``{i:04d}.nii.gz`` (float32 in [0, 1] on the sample's affine) the out
     SYNTH-{i:04d}/CT/{i:04d}.xml    LIDC annotation file of the labels (conditioned samples)
     SYNTH-{i:04d}/SEG/seg.dcm       DICOM Segmentation of the labels, referencing the CT series (conditioned
                                     samples with at least one nodule)
-    export.json                     the UID root, the rescale, the provenance and one entry per volume
+    export.json                     the UID root, the rescale, the provenance (``sampling``) and one entry per volume
 
 Pixels: HU through the checkpoint's window (:func:`ctdiff.ingest.intensity.to_hu`, the same int16 HU as
 ``samples/{set}/hu/``), stored as int16 ``HU - RESCALE_INTERCEPT`` with RescaleSlope 1 and RescaleIntercept
@@ -242,7 +242,7 @@ def export_dicom(samples: Sequence[Path], out: Path, provenance: dict, hu_window
     """Write the sample set ``samples`` (``masks[i]``: the nodule labels of sample ``i``, or None for an
     unconditioned set) as DICOM in the folder ``out`` (module docstring), atomically: a temporary sibling,
     renamed when complete (an older ``out`` is replaced). ``provenance``: at least ``checkpoint_sha256``,
-    ``sampler`` (the setting's tag, e.g. ``ddim-50``) and ``sample_seed`` (:func:`provenance`). Returns the
+    ``sampler`` (the setting's tag, e.g. ``ddim-50``) and ``sample_seed`` (:func:`set_provenance`). Returns the
     manifest written to ``out/export.json``."""
     if masks is not None and len(masks) != len(samples):
         raise ValueError(f"{len(masks)} nodule masks for {len(samples)} samples")
@@ -266,7 +266,7 @@ def export_dicom(samples: Sequence[Path], out: Path, provenance: dict, hu_window
             entry = export_volume(tmp, i, volume, affine, provenance, hu_window, labels)
             volumes.append({"sample": Path(path).name, **entry})
         manifest = {"uid_root": UID_ROOT, "rescale_slope": RESCALE_SLOPE, "rescale_intercept": RESCALE_INTERCEPT,
-                    "hu_window": list(hu_window), "provenance": provenance, "volumes": volumes}
+                    "hu_window": list(hu_window), "sampling": provenance, "volumes": volumes}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
@@ -281,7 +281,7 @@ def export_dicom(samples: Sequence[Path], out: Path, provenance: dict, hu_window
     return manifest
 
 
-def provenance(checkpoint: Path, *, sampler: str, steps: int | None, eta: float, seed: int,
+def set_provenance(checkpoint: Path, *, sampler: str, steps: int | None, eta: float, seed: int,
                guidance: float = 1.0) -> dict:
     """What drew a set (:func:`ctdiff.metrics.variant_table.sampling_provenance`) with ``sampler`` its tag
     (``ddim-50``, ``ddim-50-eta0.5``)."""
@@ -303,8 +303,6 @@ def export_sample_set(checkpoint: Path, samples: Sequence[Path], out: Path, *, s
     from ctdiff.training.checkpoint import checkpoint_config, read_checkpoint
 
     cfg = checkpoint_config(read_checkpoint(Path(checkpoint))["config"])
-    if cfg.data.hu_window is None:
-        raise ValueError(f"checkpoint {checkpoint} records no hu_window, so its samples cannot be written in HU")
     masks = None
     if cfg.model.condition != "none":
         masks = [Path(p).parent / "nodules" / Path(p).name for p in samples]
@@ -312,9 +310,9 @@ def export_sample_set(checkpoint: Path, samples: Sequence[Path], out: Path, *, s
         if absent:
             raise ValueError(f"checkpoint {checkpoint} is nodule-conditioned, but the mask {absent[0]} its sample "
                              "was drawn with is missing (draw the set again)")
-    prov = provenance(checkpoint, sampler=sampler, steps=steps, eta=eta, seed=seed, guidance=guidance)
+    prov = set_provenance(checkpoint, sampler=sampler, steps=steps, eta=eta, seed=seed, guidance=guidance)
     return export_dicom(samples, out, prov, tuple(cfg.data.hu_window), masks=masks)
 
 
 __all__ = ["UID_ROOT", "RESCALE_INTERCEPT", "RESCALE_SLOPE", "PLACEHOLDER_DATE", "MANIFEST", "mint_uid", "to_stack",
-           "write_ct", "write_seg", "export_volume", "export_dicom", "provenance", "export_sample_set"]
+           "write_ct", "write_seg", "export_volume", "export_dicom", "set_provenance", "export_sample_set"]

@@ -194,6 +194,9 @@ def variant_table(rows: Sequence[TableRow], out: Path) -> pd.DataFrame:
                 raise ValueError(f"{path} and {other} differ in {', '.join(differ)}: the rows of the variants table "
                                  "need the same seed, sample count and real volumes, and a variant's rows its checkpoint")
     frame = pd.DataFrame(table, columns=COLUMNS)
+    # A column empty in every row (e.g. no model was audited for membership) is numeric NaN, as it reads back.
+    text = {"variant", "set", "sampler", "train_machine", "sampling_machine"}
+    frame = frame.apply(lambda col: col.astype(float) if col.name not in text and col.isna().all() else col)
     with atomic_path(Path(out)) as tmp:
         frame.to_csv(tmp, sep="\t", index=False)
     return frame
