@@ -177,17 +177,6 @@ def test_variant_table_names_a_file_without_provenance(tmp_path):
         variant_table(rows, tmp_path / "variants.tsv")
 
 
-def test_variant_table_leaves_kid_empty_for_metrics_written_before_it(tmp_path):
-    train = write_train_folder(tmp_path / "train")
-    main = metrics_json(tmp_path / "main.json", sampler="ddpm", steps=1000, eta=0.0, nfe=1000, fid=1, near=1, div=1)
-    old = json.loads(main.read_text())
-    del old["kid"], old["bootstrap"]["kid"]
-    (tmp_path / "old.json").write_text(json.dumps(old))
-    rows = [row(tmp_path, "paper", "main", main, train), row(tmp_path, "paper", "ddim-50", tmp_path / "old.json", train)]
-    back = variant_table(rows, tmp_path / "variants.tsv")
-    assert back["kid"][0] == 0.02 and pd.isna(back["kid"][1]) and pd.isna(back["kid_high"][1])
-
-
 def test_train_seconds_per_step_is_the_median_interval_after_the_first(tmp_path):
     """Δelapsed / Δstep per pair of logged rows; the first row's interval (start-up: 50 s for 10 steps) is left
     out, and the median ignores a resumed run's own start-up (the 9 s between steps 30 and 40)."""

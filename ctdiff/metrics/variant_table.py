@@ -100,8 +100,7 @@ def _row(name: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                            "checkpoint_step", "checkpoint_sha256") if k not in prov]
     missing += [k for k in (keys.REAL_VOLUMES, keys.N_SYNTHETIC, keys.N_REAL) if k not in m]
     if missing:
-        raise ValueError(f"{path}: no {', '.join(missing)} (metrics written before the sampler comparison? "
-                         "rerun the evaluation)")
+        raise ValueError(f"{path}: no {', '.join(missing)} (not a metrics.json of ctdiff's evaluate stage)")
     boot = m.get(keys.BOOTSTRAP, {})
 
     def interval(key: str) -> tuple[float | None, float | None]:
@@ -120,11 +119,11 @@ def _row(name: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     for key in (keys.FID, keys.MSSSIM_NEAREST_REAL, keys.MSSSIM_DIVERSITY):
         row[f"{key}_low"], row[f"{key}_high"] = interval(key)
-    # KID (mean over subsets); a metrics.json written before KID leaves its cells empty
-    row[keys.KID] = m[keys.KID]["mean"] if keys.KID in m else None
+    # KID (mean over subsets)
+    row[keys.KID] = m[keys.KID]["mean"]
     row[f"{keys.KID}_low"], row[f"{keys.KID}_high"] = interval(keys.KID)
     # Anatomy in HU (ctdiff.metrics.anatomy_compare): the share of synthetic volumes with two lungs and the mean
-    # synthetic / mean real lung volume; empty for metrics written before the anatomy was measured.
+    # synthetic / mean real lung volume.
     summary = m.get(keys.ANATOMY, {}).get("summary", {})
     row["two_lungs_share"] = summary.get("two_lungs_share_synthetic")
     row["lung_volume_ratio"] = summary.get("lung_volume_ratio")

@@ -262,7 +262,7 @@ def anatomy_figure(metrics_json: Path, out: Path) -> None:
     """:func:`anatomy_plot` of the anatomy recorded in ``metrics.json``; ``ValueError`` when it records none."""
     metrics = json.loads(Path(metrics_json).read_text())
     if keys.ANATOMY not in metrics:
-        raise ValueError(f"{metrics_json} records no anatomy (written before it was measured? rerun the evaluation)")
+        raise ValueError(f"{metrics_json} records no anatomy (not a metrics.json of ctdiff's evaluate stage)")
     anatomy_plot(metrics[keys.ANATOMY], out)
 
 
