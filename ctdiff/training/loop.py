@@ -189,7 +189,7 @@ def _build(cfg: Config, recorded: dict[str, Any], cuda: bool) -> _TrainingState:
 def _resume_key(cfg: dict[str, Any]) -> dict[str, Any]:
     """The settings a checkpoint must share with this run to be resumed (``steps`` may grow unless the
     learning-rate schedule depends on it)."""
-    # Keys a checkpoint predates take their defaults, so adding a key does not orphan older state.
+    # Both sides through the dataclasses, so that lists and tuples (torch.load gives lists) compare alike.
     train = to_dict(section_from_dict("train", cfg["train"]))
     diffusion = to_dict(section_from_dict("diffusion", cfg["diffusion"]))
     # Settings that do not change the update (only its speed, memory or logging) may change on resume.
