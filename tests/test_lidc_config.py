@@ -46,6 +46,8 @@ def test_lidc_dry_run_reads_the_given_tree(tmp_path):
     # lidc.yaml sets its own sampler comparison (a list in a layered config file replaces config.yaml's)
     assert {"sample_compare", "evaluate_compare", "variant_table"} <= rules, rules
     assert "results/lidc/models/paper/metrics/ddim-50.json" in proc.stdout
+    # the membership-inference audit, once for the model, beside its evaluations
+    assert "membership" in rules and "results/lidc/models/paper/metrics/membership.json" in proc.stdout
 
 
 def test_lidc_8gb_overlay_validates_and_sets_the_memory_settings(tmp_path):
