@@ -197,8 +197,8 @@ def test_report_section_shows_the_arms_side_by_side_and_reads_the_intervals():
     assert [r[0] for r in rows] == ["real", "synthetic", "combined"]
     assert rows[0][5] == "0.800 [95 % CI 0.700 to 0.900] (4 of 5)" and rows[1][1] == "nodules"
     assert "12 s, 150 steps on 1 × Test CPU (CPU, 2 threads)" == rows[0][7]
-    assert verdicts(records) == ["nodules: by the sensitivity's intervals, the synthetic arm below the real arm; "
-                                 "the combined arm not apart from the real arm."]
+    assert verdicts(records) == ["nodules: by the sensitivity's intervals, the synthetic arm lies below the real arm; "
+                                 "the combined arm does not differ credibly from the real arm."]
     section = downstream_section(records)
     assert section.title == "Downstream use" and "unconditional model (the paper's)" in section.text
 

@@ -48,12 +48,12 @@ class Segmenter(nn.Module):
     """``x [B, 1, D, H, W]`` in [0, 1] → logits ``[B, 1, D, H, W]``: a :class:`UNet3D` with its time held at 0."""
 
     def __init__(self, channels: Sequence[int], res_blocks: int, groups: int) -> None:
-    super().__init__()
-    self.unet = UNet3D(channels=channels, res_blocks=res_blocks, attention=False, in_channels=1, groups=groups)
-    nn.init.constant_(self.unet.conv_out.bias, math.log(PRIOR / (1 - PRIOR)))
+        super().__init__()
+        self.unet = UNet3D(channels=channels, res_blocks=res_blocks, attention=False, in_channels=1, groups=groups)
+        nn.init.constant_(self.unet.conv_out.bias, math.log(PRIOR / (1 - PRIOR)))
 
     def forward(self, x: Tensor) -> Tensor:
-    return self.unet(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+        return self.unet(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,12 @@ def train_segmenter(sources: Sequence[Sequence[Case]], *, channels: Sequence[int
                     ) -> tuple[Segmenter, list[float]]:
     """A :class:`Segmenter` trained for ``steps`` steps on batches drawn from ``sources`` (one list of cases per
     source: one for the real or the synthetic arm, two for the combined one), and its loss at every step.
-    The initial weights come from ``torch.manual_seed(seed)``; ``ValueError`` when every source is empty."""
+    The initial weights come from ``torch.manual_seed(seed)`` (in a forked generator); ``ValueError`` when every source is empty."""
     if not any(len(s) for s in sources):
         raise ValueError("the segmenter has no training case")
-    torch.manual_seed(seed)
-    model = Segmenter(channels, res_blocks, groups).to(device)
+    with torch.random.fork_rng(devices=[]):  # the initial weights from the seed, the caller's generator untouched
+        torch.manual_seed(seed)
+        model = Segmenter(channels, res_blocks, groups).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     losses = []
     model.train()

@@ -57,7 +57,7 @@ def verdicts(records: Sequence[dict[str, Any]]) -> list[str]:
     if real is None:
         return []
     key = "sensitivity" if real.get("sensitivity") is not None else "dice"
-    word = {1: "above", -1: "below", 0: "not apart from"}
+    word = {1: "lies above", -1: "lies below", 0: "does not differ credibly from"}
     out = []
     for model in dict.fromkeys(r["model"] for r in records if r.get("model")):
         arms = {r["arm"]: r for r in records if r.get("model") == model}
