@@ -113,7 +113,7 @@ def train_segmenter(sources: Sequence[Sequence[Case]], *, channels: Sequence[int
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))  # a sync point: one per step, for the loss curve in the record
+        losses.append(float(loss.detach()))  # a sync point: one per step, for the loss curve in the record
     model.eval()
     return model, losses
 
