@@ -27,7 +27,7 @@ SIZE = 16
 AFFINE = np.diag([20.0, 20.0, 20.0, 1.0])
 TISSUE, AIR = 0.45, 0.08
 #: A segmenter small enough to train in seconds; the budget of every arm below.
-SETTINGS = DownstreamConfig(enabled=True, steps=150, batch_size=4, lr=3e-3, channels=(8, 16), res_blocks=1,
+SETTINGS = DownstreamConfig(enabled=True, steps=60, batch_size=4, lr=3e-3, channels=(8, 16), res_blocks=1,
                             groups=4, seed=0)
 
 
@@ -234,7 +234,7 @@ def test_report_section_shows_the_arms_side_by_side_and_reads_the_intervals():
     rows = downstream_rows(records)
     assert [r[0] for r in rows] == ["real", "synthetic", "combined"]
     assert rows[0][5] == "0.800 [95 % CI 0.700 to 0.900] (4 of 5)" and rows[1][1] == "nodules"
-    assert "12 s, 150 steps on 1 × Test CPU (CPU, 2 threads)" == rows[0][7]
+    assert "12 s, 60 steps on 1 × Test CPU (CPU, 2 threads)" == rows[0][7]
     assert verdicts(records) == ["nodules: by the sensitivity's intervals, the synthetic arm lies below the real arm; "
                                  "the combined arm does not differ credibly from the real arm."]
     section = downstream_section(records)
