@@ -219,7 +219,8 @@ def test_plan_runs_the_stage_only_for_conditioned_models_with_it_enabled():
             "variants": [{"name": "nodules", "model": {"condition": "nodules"}}]}
     cfg = from_dict(base)
     assert plan.downstream_models(cfg) == ["nodules"]
-    assert plan.downstream_files(cfg) == ["results/downstream/real.json", "results/models/nodules/downstream/synthetic.json",
+    assert plan.downstream_files(cfg) == ["results/downstream/real.json",
+                                          "results/models/nodules/downstream/synthetic.json",
                                           "results/models/nodules/downstream/combined.json"]
     assert plan.downstream_files(cfg, "paper") == []
     rows = {r.variant: r.downstream for r in plan.table_rows(cfg)}

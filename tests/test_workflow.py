@@ -502,7 +502,8 @@ def test_every_rule_that_runs_a_network_gets_gpus_from_both_profiles(tmp_path):
     args = ["-n", "--configfile", str(TINY), str(change)]
     declared = {rule for rule, res in job_resources(snakemake(tmp_path, "--cores", "2", *args)).items()
                 if "gpu" in res}
-    assert {"train", "membership", "sample", "evaluate", "downstream_sample", "downstream_real", "downstream"} <= declared
+    assert {"train", "membership", "sample", "evaluate", "downstream_sample", "downstream_real",
+            "downstream"} <= declared
     on_gpus = job_resources(snakemake(tmp_path, "--profile", str(REPO / "profiles" / "gpu"), *args))
     assert {rule: int(on_gpus[rule]["gpu"]) >= 1 for rule in declared} == dict.fromkeys(declared, True), on_gpus
     slurm = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]

@@ -98,7 +98,8 @@ def train_segmenter(sources: Sequence[Sequence[Case]], *, channels: Sequence[int
                     ) -> tuple[Segmenter, list[float]]:
     """A :class:`Segmenter` trained for ``steps`` steps on batches drawn from ``sources`` (one list of cases per
     source: one for the real or the synthetic arm, two for the combined one), and its loss at every step.
-    The initial weights come from ``torch.manual_seed(seed)`` (in a forked generator); ``ValueError`` when every source is empty."""
+    The initial weights come from ``torch.manual_seed(seed)`` (in a forked generator); ``ValueError`` when
+    every source is empty."""
     if not any(len(s) for s in sources):
         raise ValueError("the segmenter has no training case")
     with torch.random.fork_rng(devices=[]):  # the initial weights from the seed, the caller's generator untouched

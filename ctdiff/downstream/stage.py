@@ -55,7 +55,8 @@ def read_cases(pairs: Sequence[tuple[Path, Path]]) -> list[Case]:
         volume, affine = load_volume(Path(volume_path))
         mask, mask_affine = load_volume(Path(mask_path))
         if volume.shape != mask.shape or not np.allclose(affine, mask_affine, atol=1e-3):
-            raise ValueError(f"{mask_path} is not on the grid of {volume_path} (shapes {mask.shape} and {volume.shape})")
+            raise ValueError(f"{mask_path} is not on the grid of {volume_path} "
+                             f"(shapes {mask.shape} and {volume.shape})")
         cases.append(Case(str(volume_path), volume, np.rint(mask).astype(np.uint8)))
     return cases
 
