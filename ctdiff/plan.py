@@ -1,7 +1,8 @@
 """What the workflow decides when the Snakefile is parsed: where the DICOM tree comes from, which items the
 cohort kept, how much memory an item's ingestion jobs declare, which model variants and (variant, sampler)
 pairs the run compares and where their files go, the sample file names and the ``ctdiff sample`` options of
-a sample set, which answer files the reader study's analysis reads, and which sets are exported as DICOM.
+a sample set, which answer files the reader study's analysis reads, which sets are exported as DICOM or for
+nnU-Net, and which models the downstream stage runs for and where its files go.
 
 Every ``snakemake`` call, a dry run included, parses the Snakefile, so this module imports only the standard
 library, :mod:`ctdiff.config` and :mod:`ctdiff.options`: no torch, numpy, pandas or DICOM/NIfTI readers
