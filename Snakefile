@@ -16,6 +16,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/reader.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/downstream.smk"
 
 
 rule all:
@@ -28,4 +29,5 @@ rule all:
         variant_table_input(),  # the variants table, when the run compares samplers or variants
         DICOM_EXPORTS,  # every sample set as DICOM, with export.dicom: true
         nnunet_export_input(),  # nnU-Net training sets, with export.nnunet: true
+        downstream_files(CFG),  # does synthetic data help a segmenter? (downstream.enabled, conditioned models)
     default_target: True

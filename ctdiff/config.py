@@ -203,6 +203,22 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class DownstreamConfig:
+    """Does synthetic data help a nodule segmenter? (:mod:`ctdiff.downstream.stage`)."""
+
+    enabled: bool = False
+    synthetic_n: int = 100
+    steps: int = 2000
+    batch_size: int = 2
+    lr: float = 1.0e-3
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    res_blocks: int = 1
+    groups: int = 8
+    threshold: float = 0.5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class FigureConfig:
     real: int = 0
     synthetic: int = 0
@@ -261,6 +277,7 @@ class Config:
     sample: SampleConfig = SampleConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    downstream: DownstreamConfig = DownstreamConfig()
     figure: FigureConfig = FigureConfig()
     reader_study: ReaderStudyConfig = ReaderStudyConfig()
     export: ExportConfig = ExportConfig()
@@ -277,6 +294,7 @@ _SECTIONS = {
     "sample": SampleConfig,
     "evaluate": EvaluateConfig,
     "privacy": PrivacyConfig,
+    "downstream": DownstreamConfig,
     "figure": FigureConfig,
     "reader_study": ReaderStudyConfig,
     "export": ExportConfig,
@@ -509,6 +527,7 @@ def _check(cfg: Config) -> None:
         raise ValueError(f"config: figure.synthetic={cfg.figure.synthetic} must be below sample.n={cfg.sample.n}")
     _check_evaluate(cfg.evaluate, T)
     check_privacy(cfg.privacy, cfg.diffusion)
+    check_downstream(cfg.downstream, cfg.preprocess.size)
     _check_kid(cfg)
     _check_reader_study(cfg)
     _check_export(cfg)
@@ -621,6 +640,20 @@ def check_privacy(p: PrivacyConfig, diffusion: DiffusionConfig) -> None:
     if diffusion.objective != "flow" and round(p.t_error_time * (diffusion.timesteps - 1)) < 1:
         raise ValueError(f"config: privacy.t_error_time={p.t_error_time} is DDPM timestep 0 of "
                          f"diffusion.timesteps={diffusion.timesteps}: the t-error needs a later one")
+
+
+def check_downstream(d: DownstreamConfig, size: int) -> None:
+    """The downstream segmenter fits the volumes (``preprocess.size`` divisible by its downsampling factor) and
+    its GroupNorm groups divide every level's channels; ``ValueError`` naming the key."""
+    factor = 2 ** (len(d.channels) - 1)
+    if size % factor:
+        raise ValueError(f"config: preprocess.size={size} must be divisible by {factor} for the downstream "
+                         f"segmenter (2^(levels-1) for downstream.channels={list(d.channels)})")
+    for c in d.channels:
+        if c % min(d.groups, c):
+            raise ValueError(f"config: downstream.groups={d.groups} does not divide downstream.channels entry {c}")
+    if not 0.0 < d.threshold < 1.0:
+        raise ValueError(f"config: downstream.threshold={d.threshold} must lie strictly between 0 and 1")
 
 
 def _check_kid(cfg: Config) -> None:

@@ -1,7 +1,8 @@
 """What the workflow decides when the Snakefile is parsed: where the DICOM tree comes from, which items the
 cohort kept, how much memory an item's ingestion jobs declare, which model variants and (variant, sampler)
 pairs the run compares and where their files go, the sample file names and the ``ctdiff sample`` options of
-a sample set, which answer files the reader study's analysis reads, and which sets are exported as DICOM.
+a sample set, which answer files the reader study's analysis reads, which sets are exported as DICOM or for
+nnU-Net, and which models the downstream stage runs for and where its files go.
 
 Every ``snakemake`` call, a dry run included, parses the Snakefile, so this module imports only the standard
 library, :mod:`ctdiff.config` and :mod:`ctdiff.options`: no torch, numpy, pandas or DICOM/NIfTI readers
@@ -242,20 +243,23 @@ def membership_inputs(cfg: Config, model: str) -> list[str]:
 @dataclass(frozen=True)
 class TableRow:
     """One row of the variants table: model ``variant`` drawn with sampler set ``set`` (:data:`MAIN_SET` or a
-    comparison tag); its ``metrics`` file, ``samples`` folder and the model's ``train`` folder."""
+    comparison tag); its ``metrics`` file, ``samples`` folder, the model's ``train`` folder and the model's
+    ``downstream`` records (:func:`downstream_files`: the real arm, then the model's own; none where the stage does
+    not run for it)."""
 
     variant: str
     set: str
     metrics: str
     samples: str
     train: str
+    downstream: tuple[str, ...] = ()
 
 
 def table_rows(cfg: Config) -> list[TableRow]:
     """Every (model, sample set) pair the run evaluates, the main model's first: per model its own sample
     section's set, then each :func:`comparison_runs` entry of its config."""
     return [TableRow(model, set, metrics_file(cfg, model, set), samples_folder(cfg, model, set),
-                     f"{model_folder(cfg, model)}/train")
+                     f"{model_folder(cfg, model)}/train", tuple(downstream_files(cfg, model)))
             for model in row_names(cfg) for set in sample_sets(cfg, model)]
 
 
@@ -359,3 +363,59 @@ def nnunet_exports(cfg: Config) -> list[NnunetExport]:
     conditioned = [m for m in row_names(cfg) if model_config(cfg, m).model.condition == "nodules"]
     return [nnunet_export(cfg, "real"),
             *(nnunet_export(cfg, arm, m) for m in conditioned for arm in NNUNET_ARMS[1:])]
+
+
+#: The downstream stage's arms (:mod:`ctdiff.downstream.stage`): the real training split, a model's synthetic
+#: volumes, and both drawn 1:1.
+DOWNSTREAM_ARMS = ("real", "synthetic", "combined")
+
+
+def downstream_models(cfg: Config) -> list[str]:
+    """The models the downstream stage runs for: none unless ``downstream.enabled``; then every model with
+    ``model.condition: nodules`` (an unconditional model's samples carry no masks), the main model first."""
+    if not cfg.downstream.enabled:
+        return []
+    return [m for m in row_names(cfg) if model_config(cfg, m).model.condition == "nodules"]
+
+
+def downstream_file(cfg: Config, arm: str, model: str | None = None) -> str:
+    """The record of downstream arm ``arm``: ``{results}/downstream/real.json`` for the real arm, which depends
+    on no model; ``models/{model}/downstream/{arm}.json`` for a model's synthetic and combined arms.
+    ``ValueError`` for an unknown arm, a model arm without a model or a real arm with one."""
+    if arm not in DOWNSTREAM_ARMS:
+        raise ValueError(f"downstream arm {arm!r}: must be one of {', '.join(DOWNSTREAM_ARMS)}")
+    if arm == "real":
+        if model is not None:
+            raise ValueError("the real downstream arm trains on no model's samples")
+        return f"{cfg.results}/downstream/real.json"
+    if model is None:
+        raise ValueError(f"the {arm} downstream arm needs a model")
+    return f"{model_folder(cfg, model)}/downstream/{arm}.json"
+
+
+def downstream_files(cfg: Config, model: str | None = None) -> list[str]:
+    """The downstream records of the run (of ``model`` alone where given): the real arm, then the synthetic
+    and combined arms of every :func:`downstream_models` model; none where the stage runs for no model (or not
+    for ``model``)."""
+    models = [m for m in downstream_models(cfg) if model is None or m == model]
+    if not models:
+        return []
+    return [downstream_file(cfg, "real"), *(downstream_file(cfg, arm, m) for m in models
+                                            for arm in DOWNSTREAM_ARMS[1:])]
+
+
+def downstream_samples_folder(cfg: Config, model: str) -> str:
+    """The synthetic volumes model ``model`` draws for its downstream arms (``{i:04d}.nii.gz``, ``nodules/``)."""
+    return f"{model_folder(cfg, model)}/downstream/samples"
+
+
+def downstream_sample_settings(cfg: Config, model: str) -> str:
+    """The ``ctdiff sample --settings`` of :func:`downstream_samples_folder`: the model's own sample section with
+    ``downstream.synthetic_n`` volumes and no HU copies."""
+    return sample_settings(replace(model_config(cfg, model).sample, n=cfg.downstream.synthetic_n, hu=False))
+
+
+def downstream_condition_options(cfg: Config) -> str:
+    """The ``ctdiff sample`` options of the downstream samples: the *training* split's masks (sorted, cycled),
+    so that the segmenters never train on a test nodule's place (:mod:`ctdiff.downstream.stage`)."""
+    return f"--nodules-from {nodule_folder(cfg)} --nodule-items {cfg.results}/splits/train.txt"

@@ -447,7 +447,7 @@ def _changed(section):
 
 
 @pytest.mark.parametrize("name", ["data", "preprocess", "split", "model", "diffusion", "train", "sample",
-                                  "evaluate", "privacy", "figure", "reader_study"])
+                                  "evaluate", "privacy", "downstream", "figure", "reader_study"])
 def test_every_section_round_trips_through_its_written_form(name):
     """What the workflow writes of a section (to_dict, as JSON) reads back into the same dataclass."""
     import json

@@ -82,6 +82,9 @@ COMMANDS: dict[str, Check] = {
                 "results/models/wavelet-flow/export/nnunet/combined/Dataset502_wavelet-flow-combined/dataset.json")),
     "snakemake --cores all --configfile config/config.yaml config/demo_paper.yaml": Check(
         "dry", "adds 8-15 minutes of training and DDPM-1000 sampling", expect=("results/models/paper/train/model.pt",)),
+    "snakemake --cores all --configfile config/config.yaml config/demo_nodules.yaml": Check(
+        "dry", "docs/nodules.md: the demo nodule-conditioned with the downstream stage (three segmenters)",
+        expect=("results/downstream/real.json", "results/models/wavelet-flow/downstream/combined.json")),
     "snakemake --cores 16 --resources mem_mb=28000": Check("dry", "runs the whole demo"),
     "snakemake --config sample='{n: 8, hu: true, steps: null}'": Check(
         "dry", "docs/facts.md: what --config hands over (numbers, booleans and null, read as typed)"),

@@ -268,6 +268,38 @@ def test_variants_table_carries_the_membership_aucs(tmp_path):
     assert "| 1 / 2 | 0.938 [0.750, 1.000] | 0.125 [0.000, 0.375] |" in md
 
 
+def test_downstream_section_and_the_variants_tables_downstream_columns(tmp_path):
+    """The downstream stage's arms: a "Downstream use" section before Figure 1, in both renderings, and the
+    arms' Dice and sensitivity in the report's variants table (from variants.tsv's downstream columns)."""
+    from test_downstream import _record
+
+    m = metrics(pretrained=False, rank_deficient=True)
+    m["real_volumes"] = ["r0.nii.gz"]
+    m["provenance"] = {"sampler": "ddpm", "sampler_steps": 1000, "eta": 0.0, "network_evaluations": 1000,
+                       "sample_seed": 4, "checkpoint_step": 7, "checkpoint_sha256": "c" * 64}
+    (tmp_path / "main.json").write_text(json.dumps(m))
+    arms = []
+    for arm, model, sensitivity in (("real", None, 0.8), ("synthetic", "paper", 0.4), ("combined", "paper", 0.6)):
+        arms.append(tmp_path / f"{arm}.json")
+        arms[-1].write_text(json.dumps(_record(arm, model, sensitivity, sensitivity - 0.1, sensitivity + 0.1)))
+    tsv = _variants_tsv(tmp_path, [("paper", "main", tmp_path / "main.json")])
+    table = pd.read_csv(tsv, sep="\t")
+    assert table["downstream_real_dice"].isna().all()  # a row without downstream records: empty cells
+    train = tmp_path / "runs" / "paper" / "train"
+    variant_table([TableRow("paper", "main", str(tmp_path / "main.json"), str(tmp_path / "runs" / "paper" / "main"
+                                                                                / "samples"), str(train),
+                            tuple(str(a) for a in arms))], tsv)
+    write_inputs(tmp_path, m)
+    write_report(tmp_path / "main.json", tmp_path / "inv.tsv", {}, tmp_path / "report.md", tmp_path / "report.html",
+                 variants_tsv=tsv, downstream_jsons=arms, **figures(tmp_path, m))
+    md, page = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    assert md.index("## Downstream use") < md.index("## Figure 1") and 'id="downstream"' in page
+    assert "| synthetic | paper | synthetic (5 synthetic) | 0.600 [95 % CI 0.400 to 0.800] |" in md
+    assert "the synthetic arm lies below the real arm" in md
+    assert "| downstream Dice, real arm [95 % CI] |" in md
+    assert "| 0.800 [0.700, 0.900] | 0.400 [0.300, 0.500] | 0.600 [0.500, 0.700] |" in md
+
+
 def test_report_without_intervals(tmp_path):
     m = metrics(pretrained=True, rank_deficient=False)
     m["bootstrap"] = {"n_boot": 0, "level": 0.95, "seed": 0}

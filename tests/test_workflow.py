@@ -40,7 +40,9 @@ def planned_jobs(proc: subprocess.CompletedProcess, main: str = "paper") -> dict
     serve every model what the job is for, ``main`` being the main model's name: train, membership, sample and
     evaluate of the main model's own set keep their names; of a compared sampler's set they are sample_compare
     and evaluate_compare; of a variant, train_variant, membership_variant, sample_variant, evaluate_variant,
-    sample_variant_compare and evaluate_variant_compare."""
+    sample_variant_compare and evaluate_variant_compare. The downstream stage's jobs are downstream_real (once per
+    run), downstream_sample and downstream_synthetic / downstream_combined (its arms), each of a variant with
+    _variant."""
     jobs: dict[str, int] = {}
     rule, kinds = None, []
     for line in (proc.stdout + "\n" + proc.stderr).splitlines() + [""]:
@@ -52,6 +54,9 @@ def planned_jobs(proc: subprocess.CompletedProcess, main: str = "paper") -> dict
             if "model" in wildcards and rule in ("train", "membership", "sample", "evaluate"):
                 kind = rule + ("_variant" if wildcards["model"] != main else "")
                 kinds[-1] = kind + ("_compare" if wildcards.get("set", "main") != "main" else "")
+            elif "model" in wildcards and rule in ("downstream", "downstream_sample"):
+                kind = rule + (f"_{wildcards['arm']}" if "arm" in wildcards else "")
+                kinds[-1] = kind + ("_variant" if wildcards["model"] != main else "")
         elif not line.startswith(" "):
             rule = None
     for kind in kinds:
@@ -122,6 +127,29 @@ def test_dry_run_plans_no_membership_audit_unless_enabled(tmp_path):
     off = planned_jobs(snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY), str(change)))
     on = planned_jobs(snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY)))
     assert on["membership"] == 1 and "membership" not in off and off["evaluate"] == 1, (on, off)
+
+
+#: A nodule-conditioned variant: the downstream stage (enabled in tests/tiny.yaml) applies to it alone.
+NODULES_VARIANT = "  - {name: nodules, model: {condition: nodules}}\n"
+DOWNSTREAM_RULES = {"downstream_real", "downstream_sample_variant", "downstream_synthetic_variant",
+                    "downstream_combined_variant"}
+
+
+def test_dry_run_plans_the_downstream_stage_only_for_a_conditioned_model_with_it_enabled(tmp_path):
+    """tests/tiny.yaml enables the stage, but its paper model is unconditional (no masks): nothing is planned. A
+    conditioned variant gets its own samples (training split's masks) and two arms; the real arm runs once."""
+    assert not planned_rules(snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY))) & DOWNSTREAM_RULES
+    variant = tmp_path / "variant.yaml"
+    variant.write_text("variants:\n" + NODULES_VARIANT)
+    proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY), str(variant))
+    jobs = planned_jobs(proc)
+    assert {rule: jobs.get(rule) for rule in DOWNSTREAM_RULES} == dict.fromkeys(DOWNSTREAM_RULES, 1), jobs
+    assert "results/models/nodules/downstream/samples/0001.nii.gz" in proc.stdout
+    assert "results/models/paper/downstream" not in proc.stdout
+    off = tmp_path / "off.yaml"
+    off.write_text("downstream:\n  enabled: false\n")
+    jobs = planned_jobs(snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(TINY), str(variant), str(off)))
+    assert not set(jobs) & DOWNSTREAM_RULES and jobs["train_variant"] == 1, jobs
 
 
 def test_bad_config_names_the_key(tmp_path):
@@ -404,7 +432,8 @@ def test_html_report_renders_in_headless_chromium(run_dir, tmp_path):
 @pytest.mark.slow
 def test_a_nodule_conditioned_variant_trains_samples_and_is_scored_through_the_rules(run_dir, tmp_path):
     """In a copy of the finished run: a model.condition: nodules variant with guidance trains on the phantom's
-    masks, draws sample i with the i-th held-out mask (sorted test split) and is scored."""
+    masks, draws sample i with the i-th held-out mask (sorted test split) and is scored; the downstream stage runs
+    for it alone."""
     from ctdiff.files import load_volume
 
     work = tmp_path / "copy"
@@ -427,6 +456,25 @@ def test_a_nodule_conditioned_variant_trains_samples_and_is_scored_through_the_r
         assert np.array_equal(drawn, real)
         assert (variant / "samples" / "main" / "nodules" / f"{i:04d}.tsv").read_text() == \
             (results / "preprocessed" / "nodules" / f"{test[i]}.tsv").read_text()
+    # the downstream stage (tests/tiny.yaml enables it): its own samples carry the training split's masks, the
+    # real arm runs once, the variant's two arms beside it, all scored on the 2 held-out volumes
+    train = sorted((results / "splits" / "train.txt").read_text().split())
+    for i in range(2):
+        drawn, _ = load_volume(variant / "downstream" / "samples" / "nodules" / f"{i:04d}.nii.gz")
+        real, _ = load_volume(results / "preprocessed" / "nodules" / f"{train[i]}.nii.gz")
+        assert np.array_equal(drawn, real)
+    arms = [json.loads(path.read_text()) for path in (results / "downstream" / "real.json",
+                                                      variant / "downstream" / "synthetic.json",
+                                                      variant / "downstream" / "combined.json")]
+    assert [(a["arm"], a["n_real"], a["n_synthetic"], a["n_volumes"]) for a in arms] == \
+        [("real", 3, 0, 2), ("synthetic", 0, 2, 2), ("combined", 3, 2, 2)]
+    assert all(a["settings"]["steps"] == 4 and 0.0 <= a["dice"] <= 1.0 for a in arms)
+    assert "## Downstream use" in (results / "report.md").read_text()
+    table = pd.read_csv(results / "metrics" / "variants.tsv", sep="\t")
+    rows = table[table.variant == "nodules"]
+    assert (rows["downstream_real_dice"] == arms[0]["dice"]).all()
+    assert (rows["downstream_combined_dice"] == arms[2]["dice"]).all()
+    assert table[table.variant == "paper"]["downstream_real_dice"].isna().all()
 
 
 def job_resources(proc: subprocess.CompletedProcess) -> dict[str, dict[str, str]]:
@@ -450,11 +498,12 @@ def test_every_rule_that_runs_a_network_gets_gpus_from_both_profiles(tmp_path):
     import yaml
 
     change = tmp_path / "variants.yaml"
-    change.write_text(VARIANTS)
+    change.write_text(VARIANTS + NODULES_VARIANT)  # a conditioned variant: the downstream rules are planned too
     args = ["-n", "--configfile", str(TINY), str(change)]
     declared = {rule for rule, res in job_resources(snakemake(tmp_path, "--cores", "2", *args)).items()
                 if "gpu" in res}
-    assert {"train", "membership", "sample", "evaluate"} <= declared
+    assert {"train", "membership", "sample", "evaluate", "downstream_sample", "downstream_real",
+            "downstream"} <= declared
     on_gpus = job_resources(snakemake(tmp_path, "--profile", str(REPO / "profiles" / "gpu"), *args))
     assert {rule: int(on_gpus[rule]["gpu"]) >= 1 for rule in declared} == dict.fromkeys(declared, True), on_gpus
     slurm = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]

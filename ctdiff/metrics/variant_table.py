@@ -23,6 +23,11 @@ Cost, per row:
 Privacy: ``mia_{loss,t_error}_auc`` (with ``_low``, ``_high`` and ``_tpr_at_fpr_1pct``), the membership-inference
 audit of the row's model (:mod:`ctdiff.metrics.membership`); every set of one model carries the same values.
 
+Downstream use: ``downstream_{real,synthetic,combined}_{dice,sensitivity}`` (each with ``_low`` and ``_high``) and
+``..._fp_per_volume``, the arms of the downstream stage (:mod:`ctdiff.downstream.stage`) of a nodule-conditioned
+model with ``downstream.enabled``: a segmenter trained on the real training split (the same for every row), on
+the model's synthetic volumes, and on both, scored on the held-out real volumes; empty for any other model.
+
 Machines are recorded since this table has cost columns; a set drawn or trained before leaves them empty.
 """
 
@@ -47,6 +52,9 @@ from ctdiff.options import ETA_SAMPLERS
 from ctdiff.plan import TableRow, setting
 
 MIA_ATTACKS = ("loss", "t_error")
+DOWNSTREAM_ARMS = ("real", "synthetic", "combined")
+DOWNSTREAM_KEYS = ("dice", "dice_low", "dice_high", "sensitivity", "sensitivity_low", "sensitivity_high",
+                   "fp_per_volume")
 
 COLUMNS = [
     "variant", "set", "sampler", "steps", "eta", "network_evaluations",
@@ -62,6 +70,9 @@ COLUMNS = [
     # the membership-inference audit of the row's model (ctdiff.metrics.membership): per attack, the AUC with its
     # interval and the TPR at 1 % FPR; empty where the model was not audited (privacy.enabled: false)
     *(f"mia_{attack}_{key}" for attack in MIA_ATTACKS for key in ("auc", "auc_low", "auc_high", "tpr_at_fpr_1pct")),
+    # the downstream stage's arms of the row's model (ctdiff.downstream.stage): a segmenter's Dice and lesion
+    # sensitivity with intervals and its false positives per volume; empty unless the stage ran for the model
+    *(f"downstream_{arm}_{key}" for arm in DOWNSTREAM_ARMS for key in DOWNSTREAM_KEYS),
 ]
 # What every row must share for the comparison to be fair, and what the rows of one variant share besides.
 SHARED = ("sample_seed", keys.N_SYNTHETIC, keys.REAL_VOLUMES)
@@ -142,6 +153,23 @@ def _row(name: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return row, shared
 
 
+def _downstream(files: Sequence[str]) -> dict[str, Any]:
+    """The downstream columns of a model from its arm records (none: every cell empty)."""
+    row: dict[str, Any] = {}
+    for path in files:
+        record = json.loads(Path(path).read_text())
+        for key in DOWNSTREAM_KEYS:
+            name, _, end = key.partition("_")
+            if key == "fp_per_volume":
+                value = record.get(key)
+            elif end:
+                value = record.get("intervals", {}).get(name, {}).get(end)
+            else:
+                value = record.get(key)
+            row[f"downstream_{record['arm']}_{key}"] = value
+    return row
+
+
 def train_seconds_per_step(log_csv: Path) -> float | None:
     """Seconds per optimizer step of a training log (``ctdiff.training.loop.write_log``: ``step`` and cumulative
     ``elapsed_s`` every ``train.log_every`` steps): the median over consecutive rows of Δelapsed / Δstep. The
@@ -184,7 +212,8 @@ def variant_table(rows: Sequence[TableRow], out: Path) -> pd.DataFrame:
         row, same = _row(r.set, path)
         if r.variant not in train_cost:
             train_cost[r.variant] = _train_cost(Path(r.train))
-        table.append({"variant": r.variant, **row, **train_cost[r.variant], **_sampling_cost(Path(r.samples))})
+        table.append({"variant": r.variant, **row, **train_cost[r.variant], **_sampling_cost(Path(r.samples)),
+                      **_downstream(r.downstream)})
         first = first or (path, same)
         ref = by_variant.setdefault(r.variant, (path, same))
         for names, (other, values) in ((SHARED, first), (SHARED_BY_VARIANT, ref)):

@@ -1,7 +1,8 @@
 """The run's report: metrics with bootstrap intervals beside the paper's and the real-vs-real floor, how to
 read them (``ctdiff.report.guide``), the variants and samplers compared (when configured), the memorisation audits
-(voxels and Med3D features), the membership-inference audit ("Privacy", ``ctdiff.report.privacy``), the anatomy in HU, Figure 1, the reader study (``ctdiff.report.reader``), the
-learning curve, the data QC summary, provenance and config.
+(voxels and Med3D features), the membership-inference audit ("Privacy", ``ctdiff.report.privacy``), the anatomy in HU,
+the downstream use of nodule-conditioned models ("Downstream use", ``ctdiff.report.downstream``), Figure 1, the
+reader study (``ctdiff.report.reader``), the learning curve, the data QC summary, provenance and config.
 
 The report is a list of :class:`Section` built once from the run's files (:func:`build_sections`) and
 rendered twice, so the two renderings cannot differ in content:
@@ -24,6 +25,7 @@ import base64
 import html
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from ctdiff.ingest.cohort import SUMMARY_COLUMNS
 from ctdiff.files import atomic_path
 from ctdiff.metrics import keys
 from ctdiff.metrics.variant_table import read_variant_table
+from ctdiff.report.downstream import downstream_section
 from ctdiff.report.privacy import privacy_section
 from ctdiff.report.reader import reader_section
 from ctdiff.report.sections import Image, Section, Table, table
@@ -153,6 +156,14 @@ def _cost(value: float, fmt: str, machine: Any) -> str:
     return format(value, fmt) + ("" if pd.isna(machine) or not machine else f" ({machine})")
 
 
+def _downstream_cell(r: Any, arm: str, key: str) -> str:
+    """A downstream arm's value with its interval from a variants-table row (``—`` where the stage did not run)."""
+    value = getattr(r, f"downstream_{arm}_{key}")
+    if pd.isna(value):
+        return "—"
+    return _value_ci(value, getattr(r, f"downstream_{arm}_{key}_low"), getattr(r, f"downstream_{arm}_{key}_high"))
+
+
 def variant_rows(table: pd.DataFrame) -> tuple[list[str], list[tuple], str]:
     """(header, rows, the sentences that introduce and explain them) of the variants table, from
     ``variants.tsv`` (:func:`ctdiff.metrics.variant_table.variant_table`)."""
@@ -180,6 +191,13 @@ def variant_rows(table: pd.DataFrame) -> tuple[list[str], list[tuple], str]:
              (r.mia_t_error_auc, r.mia_t_error_auc_low, r.mia_t_error_auc_high))))
         for r in table.itertuples(index=False)
     ]
+    if table.get("downstream_synthetic_dice", pd.Series(dtype=float)).notna().any():
+        # the downstream stage's arms of the conditioned models; the real arm's numbers are the same in every row
+        header += [f"downstream Dice, {arm} arm{ci}" for arm in ("real", "synthetic", "combined")]
+        header += [f"downstream sensitivity, {arm} arm{ci}" for arm in ("real", "synthetic", "combined")]
+        rows = [(*row, *(_downstream_cell(r, arm, key) for key in ("dice", "sensitivity")
+                         for arm in ("real", "synthetic", "combined")))
+                for row, r in zip(rows, table.itertuples(index=False))]
     first = table.iloc[0]
     sentence = (f"One row per (variant, sampler): '{first.variant}', the main configuration whose metrics are shown "
                 f"above, first; 'main' is a variant's own sampler, the other sets are evaluate.compare_samplers entries "
@@ -368,6 +386,7 @@ def build_sections(
     anatomy_png: Path | None = None,
     reader_json: Path | None = None,
     nodules_png: Path | None = None,
+    downstream_jsons: Sequence[Path] = (),
 ) -> list[Section]:
     """The report's sections, in order, from the run's files: the metrics table, then how to read it
     (``ctdiff.report.guide``), then the rest.
@@ -379,7 +398,8 @@ def build_sections(
     ``metrics.json`` records the anatomy; ``nodules_png`` (``ctdiff.report.plots.nodule_figure``) goes into the
     "Nodule control" section, which exists when ``metrics.json`` records it (``model.condition: nodules``).
     ``reader_json`` (``ctdiff.reader.analysis``) adds the "Reader study" section after Figure 1, waiting for
-    answers until there are some.
+    answers until there are some. ``downstream_jsons`` (the downstream stage's arms, the real one first,
+    ``ctdiff.downstream.stage``) add the "Downstream use" section after the nodule control.
     """
     metrics = json.loads(Path(metrics_json).read_text())
     sections = [Section("Metrics", tables=(
@@ -417,6 +437,8 @@ def build_sections(
                                 images=images))
     if metrics.get(keys.NODULES):
         sections.append(nodule_section(metrics[keys.NODULES], nodules_png))
+    if downstream_jsons:
+        sections.append(downstream_section([json.loads(Path(p).read_text()) for p in downstream_jsons]))
     figure1 = Image(Path(figure1_png), "Figure 1: axial, coronal and sagittal slices, real (a) and synthetic (b)",
                     "figure1")
     sections.append(Section("Figure 1", images=(figure1,)))
@@ -509,13 +531,14 @@ def write_report(
     anatomy_png: Path | None = None,
     reader_json: Path | None = None,
     nodules_png: Path | None = None,
+    downstream_jsons: Sequence[Path] = (),
 ) -> None:
     """Write ``report.md`` and the self-contained ``report.html`` of :func:`build_sections` (same
     arguments)."""
     sections = build_sections(metrics_json, qc_summary_tsv, config, figure1_png=figure1_png,
                               learning_curve_png=learning_curve_png, memorisation_png=memorisation_png,
                               pairs_png=pairs_png, variants_tsv=variants_tsv, anatomy_png=anatomy_png,
-                              reader_json=reader_json, nodules_png=nodules_png)
+                              reader_json=reader_json, nodules_png=nodules_png, downstream_jsons=downstream_jsons)
     with atomic_path(Path(out_md)) as tmp:
         tmp.write_text(render_markdown(sections, Path(out_md).parent))
     with atomic_path(Path(out_html)) as tmp:

@@ -21,6 +21,10 @@ from ctdiff.plan import (
     converted_items,
     dicom_exports,
     dicom_tree,
+    downstream_condition_options,
+    downstream_file,
+    downstream_files,
+    downstream_sample_settings,
     evaluate_settings,
     membership_file,
     membership_inputs,
@@ -89,7 +93,7 @@ wildcard_constraints:
     item=r"[A-Za-z0-9._-]+",
     model="|".join(re.escape(name) for name in MODELS),
     set=f"{MAIN_SET}|{TAG_REGEX}",
-    arm="synthetic|combined",  # export_nnunet's; the real arm is a rule of its own
+    arm="synthetic|combined",  # export_nnunet's and downstream's; their real arms are rules of their own
     dataset=r"Dataset\d{3}_[A-Za-z0-9][A-Za-z0-9_.+-]*",
 
 

@@ -61,6 +61,7 @@ rule variant_table:
     input:
         metrics=[row.metrics for row in ROWS],
         train=sorted({f"{row.train}/{name}" for row in ROWS for name in ("model.pt", "log.csv")}),
+        downstream=downstream_files(CFG),  # each conditioned model's downstream arms, with downstream.enabled
     output:
         report(f"{R}/metrics/variants.tsv", caption="../report/variants.rst", category="Metrics"),
     params:

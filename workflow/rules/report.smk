@@ -108,6 +108,7 @@ rule report:
         reader=f"{R}/reader/analysis.json",
         variants=variant_table_input,
         nodules=nodule_figure_input,
+        downstream=downstream_files(CFG),  # the downstream arms of every model they run for (none: no section)
     output:
         md=f"{R}/report.md",
         html=report(f"{R}/report.html", caption="../report/report.rst", category="Report"),

@@ -19,4 +19,5 @@ write_report(
     reader_json=Path(snakemake.input.reader),
     variants_tsv=Path(snakemake.input.variants[0]) if snakemake.input.variants else None,
     nodules_png=Path(snakemake.input.nodules[0]) if snakemake.input.nodules else None,
+    downstream_jsons=[Path(p) for p in snakemake.input.downstream],
 )
