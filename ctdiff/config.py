@@ -643,10 +643,11 @@ def check_privacy(p: PrivacyConfig, diffusion: DiffusionConfig) -> None:
 
 
 def check_downstream(d: DownstreamConfig, size: int) -> None:
-    """The downstream segmenter fits the volumes (``preprocess.size`` divisible by its downsampling factor) and
-    its GroupNorm groups divide every level's channels; ``ValueError`` naming the key."""
+    """The downstream segmenter's GroupNorm groups divide every level's channels and, where the stage is enabled,
+    it fits the volumes (``preprocess.size`` divisible by its downsampling factor; a run without the stage keeps
+    every size the model itself takes); ``ValueError`` naming the key."""
     factor = 2 ** (len(d.channels) - 1)
-    if size % factor:
+    if d.enabled and size % factor:
         raise ValueError(f"config: preprocess.size={size} must be divisible by {factor} for the downstream "
                          f"segmenter (2^(levels-1) for downstream.channels={list(d.channels)})")
     for c in d.channels:

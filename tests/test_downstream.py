@@ -234,8 +234,11 @@ def test_plan_runs_the_stage_only_for_conditioned_models_with_it_enabled():
 
 
 def test_config_refuses_a_segmenter_that_does_not_fit_the_volumes():
-    with pytest.raises(ValueError, match="downstream.channels"):
-        from_dict({"preprocess": {"size": 20}, "model": {"channels": [8, 16]},
-                   "downstream": {"channels": [8, 16, 32, 64]}})
+    """Where the stage is enabled; a run without it keeps every size its model takes (20 with the default
+    segmenter's factor 8)."""
+    small = {"preprocess": {"size": 20}, "model": {"channels": [8, 16]}}
+    with pytest.raises(ValueError, match=r"preprocess.size=20 .*downstream.channels"):
+        from_dict({**small, "downstream": {"enabled": True, "channels": [8, 16, 32, 64]}})
+    assert from_dict({**small, "downstream": {"channels": [8, 16, 32, 64]}}).preprocess.size == 20
     with pytest.raises(ValueError, match="downstream.groups=3"):
         from_dict({"downstream": {"groups": 3}})
