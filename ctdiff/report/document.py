@@ -516,29 +516,11 @@ pre{{background:#f6f6f6;padding:.6rem;overflow:auto}}</style></head><body>
 """ + "\n".join(body) + "\n</body></html>\n"
 
 
-def write_report(
-    metrics_json: Path,
-    qc_summary_tsv: Path,
-    config: dict[str, Any],
-    out_md: Path,
-    out_html: Path,
-    *,
-    figure1_png: Path,
-    learning_curve_png: Path,
-    memorisation_png: Path | None = None,
-    pairs_png: Path | None = None,
-    variants_tsv: Path | None = None,
-    anatomy_png: Path | None = None,
-    reader_json: Path | None = None,
-    nodules_png: Path | None = None,
-    downstream_jsons: Sequence[Path] = (),
-) -> None:
-    """Write ``report.md`` and the self-contained ``report.html`` of :func:`build_sections` (same
-    arguments)."""
-    sections = build_sections(metrics_json, qc_summary_tsv, config, figure1_png=figure1_png,
-                              learning_curve_png=learning_curve_png, memorisation_png=memorisation_png,
-                              pairs_png=pairs_png, variants_tsv=variants_tsv, anatomy_png=anatomy_png,
-                              reader_json=reader_json, nodules_png=nodules_png, downstream_jsons=downstream_jsons)
+def write_report(metrics_json: Path, qc_summary_tsv: Path, config: dict[str, Any], out_md: Path, out_html: Path,
+                 **files: Any) -> None:
+    """Write ``report.md`` and the self-contained ``report.html`` of :func:`build_sections`, which takes
+    ``metrics_json``, ``qc_summary_tsv``, ``config`` and the run's other files (``files``, by keyword)."""
+    sections = build_sections(metrics_json, qc_summary_tsv, config, **files)
     with atomic_path(Path(out_md)) as tmp:
         tmp.write_text(render_markdown(sections, Path(out_md).parent))
     with atomic_path(Path(out_html)) as tmp:
