@@ -55,6 +55,7 @@ class DataConfig:
     recover_stacks: bool = False
     nodule_consensus: float = 0.5
     phantom_nodules: bool = True
+    phantom_nodule_mm: tuple[float, float] = (3.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,8 @@ class DownstreamConfig:
     res_blocks: int = 1
     groups: int = 8
     threshold: float = 0.5
+    patch: int | None = None
+    foreground: float = 0.33
     seed: int = 0
 
 
@@ -517,6 +520,10 @@ def _check_compare_fits(cfg: Config) -> None:
 def _check(cfg: Config) -> None:
     if cfg.data.source == "dicom" and not cfg.data.root:
         raise ValueError("config: data.root must name the DICOM tree when data.source is 'dicom'")
+    lo, hi = cfg.data.phantom_nodule_mm
+    if not 0 < lo <= hi:
+        raise ValueError(f"config: data.phantom_nodule_mm must be [smallest, largest] diameter in mm with "
+                         f"0 < smallest <= largest, got {[lo, hi]}")
     check_training(cfg)
     if cfg.split.test >= 1 and cfg.split.test != int(cfg.split.test):
         raise ValueError(f"config: split.test={cfg.split.test} must be a fraction < 1 or a whole count")
@@ -650,6 +657,11 @@ def check_downstream(d: DownstreamConfig, size: int) -> None:
     if d.enabled and size % factor:
         raise ValueError(f"config: preprocess.size={size} must be divisible by {factor} for the downstream "
                          f"segmenter (2^(levels-1) for downstream.channels={list(d.channels)})")
+    if d.enabled and d.patch is not None and (d.patch % factor or not factor <= d.patch <= size):
+        raise ValueError(f"config: downstream.patch={d.patch} must be divisible by {factor} (2^(levels-1) for "
+                         f"downstream.channels={list(d.channels)}) and at most preprocess.size={size}")
+    if not 0.0 <= d.foreground <= 1.0:
+        raise ValueError(f"config: downstream.foreground={d.foreground} must lie in [0, 1]")
     for c in d.channels:
         if c % min(d.groups, c):
             raise ValueError(f"config: downstream.groups={d.groups} does not divide downstream.channels entry {c}")

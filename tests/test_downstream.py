@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from ctdiff import plan
 from ctdiff.config import DownstreamConfig, from_dict, to_dict
 from ctdiff.downstream.scores import dice, lesion_counts, summarise, volume_scores
+from ctdiff.downstream.segmenter import SMOOTH, Case, draw_batch, loss_fn, predict, window_starts, window_weights
 from ctdiff.downstream.stage import downstream_arm, sample_pairs
 from ctdiff.files import save_volume
 from ctdiff.metrics.variant_table import _downstream
@@ -125,6 +127,72 @@ def test_summary_pools_lesions_and_bootstraps_over_volumes():
     assert summarise(per_volume, n_boot=0, level=0.9, seed=0)["intervals"] == {}
     clean = summarise([{"dice": 1.0, "nodules": 0, "found": 0, "false_positives": 0}], n_boot=50, level=0.9, seed=0)
     assert clean["sensitivity"] is None and clean["dice_nodules"] is None and "sensitivity" not in clean["intervals"]
+
+
+# --- the segmenter's loss, windows and sliding-window prediction ----------------------------------------------
+
+
+def test_loss_of_an_empty_prediction_is_a_full_dice_loss():
+    """Eq. (1) against its closed form: with a smoothing of 1 an empty prediction would score a Dice of
+    1 / (Σg + 1), the easy gain that emptied every prediction; with :data:`SMOOTH` it scores ~0."""
+    target = torch.zeros(1, 1, 4, 4, 4)
+    target[0, 0, :2, :2, :2] = 1.0                                   # 8 nodule voxels of 64
+    logits = torch.full_like(target, -30.0)                          # σ ≈ 1e-13: nothing predicted
+    expected_bce = float(8 / 64 * 30.0)                              # -log σ(-30) ≈ 30 on the 8, ≈ 0 elsewhere
+    dice_loss = 1 - SMOOTH / (8 + SMOOTH)
+    assert float(loss_fn(logits, target)) == pytest.approx(expected_bce + dice_loss, rel=1e-5)
+    perfect = torch.where(target > 0, 30.0, -30.0)
+    assert float(loss_fn(perfect, target)) == pytest.approx(0.0, abs=1e-6)
+
+
+def _case(size: int, nodule_at: tuple[int, int, int] | None) -> Case:
+    mask = np.zeros((size,) * 3, np.uint8)
+    if nodule_at is not None:
+        mask[nodule_at] = 1
+    return Case("c", np.random.default_rng(0).random((size,) * 3, dtype=np.float32), mask)
+
+
+def test_windows_centred_on_nodules_hold_them_and_others_lie_anywhere():
+    cases = [_case(24, (1, 22, 12)), _case(24, (20, 3, 3))]
+    x, y = draw_batch([cases], 0, 16, seed=0, patch=8, foreground=1.0)
+    assert x.shape == y.shape == (16, 1, 8, 8, 8)
+    assert all(float(y[b].sum()) == 1.0 for b in range(16))          # every window holds its case's nodule voxel
+    ramp = Case("ramp", np.arange(24**3, dtype=np.float32).reshape((24,) * 3), np.zeros((24,) * 3, np.uint8))
+    corners = set()
+    for step in range(40):   # no nodule: a window anywhere; its smallest value is its corner's, whatever the flips
+        x, y = draw_batch([[ramp]], step, 1, seed=1, patch=8, foreground=1.0)
+        assert x.shape == (1, 1, 8, 8, 8) and float(y.sum()) == 0.0
+        corner = np.unravel_index(int(x.min()), (24,) * 3)
+        assert max(corner) <= 16 and np.array_equal(np.sort(x.numpy().ravel()),
+                                                     ramp.volume[tuple(slice(c, c + 8) for c in corner)].ravel())
+        corners.add(corner)
+    assert len(corners) > 30
+    whole, _ = draw_batch([cases], 3, 2, seed=0)
+    assert whole.shape == (2, 1, 24, 24, 24)
+
+
+def test_window_starts_cover_the_axis_with_half_overlap():
+    assert window_starts(48, 16) == [0, 8, 16, 24, 32]
+    assert window_starts(20, 16) == [0, 4]
+    assert window_starts(16, 16) == [0]
+    w = window_weights(8)
+    assert w.shape == (8, 8, 8) and w.max() == 1.0 and w.min() >= 1e-3
+    assert np.allclose(w, w[::-1, ::-1, ::-1]) and w[3, 3, 3] == w.max()
+
+
+class _Pointwise(torch.nn.Module):
+    """A voxel-wise 'segmenter': logit = 8 (x - 0.5), so any window gives each voxel the same probability."""
+
+    def forward(self, x):
+        return 8 * (x - 0.5)
+
+
+def test_sliding_window_prediction_stitches_windows_back_in_place():
+    volume = np.random.default_rng(1).random((20, 24, 16), dtype=np.float32)
+    exact = 1 / (1 + np.exp(-8 * (volume - 0.5)))
+    assert np.allclose(predict(_Pointwise(), volume), exact, atol=1e-6)
+    assert np.allclose(predict(_Pointwise(), volume, patch=8), exact, atol=1e-6)   # weighted means of one value
+    assert np.allclose(predict(_Pointwise(), volume, patch=16), exact, atol=1e-6)
 
 
 # --- the arms --------------------------------------------------------------------------------------------------
@@ -242,3 +310,10 @@ def test_config_refuses_a_segmenter_that_does_not_fit_the_volumes():
     assert from_dict({**small, "downstream": {"channels": [8, 16, 32, 64]}}).preprocess.size == 20
     with pytest.raises(ValueError, match="downstream.groups=3"):
         from_dict({"downstream": {"groups": 3}})
+    with pytest.raises(ValueError, match=r"downstream.patch=12 must be divisible by 8"):
+        from_dict({"downstream": {"enabled": True, "channels": [8, 16, 32, 64], "patch": 12}})
+    with pytest.raises(ValueError, match=r"downstream.patch=256 .* at most preprocess.size=128"):
+        from_dict({"downstream": {"enabled": True, "patch": 256}})
+    with pytest.raises(ValueError, match="downstream.foreground=1.5"):
+        from_dict({"downstream": {"foreground": 1.5}})
+    assert from_dict({"downstream": {"enabled": True, "patch": 64}}).downstream.patch == 64

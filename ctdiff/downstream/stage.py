@@ -98,11 +98,13 @@ def downstream_arm(arm: str, *, real: Sequence[tuple[Path, Path]] = (), syntheti
     start = time.perf_counter()
     net, losses = train_segmenter(sources, channels=settings.channels, res_blocks=settings.res_blocks,
                                   groups=settings.groups, steps=settings.steps, batch_size=settings.batch_size,
-                                  lr=settings.lr, seed=settings.seed, device=device)
+                                  lr=settings.lr, seed=settings.seed, patch=settings.patch,
+                                  foreground=settings.foreground, device=device)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    per_volume = [{"volume": Path(c.name).name, **volume_scores(predict(net, c.volume, device), c.mask,
-                                                                 settings.threshold)} for c in test_cases]
+    per_volume = [{"volume": Path(c.name).name,
+                   **volume_scores(predict(net, c.volume, device, settings.patch), c.mask, settings.threshold)}
+                  for c in test_cases]
     score_s = time.perf_counter() - start
     summary = summarise(per_volume, n_boot=n_boot, level=level, seed=settings.seed)
     tail = losses[-max(1, len(losses) // 10):]

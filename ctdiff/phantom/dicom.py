@@ -22,7 +22,7 @@ from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage, Explici
 from pydicom.valuerep import format_number_as_ds as _ds  # a float as a DICOM decimal string of <= 16 chars
 
 from ctdiff.ingest.annotations.lidc_xml import NAMESPACE, lidc_xml
-from ctdiff.phantom.nodules import reader_sessions
+from ctdiff.phantom.nodules import DIAMETER_MM, reader_sessions
 from ctdiff.phantom.scan import PADDING_RAW, RESCALE_INTERCEPT, phantom_scan
 
 
@@ -120,7 +120,8 @@ def _patient_number(patient_id: str) -> int:
 
 
 def write_patient(root: Path, patient_id: str, rng: np.random.Generator, *, matrix: int = 512,
-                  n_slices: int | None = None, nodules: bool = True) -> None:
+                  n_slices: int | None = None, nodules: bool = True,
+                  nodule_mm: tuple[float, float] = DIAMETER_MM) -> None:
     """Write one patient as ``root/<PatientID>/<StudyInstanceUID>/<SeriesInstanceUID>/<NNNN>.dcm``.
 
     The main axial CT series (matrix x matrix pixels, ~105-290 slices) is always the series with most images.
@@ -128,9 +129,10 @@ def write_patient(root: Path, patient_id: str, rng: np.random.Generator, *, matr
     (ImageType LOCALIZER) in the same study; patients numbered 1, 5, 9, ... get a one-image CR radiograph
     in a second study. Slices are written in one z order, ascending or descending per patient.
     ``n_slices`` fixes the number of axial slices (e.g. for a benchmark) instead of drawing it; every other
-    setting is drawn as usual. With ``nodules`` the scan holds nodules (:mod:`ctdiff.phantom.nodules`)
-    and its folder an LIDC annotation XML of four simulated readers (``{number:03d}.xml``); a radiograph's
-    folder holds a radiograph reading's XML (root ``IdriReadMessage``), as in LIDC-IDRI.
+    setting is drawn as usual. With ``nodules`` the scan holds nodules (:mod:`ctdiff.phantom.nodules`,
+    outlined ones ``nodule_mm`` across) and its folder an LIDC annotation XML of four simulated readers
+    (``{number:03d}.xml``); a radiograph's folder holds a radiograph reading's XML (root ``IdriReadMessage``),
+    as in LIDC-IDRI.
     """
     if matrix < 16:
         raise ValueError(f"matrix must be >= 16 pixels, got {matrix}")
@@ -140,7 +142,7 @@ def write_patient(root: Path, patient_id: str, rng: np.random.Generator, *, matr
     if n_slices is not None:
         acq = replace(acq, shape=(int(n_slices), matrix, matrix))
     volume, drawn, reader_rng = phantom_scan(rng, acq.shape, acq.spacing, body_scale=acq.body_scale,
-                                             nodules=nodules)
+                                             nodules=nodules, nodule_mm=nodule_mm)
     number, key, folder = _patient_number(patient_id), acq.uid_key, Path(root) / patient_id
     study, main = _uid(patient_id, key, "study"), _uid(patient_id, key, "series", "ct")
     ds = _dataset(patient_id, study, main, 2, "CT", "CHEST CT (phantom)")
@@ -167,7 +169,8 @@ def write_patient(root: Path, patient_id: str, rng: np.random.Generator, *, matr
                 "</IdriReadMessage>\n", encoding="utf-8")
 
 
-def write_cohort(root: Path, n_patients: int, seed: int, *, matrix: int = 512, nodules: bool = True) -> list[str]:
+def write_cohort(root: Path, n_patients: int, seed: int, *, matrix: int = 512, nodules: bool = True,
+                 nodule_mm: tuple[float, float] = DIAMETER_MM) -> list[str]:
     """Write n_patients under root, return the sorted list of patient IDs (e.g. 'PHANTOM-0001').
 
     Patient i (0-based, ID number i + 1) is drawn from ``np.random.default_rng([seed, i])``, so it is the
@@ -177,5 +180,6 @@ def write_cohort(root: Path, n_patients: int, seed: int, *, matrix: int = 512, n
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
     ids = [f"PHANTOM-{i + 1:04d}" for i in range(n_patients)]
     for i, patient_id in enumerate(ids):
-        write_patient(Path(root), patient_id, np.random.default_rng([seed, i]), matrix=matrix, nodules=nodules)
+        write_patient(Path(root), patient_id, np.random.default_rng([seed, i]), matrix=matrix, nodules=nodules,
+                      nodule_mm=nodule_mm)
     return sorted(ids)

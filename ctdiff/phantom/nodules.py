@@ -1,7 +1,7 @@
 """The phantom's nodules and the radiologists who annotate them as LIDC-IDRI's readers do.
 
 Drawing (:func:`draw_nodules`, from its own generator, in the rendered scan): 1-3 outlined nodules per patient,
-3-30 mm across (log-uniform), ellipsoids with axes within 15 % of the diameter, solid (+30 HU) or, one in
+3-30 mm across (log-uniform; ``data.phantom_nodule_mm`` narrows the range), ellipsoids with axes within 15 % of the diameter, solid (+30 HU) or, one in
 three, part-solid (a solid core of 30-60 % of the radius in a ground-glass rim at -550 HU); one in three
 touches the pleura (juxtapleural: its centre lies 20-60 % of its radius from the chest wall, the rest in
 the wall), the others lie wholly in lung (away from vessels, airways, heart and mediastinum). Besides them
@@ -32,6 +32,8 @@ SOLID_HU, GROUND_GLASS_HU = 30.0, -550.0
 
 #: Readers' outlines differ by up to this relative size and this many pixels of shift per axis.
 READER_SCALE, READER_SHIFT_PX = 0.06, 0.5
+#: The outlined nodules' diameters, mm: LIDC's definition of a nodule a reader outlines.
+DIAMETER_MM = (3.0, 30.0)
 #: Readers in a session file (LIDC: up to four).
 N_READERS = 4
 
@@ -77,9 +79,12 @@ def _lung_map(chest, volume: np.ndarray, dz: float, cell_mm: float):
     return mask, dist, np.broadcast_to(wall, mask.shape), centres, step * dx
 
 
-def draw_nodules(rng: np.random.Generator, chest, volume: np.ndarray, dz: float) -> list[PhantomNodule]:
+def draw_nodules(rng: np.random.Generator, chest, volume: np.ndarray, dz: float,
+                 diameter_mm: tuple[float, float] = DIAMETER_MM) -> list[PhantomNodule]:
     """The nodules of one patient (module docstring) in the rendered scan ``volume`` ``[Z, Y, X]`` HU of
-    slice spacing ``dz`` mm; empty when the lungs are too small to hold one."""
+    slice spacing ``dz`` mm; empty when the lungs are too small to hold one. The outlined nodules' diameters
+    are drawn log-uniform in ``diameter_mm`` (LIDC's 3-30 mm by default; another range takes the same draws
+    from ``rng``, so every other choice of the patient stays as it was)."""
     mask, dist, wall, (xs, ys, zs), cell = _lung_map(chest, volume, dz, 4.0)
     out: list[PhantomNodule] = []
     if not mask.any():
@@ -99,7 +104,7 @@ def draw_nodules(rng: np.random.Generator, chest, volume: np.ndarray, dz: float)
         return float(xs[i] + jitter[0]), float(ys[j] + jitter[1]), float(zs[k] + jitter[2])
 
     for _ in range(int(rng.integers(1, 4))):
-        diameter = float(np.exp(rng.uniform(np.log(3.0), np.log(30.0))))
+        diameter = float(np.exp(rng.uniform(np.log(diameter_mm[0]), np.log(diameter_mm[1]))))
         axes = diameter / 2 * rng.uniform(0.85, 1.15, 3)
         axes *= diameter / 2 / float(np.prod(axes)) ** (1 / 3)       # keep the drawn equivalent diameter
         juxta = bool(rng.random() < 1 / 3)

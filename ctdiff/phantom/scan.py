@@ -12,7 +12,7 @@ import numpy as np
 
 from ctdiff.phantom.anatomy import (AIR, BLOOD, CANCELLOUS, CARTILAGE, FAT, LIVER, LUNG, MUSCLE, RIB, SOFT,
                                          Chest, draw_chest, lung_mask)
-from ctdiff.phantom.nodules import PhantomNodule, draw_nodules, paint
+from ctdiff.phantom.nodules import DIAMETER_MM, PhantomNodule, draw_nodules, paint
 
 RESCALE_INTERCEPT = -1024
 PADDING_RAW = -2000                              # stored value outside the reconstruction circle
@@ -110,7 +110,8 @@ def phantom_volume(rng: np.random.Generator, shape_zyx: tuple[int, int, int],
 
 def phantom_scan(rng: np.random.Generator, shape_zyx: tuple[int, int, int],
                  spacing_zyx: tuple[float, float, float], *, body_scale: float = 1.0,
-                 nodules: bool = True) -> tuple[np.ndarray, list[PhantomNodule], np.random.Generator]:
+                 nodules: bool = True, nodule_mm: tuple[float, float] = DIAMETER_MM
+                 ) -> tuple[np.ndarray, list[PhantomNodule], np.random.Generator]:
     """int16 HU array [Z, Y, X] in DICOM patient frame (LPS): column index x increases toward patient Left,
     row index y toward Posterior, z index toward Superior (slice k at z = z0 + k*dz).
 
@@ -120,8 +121,9 @@ def phantom_scan(rng: np.random.Generator, shape_zyx: tuple[int, int, int],
     Noise is white, Gaussian, 10-20 HU (drawn per patient): each slice takes a random window of a bank of
     4 slices' worth of normal numbers drawn after the anatomy.
 
-    Returns the volume, its nodules (:mod:`ctdiff.phantom.nodules`; empty unless ``nodules``) and the
-    generator their readers are drawn from. The nodules come from a generator of their own, seeded from
+    Returns the volume, its nodules (:mod:`ctdiff.phantom.nodules`, outlined ones ``nodule_mm`` across; empty
+    unless ``nodules``) and the generator their readers are drawn from. The nodules come from a generator of
+    their own, seeded from
     ``rng`` right after the anatomy whether or not they are drawn, and are painted (with noise of the
     scan's level) after the scan, so switching them off changes no other voxel.
     """
@@ -139,6 +141,6 @@ def phantom_scan(rng: np.random.Generator, shape_zyx: tuple[int, int, int],
         np.clip(np.rint(hu, out=hu), *HU_RANGE, out=hu)
         hu[outside] = PADDING_HU
         out[k] = hu
-    drawn = draw_nodules(nodule_rng, chest, out, float(spacing_zyx[0])) if nodules else []
+    drawn = draw_nodules(nodule_rng, chest, out, float(spacing_zyx[0]), nodule_mm) if nodules else []
     paint(out, chest, drawn, nodule_rng, noise_sd, HU_RANGE)
     return out, drawn, nodule_rng

@@ -13,6 +13,7 @@ if DICOM.phantom:
             seed=CFG.data.seed,
             matrix=CFG.data.phantom_matrix,
             nodules=CFG.data.phantom_nodules,
+            nodule_mm=list(CFG.data.phantom_nodule_mm),
         log:
             f"{R}/logs/phantom.log",
         conda:
