@@ -4,7 +4,8 @@ what the workflow plans.
 
 The cohort here is a phantom-like toy at 16³ (seconds to train on): a body of soft tissue, two ellipsoidal lungs
 of air, and 0-2 nodules per volume, balls as bright as the body inside the lungs, so that intensity alone does
-not find them: the segmenter must learn "tissue inside the lung"."""
+not find them: the segmenter must learn "tissue inside the lung". The phantom cohort itself, through the pipeline's
+ingestion, is tests/test_downstream_phantom.py's."""
 from __future__ import annotations
 
 import json

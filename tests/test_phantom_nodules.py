@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from ctdiff.config import from_dict
 from ctdiff.ingest.annotations.resample import resample_nodules
 from ctdiff.ingest.convert import convert_or_reject
 from ctdiff.ingest.discover import discover
@@ -194,3 +195,31 @@ def test_kinds_sizes_and_part_solid_rims():
     assert any(n.core < 1 for n in outlined) and any(n.juxtapleural for n in outlined)
     assert all(3 <= n.diameter_mm <= 30 for n in outlined)
     assert all(2 <= n.diameter_mm <= 3 for n in seen if n.kind == "small")
+
+
+def test_another_diameter_range_changes_only_the_nodules():
+    """``data.phantom_nodule_mm``: outlined nodules drawn in the range asked for, from the same draws, so the
+    anatomy and noise are the default cohort's wherever neither cohort painted a nodule; the config refuses an
+    empty or non-positive range by its key."""
+    shape, spacing = (60, 96, 96), (5.0, 4.0, 4.0)
+    k, j, i = np.meshgrid(np.arange(60) * 5.0, (np.arange(96) - 47.5) * 4.0, (np.arange(96) - 47.5) * 4.0,
+                          indexing="ij")
+    big_seen = 0
+    for seed in range(4):
+        base, base_nodules, _ = phantom_scan(np.random.default_rng(seed), shape, spacing)
+        big, big_nodules, _ = phantom_scan(np.random.default_rng(seed), shape, spacing, nodule_mm=(15.0, 30.0))
+        outlined = [n for n in big_nodules if n.kind == "nodule"]
+        assert all(15 <= n.diameter_mm <= 30 for n in outlined)
+        big_seen += len(outlined)
+        painted = np.zeros(shape, bool)
+        for n in base_nodules + big_nodules:
+            if n.kind != "non-nodule":
+                r = np.array(n.radii) + 4.0     # a voxel's half-diagonal of margin
+                painted |= (((i - n.centre[0]) / r[0]) ** 2 + ((j - n.centre[1]) / r[1]) ** 2
+                            + ((k - n.centre[2]) / r[2]) ** 2) <= 1
+        assert painted.any() and np.array_equal(base[~painted], big[~painted])
+    assert big_seen
+    for bad in ([20, 10], [0, 30]):
+        with pytest.raises(ValueError, match="data.phantom_nodule_mm"):
+            from_dict({"data": {"phantom_nodule_mm": bad}})
+    assert from_dict({}).data.phantom_nodule_mm == (3.0, 30.0)

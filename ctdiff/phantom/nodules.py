@@ -1,12 +1,13 @@
 """The phantom's nodules and the radiologists who annotate them as LIDC-IDRI's readers do.
 
 Drawing (:func:`draw_nodules`, from its own generator, in the rendered scan): 1-3 outlined nodules per patient,
-3-30 mm across (log-uniform; ``data.phantom_nodule_mm`` narrows the range), ellipsoids with axes within 15 % of the diameter, solid (+30 HU) or, one in
-three, part-solid (a solid core of 30-60 % of the radius in a ground-glass rim at -550 HU); one in three
-touches the pleura (juxtapleural: its centre lies 20-60 % of its radius from the chest wall, the rest in
-the wall), the others lie wholly in lung (away from vessels, airways, heart and mediastinum). Besides them
-0-2 nodules of 2-3 mm (marked as points, as LIDC's readers mark nodules < 3 mm) and 0-1 non-nodule locus.
-Centres are drawn on a coarse map of where the scan shows lung (about 4 mm cells, :func:`_lung_map`).
+3-30 mm across (log-uniform; ``data.phantom_nodule_mm`` sets another range), ellipsoids with axes within 15 % of
+the diameter, solid (+30 HU) or, one in three, part-solid (a solid core of 30-60 % of the radius in a ground-glass
+rim at -550 HU); one in three touches the pleura (juxtapleural: its centre lies 20-60 % of its radius from the
+chest wall, the rest in the wall), the others lie wholly in lung (away from vessels, airways, heart and
+mediastinum). Besides them 0-2 nodules of 2-3 mm (marked as points, as LIDC's readers mark nodules < 3 mm) and 0-1
+non-nodule locus. Centres are drawn on a coarse map of where the scan shows lung (about 4 mm cells,
+:func:`_lung_map`).
 
 Painting (:func:`paint`): after the scan, with noise of the scan's level; the solid part raises lung and
 fat to +30 HU and leaves denser tissue (the chest wall) as it is, the rim raises only what is darker than
