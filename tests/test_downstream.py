@@ -270,6 +270,11 @@ def test_report_section_shows_the_arms_side_by_side_and_reads_the_intervals():
                                  "the combined arm does not differ credibly from the real arm."]
     section = downstream_section(records)
     assert section.title == "Downstream use" and "unconditional model (the paper's)" in section.text
+    assert "(60 steps of 4 volumes, learning rate 0.003" in section.text
+    for r in records:
+        r["settings"] = to_dict(replace(SETTINGS, patch=8))
+    assert "(60 steps of 4 8³ windows, 33% of them centred on a nodule, predicted window by window, learning" \
+        in downstream_section(records).text
 
 
 def test_variants_table_columns_come_from_the_arms(tmp_path):

@@ -72,10 +72,12 @@ def downstream_text(records: Sequence[dict[str, Any]]) -> str:
     """How the arms were trained and scored, how to read them, and what this run's say."""
     first = records[0]
     s = first["settings"]
+    unit = "volumes" if s["patch"] is None else (
+        f"{s['patch']}³ windows, {s['foreground']:.0%} of them centred on a nodule, predicted window by window")
     parts = [
         "Does synthetic data help? The question synthetic scans exist for: a nodule segmenter (a small 3D U-Net, "
         f"{len(s['channels'])} levels of {', '.join(map(str, s['channels']))} channels) is trained with the same "
-        f"budget ({s['steps']} steps of {s['batch_size']} volumes, learning rate {s['lr']:g}, seed {s['seed']}) on "
+        f"budget ({s['steps']} steps of {s['batch_size']} {unit}, learning rate {s['lr']:g}, seed {s['seed']}) on "
         "the real training volumes with their consensus masks (real), on a nodule-conditioned model's synthetic "
         "volumes with the masks they were drawn with (synthetic), and on both drawn 1:1 (combined), and each is "
         f"scored on the same {first['n_volumes']} held-out real volumes ({first['n_nodules']} nodules in "
