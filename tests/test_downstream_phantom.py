@@ -7,7 +7,8 @@ preprocess -> masks on the preprocessed grid, with nodules of 15-30 mm (``data.p
 a segmenter trained on whole 32³ volumes of 8 mm found none), the segmenter trained on 16³ windows. Chance is a
 prediction with the arm's own number of voxels in each volume, placed uniformly at random: nodule n of v_n voxels
 in a volume of N voxels where the arm predicted P voxels is hit with probability 1 - C(N - v_n, P) / C(N, P); the
-number of nodules found by chance is a sum of such independent Bernoulli draws (Poisson-binomial), and the arm's count must lie in its far tail."""
+number of nodules found by chance is a sum of such independent Bernoulli draws (Poisson-binomial), and the arm's
+count must lie in its far tail."""
 from __future__ import annotations
 
 import numpy as np
