@@ -39,6 +39,7 @@ from ctdiff.downstream.scores import summarise, volume_scores
 from ctdiff.downstream.segmenter import Case, predict, train_segmenter
 from ctdiff.files import load_volume, write_json
 from ctdiff.machine import describe
+from ctdiff.sampling.conditions import masks_beside
 
 #: The arms, in the order the report and the variants table show them.
 ARMS = ("real", "synthetic", "combined")
@@ -64,12 +65,9 @@ def read_cases(pairs: Sequence[tuple[Path, Path]]) -> list[Case]:
 def sample_pairs(samples: Sequence[Path]) -> list[tuple[Path, Path]]:
     """Each sample ``{i:04d}.nii.gz`` with the mask it was drawn with, ``nodules/{i:04d}.nii.gz`` beside it;
     ``ValueError`` naming a missing mask (a set drawn by an unconditional model has none)."""
-    pairs = [(Path(p), Path(p).parent / "nodules" / Path(p).name) for p in samples]
-    missing = [str(m) for _, m in pairs if not m.exists()]
-    if missing:
-        raise ValueError(f"{missing[0]} does not exist: the synthetic arm needs the mask each sample was drawn with, "
-                         "which only a model.condition: nodules model writes")
-    return pairs
+    masks = masks_beside(samples, "the synthetic arm needs the mask each sample was drawn with, which only a "
+                                  "model.condition: nodules model writes")
+    return [(Path(p), m) for p, m in zip(samples, masks)]
 
 
 def downstream_arm(arm: str, *, real: Sequence[tuple[Path, Path]] = (), synthetic: Sequence[tuple[Path, Path]] = (),

@@ -59,6 +59,7 @@ from ctdiff import __version__
 from ctdiff.export.lidc_xml import annotation_xml
 from ctdiff.files import load_volume
 from ctdiff.ingest.intensity import to_hu
+from ctdiff.sampling.conditions import drawn_masks
 
 #: The root of every UID the export writes: ``2.25.`` and the integer of UUID dd1f3d51-af53-4908-84ab-7a9c7580590b.
 UID_ROOT = "2.25.293921591969808536427183484336093550859"
@@ -305,11 +306,7 @@ def export_sample_set(checkpoint: Path, samples: Sequence[Path], out: Path, *, s
     cfg = checkpoint_config(read_checkpoint(Path(checkpoint))["config"])
     masks = None
     if cfg.model.condition != "none":
-        masks = [Path(p).parent / "nodules" / Path(p).name for p in samples]
-        absent = [str(m) for m in masks if not m.exists()]
-        if absent:
-            raise ValueError(f"checkpoint {checkpoint} is nodule-conditioned, but the mask {absent[0]} its sample "
-                             "was drawn with is missing (draw the set again)")
+        masks = drawn_masks(checkpoint, samples)
     prov = set_provenance(checkpoint, sampler=sampler, steps=steps, eta=eta, seed=seed, guidance=guidance)
     return export_dicom(samples, out, prov, tuple(cfg.data.hu_window), masks=masks)
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from ctdiff import __version__
 from ctdiff.files import atomic_folder, save_volume, write_json, write_tsv
+from ctdiff.sampling.conditions import masks_beside
 
 #: A dataset folder's name as nnU-Net v2 finds it by id: ``Dataset``, three digits, ``_``, a name.
 DATASET_REGEX = r"Dataset(\d{3})_([A-Za-z0-9][A-Za-z0-9_.+-]*)"
@@ -84,15 +85,11 @@ def synthetic_cases(samples: Sequence[Path]) -> list[Case]:
     """The cases of synthetic ``samples`` (``{i:04d}.nii.gz`` of a sample set): each with the mask it was drawn
     with, ``nodules/{i:04d}.nii.gz`` beside it. A sample without one comes from an unconditional model, which
     gives no labels to train on: ``ValueError`` naming the mask and ``model.condition``."""
-    cases = []
-    for sample in map(Path, samples):
-        mask = sample.parent / "nodules" / sample.name
-        if not mask.exists():
-            raise ValueError(f"{sample} has no nodule mask beside it ({mask}): it was drawn by an unconditional "
-                             "model (model.condition: none), and an nnU-Net training case needs its labels; "
-                             "export samples of a model trained with model.condition: nodules")
-        cases.append(Case(f"synthetic_{sample.name.removesuffix('.nii.gz')}", "synthetic", sample, mask))
-    return cases
+    masks = masks_beside(samples, "a sample with no nodule mask beside it was drawn by an unconditional model "
+                                  "(model.condition: none), and an nnU-Net training case needs its labels; export "
+                                  "samples of a model trained with model.condition: nodules")
+    return [Case(f"synthetic_{Path(sample).name.removesuffix('.nii.gz')}", "synthetic", Path(sample), mask)
+            for sample, mask in zip(samples, masks)]
 
 
 def hu_image(volume: np.ndarray, hu_window: tuple[float, float]) -> np.ndarray:

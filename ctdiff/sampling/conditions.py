@@ -72,13 +72,8 @@ def evaluation_masks(checkpoint: Path, synthetic: Sequence[Path], test_items: Se
 
     if checkpoint_config(read_checkpoint(Path(checkpoint))["config"]).model.condition == "none":
         return None
-    synthetic = [Path(p) for p in synthetic]
-    masks = [p.parent / "nodules" / p.name for p in synthetic]
-    missing = [str(m) for m in masks if not m.exists()]
-    if missing:
-        raise ValueError(f"checkpoint {checkpoint} is nodule-conditioned, but the mask {missing[0]} its sample was "
-                         "drawn with is missing (draw the set again)")
-    return masks, [Path(volumes) / f"{item}.nii.gz" for item in held_out_items(test_items, len(synthetic))]
+    real = [Path(volumes) / f"{item}.nii.gz" for item in held_out_items(test_items, len(synthetic))]
+    return drawn_masks(checkpoint, synthetic), real
 
 
 def requested_mask(nodules: Sequence[tuple[float, float, float, float]], size: int, affine: np.ndarray, *,
@@ -126,6 +121,22 @@ def write_requested(folder: Path, labels: np.ndarray, rows: list[dict], affine: 
     save_volume(folder / "requested.nii.gz", labels, affine)
     write_tsv(folder / "requested.tsv", rows, TABLE_COLUMNS)
     return folder / "requested.nii.gz"
+
+
+def masks_beside(samples: Sequence[Path], why: str) -> list[Path]:
+    """The mask each of ``samples`` was drawn with: ``nodules/{name}`` beside it (:func:`write_beside`).
+    ``ValueError`` naming the first missing one and how many are missing, then ``why`` the caller needs them."""
+    masks = [Path(p).parent / "nodules" / Path(p).name for p in samples]
+    missing = [str(m) for m in masks if not m.exists()]
+    if missing:
+        raise ValueError(f"{missing[0]} does not exist ({len(missing)} of {len(masks)} missing): {why}")
+    return masks
+
+
+def drawn_masks(checkpoint: Path, samples: Sequence[Path]) -> list[Path]:
+    """:func:`masks_beside` of samples drawn from the nodule-conditioned ``checkpoint``."""
+    return masks_beside(samples, f"checkpoint {checkpoint} is nodule-conditioned, but the mask each sample was "
+                                 "drawn with must lie beside it (draw the set again)")
 
 
 def write_beside(out_dir: Path, index: int, labels: np.ndarray, affine: np.ndarray, source: Path) -> None:
