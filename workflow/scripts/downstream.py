@@ -13,7 +13,6 @@ from ctdiff.logs import to_file
 to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 volumes, masks = Path(snakemake.params.volumes), Path(snakemake.params.nodules)
-arm = snakemake.params.arm
 
 
 def pairs(split):
@@ -22,9 +21,9 @@ def pairs(split):
 
 with gpu_job(int(snakemake.resources.gpu)) as device:  # the GPUs of the rule's gpu resource, else the CPU
     downstream_arm(
-        arm,
-        real=pairs(snakemake.input.train) if arm in ("real", "combined") else (),
-        synthetic=sample_pairs([Path(p) for p in snakemake.input.samples]) if arm != "real" else (),
+        snakemake.params.arm,
+        real=pairs(snakemake.input.train),  # the arm takes the sources it trains on (ctdiff.downstream.stage)
+        synthetic=sample_pairs(getattr(snakemake.input, "samples", ())),  # the real arm's rule has no samples
         test=pairs(snakemake.input.test),
         settings=section_from_dict("downstream", snakemake.params.downstream),
         out=Path(snakemake.output[0]),
