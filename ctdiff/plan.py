@@ -366,7 +366,7 @@ def nnunet_exports(cfg: Config) -> list[NnunetExport]:
 
 
 #: The downstream stage's arms (:mod:`ctdiff.downstream.stage`): the real training split, a model's synthetic
-#: volumes, and both drawn 1:1.
+#: volumes, and both drawn 1:1; in this order the report and the variants table show them.
 DOWNSTREAM_ARMS = ("real", "synthetic", "combined")
 
 

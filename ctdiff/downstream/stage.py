@@ -39,10 +39,9 @@ from ctdiff.downstream.scores import summarise, volume_scores
 from ctdiff.downstream.segmenter import Case, predict, train_segmenter
 from ctdiff.files import load_volume, write_json
 from ctdiff.machine import describe
+from ctdiff.plan import DOWNSTREAM_ARMS
 from ctdiff.sampling.conditions import masks_beside
 
-#: The arms, in the order the report and the variants table show them.
-ARMS = ("real", "synthetic", "combined")
 #: What each arm trains on, as the report says it.
 ARM_DATA = {"real": "the real training volumes with their consensus masks",
             "synthetic": "synthetic volumes with the masks they were drawn with",
@@ -79,8 +78,8 @@ def downstream_arm(arm: str, *, real: Sequence[tuple[Path, Path]] = (), syntheti
     trained on, the summary (:func:`ctdiff.downstream.scores.summarise`, intervals from ``n_boot`` and ``level``)
     with every test volume's scores, the loss curve's end, the settings and the cost. ``ValueError`` for an
     unknown arm, an arm without its training data, or volumes of different sizes."""
-    if arm not in ARMS:
-        raise ValueError(f"downstream arm {arm!r}: must be one of {', '.join(ARMS)}")
+    if arm not in DOWNSTREAM_ARMS:
+        raise ValueError(f"downstream arm {arm!r}: must be one of {', '.join(DOWNSTREAM_ARMS)}")
     uses = {"real": (True, False), "synthetic": (False, True), "combined": (True, True)}[arm]
     for used, given, name in zip(uses, (real, synthetic), ("real", "synthetic")):
         if used and not given:

@@ -49,10 +49,9 @@ from ctdiff.machine import label
 from ctdiff.metrics import keys
 from ctdiff.model.condition import copies_per_call
 from ctdiff.options import ETA_SAMPLERS
-from ctdiff.plan import TableRow, setting
+from ctdiff.plan import DOWNSTREAM_ARMS, TableRow, setting
 
 MIA_ATTACKS = ("loss", "t_error")
-DOWNSTREAM_ARMS = ("real", "synthetic", "combined")
 DOWNSTREAM_KEYS = ("dice", "dice_low", "dice_high", "sensitivity", "sensitivity_low", "sensitivity_high",
                    "fp_per_volume")
 

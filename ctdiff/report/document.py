@@ -36,6 +36,7 @@ from ctdiff.ingest.cohort import SUMMARY_COLUMNS
 from ctdiff.files import atomic_path
 from ctdiff.metrics import keys
 from ctdiff.metrics.variant_table import read_variant_table
+from ctdiff.plan import DOWNSTREAM_ARMS
 from ctdiff.report.downstream import downstream_section
 from ctdiff.report.privacy import privacy_section
 from ctdiff.report.reader import reader_section
@@ -193,10 +194,10 @@ def variant_rows(table: pd.DataFrame) -> tuple[list[str], list[tuple], str]:
     ]
     if table.get("downstream_synthetic_dice", pd.Series(dtype=float)).notna().any():
         # the downstream stage's arms of the conditioned models; the real arm's numbers are the same in every row
-        header += [f"downstream Dice, {arm} arm{ci}" for arm in ("real", "synthetic", "combined")]
-        header += [f"downstream sensitivity, {arm} arm{ci}" for arm in ("real", "synthetic", "combined")]
+        header += [f"downstream Dice, {arm} arm{ci}" for arm in DOWNSTREAM_ARMS]
+        header += [f"downstream sensitivity, {arm} arm{ci}" for arm in DOWNSTREAM_ARMS]
         rows = [(*row, *(_downstream_cell(r, arm, key) for key in ("dice", "sensitivity")
-                         for arm in ("real", "synthetic", "combined")))
+                         for arm in DOWNSTREAM_ARMS))
                 for row, r in zip(rows, table.itertuples(index=False))]
     first = table.iloc[0]
     sentence = (f"One row per (variant, sampler): '{first.variant}', the main configuration whose metrics are shown "
