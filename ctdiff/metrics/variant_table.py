@@ -158,11 +158,9 @@ def _downstream(files: Sequence[str]) -> dict[str, Any]:
     for path in files:
         record = json.loads(Path(path).read_text())
         for key in DOWNSTREAM_KEYS:
-            name, _, end = key.partition("_")
-            if key == "fp_per_volume":
-                value = record.get(key)
-            elif end:
-                value = record.get("intervals", {}).get(name, {}).get(end)
+            name, _, bound = key.rpartition("_")
+            if bound in ("low", "high"):
+                value = record.get("intervals", {}).get(name, {}).get(bound)
             else:
                 value = record.get(key)
             row[f"downstream_{record['arm']}_{key}"] = value
