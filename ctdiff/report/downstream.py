@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ctdiff.machine import label
+from ctdiff.plan import DOWNSTREAM_ARMS
 from ctdiff.report.sections import Section, table
 
 HEADER = ["arm", "model", "trains on", "Dice (all test volumes)", "Dice (volumes with nodules)",
@@ -62,7 +63,7 @@ def verdicts(records: Sequence[dict[str, Any]]) -> list[str]:
     for model in dict.fromkeys(r["model"] for r in records if r.get("model")):
         arms = {r["arm"]: r for r in records if r.get("model") == model}
         parts = [f"{arm} arm {word[_apart(arms[arm], real, key)]} the real arm"
-                 for arm in ("synthetic", "combined") if arm in arms]
+                 for arm in DOWNSTREAM_ARMS[1:] if arm in arms]
         if parts:
             out.append(f"{model}: by the {key.replace('_', ' ')}'s intervals, the " + "; the ".join(parts) + ".")
     return out
